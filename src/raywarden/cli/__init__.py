@@ -1,0 +1,1 @@
+"""The ``raywarden`` command line: one module per command group, wired together in ``main``."""

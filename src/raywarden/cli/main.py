@@ -1,0 +1,56 @@
+"""Entry point: assembles the command groups and turns raywarden errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from raywarden.errors import RaywardenError
+
+app = typer.Typer(
+    name="raywarden",
+    help="A zero-trust control plane for Ray: identities, policy, audit, and a gateway in front of the dashboard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    # Imported here so that `raywarden --help` stays quick and each group owns its module.
+    from raywarden.cli import audit, cluster, jobs, scan
+
+    cluster.register(app)
+    jobs.register(app)
+    audit.register(app)
+    scan.register(app)
+
+
+def main() -> None:
+    _register()
+    try:
+        rc = app(standalone_mode=False)
+    except RaywardenError as exc:
+        from raywarden.cli.common import err_console
+
+        err_console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+        if exc.hint:
+            err_console.print(f"[yellow]hint:[/] {exc.hint}", markup=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

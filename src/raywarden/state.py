@@ -1,0 +1,205 @@
+"""Where a cluster's state lives on disk, and the cluster configuration kept there.
+
+One state dir belongs to one cluster. Everything secret in it is 0600 inside 0700 folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raywarden.errors import ConfigError
+from raywarden.files import ensure_private_dir, write_private
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+DEFAULT_TRUST_DOMAIN = "raywarden.local"
+
+
+def raywarden_home() -> Path:
+    """Client-side home: profiles and, by default, the local cluster's state dir."""
+    return Path(os.environ.get("RAYWARDEN_HOME") or Path.home() / ".raywarden").expanduser()
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("RAYWARDEN_STATE_DIR")
+    return Path(env).expanduser() if env else raywarden_home() / "cluster"
+
+
+class Listen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"--listen {text!r} is not HOST:PORT", hint="for example 127.0.0.1:8443")
+        host = host.strip("[]")
+        try:
+            return cls(host=host, port=int(port))
+        except ValidationError:
+            raise ConfigError(f"--listen {text!r}: port must be 1-65535", hint="for example 127.0.0.1:8443") from None
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def url_host(self) -> str:
+        """The host a local client should dial: a wildcard listen address is reached via loopback."""
+        if self.host in ("0.0.0.0", "::"):
+            return "127.0.0.1"
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+
+class ClusterConfig(BaseModel):
+    """Settings fixed at ``init`` and read by ``up``, the gateway and the CLI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    listen: Listen = Listen(host="127.0.0.1", port=8443)
+    # Extra names the gateway certificate is valid for (DNS names or IP addresses), besides localhost.
+    gateway_hosts: list[str] = Field(default_factory=list)
+    user_cert_hours: float = Field(default=12.0, gt=0, le=24 * 7)
+    gateway_cert_days: int = Field(default=90, ge=1, le=397)
+    node_cert_days: int = Field(default=30, ge=1, le=397)
+    ca_years: int = Field(default=10, ge=1, le=30)
+    # Large enough for real working_dir packages; Ray itself refuses packages above 500 MiB.
+    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    upstream_timeout_s: float = Field(default=300.0, gt=0)
+    audit_checkpoint_every: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
+    audit_rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _check_trust_domain(cls, value: str) -> str:
+        # SPIFFE trust domains: lowercase letters, digits, dots, dashes and underscores only.
+        allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+        if not value or set(value) - allowed or value.startswith(".") or value.endswith("."):
+            raise ValueError("a trust domain uses lowercase letters, digits, '.', '-' and '_' only")
+        return value
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Paths inside one cluster's state dir. Knows the layout; creates nothing until asked."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def access_ca_cert(self) -> Path:
+        return self.pki_dir / "access-ca.crt"
+
+    @property
+    def access_ca_key(self) -> Path:
+        return self.pki_dir / "access-ca.key"
+
+    @property
+    def internal_ca_cert(self) -> Path:
+        return self.pki_dir / "internal-ca.crt"
+
+    @property
+    def internal_ca_key(self) -> Path:
+        return self.pki_dir / "internal-ca.key"
+
+    @property
+    def gateway_cert(self) -> Path:
+        return self.pki_dir / "gateway.crt"
+
+    @property
+    def gateway_key(self) -> Path:
+        return self.pki_dir / "gateway.key"
+
+    @property
+    def node_cert(self) -> Path:
+        return self.pki_dir / "node.crt"
+
+    @property
+    def node_key(self) -> Path:
+        return self.pki_dir / "node.key"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def ray_token(self) -> Path:
+        return self.keys_dir / "ray-token"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.keys_dir / "audit-ed25519.key"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def identity_db(self) -> Path:
+        return self.root / "identity.db"
+
+    @property
+    def policy_dir(self) -> Path:
+        """Operator policies (``*.cedar``), loaded after the shipped default pack."""
+        return self.root / "policies"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        # Ray puts unix sockets under its temp dir and their paths must stay below 107 bytes,
+        # so the temp dir is short and derived from the state dir: two clusters never share one.
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"rw-{digest}"  # noqa: S108 - created 0700 and owned by us
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def require(self) -> StateDir:
+        if not self.exists():
+            raise ConfigError(
+                f"no raywarden cluster state in {self.root}",
+                hint="run `raywarden init` first, or pass --state-dir / set RAYWARDEN_STATE_DIR",
+            )
+        return self
+
+    def load_config(self) -> ClusterConfig:
+        self.require()
+        try:
+            return ClusterConfig.model_validate_json(self.config_path.read_text())
+        except ValidationError as exc:
+            raise ConfigError(f"{self.config_path} is invalid: {exc}", hint="fix or re-create it") from None
+
+    def save_config(self, config: ClusterConfig) -> None:
+        ensure_private_dir(self.root)
+        write_private(self.config_path, (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode())
