@@ -55,3 +55,9 @@ class GatewayRequestError(RaywardenError):
     def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+
+
+class UsageError(RaywardenError):
+    """A command was given input it cannot use."""
+
+    exit_code = 2

@@ -61,7 +61,7 @@ class Listen(BaseModel):
 
     def url_host(self) -> str:
         """The host a local client should dial: a wildcard listen address is reached via loopback."""
-        if self.host in ("0.0.0.0", "::"):
+        if self.host in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
             return "127.0.0.1"
         return f"[{self.host}]" if ":" in self.host else self.host
 
@@ -79,8 +79,8 @@ class ClusterConfig(BaseModel):
     gateway_cert_days: int = Field(default=90, ge=1, le=397)
     node_cert_days: int = Field(default=30, ge=1, le=397)
     ca_years: int = Field(default=10, ge=1, le=30)
-    # Large enough for real working_dir packages; Ray itself refuses packages above 500 MiB.
-    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # Ray itself refuses packages above 100 MiB (ray_constants.GCS_STORAGE_MAX_SIZE); allow that plus framing.
+    max_body_bytes: int = Field(default=101 * 1024 * 1024, ge=1024)
     upstream_timeout_s: float = Field(default=300.0, gt=0)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)

@@ -1,0 +1,124 @@
+"""`init`, `up`, `down`, `status`: one cluster's lifecycle on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Annotated
+
+import typer
+
+from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
+from raywarden.cluster import lifecycle
+from raywarden.cluster.setup import init_state
+from raywarden.errors import ConfigError
+from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+
+
+def init(
+    state: StateDirOption = None,
+    trust_domain: Annotated[str, typer.Option(help="SPIFFE trust domain of this cluster.")] = DEFAULT_TRUST_DOMAIN,
+    listen: Annotated[str, typer.Option(help="Address the gateway will listen on (HOST:PORT).")] = DEFAULT_LISTEN,
+    gateway_host: Annotated[list[str] | None, typer.Option(
+        "--gateway-host", help="Extra DNS name or IP the gateway certificate is valid for (repeatable).")] = None,
+    admin: Annotated[str, typer.Option(help="Name of the first administrator.")] = "admin",
+    profile: Annotated[str | None, typer.Option(
+        help="Name of the admin's client profile (default: the trust domain).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a cluster: two CAs, the Ray token, gateway and node certificates, audit key, and an admin profile."""
+    try:
+        config = ClusterConfig(trust_domain=trust_domain, listen=Listen.parse(listen),
+                               gateway_hosts=list(gateway_host or []))
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting: {exc}", hint="see `raywarden init --help`") from None
+    result = init_state(state_dir(state), config, admin_name=admin, profile_name=profile or trust_domain)
+    if json_output:
+        print_json(dataclasses.asdict(result))
+        return
+    console.print(f"Initialised cluster [bold]{result.trust_domain}[/] in {result.state_dir}")
+    console.print(f"  admin identity:       {result.admin} (profile '{result.profile}', now current)")
+    console.print(f"  gateway URL:          {result.gateway_url}")
+    console.print(f"  access CA SHA-256:    {result.access_ca_fingerprint}")
+    console.print(f"  internal CA SHA-256:  {result.internal_ca_fingerprint}")
+    console.print("Next: `raywarden up`")
+
+
+def up(
+    state: StateDirOption = None,
+    listen: Annotated[str | None, typer.Option(
+        help="Gateway address HOST:PORT (default: the one given at init, 127.0.0.1:8443).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs Ray may use on this node.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Start the Ray head (mutual TLS, token auth, loopback only) and the gateway in front of it."""
+    target = state_dir(state).require()
+    started = time.monotonic()
+    out = err_console if json_output else console
+    with out.status("starting") as spinner:
+        run = lifecycle.up(target, listen=Listen.parse(listen) if listen else None, num_cpus=num_cpus,
+                           progress=lambda msg: spinner.update(msg))
+    elapsed = time.monotonic() - started
+    info = lifecycle.status(target)
+    if json_output:
+        print_json({"seconds": round(elapsed, 2), **info})
+        return
+    console.print(f"Cluster up in {elapsed:.1f}s.")
+    console.print(f"  gateway:   {info['gateway_url']}  (TLS 1.2+, client certificate required)")
+    console.print(f"  Ray:       dashboard on {info['ray']['dashboard']} (loopback only, token auth, mutual TLS)")
+    _firewall_line(run.firewall)
+    console.print("Next: `raywarden job submit -- python -c \"import ray; print(ray.cluster_resources())\"`")
+
+
+def down(state: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Stop the gateway and Ray started by `up`; nothing of this cluster is left running or listening."""
+    target = state_dir(state).require()
+    out = err_console if json_output else console
+    with out.status("stopping") as spinner:
+        result = lifecycle.down(target, progress=lambda msg: spinner.update(msg))
+    if json_output:
+        print_json(result)
+    else:
+        console.print("Cluster stopped." if result["stopped"] else "Cluster was not running; nothing left behind.")
+
+
+def status(state: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Health of Ray and the gateway, the gateway URL, CA fingerprints, certificate expiry, audit public key."""
+    info = lifecycle.status(state_dir(state).require())
+    if json_output:
+        print_json(info)
+        return
+    gw, ray = info["gateway"], info["ray"]
+    console.print(f"cluster {info['trust_domain']}  ({info['state_dir']})")
+    console.print(f"  gateway   {_health(gw['running'], gw['healthy'])}  {info['gateway_url']}")
+    console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
+    if ray["running"]:
+        _firewall_line(ray["firewall"] or "")
+        if ray["non_loopback_listeners"]:
+            console.print(f"  [bold red]exposed[/]   {ray['non_loopback_listeners']}")
+    console.print(f"  access CA SHA-256    {info['fingerprints']['access_ca']}")
+    console.print(f"  internal CA SHA-256  {info['fingerprints']['internal_ca']}")
+    for name, cert in info["certificates"].items():
+        console.print(f"  {name:<12} expires {cert['not_after']} ({cert['days_left']} days)")
+    console.print("  audit public key (keep a copy elsewhere to verify the log):")
+    console.print(info["audit_public_key"].strip(), markup=False)
+
+
+def _health(running: bool, healthy: bool) -> str:
+    if running and healthy:
+        return "[green]up[/]      "
+    if running:
+        return "[yellow]degraded[/]"
+    return "[red]down[/]    "
+
+
+def _firewall_line(text: str) -> None:
+    colour = "red" if text.startswith("NOT") else "green" if text == "installed" else "dim"
+    console.print(f"  firewall  [{colour}]{text}[/]")

@@ -1,0 +1,1 @@
+"""Cluster manager: starts and stops Ray and the gateway for one state dir."""

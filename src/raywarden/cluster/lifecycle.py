@@ -1,0 +1,244 @@
+"""`up`, `down` and `status` for one state dir: Ray head, firewall and gateway, started and stopped in order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict
+
+from raywarden.audit import AuditLog, audit_public_key_pem, load_or_create_audit_key
+from raywarden.client.profile import list_profiles
+from raywarden.cluster import firewall
+from raywarden.cluster.ports import RayPorts
+from raywarden.cluster.procs import (
+    alive,
+    exit_status,
+    is_loopback,
+    listening_ports,
+    pids_mentioning,
+    spawn_detached,
+    terminate,
+)
+from raywarden.cluster.ray_head import HEAD_ADDRESS, cluster_pids, start_head, stop_head
+from raywarden.cluster.setup import gateway_url, issue_gateway_certificate
+from raywarden.errors import ClusterError
+from raywarden.files import ensure_private_dir, read_private, write_private
+from raywarden.pki.ca_keys import CertificateAuthority
+from raywarden.pki.certs import fingerprint, load_cert
+from raywarden.state import ClusterConfig, Listen, StateDir
+
+Progress = Callable[[str], None]
+
+
+class RunState(BaseModel):
+    """What `up` started, so that `down` and `status` find exactly those processes."""
+
+    model_config = ConfigDict(extra="forbid")
+    ray_pid: int
+    gateway_pid: int
+    ports: RayPorts
+    listen: Listen
+    started_at: str
+    firewall: str  # "installed", or why it is not
+
+
+def _run_file(state: StateDir) -> Any:
+    return state.run_dir / "cluster.json"
+
+
+def read_run_state(state: StateDir) -> RunState | None:
+    try:
+        return RunState.model_validate_json(_run_file(state).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _audit(state: StateDir, config: ClusterConfig) -> AuditLog:
+    return AuditLog.open(state.audit_dir, signing_key=load_or_create_audit_key(state.audit_key),
+                         checkpoint_every=config.audit_checkpoint_every,
+                         checkpoint_seconds=config.audit_checkpoint_seconds, rotate_bytes=config.audit_rotate_bytes)
+
+
+def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = None,
+       progress: Progress = lambda _: None) -> RunState:
+    config = state.load_config()
+    running = read_run_state(state)
+    if running is not None and (alive(running.ray_pid) or alive(running.gateway_pid)):
+        raise ClusterError(f"the cluster in {state.root} is already up (gateway on {running.listen})",
+                           hint="`raywarden status` shows it; `raywarden down` stops it")
+    if listen is not None and listen != config.listen:
+        config = _change_listen(state, config, listen)
+    _require_free(config.listen)
+    for folder in (state.run_dir, state.logs_dir):
+        ensure_private_dir(folder)
+
+    progress("starting Ray head (mutual TLS, token auth, loopback only)")
+    ports = RayPorts.allocate(HEAD_ADDRESS)
+    head = start_head(state, ports, num_cpus=num_cpus)
+    try:
+        progress("checking Ray's listeners")
+        exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
+        fw = firewall.protect(state, ports, exposed)
+        progress("starting gateway")
+        gateway_pid = _start_gateway(state, config, head.dashboard_url)
+    except BaseException:
+        stop_head(state, head.pid)
+        firewall.remove(state)
+        raise
+    run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
+                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw)
+    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
+    audit = _audit(state, config)
+    try:
+        audit.append({"kind": "cluster", "event": "up", "actor": _local_actor(), "listen": str(config.listen),
+                      "firewall": fw, "ray_ports": ports.model_dump()})
+    finally:
+        audit.close()
+    return run
+
+
+def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, Any]:
+    config = state.load_config()
+    run = read_run_state(state)
+    progress("stopping gateway")
+    if run is not None and alive(run.gateway_pid):
+        terminate([run.gateway_pid], grace_s=15.0)
+    gateway_left = pids_mentioning(f"raywarden.gateway --state-dir {state.root} ")
+    if gateway_left:
+        terminate(gateway_left, grace_s=5.0)
+    progress("stopping Ray")
+    left = stop_head(state, run.ray_pid if run else None)
+    firewall.remove(state)
+    if left:
+        raise ClusterError(f"processes of this cluster are still running: {left}", hint="kill them by hand")
+    _run_file(state).unlink(missing_ok=True)
+    audit = _audit(state, config)
+    try:
+        audit.append({"kind": "cluster", "event": "down", "actor": _local_actor(), "was_running": run is not None})
+    finally:
+        audit.close()
+    return {"stopped": run is not None, "state_dir": str(state.root)}
+
+
+def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]:
+    """TCP ports Ray's processes of this cluster listen on, with the address each is bound to."""
+    if ray_pid is None:
+        run = read_run_state(state)
+        ray_pid = run.ray_pid if run else None
+    return listening_ports(set(cluster_pids(state, ray_pid)))
+
+
+def _start_gateway(state: StateDir, config: ClusterConfig, dashboard_url: str) -> int:
+    pid = spawn_detached(
+        [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url],
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        log_path=state.logs_dir / "gateway.log",
+    )
+    deadline = time.monotonic() + 30
+    url = gateway_url(config) + "/api/version"
+    while time.monotonic() < deadline:
+        code = exit_status(pid)
+        if code is not None:
+            raise ClusterError(f"the gateway exited during start-up (exit code {code})",
+                               hint=f"see {state.logs_dir / 'gateway.log'}")
+        if _gateway_answers(url, state):
+            return pid
+        time.sleep(0.2)
+    terminate([pid], grace_s=5)
+    raise ClusterError("the gateway did not answer within 30s", hint=f"see {state.logs_dir / 'gateway.log'}")
+
+
+def _gateway_answers(url: str, state: StateDir) -> bool:
+    """Without a credential the gateway must answer 401 from itself: proof that it is serving and refusing."""
+    try:
+        resp = requests.get(url, verify=str(state.access_ca_cert), timeout=2)
+    except requests.RequestException:
+        return False
+    return resp.status_code == 401 and resp.headers.get("x-raywarden-gateway") == "1"
+
+
+def _require_free(listen: Listen) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            raise ClusterError(f"cannot listen on {listen}: {exc.strerror}",
+                               hint="pick another address with --listen HOST:PORT") from None
+
+
+def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
+    config = config.model_copy(update={"listen": listen})
+    cert = load_cert(state.gateway_cert)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+    if listen.host not in names and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
+        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
+        issue_gateway_certificate(state, config, access)
+    state.save_config(config)
+    for profile in list_profiles():
+        if profile.state_dir == str(state.root):
+            meta = profile.folder / "profile.json"
+            data = json.loads(meta.read_text())
+            data["gateway_url"] = gateway_url(config)
+            write_private(meta, (json.dumps(data, indent=2) + "\n").encode())
+    return config
+
+
+def _local_actor() -> str:
+    return f"local:{os.getuid()}"
+
+
+def status(state: StateDir) -> dict[str, Any]:
+    config = state.load_config()
+    run = read_run_state(state)
+    ray_up = run is not None and alive(run.ray_pid)
+    gateway_up = run is not None and alive(run.gateway_pid)
+    dashboard_ok = False
+    if ray_up and run is not None:
+        try:
+            token = read_private(state.ray_token).decode().strip()
+            resp = requests.get(f"http://{HEAD_ADDRESS}:{run.ports.dashboard}/api/version",
+                                headers={"Authorization": f"Bearer {token}"}, timeout=3)
+            dashboard_ok = resp.status_code == 200
+        except requests.RequestException:
+            dashboard_ok = False
+    gateway_ok = gateway_up and _gateway_answers(gateway_url(config) + "/api/version", state)
+    now = dt.datetime.now(dt.timezone.utc)
+    certs = {}
+    for name, path in (("access_ca", state.access_ca_cert), ("internal_ca", state.internal_ca_cert),
+                       ("gateway", state.gateway_cert), ("node", state.node_cert)):
+        cert = load_cert(path)
+        certs[name] = {"not_after": cert.not_valid_after_utc.isoformat(),
+                       "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 2)}
+    exposed = {}
+    if ray_up:
+        exposed = {str(p): a for p, a in ray_listeners(state).items() if not is_loopback(a)}
+    return {
+        "state_dir": str(state.root),
+        "trust_domain": config.trust_domain,
+        "gateway_url": gateway_url(config),
+        "gateway": {"running": gateway_up, "healthy": gateway_ok, "listen": str(config.listen),
+                    "pid": run.gateway_pid if run else None},
+        "ray": {"running": ray_up, "healthy": dashboard_ok, "pid": run.ray_pid if run else None,
+                "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
+                "non_loopback_listeners": exposed, "firewall": run.firewall if run else None},
+        "fingerprints": {"access_ca": fingerprint(load_cert(state.access_ca_cert)),
+                         "internal_ca": fingerprint(load_cert(state.internal_ca_cert))},
+        "certificates": certs,
+        "audit_public_key": audit_public_key_pem(state.audit_key),
+        "tls": {"minimum_version": ssl.TLSVersion.TLSv1_2.name},
+    }
+

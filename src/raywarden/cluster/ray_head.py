@@ -1,0 +1,156 @@
+"""Start and stop a hardened Ray head: mutual TLS, token auth, every listener on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from raywarden.cluster.ports import RayPorts
+from raywarden.cluster.procs import alive, exit_status, pids_in_session, pids_mentioning, spawn_detached, terminate
+from raywarden.errors import ClusterError
+from raywarden.files import ensure_private_dir, read_private
+from raywarden.state import StateDir
+
+HEAD_ADDRESS = "127.0.0.1"
+
+
+def ray_environment(state: StateDir, ports: RayPorts) -> dict[str, str]:
+    """The environment every Ray process of this node inherits (job drivers included)."""
+    # Nothing Ray-related from the caller's environment (RAY_ADDRESS, another token...) leaks in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
+    env.pop("DASHBOARD_METRIC_PORT", None)
+    env.pop("AUTOSCALER_METRIC_PORT", None)
+    env.update(
+        {
+            # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": str(state.node_cert),
+            "RAY_TLS_SERVER_KEY": str(state.node_key),
+            "RAY_TLS_CA_CERT": str(state.internal_ca_cert),
+            # Token auth; the token stays in its 0600 file in the state dir.
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(state.ray_token),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Without this, `ray start` swaps a loopback --node-ip-address for the host's outward IP
+            # (ray/_private/services.py get_node_ip_address), and its listeners follow that address.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # These two Prometheus ports are fixed by default (44227, 44217): per-cluster values keep
+            # two clusters on one host apart.
+            "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
+            "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
+            # `down` stops the cluster; Ray's default 30 s drain on SIGTERM only delays that.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+    )
+    return env
+
+
+def head_command(state: StateDir, ports: RayPorts, num_cpus: int | None = None) -> list[str]:
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray is None:
+        raise ClusterError("the `ray` command is not installed", hint="pip install 'ray[default]'")
+    command = [
+        ray, "start", "--head", "--block",
+        f"--node-ip-address={HEAD_ADDRESS}",
+        f"--port={ports.gcs}",
+        f"--temp-dir={state.ray_temp_dir}",
+        "--include-dashboard=true",
+        f"--dashboard-host={HEAD_ADDRESS}",
+        f"--dashboard-port={ports.dashboard}",
+        f"--ray-client-server-port={ports.client_server}",
+        f"--node-manager-port={ports.node_manager}",
+        f"--object-manager-port={ports.object_manager}",
+        f"--dashboard-agent-listen-port={ports.dashboard_agent_http}",
+        f"--dashboard-agent-grpc-port={ports.dashboard_agent_grpc}",
+        f"--metrics-export-port={ports.metrics_export}",
+        f"--runtime-env-agent-port={ports.runtime_env_agent}",
+        f"--min-worker-port={ports.min_worker}",
+        f"--max-worker-port={ports.max_worker}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    return command
+
+
+@dataclass(frozen=True)
+class RayHead:
+    pid: int
+    ports: RayPorts
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HEAD_ADDRESS}:{self.ports.dashboard}"
+
+
+def start_head(state: StateDir, ports: RayPorts, *, timeout_s: float = 120.0, num_cpus: int | None = None) -> RayHead:
+    temp_dir = ensure_private_dir(state.ray_temp_dir)
+    ensure_private_dir(state.logs_dir)
+    pid = spawn_detached(head_command(state, ports, num_cpus), env=ray_environment(state, ports),
+                         log_path=state.logs_dir / "ray-start.log", cwd=temp_dir)
+    head = RayHead(pid, ports)
+    try:
+        wait_for_dashboard(state, head, timeout_s)
+    except BaseException:
+        stop_head(state, head.pid)
+        raise
+    return head
+
+
+def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None:
+    token = read_private(state.ray_token).decode().strip()
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        code = exit_status(head.pid)
+        if code is not None:
+            raise ClusterError(
+                f"Ray exited during start-up (exit code {code})",
+                hint=f"see {state.logs_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
+            )
+        try:
+            resp = requests.get(
+                f"{head.dashboard_url}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2
+            )
+            if resp.status_code == 200:
+                # The job agent registers a little after the dashboard; jobs need it.
+                jobs = requests.get(
+                    f"{head.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5
+                )
+                if jobs.status_code == 200:
+                    return
+                last = f"jobs API answered {jobs.status_code}"
+            else:
+                last = f"dashboard answered {resp.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.3)
+    raise ClusterError(
+        f"Ray's dashboard did not become ready within {timeout_s:.0f}s ({last})",
+        hint=f"see {state.logs_dir / 'ray-start.log'}",
+    )
+
+
+def cluster_pids(state: StateDir, pid: int | None) -> list[int]:
+    """Ray processes of this cluster: its session, plus anything naming its temp dir (job drivers
+    start sessions of their own)."""
+    found = set(pids_mentioning(str(state.ray_temp_dir)))
+    if pid is not None:
+        found |= set(pids_in_session(pid))
+    return sorted(found)
+
+
+def stop_head(state: StateDir, pid: int | None, *, grace_s: float = 20.0) -> list[int]:
+    """Stop `ray start --block` (which stops its children), then sweep anything left of this cluster."""
+    if pid is not None and alive(pid):
+        terminate([pid], grace_s=grace_s)
+    leftovers = cluster_pids(state, pid)
+    if leftovers:
+        terminate(leftovers, grace_s=5.0)
+    return cluster_pids(state, pid)

@@ -1,0 +1,127 @@
+"""`raywarden init`: create a cluster's state dir (two CAs, Ray token, gateway and node certificates,
+audit key, identity store) and the admin's client profile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from raywarden.audit import AuditLog, load_or_create_audit_key
+from raywarden.client.profile import Profile, load_profile, profiles_dir, set_current
+from raywarden.errors import ConfigError
+from raywarden.files import ensure_private_dir, write_private, write_public
+from raywarden.identity.store import IdentityStore
+from raywarden.pki.ca_keys import CertificateAuthority
+from raywarden.pki.certs import cert_pem, fingerprint, serial_hex
+from raywarden.pki.keys import generate_private_key, private_key_pem
+from raywarden.pki.spiffe import SpiffeId, check_name
+from raywarden.state import ClusterConfig, StateDir
+
+ADMIN_GROUP = "admins"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    state_dir: str
+    trust_domain: str
+    gateway_url: str
+    profile: str
+    admin: str
+    access_ca_fingerprint: str
+    internal_ca_fingerprint: str
+
+
+def gateway_url(config: ClusterConfig) -> str:
+    return f"https://{config.listen.url_host()}:{config.listen.port}"
+
+
+def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profile_name: str) -> InitResult:
+    check_name(admin_name, "admin name")
+    check_name(profile_name, "profile name")
+    if state.exists():
+        raise ConfigError(f"{state.root} already holds a raywarden cluster",
+                          hint="use another --state-dir, or `raywarden down` and remove it to start over")
+    if (profiles_dir() / profile_name / "profile.json").exists():
+        existing = load_profile(profile_name)
+        raise ConfigError(f"profile {profile_name!r} already exists (for {existing.gateway_url})",
+                          hint="pass --profile NAME to name this cluster's admin profile differently")
+    for folder in (state.root, state.pki_dir, state.keys_dir, state.audit_dir, state.run_dir, state.logs_dir,
+                   state.policy_dir):
+        ensure_private_dir(folder)
+
+    td = config.trust_domain
+    access = CertificateAuthority.create("access", td, years=config.ca_years)
+    internal = CertificateAuthority.create("internal", td, years=config.ca_years)
+    access.save(state.access_ca_cert, state.access_ca_key)
+    internal.save(state.internal_ca_cert, state.internal_ca_key)
+
+    issue_gateway_certificate(state, config, access)
+    issue_head_node_certificate(state, config, internal)
+    write_private(state.ray_token, secrets.token_hex(32).encode() + b"\n")
+
+    audit = AuditLog.open(state.audit_dir, signing_key=load_or_create_audit_key(state.audit_key),
+                          checkpoint_every=config.audit_checkpoint_every,
+                          checkpoint_seconds=config.audit_checkpoint_seconds,
+                          rotate_bytes=config.audit_rotate_bytes)
+    try:
+        store = IdentityStore.create(state.identity_db)
+        admin = SpiffeId(td, "user", admin_name)
+        store.add_principal(admin, [ADMIN_GROUP], created_by="raywarden init")
+        audit.append({"kind": "cluster", "event": "init", "trust_domain": td, "actor": "raywarden init",
+                      "access_ca_fingerprint": fingerprint(access.certificate),
+                      "internal_ca_fingerprint": fingerprint(internal.certificate)})
+        audit.append({"kind": "identity", "event": "user.create", "principal": str(admin), "groups": [ADMIN_GROUP],
+                      "actor": "raywarden init"})
+        url = gateway_url(config)
+        profile = Profile(profile_name, url, str(admin), str(state.root))
+        key = generate_private_key()
+        cert = access.issue(key.public_key(), admin, lifetime=dt.timedelta(hours=config.user_cert_hours))
+        store.record_certificate(serial_hex(cert), str(admin), cert.not_valid_after_utc)
+        profile.save(key_pem=private_key_pem(key), cert_pem=cert_pem(cert),
+                     ca_pem=access.certificate.public_bytes(serialization.Encoding.PEM))
+        audit.append({"kind": "identity", "event": "cert.issue", "principal": str(admin),
+                      "serial": serial_hex(cert), "not_after": cert.not_valid_after_utc.isoformat(),
+                      "actor": "raywarden init"})
+        set_current(profile_name)
+        state.save_config(config)  # written last: a state dir with a config is a complete one
+    finally:
+        audit.close()
+    return InitResult(str(state.root), td, url, profile_name, str(admin),
+                      fingerprint(access.certificate), fingerprint(internal.certificate))
+
+
+def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> None:
+    dns, ips = ["localhost"], ["127.0.0.1", "::1"]
+    for host in [config.listen.host, *config.gateway_hosts]:
+        if host in ("0.0.0.0", "::", "localhost"):  # noqa: S104 - wildcard listen is not a name
+            continue
+        (ips if _is_ip(host) else dns).append(host)
+    key = generate_private_key()
+    cert = access.issue(key.public_key(), SpiffeId(config.trust_domain, "gateway"),
+                        lifetime=dt.timedelta(days=config.gateway_cert_days), server=True, client=False,
+                        dns_names=tuple(dict.fromkeys(dns)), ip_addresses=tuple(dict.fromkeys(ips)))
+    write_private(state.gateway_key, private_key_pem(key))
+    write_public(state.gateway_cert, cert_pem(cert))
+
+
+def issue_head_node_certificate(state: StateDir, config: ClusterConfig, internal: CertificateAuthority) -> None:
+    # Ray's gRPC clients check the server certificate against the address they dial: 127.0.0.1 here.
+    key = generate_private_key()
+    cert = internal.issue(key.public_key(), SpiffeId(config.trust_domain, "node", "head"),
+                          lifetime=dt.timedelta(days=config.node_cert_days), server=True, client=True,
+                          dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+    write_private(state.node_key, private_key_pem(key))
+    write_public(state.node_cert, cert_pem(cert))
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,3 @@
+from raywarden.gateway.server import main
+
+main()

@@ -1,0 +1,126 @@
+"""Run the gateway process: load state, keys and policies, serve HTTPS until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import uvicorn
+
+from raywarden.audit import AuditLog, load_or_create_audit_key
+from raywarden.errors import RaywardenError
+from raywarden.files import read_private
+from raywarden.gateway.app import GatewayApp
+from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.tls import PeerCertProtocol, server_context
+from raywarden.gateway.upstream import Upstream
+from raywarden.identity.store import IdentityStore
+from raywarden.policy.engine import PolicyEngine
+from raywarden.secret import Secret
+from raywarden.state import StateDir
+
+log = logging.getLogger("raywarden.gateway")
+
+
+def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog]:
+    config = state.load_config()
+    audit = AuditLog.open(
+        state.audit_dir,
+        signing_key=load_or_create_audit_key(state.audit_key),
+        checkpoint_every=config.audit_checkpoint_every,
+        checkpoint_seconds=config.audit_checkpoint_seconds,
+        rotate_bytes=config.audit_rotate_bytes,
+    )
+    try:
+        engine = PolicyEngine.load(state.policy_dir)
+    except RaywardenError as exc:
+        audit.append({"kind": "policy", "event": "load", "accepted": False, "reason": exc.message})
+        audit.close()
+        raise
+    audit.append({"kind": "policy", "event": "load", "accepted": True, "version": engine.version,
+                  "sources": list(engine.sources)})
+    token = Secret(read_private(state.ray_token).decode().strip())
+    app = GatewayApp(
+        authenticator=Authenticator(config.trust_domain, IdentityStore.open(state.identity_db)),
+        engine=engine,
+        audit=audit,
+        upstream=Upstream(dashboard_url, token, config.upstream_timeout_s),
+        max_body_bytes=config.max_body_bytes,
+    )
+    return app, audit
+
+
+def serve(state: StateDir, dashboard_url: str) -> None:
+    config = state.load_config()
+    app, audit = build_app(state, dashboard_url)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.listen.host,
+        port=config.listen.port,
+        http=PeerCertProtocol,
+        ws="wsproto",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    pending: set[asyncio.Task[int]] = set()
+
+    def audit_handshake_refusal(reason: str) -> None:
+        # Called on the event loop while it handles the handshake; the record is group-committed.
+        task = asyncio.get_running_loop().create_task(
+            audit.append_async({"kind": "tls", "event": "handshake_refused", "decision": "deny", "reason": reason})
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    uv_config.load()
+    uv_config.ssl = server_context(state, on_refused=audit_handshake_refusal)
+    server = uvicorn.Server(uv_config)
+    audit.append({"kind": "gateway", "event": "start", "listen": str(config.listen)})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload_policies(app, state, audit))
+        await server.serve()
+
+    try:
+        asyncio.run(run())
+    finally:
+        audit.append({"kind": "gateway", "event": "stop"})
+        audit.close()
+
+
+def _reload_policies(app: GatewayApp, state: StateDir, audit: AuditLog) -> None:
+    """SIGHUP: swap in a new policy set only if it loads and validates whole."""
+    try:
+        engine = PolicyEngine.load(state.policy_dir)
+    except RaywardenError as exc:
+        log.error("policy reload refused, keeping version %s: %s", app.engine.version, exc.message)
+        audit.append({"kind": "policy", "event": "reload", "accepted": False, "reason": exc.message,
+                      "version": app.engine.version})
+        return
+    app.engine = engine
+    audit.append({"kind": "policy", "event": "reload", "accepted": True, "version": engine.version})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m raywarden.gateway", description="Run the raywarden gateway.")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--dashboard-url", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(StateDir(args.state_dir), args.dashboard_url)
+    except RaywardenError as exc:
+        log.error("%s", exc.diagnostics())
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Identity store: principals, their groups, issued certificate serials and revocations (SQLite, WAL)."""

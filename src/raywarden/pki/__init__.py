@@ -1,0 +1,1 @@
+"""PKI: two certificate authorities and X.509-SVID leaf certificates carrying SPIFFE IDs."""

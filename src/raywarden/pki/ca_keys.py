@@ -1,0 +1,150 @@
+"""The only module that creates, loads or uses a CA private key.
+
+Two authorities exist per cluster (ARCHITECTURE.md, principle 4): the *access* CA signs people, service
+accounts and the gateway; the *internal* CA signs Ray node certificates only. Ray accepts any certificate
+from its CA, so keeping the roots apart is what stops a user certificate from reaching Ray's gRPC ports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from raywarden.errors import PKIError
+from raywarden.files import read_private, write_private, write_public
+from raywarden.pki.keys import generate_private_key, private_key_pem
+from raywarden.pki.spiffe import SpiffeId
+
+Role = Literal["access", "internal"]
+# Leaves start a little in the past so that small clock differences between hosts do not reject them.
+BACKDATE = dt.timedelta(minutes=5)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    role: Role
+    trust_domain: str
+    certificate: x509.Certificate
+    _key: ec.EllipticCurvePrivateKey
+
+    def __repr__(self) -> str:  # never show the key
+        return f"CertificateAuthority(role={self.role!r}, trust_domain={self.trust_domain!r})"
+
+    @classmethod
+    def create(cls, role: Role, trust_domain: str, *, years: int) -> CertificateAuthority:
+        key = generate_private_key()
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raywarden"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"raywarden {role} CA ({trust_domain})"),
+            ]
+        )
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + dt.timedelta(days=365 * years))
+            # pathlen 0: this CA signs leaves only, never another CA.
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            # X.509-SVID section 4.1: a signing certificate may carry the trust domain's SPIFFE ID.
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(role, trust_domain, cert, key)
+
+    @classmethod
+    def load(cls, role: Role, trust_domain: str, cert_path: Path, key_path: Path) -> CertificateAuthority:
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except FileNotFoundError:
+            raise PKIError(f"{role} CA certificate {cert_path} is missing", hint="run `raywarden init`") from None
+        key = serialization.load_pem_private_key(read_private(key_path), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PKIError(f"{key_path} is not an ECDSA key")
+        if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+            raise PKIError(f"{key_path} does not belong to {cert_path}", hint="restore the matching key")
+        return cls(role, trust_domain, cert, key)
+
+    def save(self, cert_path: Path, key_path: Path) -> None:
+        write_private(key_path, private_key_pem(self._key))
+        write_public(cert_path, self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def issue(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        spiffe_id: SpiffeId,
+        *,
+        lifetime: dt.timedelta,
+        server: bool = False,
+        client: bool = True,
+        dns_names: tuple[str, ...] = (),
+        ip_addresses: tuple[str, ...] = (),
+    ) -> x509.Certificate:
+        """Sign an X.509-SVID leaf: exactly one URI SAN (the SPIFFE ID), critical key usage, no CA bit."""
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise PKIError(f"{spiffe_id} is outside trust domain {self.trust_domain}")
+        if (self.role == "internal") != (spiffe_id.kind == "node"):
+            # Principle 4: node certificates come from the internal CA and nothing else does.
+            raise PKIError(f"the {self.role} CA does not sign {spiffe_id.kind} certificates")
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
+            raise PKIError("only ECDSA P-256 keys are accepted", hint="generate the key with curve P-256")
+        now = _now()
+        not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
+        purposes = ((ExtendedKeyUsageOID.SERVER_AUTH, server), (ExtendedKeyUsageOID.CLIENT_AUTH, client))
+        usages = [oid for oid, wanted in purposes if wanted]
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]
+        sans += [x509.DNSName(name) for name in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id.name or spiffe_id.kind)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
