@@ -1,4 +1,4 @@
-"""The gateway as an ASGI app: authenticate, match, decide, audit, forward, audit the outcome."""
+"""The gateway as an ASGI app: match, authenticate, decide, audit, forward (or answer), audit the outcome."""
 
 from __future__ import annotations
 
@@ -9,33 +9,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from raywarden.audit import AuditLog, AuditUnavailable
 from raywarden.errors import AuthenticationError
 from raywarden.gateway import responses
-from raywarden.gateway.auth import Authenticator, Identity
-from raywarden.gateway.jobs import OWNER_KEY, BadJobBody, parse_submission, stamp_owner
+from raywarden.gateway.auth import Authenticator, Identity, MissingCredential
+from raywarden.gateway.control import ControlHandler, ControlRequest
+from raywarden.gateway.jobs import BadJobBody, JobSubmitBody, parse_submission, stamp_owner
 from raywarden.gateway.paths import BadPath, canonical_path, encode_path
+from raywarden.gateway.resources import resource_for
+from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import Match, match
-from raywarden.gateway.upstream import Upstream, UpstreamUnavailable
-from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyEngine, PolicyRequest
+from raywarden.gateway.upstream import Upstream, UpstreamResponse, UpstreamUnavailable
+from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest
 
 log = logging.getLogger("raywarden.gateway")
 PEER_CERT_STATE_KEY = "raywarden.peer_cert_der"
-
-
-class Refusal(Exception):
-    """Stop handling a request: answer ``status`` with a JSON error and record why."""
-
-    def __init__(self, status: int, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason or message
-        self.hint = hint
 
 
 @dataclass
@@ -52,6 +44,9 @@ class Exchange:
     resource: str | None = None
     policy_ids: tuple[str, ...] = ()
 
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.started) * 1000, 3)
+
     def record(self, **fields: Any) -> dict[str, Any]:
         return {
             "kind": "request",
@@ -65,9 +60,13 @@ class Exchange:
             "action": self.action,
             "resource": self.resource,
             "policy_ids": list(self.policy_ids),
-            "latency_ms": round((time.monotonic() - self.started) * 1000, 3),
+            "latency_ms": self.elapsed_ms(),
             **fields,
         }
+
+    def outcome(self, status: int, **fields: Any) -> dict[str, Any]:
+        return {"kind": "outcome", "request_id": self.request_id, "status": status,
+                "latency_ms": self.elapsed_ms(), **fields}
 
 
 class GatewayApp:
@@ -78,12 +77,14 @@ class GatewayApp:
         engine: PolicyEngine,
         audit: AuditLog,
         upstream: Upstream,
+        control: dict[str, ControlHandler],
         max_body_bytes: int,
     ) -> None:
         self.authenticator = authenticator
         self.engine = engine
         self.audit = audit
         self.upstream = upstream
+        self.control = control
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,13 +122,14 @@ class GatewayApp:
 
     def _authenticate(self, scope: Scope, ex: Exchange) -> Identity:
         der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
-        if not der:
-            raise Refusal(401, "authentication required", reason="no client certificate",
-                          hint=responses.HINT_NO_CREDENTIAL)
+        authorization = _header(scope, b"authorization")
+        hint = responses.HINT_NO_CREDENTIAL
         try:
-            identity = self.authenticator.from_certificate(der)
+            identity = self.authenticator.authenticate(der, authorization)
+        except MissingCredential as exc:
+            raise Refusal(401, "authentication required", reason=exc.reason, hint=hint) from None
         except AuthenticationError as exc:
-            raise Refusal(401, "authentication failed", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL) from None
+            raise Refusal(401, "authentication failed", reason=exc.reason, hint=hint) from None
         ex.identity = identity
         return identity
 
@@ -138,6 +140,8 @@ class GatewayApp:
             raise Refusal(400, "malformed request path", reason=f"bad path: {exc}") from None
         found = match(method, path, websocket=websocket)
         if found is None:
+            # An anonymous caller learns nothing about the route table, not even that a route is unknown.
+            self._authenticate(scope, ex)
             raise Refusal(404, "no such route", reason=f"route not in the route table: {method} {path}",
                           hint="the gateway serves Ray's Jobs API only; see `raywarden --help`")
         ex.action = found.route.action
@@ -150,30 +154,10 @@ class GatewayApp:
                               reason=f"unlisted query parameters {sorted(unknown)}")
         return found, query
 
-    async def _resource(self, found: Match, identity: Identity, submission: Any) -> Entity:
-        kind = found.route.resource
-        if kind == "cluster":
-            return Entity("Cluster", CLUSTER_ID)
-        if kind == "package":
-            name = found.params["package_name"]
-            return Entity("Package", name, {"name": name}, (("Cluster", CLUSTER_ID),))
-        if kind == "new_job":
-            job_id = submission.submission_id or submission.job_id or "(new)"
-            new = {"job_id": job_id, "owner": identity.spiffe_id, "entrypoint": submission.entrypoint}
-            return Entity("Job", job_id, new, (("Cluster", CLUSTER_ID),))
-        job_id = found.params["job_id"]
-        info = await self.upstream.job_info(job_id)
-        attrs: dict[str, Any] = {"job_id": job_id}
-        if info is not None:
-            owner = (info.get("metadata") or {}).get(OWNER_KEY)
-            if isinstance(owner, str):
-                attrs["owner"] = owner
-            if isinstance(info.get("entrypoint"), str):
-                attrs["entrypoint"] = info["entrypoint"]
-        return Entity("Job", job_id, attrs, (("Cluster", CLUSTER_ID),))
-
-    async def _authorize(self, ex: Exchange, identity: Identity, found: Match, submission: Any) -> None:
-        resource = await self._resource(found, identity, submission)
+    async def _authorize(
+        self, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None
+    ) -> None:
+        resource = await resource_for(found, identity, submission, self.upstream)
         ex.resource = f"{resource.type}::{resource.id}"
         principal = Entity(
             "User" if identity.kind == "user" else "ServiceAccount",
@@ -192,6 +176,9 @@ class GatewayApp:
                 reason += f" (evaluation errors: {'; '.join(decision.errors)})"
             raise Refusal(403, "forbidden", reason=reason,
                           hint="ask an administrator for access; policies decide per action and resource")
+
+    async def _record_allow(self, ex: Exchange) -> None:
+        # Principle 5: the decision is on disk before anything is forwarded or answered.
         await self.audit.append_async(ex.record(decision="allow", status=None, policy_version=self.engine.version))
 
     async def _refuse(self, ex: Exchange, refusal: Refusal) -> Response:
@@ -206,9 +193,12 @@ class GatewayApp:
         ex = self._exchange(request.scope, request.method)
         try:
             try:
-                identity = self._authenticate(request.scope, ex)
                 found, query = self._match(request.scope, ex, request.method, websocket=False)
+                identity = self._authenticate(request.scope, ex) if found.route.auth == "identity" else None
                 body = await self._read_body(request, found)
+                if not found.route.upstream:
+                    return await self._control(ex, found, identity, body)
+                assert identity is not None  # noqa: S101 - every Ray route requires an identity (routes.py)
                 submission = None
                 if found.route.body == "job_submit":
                     try:
@@ -221,35 +211,47 @@ class GatewayApp:
                 return await self._refuse(ex, refusal)
             except UpstreamUnavailable as exc:
                 return await self._refuse(ex, _ray_down(exc))
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            try:
-                upstream = await self.upstream.request(
-                    request.method, encode_path(canonical_path(request.scope["raw_path"])), query, headers, body
-                )
-            except UpstreamUnavailable as exc:
-                down = _ray_down(exc)
-                await self.audit.append_async(
-                    {"kind": "outcome", "request_id": ex.request_id, "status": down.status, "reason": down.reason}
-                )
-                return responses.error(down.status, down.message, ex.request_id, down.hint)
-            await self.audit.append_async({"kind": "outcome", "request_id": ex.request_id, "status": upstream.status,
-                                           "latency_ms": ex.record()["latency_ms"]})
-            out_headers = dict(upstream.headers)
-            out_headers.update({responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1], "x-request-id": ex.request_id})
-            return Response(upstream.body, status_code=upstream.status, headers=out_headers)
+            await self._record_allow(ex)
+            return await self._forward(request, ex, query, body)
         except AuditUnavailable as exc:
             # Principle 6: a request that cannot be recorded is not served.
             log.error("audit log unavailable: %s", exc.message)
             return responses.error(503, "audit log unavailable; requests are refused until it is writable",
                                    ex.request_id, "check disk space and permissions of the audit dir")
 
+    async def _forward(self, request: Request, ex: Exchange, query: str, body: bytes | None) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        path = encode_path(canonical_path(request.scope["raw_path"]))
+        try:
+            upstream = await self.upstream.request(request.method, path, query, headers, body)
+        except UpstreamUnavailable as exc:
+            down = _ray_down(exc)
+            await self.audit.append_async(ex.outcome(down.status, reason=down.reason))
+            return responses.error(down.status, down.message, ex.request_id, down.hint)
+        await self.audit.append_async(ex.outcome(upstream.status))
+        return _relay(upstream, ex)
+
+    async def _control(self, ex: Exchange, found: Match, identity: Identity | None, body: bytes | None) -> Response:
+        if identity is not None:
+            await self._authorize(ex, identity, found, None)
+            await self._record_allow(ex)
+        handler = self.control[found.route.action]
+        result = await handler(ControlRequest(ex.request_id, ex.source, found.params, body, identity))
+        record = ex.record(decision="allow" if result.status < 400 else "deny", status=result.status,
+                           policy_version=self.engine.version, **result.audit)
+        if identity is None:
+            await self.audit.append_async(record)
+        else:
+            await self.audit.append_async(ex.outcome(result.status, **result.audit))
+        headers = {responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1], "x-request-id": ex.request_id,
+                   "cache-control": "no-store"}
+        return JSONResponse({**result.body, "request_id": ex.request_id}, status_code=result.status, headers=headers)
+
     async def _read_body(self, request: Request, found: Match) -> bytes | None:
         if found.route.body == "none":
             # A body on a route that takes none is a smuggling attempt or a client bug: refuse it.
-            chunk = b""
             async for part in request.stream():
-                chunk += part
-                if chunk:
+                if part:
                     raise Refusal(400, "this route takes no request body")
             return None
         declared = request.headers.get("content-length")
@@ -269,16 +271,16 @@ class GatewayApp:
         ex = self._exchange(ws.scope, "GET")
         try:
             try:
-                identity = self._authenticate(ws.scope, ex)
                 found, _ = self._match(ws.scope, ex, "GET", websocket=True)
+                identity = self._authenticate(ws.scope, ex)
                 await self._authorize(ex, identity, found, None)
+                await self._record_allow(ex)
                 upstream_ws = await self.upstream.websocket(encode_path(canonical_path(ws.scope["raw_path"])))
             except (Refusal, UpstreamUnavailable) as exc:
                 refusal = exc if isinstance(exc, Refusal) else _ray_down(exc)
                 await self.audit.append_async(ex.record(decision="deny" if refusal.status != 503 else "error",
                                                         status=refusal.status, reason=refusal.reason))
-                # Refuse the upgrade with a real HTTP status (ASGI websocket.http.response is not in
-                # every server), so close with a policy-violation code carrying the reason.
+                # Close before accepting: the client sees the upgrade refused (HTTP 403 from the server).
                 await ws.close(code=1008, reason=refusal.message)
                 return
         except AuditUnavailable:
@@ -297,12 +299,24 @@ class GatewayApp:
             pass
         finally:
             await upstream_ws.close()
-            await self.audit.append_async({"kind": "outcome", "request_id": ex.request_id, "status": 101,
-                                           "latency_ms": ex.record()["latency_ms"]})
+            await self.audit.append_async(ex.outcome(101))
             try:
                 await ws.close()
             except RuntimeError:
                 pass  # the client already closed
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _relay(upstream: UpstreamResponse, ex: Exchange) -> Response:
+    headers = dict(upstream.headers)
+    headers.update({responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1], "x-request-id": ex.request_id})
+    return Response(upstream.body, status_code=upstream.status, headers=headers)
 
 
 def _ray_down(exc: UpstreamUnavailable) -> Refusal:

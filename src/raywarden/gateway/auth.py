@@ -1,4 +1,7 @@
-"""Authentication: turn a verified client certificate into an identity, or refuse with a precise reason."""
+"""Authentication: turn the caller's credential into an identity, or refuse with a precise reason.
+
+Credentials: a client certificate verified by the TLS layer against the access CA.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +17,29 @@ from raywarden.pki.certs import serial_hex, spiffe_id_of
 @dataclass(frozen=True)
 class Identity:
     spiffe_id: str
-    kind: str
+    kind: str  # "user" or "sa"
     name: str
     groups: tuple[str, ...]
-    auth_method: str
-    credential_id: str
+    auth_method: str  # "certificate", ...
+    credential_id: str  # certificate serial, ...
+
+
+class MissingCredential(AuthenticationError):
+    """The request carried no credential at all (as opposed to a bad one)."""
 
 
 class Authenticator:
     def __init__(self, trust_domain: str, store: IdentityStore) -> None:
         self.trust_domain = trust_domain
         self.store = store
+
+    def authenticate(self, peer_cert_der: bytes | None, authorization: str | None) -> Identity:
+        """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only)."""
+        if peer_cert_der:
+            return self.from_certificate(peer_cert_der)
+        if authorization:
+            raise AuthenticationError("bearer credentials are not accepted by this gateway")
+        raise MissingCredential("no client certificate")
 
     def from_certificate(self, der: bytes) -> Identity:
         """The TLS layer already checked the chain to the access CA and the validity window."""

@@ -12,6 +12,17 @@ HINT_NO_CREDENTIAL = (
 )
 
 
+class Refusal(Exception):
+    """Stop handling a request: answer ``status`` with a JSON error; ``reason`` goes to the audit log only."""
+
+    def __init__(self, status: int, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason or message
+        self.hint = hint
+
+
 def error(status: int, message: str, request_id: str, hint: str | None = None) -> JSONResponse:
     body: dict[str, str] = {"error": message, "request_id": request_id}
     if hint:

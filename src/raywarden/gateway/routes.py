@@ -11,8 +11,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-ResourceKind = Literal["cluster", "new_job", "job", "package"]
-BodyKind = Literal["none", "job_submit", "package"]
+ResourceKind = Literal["cluster", "new_job", "job", "package", "control"]
+BodyKind = Literal["none", "job_submit", "package", "json"]
+# "identity": the caller must authenticate (certificate or bearer) and a policy must permit the action.
+# "anonymous": raywarden's own enrollment endpoints, where the credential is in the body (a one-time code
+# or join token) and the handler verifies it.
+AuthKind = Literal["identity", "anonymous"]
 
 # Ray submission ids are "raysubmit_<random>" or user-chosen; job ids are hex. Neither needs more.
 _SEGMENT = {
@@ -31,6 +35,9 @@ class Route:
     body: BodyKind = "none"
     websocket: bool = False
     query: frozenset[str] = field(default_factory=frozenset)
+    auth: AuthKind = "identity"
+    # False for raywarden's own control API, answered by the gateway itself (gateway/control/).
+    upstream: bool = True
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -38,7 +45,7 @@ class Route:
         object.__setattr__(self, "regex", re.compile(f"^{pattern}$"))
 
 
-ROUTES: tuple[Route, ...] = (
+RAY_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/version", "cluster.version", "cluster"),
     Route("GET", "/api/jobs/", "jobs.list", "cluster"),
     Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit"),
@@ -51,7 +58,13 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/api/packages/{protocol}/{package_name}", "packages.upload", "package", body="package"),
 )
 
-ACTIONS: frozenset[str] = frozenset(r.action for r in ROUTES)
+# raywarden's own API. Every action here has a handler in raywarden.gateway.control.
+CONTROL_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/raywarden/v1/ca", "raywarden.ca", "control", auth="anonymous", upstream=False),
+)
+
+ROUTES: tuple[Route, ...] = RAY_ROUTES + CONTROL_ROUTES
+ACTIONS: frozenset[str] = frozenset(r.action for r in ROUTES if r.auth == "identity")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from raywarden.errors import RaywardenError
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.control import ControlServices, build_handlers
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream
 from raywarden.identity.store import IdentityStore
@@ -43,11 +44,13 @@ def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog
     audit.append({"kind": "policy", "event": "load", "accepted": True, "version": engine.version,
                   "sources": list(engine.sources)})
     token = Secret(read_private(state.ray_token).decode().strip())
+    store = IdentityStore.open(state.identity_db)
     app = GatewayApp(
-        authenticator=Authenticator(config.trust_domain, IdentityStore.open(state.identity_db)),
+        authenticator=Authenticator(config.trust_domain, store),
         engine=engine,
         audit=audit,
         upstream=Upstream(dashboard_url, token, config.upstream_timeout_s),
+        control=build_handlers(ControlServices(state, config, store, audit)),
         max_body_bytes=config.max_body_bytes,
     )
     return app, audit

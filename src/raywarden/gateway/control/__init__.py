@@ -1,0 +1,52 @@
+"""raywarden's own API, answered by the gateway itself (the routes with ``upstream=False`` in routes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raywarden.audit import AuditLog
+from raywarden.gateway.auth import Identity
+from raywarden.identity.store import IdentityStore
+from raywarden.state import ClusterConfig, StateDir
+
+
+@dataclass(frozen=True)
+class ControlServices:
+    """What control handlers may use: the state dir (CA keys included), the identity store, the audit log."""
+
+    state: StateDir
+    config: ClusterConfig
+    store: IdentityStore
+    audit: AuditLog
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    request_id: str
+    source: str
+    params: dict[str, str]
+    body: bytes | None
+    identity: Identity | None  # None on anonymous routes
+
+
+@dataclass
+class ControlResponse:
+    status: int
+    body: dict[str, Any]
+    # Extra fields for the request's audit record (never secrets: the audit log redacts, but do not rely on it).
+    audit: dict[str, Any] = field(default_factory=dict)
+
+
+ControlHandler = Callable[[ControlRequest], Awaitable[ControlResponse]]
+
+
+def build_handlers(services: ControlServices) -> dict[str, ControlHandler]:
+    """Every control action's handler. A route without a handler fails at start-up, not at request time."""
+    from raywarden.gateway.control import trust
+
+    handlers: dict[str, ControlHandler] = {}
+    for module in (trust,):
+        handlers.update(module.handlers(services))
+    return handlers
