@@ -8,8 +8,9 @@ gateway (identities issue).
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-from raywarden.audit import AuditLog, load_or_create_audit_key
+from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import Profile
 from raywarden.errors import ConfigError
 from raywarden.identity.store import IdentityStore
@@ -34,7 +35,7 @@ def ensure_fresh(profile: Profile) -> bool:
             raise ConfigError(f"the certificate of profile {profile.name!r} has expired",
                               hint="log in again with `raywarden login`")
         return False
-    state = StateDir(__import__("pathlib").Path(profile.state_dir)).require()
+    state = StateDir(Path(profile.state_dir)).require()
     config = state.load_config()
     access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
     spiffe = SpiffeId.parse(profile.identity)
@@ -46,9 +47,7 @@ def ensure_fresh(profile: Profile) -> bool:
     cert = access.issue(key.public_key(), spiffe, lifetime=dt.timedelta(hours=config.user_cert_hours))
     store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
     profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem(cert))
-    audit = AuditLog.open(state.audit_dir, signing_key=load_or_create_audit_key(state.audit_key),
-                          checkpoint_every=config.audit_checkpoint_every,
-                          checkpoint_seconds=config.audit_checkpoint_seconds, rotate_bytes=config.audit_rotate_bytes)
+    audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "identity", "event": "cert.renew", "principal": str(spiffe),
                       "serial": serial_hex(cert), "not_after": cert.not_valid_after_utc.isoformat(),

@@ -15,7 +15,8 @@ import requests
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict
 
-from raywarden.audit import AuditLog, audit_public_key_pem, load_or_create_audit_key
+from raywarden.audit import audit_public_key_pem
+from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import list_profiles
 from raywarden.cluster import firewall
 from raywarden.cluster.ports import RayPorts
@@ -62,12 +63,6 @@ def read_run_state(state: StateDir) -> RunState | None:
         return None
 
 
-def _audit(state: StateDir, config: ClusterConfig) -> AuditLog:
-    return AuditLog.open(state.audit_dir, signing_key=load_or_create_audit_key(state.audit_key),
-                         checkpoint_every=config.audit_checkpoint_every,
-                         checkpoint_seconds=config.audit_checkpoint_seconds, rotate_bytes=config.audit_rotate_bytes)
-
-
 def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = None,
        progress: Progress = lambda _: None) -> RunState:
     config = state.load_config()
@@ -97,7 +92,7 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
     run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
                    started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw)
     write_private(_run_file(state), run.model_dump_json(indent=2).encode())
-    audit = _audit(state, config)
+    audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "cluster", "event": "up", "actor": _local_actor(), "listen": str(config.listen),
                       "firewall": fw, "ray_ports": ports.model_dump()})
@@ -121,7 +116,7 @@ def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, A
     if left:
         raise ClusterError(f"processes of this cluster are still running: {left}", hint="kill them by hand")
     _run_file(state).unlink(missing_ok=True)
-    audit = _audit(state, config)
+    audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "cluster", "event": "down", "actor": _local_actor(), "was_running": run is not None})
     finally:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from raywarden.audit import AuditLog, load_or_create_audit_key
+from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import Profile, load_profile, profiles_dir, set_current
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
@@ -62,10 +62,7 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
     issue_head_node_certificate(state, config, internal)
     write_private(state.ray_token, secrets.token_hex(32).encode() + b"\n")
 
-    audit = AuditLog.open(state.audit_dir, signing_key=load_or_create_audit_key(state.audit_key),
-                          checkpoint_every=config.audit_checkpoint_every,
-                          checkpoint_seconds=config.audit_checkpoint_seconds,
-                          rotate_bytes=config.audit_rotate_bytes)
+    audit = open_cluster_audit(state, config)
     try:
         store = IdentityStore.create(state.identity_db)
         admin = SpiffeId(td, "user", admin_name)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from raywarden.audit import AuditLog, AuditUnavailable
+from raywarden.audit import AuditLog, AuditRecordError, AuditUnavailable
 from raywarden.errors import AuthenticationError
 from raywarden.gateway import responses
 from raywarden.gateway.auth import Authenticator, Identity, MissingCredential
@@ -213,7 +213,7 @@ class GatewayApp:
                 return await self._refuse(ex, _ray_down(exc))
             await self._record_allow(ex)
             return await self._forward(request, ex, query, body)
-        except AuditUnavailable as exc:
+        except (AuditUnavailable, AuditRecordError) as exc:
             # Principle 6: a request that cannot be recorded is not served.
             log.error("audit log unavailable: %s", exc.message)
             return responses.error(503, "audit log unavailable; requests are refused until it is writable",
@@ -283,7 +283,7 @@ class GatewayApp:
                 # Close before accepting: the client sees the upgrade refused (HTTP 403 from the server).
                 await ws.close(code=1008, reason=refusal.message)
                 return
-        except AuditUnavailable:
+        except (AuditUnavailable, AuditRecordError):
             await ws.close(code=1011, reason="audit log unavailable")
             return
         await ws.accept()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
-from raywarden.audit import AuditLog, load_or_create_audit_key
+from raywarden.audit import AuditLog
+from raywarden.audit.cluster import open_cluster_audit
 from raywarden.errors import RaywardenError
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
@@ -28,13 +29,7 @@ log = logging.getLogger("raywarden.gateway")
 
 def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog]:
     config = state.load_config()
-    audit = AuditLog.open(
-        state.audit_dir,
-        signing_key=load_or_create_audit_key(state.audit_key),
-        checkpoint_every=config.audit_checkpoint_every,
-        checkpoint_seconds=config.audit_checkpoint_seconds,
-        rotate_bytes=config.audit_rotate_bytes,
-    )
+    audit = open_cluster_audit(state, config)
     try:
         engine = PolicyEngine.load(state.policy_dir)
     except RaywardenError as exc:

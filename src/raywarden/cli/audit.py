@@ -1,0 +1,232 @@
+"""`raywarden audit`: verify the tamper-evident log, follow it, and export it for a SIEM."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from raywarden.audit import AuditVerificationError, VerifyReport, load_audit_public_key, verify_log
+from raywarden.audit.keys import load_audit_key
+from raywarden.audit.reader import RecordFilter, follow, iter_records, last_records, parse_time
+from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
+from raywarden.errors import ConfigError
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Verify, follow and export the tamper-evident audit log.",
+    no_args_is_help=True,
+)
+
+
+class Decision(str, enum.Enum):
+    allow = "allow"
+    deny = "deny"
+
+
+PrincipalOption = Annotated[
+    str | None,
+    typer.Option("--principal", help="Only records by this principal (SPIFFE ID), e.g. spiffe://td/user/alice."),
+]
+ActionOption = Annotated[str | None, typer.Option("--action", help="Only this action; globs work: 'job.*'.")]
+DecisionOption = Annotated[Decision | None, typer.Option("--decision", help="Only allowed or only denied requests.")]
+SinceOption = Annotated[
+    str | None,
+    typer.Option("--since", help="Only records from this time on: RFC 3339, a date, or an age (15m, 2h, 7d)."),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def verify_command(
+    since_checkpoint: Annotated[
+        int | None,
+        typer.Option(
+            "--since-checkpoint",
+            metavar="N",
+            min=0,
+            help="Start at the signed checkpoint covering N records (for logs whose older files were archived).",
+        ),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            metavar="FILE",
+            help="PEM audit public key to check signatures against, as printed by `raywarden status`. "
+            "Default: the key in the state dir.",
+        ),
+    ] = None,
+    state_dir_option: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Check every record against the hash chain and every checkpoint signature.
+
+    Names modification, deletion, insertion, reordering and truncation with the first bad sequence number.
+    Exits 0 only when everything verifies.
+    """
+    state = state_dir(state_dir_option)
+    if public_key is not None:
+        key, source = load_audit_public_key(public_key), str(public_key)
+    elif state.audit_key.is_file():
+        key, source = load_audit_key(state.audit_key).public_key(), f"{state.audit_key} (this machine's key)"
+    else:
+        key, source = None, ""
+    try:
+        report = verify_log(state.audit_dir, public_key=key, since_checkpoint=since_checkpoint)
+    except AuditVerificationError as exc:
+        if json_output:
+            print_json(exc.to_dict())
+        raise
+    if key is not None:
+        report = dataclasses.replace(report, key_source=source)
+    if json_output:
+        print_json(report.to_dict())
+        return
+    _print_report(report)
+
+
+def _print_report(report: VerifyReport) -> None:
+    last_seq = f"seq {report.verified_from}-{report.records - 1}" if report.records > report.verified_from else "none"
+    console.print(
+        f"[bold green]audit log verified[/]: {report.records - report.verified_from} records ({last_seq}) "
+        f"in {report.files} file(s)"
+    )
+    if report.last_checkpoint_size is None:
+        console.print("  checkpoints: none yet (nothing is signed; the writer signs every N records or T seconds)")
+    else:
+        console.print(
+            f"  checkpoints: {report.checkpoints} valid signature(s); the last covers "
+            f"{report.last_checkpoint_size} records, signed {escape(report.last_checkpoint_time or '?')}"
+        )
+    if report.unsigned_records:
+        console.print(
+            f"  [yellow]{report.unsigned_records} record(s) after the last checkpoint are chained but "
+            "not signed yet[/]: removing them could not be detected"
+        )
+    if report.key_id:
+        console.print(f"  key: {report.key_id}")
+        console.print(f"       from {escape(report.key_source)}")
+    console.print(f"  head: {report.head}")
+
+
+def _filter(
+    principal: str | None, action: str | None, decision: Decision | None, since: str | None, until: str | None = None
+) -> RecordFilter:
+    return RecordFilter(
+        principal=principal,
+        action=action,
+        decision=decision.value if decision else None,
+        since=parse_time(since) if since else None,
+        until=parse_time(until) if until else None,
+    )
+
+
+@audit_app.command("tail")
+def tail_command(
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records as they arrive.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many recent records to show first.")] = 20,
+    principal: PrincipalOption = None,
+    action: ActionOption = None,
+    decision: DecisionOption = None,
+    since: SinceOption = None,
+    state_dir_option: StateDirOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print each record as one JSON line.")] = False,
+) -> None:
+    """Show the most recent audit records, optionally following new ones (-f)."""
+    state = state_dir(state_dir_option)
+    _require_log(state.audit_dir)
+    flt = _filter(principal, action, decision, since)
+    for line, record in last_records(state.audit_dir, flt, lines):
+        _show(line, record, json_output)
+    if not follow_:
+        return
+    try:
+        for line, record in follow(state.audit_dir, flt):
+            _show(line, record, json_output)
+    except KeyboardInterrupt:
+        return
+
+
+@audit_app.command("export")
+def export_command(
+    since: SinceOption = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only records before this time.")] = None,
+    principal: PrincipalOption = None,
+    action: ActionOption = None,
+    decision: DecisionOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (0600) instead of stdout.")
+    ] = None,
+    state_dir_option: StateDirOption = None,
+) -> None:
+    """Write records as JSON lines for a SIEM, byte for byte as they are in the log (and as they were hashed)."""
+    state = state_dir(state_dir_option)
+    _require_log(state.audit_dir)
+    flt = _filter(principal, action, decision, since, until)
+    if output is None:
+        out = sys.stdout.buffer
+        for line, _ in iter_records(state.audit_dir, flt):
+            out.write(line + b"\n")
+        out.flush()
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    count = 0
+    with os.fdopen(fd, "wb") as handle:
+        for line, _ in iter_records(state.audit_dir, flt):
+            handle.write(line + b"\n")
+            count += 1
+    err_console.print(f"exported {count} record(s) to {escape(str(output))}")
+
+
+def _require_log(audit_dir: Path) -> None:
+    if not audit_dir.is_dir():
+        raise ConfigError(f"no audit log in {audit_dir}", hint="check --state-dir; the gateway creates it on start")
+
+
+def _show(line: bytes, record: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        sys.stdout.write(line.decode("ascii") + "\n")
+        sys.stdout.flush()
+        return
+    console.print(format_record(record), soft_wrap=True)
+
+
+_DECISION_STYLE = {"allow": "green", "deny": "bold red"}
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One line of Rich markup for a person; every value from the log is escaped (it may be hostile)."""
+    decision = record.get("decision")
+    parts = [
+        f"[dim]{_text(record.get('time'))}[/]",
+        f"#{_text(record.get('seq'))}",
+        _text(record.get("kind")),
+        _text(record.get("principal") or record.get("actor")),
+        _text(record.get("action") or record.get("event")),
+    ]
+    if decision is not None:
+        style = _DECISION_STYLE.get(str(decision), "yellow")
+        parts.append(f"[{style}]{_text(decision)}[/]")
+    for field in ("status", "resource", "request_id"):
+        if record.get(field) is not None:
+            parts.append(f"{field}={_text(record[field])}")
+    if record.get("reason"):
+        parts.append(f"[dim]({_text(record['reason'])})[/]")
+    return "  ".join(parts)
+
+
+def _text(value: object) -> str:
+    # Records hold client-controlled strings: neutralise both Rich markup and terminal control characters.
+    text = "-" if value is None else str(value)
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return escape(text)
