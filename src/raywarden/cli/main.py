@@ -17,14 +17,20 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Imported here so that `raywarden --help` stays quick and each group owns its module.
-    from raywarden.cli import audit, cluster, jobs, scan
+# One module per command group under raywarden.cli, each with a `register(app)` function.
+COMMAND_MODULES = (
+    "cluster",
+    "jobs",
+    "audit",
+    "scan",
+)
 
-    cluster.register(app)
-    jobs.register(app)
-    audit.register(app)
-    scan.register(app)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"raywarden.cli.{name}").register(app)
 
 
 def main() -> None:

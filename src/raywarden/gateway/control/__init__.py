@@ -44,9 +44,20 @@ ControlHandler = Callable[[ControlRequest], Awaitable[ControlResponse]]
 
 def build_handlers(services: ControlServices) -> dict[str, ControlHandler]:
     """Every control action's handler. A route without a handler fails at start-up, not at request time."""
-    from raywarden.gateway.control import trust
+    import importlib
 
     handlers: dict[str, ControlHandler] = {}
-    for module in (trust,):
-        handlers.update(module.handlers(services))
+    for name in HANDLER_MODULES:
+        handlers.update(importlib.import_module(f"raywarden.gateway.control.{name}").handlers(services))
+    from raywarden.gateway.routes import CONTROL_ROUTES
+
+    missing = {r.action for r in CONTROL_ROUTES} - set(handlers)
+    if missing:
+        raise RuntimeError(f"control routes without a handler: {sorted(missing)}")
     return handlers
+
+
+# One module per group of control actions, each with a `handlers(services)` function.
+HANDLER_MODULES = (
+    "trust",
+)
