@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.support import TD, Cluster, tls_context
 
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
+from tests.support import TD, Cluster, tls_context
 
 pytestmark = pytest.mark.integration
 

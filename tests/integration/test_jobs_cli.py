@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tests.support import Cluster, run_cli
 
 pytestmark = pytest.mark.integration

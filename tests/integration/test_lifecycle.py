@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.conftest import free_port
-from tests.support import Cluster, run_cli, start_cluster, stop_cluster
 
 from raywarden.cluster import lifecycle
 from raywarden.cluster.procs import alive, is_loopback, pids_mentioning, tcp_listeners
+from tests.conftest import free_port
+from tests.support import Cluster, run_cli, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.integration
 
