@@ -40,7 +40,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> N
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -65,7 +65,8 @@ def read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX: the folder entry needs its own fsync)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -123,14 +123,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ExclusiveLock:
     """Exclusive ``flock`` on the log's lock file for one batch (serialises writers across processes)."""
 

@@ -26,7 +26,6 @@ from raywarden.audit.layout import (
     ExclusiveLock,
     Segment,
     complete_length,
-    fsync_dir,
     list_segments,
     read_last_line,
     segment_name,
@@ -36,7 +35,7 @@ from raywarden.audit.record import GENESIS_HEAD, canonical_json, chain_head, utc
 from raywarden.audit.redact import redact
 from raywarden.audit.waiters import AsyncWaiter, Item, Outcome, SyncWaiter, call_in_loop, settle
 from raywarden.errors import ConfigError
-from raywarden.files import ensure_private_dir, write_public
+from raywarden.files import ensure_private_dir, fsync_dir, write_public
 
 log = logging.getLogger(__name__)
 
