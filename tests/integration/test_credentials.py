@@ -109,9 +109,9 @@ def test_disabled_user_is_refused(cluster: Cluster) -> None:
     assert resp.status_code == 401 and "disabled" in str(_denial(cluster, resp)["reason"])
 
 
-def test_user_outside_admins_is_forbidden(cluster: Cluster) -> None:
+def test_user_no_policy_covers_is_forbidden(cluster: Cluster) -> None:
     jobs_before = len(cluster.ray_jobs())
-    cert = cluster.issue("dev", groups=("developers",))
+    cert = cluster.issue("dev", groups=("contractors",))
     resp = requests.post(cluster.url + "/api/jobs/", json={"entrypoint": "echo hi"}, cert=cert, verify=cluster.ca,
                          timeout=30)
     assert resp.status_code == 403 and resp.json()["error"] == "forbidden"

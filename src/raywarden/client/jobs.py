@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import requests
+from ray.exceptions import AuthenticationError as RayAuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from raywarden.client.profile import Profile, load_profile
@@ -34,7 +35,10 @@ class GatewayJobClient(JobSubmissionClient):  # type: ignore[misc]
     def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("cert", self._client_cert)
         kwargs.setdefault("timeout", 300)
-        response: requests.Response = super()._do_request(method, endpoint, **kwargs)
+        try:
+            response: requests.Response = super()._do_request(method, endpoint, **kwargs)
+        except RayAuthenticationError as exc:  # Ray's client raises on 401/403 before we see the response
+            raise _refused(str(exc)) from None
         if response.status_code in (401, 403, 413, 503) or (
             response.status_code in (400, 404) and response.headers.get("x-raywarden-gateway") == "1"
             and response.headers.get("content-type", "").startswith("application/json")
@@ -54,6 +58,18 @@ def gateway_error(response: requests.Response) -> GatewayRequestError:
         message, hint = response.text.strip()[:500] or response.reason, None
     return GatewayRequestError(response.status_code, f"gateway answered {response.status_code}: {message}",
                                hint=hint)
+
+
+def _refused(text: str) -> GatewayRequestError:
+    """Rebuild the gateway's 401/403 answer from the text of Ray's AuthenticationError ("...: BODY\n\n...")."""
+    status = 401 if text.startswith("Authentication required") else 403
+    body = text.partition(": ")[2].partition("\n\n")[0]
+    try:
+        data = json.loads(body)
+        message, hint = str(data.get("error", body)), data.get("hint")
+    except (ValueError, AttributeError):
+        message, hint = body[:500], None
+    return GatewayRequestError(status, f"gateway answered {status}: {message}", hint=hint)
 
 
 def _as_gateway_error(text: str) -> GatewayRequestError:

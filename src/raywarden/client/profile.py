@@ -79,6 +79,13 @@ def load_profile(name: str | None = None) -> Profile:
     return Profile(meta["name"], meta["gateway_url"], meta["identity"], meta.get("state_dir"))
 
 
+def load_profile_or_none(name: str) -> Profile | None:
+    check_name(name, "profile name")
+    if not (profiles_dir() / name / "profile.json").is_file():
+        return None
+    return load_profile(name)
+
+
 def current_profile_name() -> str | None:
     try:
         return _current_file().read_text().strip() or None

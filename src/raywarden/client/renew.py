@@ -1,8 +1,8 @@
 """Keep a profile's certificate fresh. Renews when less than a third of its lifetime is left.
 
-Here: the local admin profile created by `init`, renewed directly with the access CA in the state dir
-(whoever can read that key can mint certificates anyway). Profiles enrolled remotely renew through the
-gateway (identities issue).
+The local admin profile created by `init` renews directly with the access CA in the state dir (whoever
+can read that key can mint certificates anyway). Profiles enrolled with `login` renew through the gateway's
+``/raywarden/v1/renew``, authenticated by the certificate they are replacing.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def ensure_fresh(profile: Profile) -> bool:
     if profile.state_dir is None:
         if remaining(profile.certificate()).total_seconds() <= 0:
             raise ConfigError(f"the certificate of profile {profile.name!r} has expired",
-                              hint="log in again with `raywarden login`")
-        return False
+                              hint="ask your administrator for a new code and log in again with `raywarden login`")
+        from raywarden.client.enroll import renew_remote
+
+        renew_remote(profile)
+        return True
     state = StateDir(Path(profile.state_dir)).require()
     config = state.load_config()
     access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)

@@ -1,17 +1,26 @@
 """Authentication: turn the caller's credential into an identity, or refuse with a precise reason.
 
-Credentials: a client certificate verified by the TLS layer against the access CA.
+Credentials, in order of precedence: a client certificate verified by the TLS layer against the access CA;
+a bearer token signed by this cluster (gateway/tokens.py); an ID token from a configured OIDC issuer
+(gateway/oidc.py). The identity store is read on every request (no cache), so a disabled principal, a
+revoked certificate serial or a revoked token id is refused on its next request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import jwt
 from cryptography import x509
 
-from raywarden.errors import AuthenticationError, PKIError
-from raywarden.identity.store import IdentityStore
+from raywarden.errors import AuthenticationError, ConfigError, PKIError
+from raywarden.gateway.oidc import OidcFederation, oidc_config_path
+from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
+from raywarden.identity.store import CredentialState, IdentityStore, Principal, lookup_credential
 from raywarden.pki.certs import serial_hex, spiffe_id_of
+from raywarden.pki.spiffe import SpiffeId
+from raywarden.state import ClusterConfig, StateDir
 
 
 @dataclass(frozen=True)
@@ -20,8 +29,8 @@ class Identity:
     kind: str  # "user" or "sa"
     name: str
     groups: tuple[str, ...]
-    auth_method: str  # "certificate", ...
-    credential_id: str  # certificate serial, ...
+    auth_method: str  # "certificate", "token" or "oidc"
+    credential_id: str  # certificate serial, token jti, or "oidc:<jti>"
 
 
 class MissingCredential(AuthenticationError):
@@ -29,16 +38,24 @@ class MissingCredential(AuthenticationError):
 
 
 class Authenticator:
-    def __init__(self, trust_domain: str, store: IdentityStore) -> None:
+    def __init__(self, trust_domain: str, store: IdentityStore, *, tokens: TokenAuthority | None = None,
+                 oidc: OidcFederation | None = None) -> None:
         self.trust_domain = trust_domain
         self.store = store
+        self.tokens = tokens
+        self.oidc = oidc
+
+    @classmethod
+    def from_state(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> Authenticator:
+        return cls(config.trust_domain, store, tokens=TokenAuthority.for_state(state, config),
+                   oidc=OidcFederation(oidc_config_path(state)))
 
     def authenticate(self, peer_cert_der: bytes | None, authorization: str | None) -> Identity:
         """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only)."""
         if peer_cert_der:
             return self.from_certificate(peer_cert_der)
         if authorization:
-            raise AuthenticationError("bearer credentials are not accepted by this gateway")
+            return self.from_bearer(authorization)
         raise MissingCredential("no client certificate")
 
     def from_certificate(self, der: bytes) -> Identity:
@@ -48,17 +65,84 @@ class Authenticator:
             spiffe = spiffe_id_of(cert)
         except (ValueError, PKIError) as exc:
             raise AuthenticationError(f"unusable client certificate: {exc}") from None
+        self._check_kind(spiffe, "certificate")
+        serial = serial_hex(cert)
+        found = lookup_credential(self.store, "certificates", serial)
+        if found is None or found.revoked:
+            raise AuthenticationError(f"certificate {serial} is revoked or was never issued")
+        if found.spiffe_id != str(spiffe):
+            raise AuthenticationError(f"certificate {serial} was issued to {found.spiffe_id}, not {spiffe}")
+        principal = _active(found)
+        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial)
+
+    def from_bearer(self, authorization: str) -> Identity:
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError(f"unsupported authorization scheme {scheme[:20]!r}")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthenticationError("Authorization value too large")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed Authorization value (not a JWT)") from None
+        iss = unverified.get("iss")
+        if self.tokens is not None and self.tokens.claims_issuer(header, iss):
+            return self._from_own_token(token, header)
+        if self.oidc is not None:
+            try:
+                issuer = self.oidc.issuer(iss)
+            except ConfigError as exc:
+                raise AuthenticationError(f"OIDC configuration unusable: {exc.message}") from None
+            if issuer is not None:
+                return self._from_id_token(token, header, issuer)
+        raise AuthenticationError(f"token from unknown issuer {str(iss)[:100]!r} with unknown key id "
+                                  f"{str(header.get('kid'))[:64]!r}")
+
+    def _from_own_token(self, token: str, header: dict[str, Any]) -> Identity:
+        assert self.tokens is not None  # noqa: S101 - checked by the caller
+        claims = self.tokens.verify(token, header)
+        try:
+            spiffe = SpiffeId.parse(claims.subject)
+        except PKIError:
+            raise AuthenticationError("token subject is not a SPIFFE ID") from None
+        self._check_kind(spiffe, "token")
+        found = lookup_credential(self.store, "tokens", claims.jti)
+        if found is None:
+            raise AuthenticationError(f"token id {claims.jti[:64]} was never issued")
+        if found.revoked:
+            raise AuthenticationError(f"token id {claims.jti} is revoked")
+        if found.spiffe_id != str(spiffe):
+            raise AuthenticationError(f"token id {claims.jti} was issued to {found.spiffe_id}, not {spiffe}")
+        principal = _active(found)
+        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "token", claims.jti)
+
+    def _from_id_token(self, token: str, header: dict[str, Any], issuer: Any) -> Identity:
+        assert self.oidc is not None  # noqa: S101 - checked by the caller
+        found = self.oidc.verify(token, header, issuer)
+        spiffe = SpiffeId(self.trust_domain, "user", found.name)
+        principal = self.store.get(str(spiffe))
+        if principal is None and not found.allow_unregistered:
+            raise AuthenticationError(f"{spiffe} (from {found.issuer}) is not registered and the issuer "
+                                      "admits registered users only")
+        if principal is not None and principal.disabled:
+            raise AuthenticationError(f"principal {spiffe} is disabled")
+        groups = tuple(sorted(set(found.groups) | set(principal.groups if principal else ())))
+        return Identity(str(spiffe), "user", found.name, groups, "oidc", found.credential_id)
+
+    def _check_kind(self, spiffe: SpiffeId, what: str) -> None:
         if spiffe.trust_domain != self.trust_domain:
-            raise AuthenticationError(f"certificate for foreign trust domain {spiffe.trust_domain}")
+            raise AuthenticationError(f"{what} for foreign trust domain {spiffe.trust_domain}")
         if spiffe.kind not in ("user", "sa"):
             # The gateway's own certificate shares the access CA; it never speaks for a person.
-            raise AuthenticationError(f"{spiffe.kind} certificates do not authenticate callers")
-        serial = serial_hex(cert)
-        if self.store.is_revoked(serial):
-            raise AuthenticationError(f"certificate {serial} is revoked or was never issued")
-        principal = self.store.get(str(spiffe))
-        if principal is None:
-            raise AuthenticationError(f"unknown principal {spiffe}")
-        if principal.disabled:
-            raise AuthenticationError(f"principal {spiffe} is disabled")
-        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial)
+            raise AuthenticationError(f"{spiffe.kind} {what}s do not authenticate callers")
+
+
+
+def _active(found: CredentialState) -> Principal:
+    if found.principal is None:
+        raise AuthenticationError(f"unknown principal {found.spiffe_id}")
+    if found.principal.disabled:
+        raise AuthenticationError(f"principal {found.spiffe_id} is disabled")
+    return found.principal

@@ -7,8 +7,8 @@ from starlette.responses import JSONResponse
 GATEWAY_HEADER = ("x-raywarden-gateway", "1")
 
 HINT_NO_CREDENTIAL = (
-    "present a client certificate issued by this cluster's access CA (the raywarden CLI does this "
-    "from your profile; see `raywarden status`)"
+    "present a client certificate issued by this cluster's access CA (the raywarden CLI does this from your "
+    "profile: `raywarden login`), or `Authorization: Bearer TOKEN` with a token from `raywarden token`"
 )
 
 

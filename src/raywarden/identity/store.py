@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from raywarden.errors import ConfigError, RaywardenError
+from raywarden.identity.db import Database
 from raywarden.pki.spiffe import SpiffeId
 
 SCHEMA = """
@@ -38,6 +38,38 @@ CREATE TABLE IF NOT EXISTS certificates (
 CREATE INDEX IF NOT EXISTS certificates_by_principal ON certificates(spiffe_id);
 """
 
+# Enrollment codes, bearer token ids and failed-attempt counters (identities issue). Separate from SCHEMA so
+# that a store created before them gains the tables when it is next opened.
+IDENTITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enrollments (
+    code_id     TEXT PRIMARY KEY,
+    code_hash   TEXT NOT NULL,
+    spiffe_id   TEXT NOT NULL REFERENCES principals(spiffe_id) ON DELETE CASCADE,
+    created_at  TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    used_at     TEXT,
+    revoked_at  TEXT,
+    failures    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS enrollments_by_principal ON enrollments(spiffe_id);
+CREATE TABLE IF NOT EXISTS tokens (
+    jti         TEXT PRIMARY KEY,
+    spiffe_id   TEXT NOT NULL,
+    issued_at   TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    issued_by   TEXT NOT NULL,
+    revoked_at  TEXT,
+    reason      TEXT
+);
+CREATE INDEX IF NOT EXISTS tokens_by_principal ON tokens(spiffe_id);
+CREATE TABLE IF NOT EXISTS failed_attempts (
+    scope       TEXT NOT NULL,
+    at          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failed_attempts_by_scope ON failed_attempts(scope, at);
+"""
+
 
 class IdentityError(RaywardenError):
     """An identity operation was refused (unknown, duplicate or disabled principal)."""
@@ -59,6 +91,7 @@ def _now() -> str:
 class IdentityStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._db = Database(path)
 
     @classmethod
     def create(cls, path: Path) -> IdentityStore:
@@ -69,25 +102,25 @@ class IdentityStore:
         with store._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            db.executescript(IDENTITY_SCHEMA)
         return store
 
     @classmethod
     def open(cls, path: Path) -> IdentityStore:
         if not path.is_file():
             raise ConfigError(f"identity store {path} is missing", hint="run `raywarden init`")
-        return cls(path)
+        store = cls(path)
+        store._migrate()
+        return store
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A fresh connection per operation keeps the store usable from any thread and process;
-        # the cost (~50 us) is small next to a TLS request.
-        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=10000")
-            yield db
-        finally:
-            db.close()
+    def _migrate(self) -> None:
+        with self._connect() as db:
+            present = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"enrollments", "tokens", "failed_attempts"} <= present:
+                db.executescript(IDENTITY_SCHEMA)
+
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.connect()
 
     def add_principal(self, spiffe_id: SpiffeId, groups: list[str], *, created_by: str) -> Principal:
         if spiffe_id.kind not in ("user", "sa"):
@@ -151,3 +184,168 @@ class IdentityStore:
                 (_now(), reason, serial),
             )
         return cur.rowcount == 1
+
+    # -- identities issue: listing, groups, disable, tokens, enrollment codes, attempt counters ------------
+
+    def list_principals(self, kind: str | None = None) -> list[Principal]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT spiffe_id FROM principals WHERE (? IS NULL OR kind = ?) ORDER BY kind, name", (kind, kind)
+            ).fetchall()
+        found = [self.get(spiffe_id) for (spiffe_id,) in rows]
+        return [p for p in found if p is not None]
+
+    def change_groups(self, spiffe_id: str, add: list[str], remove: list[str]) -> Principal:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM principals WHERE spiffe_id = ?", (spiffe_id,)).fetchone() is None:
+                db.execute("ROLLBACK")
+                raise IdentityError(f"no such principal {spiffe_id}")
+            db.executemany("DELETE FROM memberships WHERE spiffe_id = ? AND group_name = ?",
+                           [(spiffe_id, g) for g in remove])
+            db.executemany("INSERT OR IGNORE INTO memberships (spiffe_id, group_name) VALUES (?, ?)",
+                           [(spiffe_id, g) for g in add])
+            db.execute("COMMIT")
+        found = self.get(spiffe_id)
+        assert found is not None  # noqa: S101 - checked in the transaction above
+        return found
+
+    def disable_and_revoke(self, spiffe_id: str, reason: str) -> dict[str, int]:
+        """Disable a principal and revoke everything it holds, in one transaction: certificates, token ids
+        and pending enrollment codes. Returns how many of each were revoked."""
+        now = _now()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute("UPDATE principals SET disabled = 1 WHERE spiffe_id = ?", (spiffe_id,))
+            if cur.rowcount != 1:
+                db.execute("ROLLBACK")
+                raise IdentityError(f"no such principal {spiffe_id}")
+            certs = db.execute(
+                "UPDATE certificates SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+                (now, reason, spiffe_id)).rowcount
+            tokens = db.execute(
+                "UPDATE tokens SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+                (now, reason, spiffe_id)).rowcount
+            codes = db.execute(
+                "UPDATE enrollments SET revoked_at = ? WHERE spiffe_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (now, spiffe_id)).rowcount
+            db.execute("COMMIT")
+        return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes}
+
+    def certificate_owner(self, serial: str) -> tuple[str, bool] | None:
+        """(SPIFFE ID, revoked) of an issued serial, or None if the store never recorded it."""
+        with self._connect() as db:
+            row = db.execute("SELECT spiffe_id, revoked_at FROM certificates WHERE serial = ?", (serial,)).fetchone()
+        return None if row is None else (row[0], row[1] is not None)
+
+    def certificates_of(self, spiffe_id: str) -> list[dict[str, str | None]]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT serial, not_after, issued_at, revoked_at FROM certificates WHERE spiffe_id = ? "
+                "ORDER BY issued_at", (spiffe_id,)).fetchall()
+        return [{"serial": r[0], "not_after": r[1], "issued_at": r[2], "revoked_at": r[3]} for r in rows]
+
+    def record_token(self, jti: str, spiffe_id: str, expires_at: float, *, issued_by: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO tokens (jti, spiffe_id, issued_at, expires_at, issued_by) VALUES (?,?,?,?,?)",
+                       (jti, spiffe_id, _now(), expires_at, issued_by))
+
+    def token_owner(self, jti: str) -> tuple[str, bool] | None:
+        """(SPIFFE ID, revoked) of an issued token id, or None if the store never recorded it."""
+        with self._connect() as db:
+            row = db.execute("SELECT spiffe_id, revoked_at FROM tokens WHERE jti = ?", (jti,)).fetchone()
+        return None if row is None else (row[0], row[1] is not None)
+
+    def revoke_token(self, jti: str, reason: str) -> bool:
+        with self._connect() as db:
+            cur = db.execute("UPDATE tokens SET revoked_at = ?, reason = ? WHERE jti = ? AND revoked_at IS NULL",
+                             (_now(), reason, jti))
+        return cur.rowcount == 1
+
+    def tokens_of(self, spiffe_id: str) -> list[dict[str, str | float | None]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT jti, issued_at, expires_at, revoked_at FROM tokens WHERE spiffe_id = ? "
+                              "ORDER BY issued_at", (spiffe_id,)).fetchall()
+        return [{"jti": r[0], "issued_at": r[1], "expires_at": r[2], "revoked_at": r[3]} for r in rows]
+
+    def add_enrollment(self, code_id: str, code_hash: str, spiffe_id: str, expires_at: float, *,
+                       created_by: str) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO enrollments (code_id, code_hash, spiffe_id, created_at, created_by, expires_at) "
+                       "VALUES (?,?,?,?,?,?)", (code_id, code_hash, spiffe_id, _now(), created_by, expires_at))
+
+    def enrollment(self, code_id: str) -> Enrollment | None:
+        with self._connect() as db:
+            row = db.execute("SELECT code_id, code_hash, spiffe_id, expires_at, used_at, revoked_at, failures "
+                             "FROM enrollments WHERE code_id = ?", (code_id,)).fetchone()
+        if row is None:
+            return None
+        return Enrollment(row[0], row[1], row[2], row[3], row[4] is not None, row[5] is not None, row[6])
+
+    def enrollments_of(self, spiffe_id: str) -> list[dict[str, str | float | int | None]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT code_id, created_at, expires_at, used_at, revoked_at, failures "
+                              "FROM enrollments WHERE spiffe_id = ? ORDER BY created_at", (spiffe_id,)).fetchall()
+        keys = ("code_id", "created_at", "expires_at", "used_at", "revoked_at", "failures")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def enrollment_failed(self, code_id: str) -> int:
+        """Count a wrong secret against a code; returns the new count."""
+        with self._connect() as db:
+            db.execute("UPDATE enrollments SET failures = failures + 1 WHERE code_id = ?", (code_id,))
+            row = db.execute("SELECT failures FROM enrollments WHERE code_id = ?", (code_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def consume_enrollment(self, code_id: str) -> bool:
+        """Mark a code used. Exactly one of any number of concurrent callers gets True (single use)."""
+        with self._connect() as db:
+            cur = db.execute("UPDATE enrollments SET used_at = ? WHERE code_id = ? AND used_at IS NULL "
+                             "AND revoked_at IS NULL", (_now(), code_id))
+        return cur.rowcount == 1
+
+    def record_failure(self, scope: str, now: float) -> None:
+        with self._connect() as db:
+            db.execute("INSERT INTO failed_attempts (scope, at) VALUES (?, ?)", (scope, now))
+
+    def failures_since(self, scope: str, since: float) -> int:
+        with self._connect() as db:
+            # Old rows are pruned here, so the table stays as small as the window.
+            db.execute("DELETE FROM failed_attempts WHERE at < ?", (since - 3600,))
+            row = db.execute("SELECT COUNT(*) FROM failed_attempts WHERE scope = ? AND at >= ?",
+                             (scope, since)).fetchone()
+        return int(row[0])
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    code_id: str
+    code_hash: str
+    spiffe_id: str
+    expires_at: float
+    used: bool
+    revoked: bool
+    failures: int
+
+
+@dataclass(frozen=True)
+class CredentialState:
+    """One credential and its holder, read in one connection (the gateway does this on every request)."""
+
+    spiffe_id: str
+    revoked: bool
+    principal: Principal | None
+
+
+def lookup_credential(store: IdentityStore, table: str, ident: str) -> CredentialState | None:
+    """``table`` is "certificates" (by serial) or "tokens" (by jti); None if this cluster never issued it."""
+    column = {"certificates": "serial", "tokens": "jti"}[table]
+    with store._connect() as db:
+        row = db.execute(f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
+                         f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
+                         (ident,)).fetchone()
+        if row is None:
+            return None
+        groups = tuple(g for (g,) in db.execute(
+            "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],)))
+    principal = None if row[2] is None else Principal(row[0], row[2], row[3], groups, bool(row[4]))
+    return CredentialState(row[0], row[1] is not None, principal)

@@ -1,0 +1,158 @@
+"""Client side of enrollment: pin the access CA, redeem a one-time code with a locally generated key,
+renew a remote profile's certificate, and get a short-lived bearer token from the gateway."""
+
+from __future__ import annotations
+
+import hmac
+import http.client
+import json
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from cryptography import x509
+
+from raywarden.client.profile import Profile, load_profile_or_none, set_current
+from raywarden.errors import ConfigError, GatewayRequestError, PKIError, UsageError
+from raywarden.identity.enrollment import parse_code
+from raywarden.pki.certs import fingerprint
+from raywarden.pki.csr import build_csr
+from raywarden.pki.keys import generate_private_key, private_key_pem
+from raywarden.pki.spiffe import SpiffeId, check_name
+
+TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class PinnedCA:
+    pem: bytes
+    sha256: str
+    trust_domain: str
+
+
+def normalize_fingerprint(text: str) -> str:
+    """Accept ``SHA256:AB:CD...``, ``ab cd ...`` or plain hex; return 64 lowercase hex digits."""
+    value = text.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
+    if len(value) != 64 or set(value) - set("0123456789abcdef"):
+        raise UsageError("--ca-fingerprint must be the access CA's SHA-256 (64 hex digits)",
+                         hint="the administrator sees it in `raywarden status`")
+    return value
+
+
+def gateway_base(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise UsageError(f"{url!r} is not a gateway URL", hint="for example https://gateway.example:8443")
+    return f"https://{parts.netloc}"
+
+
+def fetch_pinned_ca(url: str, expected_sha256: str) -> PinnedCA:
+    """First contact: fetch the access CA over TLS that is *not* verified (there is nothing to verify it
+    with yet), send nothing secret, and accept the CA only if its SHA-256 equals the pinned fingerprint."""
+    expected = normalize_fingerprint(expected_sha256)
+    parts = urlsplit(gateway_base(url))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # deliberate: the pin below is what authenticates the answer
+    conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443, timeout=TIMEOUT_S, context=ctx)
+    try:
+        conn.request("GET", "/raywarden/v1/ca", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read(256 * 1024)
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigError(f"cannot reach the gateway at {url}: {exc}", hint="check the URL and your network") from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(data)
+        pem = str(body["access_ca_pem"]).encode()
+        cert = x509.load_pem_x509_certificate(pem)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{url} did not answer like a raywarden gateway (HTTP {resp.status})") from None
+    actual = fingerprint(cert)
+    if not hmac.compare_digest(actual, expected):
+        raise PKIError(f"the gateway's access CA has fingerprint {actual}, not the pinned {expected}; "
+                       "nothing was sent", hint="someone may be intercepting the connection, or the fingerprint "
+                       "is from another cluster: check it with your administrator")
+    return PinnedCA(pem, actual, str(body.get("trust_domain", "")))
+
+
+def login(url: str, code_text: str, ca_fingerprint: str, *, profile_name: str | None = None,
+          force: bool = False) -> Profile:
+    """Enroll this machine: pin the CA, generate a key here, send a CSR with the code, store the profile."""
+    base = gateway_base(url)
+    code = parse_code(code_text)
+    pinned = fetch_pinned_ca(base, ca_fingerprint)
+    spiffe = code.spiffe_id(pinned.trust_domain)
+    name = check_name(profile_name or pinned.trust_domain, "profile name")
+    existing = load_profile_or_none(name)
+    if existing is not None and existing.gateway_url != base and not force:
+        raise ConfigError(f"profile {name!r} already exists for {existing.gateway_url}",
+                          hint="pass --profile NAME for another name, or --force to replace it")
+    key = generate_private_key()
+    with tempfile.TemporaryDirectory(prefix="raywarden-ca-") as tmp:
+        ca_file = Path(tmp) / "access-ca.crt"
+        ca_file.write_bytes(pinned.pem)
+        answer = _post(base + "/raywarden/v1/enroll", {"code": code.reveal(), "csr": build_csr(key, spiffe).decode()},
+                       verify=str(ca_file))
+    cert_pem = str(answer["certificate_pem"]).encode()
+    _check_issued(cert_pem, spiffe)
+    profile = Profile(name, base, str(spiffe), None)
+    profile.save(key_pem=private_key_pem(key), cert_pem=cert_pem, ca_pem=pinned.pem)
+    set_current(name)
+    return profile
+
+
+def renew_remote(profile: Profile) -> x509.Certificate:
+    """Renew through the gateway, authenticated by the current certificate; a new key is made locally."""
+    spiffe = SpiffeId.parse(profile.identity)
+    key = generate_private_key()
+    answer = _post(profile.gateway_url + "/raywarden/v1/renew", {"csr": build_csr(key, spiffe).decode()},
+                   verify=str(profile.ca_path), cert=(str(profile.cert_path), str(profile.key_path)))
+    cert_pem = str(answer["certificate_pem"]).encode()
+    cert = _check_issued(cert_pem, spiffe)
+    profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem)
+    return cert
+
+
+def request_token(profile: Profile, ttl_s: float | None) -> dict[str, Any]:
+    body: dict[str, Any] = {} if ttl_s is None else {"ttl_seconds": ttl_s}
+    return _post(profile.gateway_url + "/raywarden/v1/token", body, verify=str(profile.ca_path),
+                 cert=(str(profile.cert_path), str(profile.key_path)))
+
+
+def _check_issued(cert_pem: bytes, spiffe: SpiffeId) -> x509.Certificate:
+    from raywarden.pki.certs import spiffe_id_of
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise PKIError("the gateway returned an unreadable certificate") from None
+    if spiffe_id_of(cert) != spiffe:
+        raise PKIError(f"the gateway issued a certificate for {spiffe_id_of(cert)}, not {spiffe}")
+    return cert
+
+
+def _post(url: str, body: dict[str, Any], *, verify: str, cert: tuple[str, str] | None = None) -> dict[str, Any]:
+    try:
+        resp = requests.post(url, json=body, verify=verify, cert=cert, timeout=TIMEOUT_S)
+    except requests.exceptions.SSLError as exc:
+        raise PKIError(f"TLS with the gateway failed: {exc}",
+                       hint="the gateway's certificate does not match the pinned CA or the URL's host name") from None
+    except requests.RequestException as exc:
+        raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}", hint="is the cluster up?") from None
+    try:
+        data: dict[str, Any] = resp.json()
+    except ValueError:
+        data = {}
+    if resp.status_code != 200:
+        message = str(data.get("error") or resp.reason)
+        if data.get("request_id"):
+            message += f" (request {data['request_id']})"
+        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {message}",
+                                  hint=data.get("hint"))
+    return data

@@ -1,0 +1,138 @@
+"""Self-service identity endpoints: enroll with a one-time code, renew a certificate, get a bearer token.
+
+``POST /raywarden/v1/enroll`` is anonymous (the code in the body is the credential); ``renew`` and ``token``
+need a client certificate (a bearer token cannot mint or extend credentials) and a Cedar permit.
+Refusals tell the client little; the audit record says exactly why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from raywarden.errors import PKIError, UsageError
+from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
+from raywarden.gateway.tokens import TokenAuthority, expires_iso
+from raywarden.identity.enrollment import EnrollmentRefused, consume, parse_code, verify_code
+from raywarden.pki.ca_keys import CertificateAuthority
+from raywarden.pki.certs import cert_pem, serial_hex
+from raywarden.pki.csr import read_csr
+
+HINT_CODE = "ask your administrator for a new enrollment code (`raywarden user add` / `user enable`)"
+
+
+def handlers(services: ControlServices) -> dict[str, ControlHandler]:
+    state, config, store, audit = services.state, services.config, services.store, services.audit
+    access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
+    tokens = TokenAuthority.for_state(state, config)
+    lifetime = dt.timedelta(hours=config.user_cert_hours)
+
+    async def event(name: str, principal: str, actor: str, source: str, **fields: Any) -> None:
+        await audit.append_async({"kind": "identity", "event": name, "principal": principal, "actor": actor,
+                                  "source": source, **fields})
+
+    async def enroll(req: ControlRequest) -> ControlResponse:
+        body = _json(req.body)
+        code_text, csr_text = body.get("code"), body.get("csr")
+        if not isinstance(code_text, str) or not isinstance(csr_text, str):
+            return _refuse(400, "an enrollment needs a code and a csr", "enrollment body without code or csr")
+        try:
+            code = parse_code(code_text)
+            principal = verify_code(store, code, req.source)
+        except UsageError:
+            store.record_failure(f"enroll-source:{req.source}", _now())
+            return _refuse(401, "enrollment refused", "malformed enrollment code", HINT_CODE)
+        except EnrollmentRefused as exc:
+            return _refuse(exc.status, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
+        try:
+            spiffe, public_key = read_csr(csr_text)
+        except PKIError as exc:
+            return _refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}",
+                           enrollment_id=code.code_id)
+        if str(spiffe) != principal.spiffe_id:
+            store.record_failure(f"enroll-source:{req.source}", _now())
+            return _refuse(403, "enrollment refused", f"CSR asks for {spiffe} but the code enrolls "
+                           f"{principal.spiffe_id}", "request the identity the code was made for",
+                           enrollment_id=code.code_id)
+        try:
+            consume(store, code)
+        except EnrollmentRefused as exc:
+            return _refuse(401, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
+        cert = access.issue(public_key, spiffe, lifetime=lifetime)
+        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        await event("enroll", str(spiffe), str(spiffe), req.source, enrollment_id=code.code_id,
+                    serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
+        return ControlResponse(200, _cert_body(cert, str(spiffe)),
+                               {"enrolled": str(spiffe), "enrollment_id": code.code_id, "serial": serial_hex(cert)})
+
+    async def renew(req: ControlRequest) -> ControlResponse:
+        identity = req.identity
+        assert identity is not None  # noqa: S101 - an identity route (routes.py)
+        if identity.auth_method != "certificate":
+            return _refuse(403, "renewal requires your current client certificate",
+                           f"renewal attempted with {identity.auth_method} authentication")
+        csr_text = _json(req.body).get("csr")
+        if not isinstance(csr_text, str):
+            return _refuse(400, "a renewal needs a csr", "renewal body without csr")
+        try:
+            spiffe, public_key = read_csr(csr_text)
+        except PKIError as exc:
+            return _refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}")
+        if str(spiffe) != identity.spiffe_id:
+            return _refuse(403, "a certificate can only be renewed for its own identity",
+                           f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}")
+        cert = access.issue(public_key, spiffe, lifetime=lifetime)
+        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        await event("cert.renew", str(spiffe), identity.spiffe_id, req.source, previous_serial=identity.credential_id,
+                    serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
+        return ControlResponse(200, _cert_body(cert, str(spiffe)),
+                               {"serial": serial_hex(cert), "previous_serial": identity.credential_id})
+
+    async def token(req: ControlRequest) -> ControlResponse:
+        identity = req.identity
+        assert identity is not None  # noqa: S101 - an identity route (routes.py)
+        if identity.auth_method != "certificate":
+            # A bearer token that could mint bearer tokens would never expire.
+            return _refuse(403, "tokens are issued to certificate holders only",
+                           f"token requested with {identity.auth_method} authentication")
+        ttl = _json(req.body).get("ttl_seconds")
+        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
+            return _refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
+        try:
+            issued = tokens.issue(identity.spiffe_id, None if ttl is None else float(ttl))
+        except UsageError as exc:
+            return _refuse(400, exc.message, f"token lifetime refused: {exc.message}")
+        store.record_token(issued.jti, identity.spiffe_id, issued.expires_at, issued_by=identity.spiffe_id)
+        await event("token.issue", identity.spiffe_id, identity.spiffe_id, req.source, jti=issued.jti,
+                    expires_at=expires_iso(issued.expires_at))
+        return ControlResponse(200, {"token": issued.token.reveal(), "jti": issued.jti,
+                                     "expires_at": expires_iso(issued.expires_at), "token_type": "Bearer"},
+                               {"jti": issued.jti})
+
+    return {"identity.enroll": enroll, "identity.renew": renew, "identity.token": token}
+
+
+def _json(body: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _refuse(status: int, message: str, reason: str, hint: str | None = None, **audit: Any) -> ControlResponse:
+    body: dict[str, Any] = {"error": message}
+    if hint:
+        body["hint"] = hint
+    return ControlResponse(status, body, {"reason": reason, **audit})
+
+
+def _cert_body(cert: Any, spiffe_id: str) -> dict[str, Any]:
+    return {"certificate_pem": cert_pem(cert).decode(), "identity": spiffe_id, "serial": serial_hex(cert),
+            "not_after": cert.not_valid_after_utc.isoformat()}
+
+
+def _now() -> float:
+    return time.time()

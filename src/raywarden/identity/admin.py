@@ -1,0 +1,157 @@
+"""Administration on the head host: people and service accounts, enrollment codes, revocation.
+
+Runs against the local state dir (whoever can read it holds the CA keys anyway), writes the identity store
+directly and records every change in the audit log with the local actor. The gateway reads the store on
+every request, so a change here is in force on the next request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from raywarden.audit.cluster import open_cluster_audit
+from raywarden.errors import RaywardenError, UsageError
+from raywarden.gateway.tokens import IssuedToken, TokenAuthority, expires_iso
+from raywarden.identity.enrollment import EnrollmentCode, create_code
+from raywarden.identity.store import IdentityError, IdentityStore, Principal
+from raywarden.pki.spiffe import SpiffeId, check_name
+from raywarden.state import StateDir
+
+Kind = Literal["user", "sa"]
+GROUP_HINT = "group names use lowercase letters, digits, '.', '-' or '_'"
+
+
+def local_actor() -> str:
+    """``local:UID``, plus the identity of the current client profile when there is one."""
+    actor = f"local:{os.getuid()}"
+    try:
+        from raywarden.client.profile import load_profile
+
+        return f"{actor} ({load_profile().identity})"
+    except (RaywardenError, OSError, ValueError, KeyError):  # no profile: the uid alone names the actor
+        return actor
+
+
+@dataclass(frozen=True)
+class NewCode:
+    principal: Principal
+    code: EnrollmentCode
+    expires_at: float
+
+
+class IdentityAdmin:
+    def __init__(self, state: StateDir, actor: str | None = None) -> None:
+        self.state = state.require()
+        self.config = state.load_config()
+        self.store = IdentityStore.open(state.identity_db)
+        self.actor = actor or local_actor()
+
+    def spiffe(self, kind: Kind, name: str) -> SpiffeId:
+        check_name(name, "user name" if kind == "user" else "service account name")
+        return SpiffeId(self.config.trust_domain, kind, name)
+
+    def get(self, kind: Kind, name: str) -> Principal:
+        principal = self.store.get(str(self.spiffe(kind, name)))
+        if principal is None:
+            what = "user" if kind == "user" else "service account"
+            raise IdentityError(f"no {what} named {name!r}", hint=f"see `raywarden {kind} list`")
+        return principal
+
+    def _audit(self, event: str, principal: str, **fields: Any) -> None:
+        with open_cluster_audit(self.state, self.config) as audit:
+            audit.append({"kind": "identity", "event": event, "principal": principal, "actor": self.actor, **fields})
+
+    def _code_ttl(self, ttl_s: float | None) -> float:
+        ttl = self.config.enrollment_code_hours * 3600 if ttl_s is None else ttl_s
+        if not 0 < ttl <= 30 * 86400:
+            raise UsageError("an enrollment code lives between 1 second and 30 days")
+        return ttl
+
+    def add(self, kind: Kind, name: str, groups: list[str], *, code_ttl_s: float | None = None) -> NewCode:
+        for group in groups:
+            check_name(group, "group name")
+        ttl = self._code_ttl(code_ttl_s)
+        spiffe = self.spiffe(kind, name)
+        principal = self.store.add_principal(spiffe, groups, created_by=self.actor)
+        self._audit(f"{'user' if kind == 'user' else 'sa'}.create", str(spiffe), groups=list(principal.groups))
+        return self._new_code(principal, ttl)
+
+    def new_code(self, kind: Kind, name: str, *, code_ttl_s: float | None = None) -> NewCode:
+        return self._new_code(self.get(kind, name), self._code_ttl(code_ttl_s))
+
+    def _new_code(self, principal: Principal, ttl: float) -> NewCode:
+        code, expires = create_code(self.store, principal, ttl_s=ttl, created_by=self.actor)
+        self._audit("enrollment.create", principal.spiffe_id, enrollment_id=code.code_id,
+                    expires_at=expires_iso(expires))
+        return NewCode(principal, code, expires)
+
+    def disable(self, kind: Kind, name: str) -> dict[str, int]:
+        principal = self.get(kind, name)
+        counts = self.store.disable_and_revoke(principal.spiffe_id, f"disabled by {self.actor}")
+        self._audit("disable", principal.spiffe_id, revoked=counts)
+        return counts
+
+    def enable(self, kind: Kind, name: str, *, code_ttl_s: float | None = None) -> NewCode:
+        """Enable again. Everything it held was revoked when it was disabled, so it gets a fresh code."""
+        principal = self.get(kind, name)
+        self.store.set_disabled(principal.spiffe_id, False)
+        self._audit("enable", principal.spiffe_id)
+        return self._new_code(self.get(kind, name), self._code_ttl(code_ttl_s))
+
+    def change_groups(self, kind: Kind, name: str, add: list[str], remove: list[str]) -> Principal:
+        for group in [*add, *remove]:
+            check_name(group, "group name")
+        principal = self.store.change_groups(self.get(kind, name).spiffe_id, add, remove)
+        self._audit("groups.change", principal.spiffe_id, added=sorted(add), removed=sorted(remove),
+                    groups=list(principal.groups))
+        return principal
+
+    def sa_token(self, name: str, ttl_s: float | None) -> IssuedToken:
+        principal = self.get("sa", name)
+        if principal.disabled:
+            raise UsageError(f"service account {name!r} is disabled", hint=f"`raywarden sa enable {name}`")
+        authority = TokenAuthority.for_state(self.state, self.config)
+        issued = authority.issue(principal.spiffe_id, 3600.0 if ttl_s is None else ttl_s)
+        self.store.record_token(issued.jti, principal.spiffe_id, issued.expires_at, issued_by=self.actor)
+        self._audit("token.issue", principal.spiffe_id, jti=issued.jti, expires_at=expires_iso(issued.expires_at))
+        return issued
+
+    def revoke_cert(self, serial: str, reason: str) -> str:
+        serial = serial.strip().lower().removeprefix("0x").replace(":", "")
+        owner = self.store.certificate_owner(serial)
+        if owner is None:
+            raise IdentityError(f"no certificate with serial {serial} was issued by this cluster",
+                                hint="serials are hex, as shown by `raywarden user show NAME`")
+        if not self.store.revoke_certificate(serial, reason):
+            raise IdentityError(f"certificate {serial} is already revoked")
+        self._audit("revoke.cert", owner[0], serial=serial, reason=reason)
+        return owner[0]
+
+    def revoke_token(self, jti: str, reason: str) -> str:
+        owner = self.store.token_owner(jti.strip())
+        if owner is None:
+            raise IdentityError(f"no token with id {jti} was issued by this cluster",
+                                hint="token ids are the `jti` shown by `raywarden token --json` or `user show`")
+        if not self.store.revoke_token(jti.strip(), reason):
+            raise IdentityError(f"token {jti} is already revoked")
+        self._audit("revoke.token", owner[0], jti=jti.strip(), reason=reason)
+        return owner[0]
+
+    def describe(self, principal: Principal) -> dict[str, Any]:
+        now = time.time()
+        certs = self.store.certificates_of(principal.spiffe_id)
+        tokens = self.store.tokens_of(principal.spiffe_id)
+        codes = self.store.enrollments_of(principal.spiffe_id)
+        return {
+            "name": principal.name, "kind": principal.kind, "spiffe_id": principal.spiffe_id,
+            "groups": list(principal.groups), "disabled": principal.disabled,
+            "certificates": certs,
+            "tokens": [{**t, "expires_at": expires_iso(float(t["expires_at"] or 0))} for t in tokens
+                       if t["revoked_at"] or float(t["expires_at"] or 0) > now - 86400],
+            "enrollments": [{"enrollment_id": c["code_id"], "created_at": c["created_at"],
+                             "expires_at": expires_iso(float(c["expires_at"] or 0)), "used_at": c["used_at"],
+                             "revoked_at": c["revoked_at"], "failures": c["failures"]} for c in codes],
+        }
