@@ -18,13 +18,22 @@ from raywarden.errors import AuthenticationError
 from raywarden.gateway import responses
 from raywarden.gateway.auth import Authenticator, Identity, MissingCredential
 from raywarden.gateway.control import ControlHandler, ControlRequest
+from raywarden.gateway.filters import (
+    JOB_ACTIONS,
+    FilterError,
+    Viewer,
+    filter_job_details,
+    filter_job_list,
+    refusal_for_job,
+    unknown_job,
+)
 from raywarden.gateway.jobs import BadJobBody, JobSubmitBody, parse_submission, stamp_owner
 from raywarden.gateway.paths import BadPath, canonical_path, encode_path
-from raywarden.gateway.resources import resource_for
+from raywarden.gateway.resources import Resource, context_for, principal_for, resource_for
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import Match, match
 from raywarden.gateway.upstream import Upstream, UpstreamResponse, UpstreamUnavailable
-from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest
+from raywarden.policy.engine import PolicyEngine, PolicyRequest
 
 log = logging.getLogger("raywarden.gateway")
 PEER_CERT_STATE_KEY = "raywarden.peer_cert_der"
@@ -43,6 +52,8 @@ class Exchange:
     action: str | None = None
     resource: str | None = None
     policy_ids: tuple[str, ...] = ()
+    # What the decision was made on, so that `raywarden policy explain --request-id` can replay it.
+    policy_input: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 3)
@@ -56,10 +67,11 @@ class Exchange:
             "source": self.source,
             "principal": self.identity.spiffe_id if self.identity else None,
             "auth_method": self.identity.auth_method if self.identity else None,
-            "cert_serial": self.identity.credential_id if self.identity else None,
+            **_credential_field(self.identity),
             "action": self.action,
             "resource": self.resource,
             "policy_ids": list(self.policy_ids),
+            **({"policy_input": self.policy_input} if self.policy_input else {}),
             "latency_ms": self.elapsed_ms(),
             **fields,
         }
@@ -155,27 +167,27 @@ class GatewayApp:
         return found, query
 
     async def _authorize(
-        self, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None
-    ) -> None:
+        self, scope: Scope, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None
+    ) -> tuple[Viewer, Resource]:
+        """Decide; raise the refusal (403, or 404 for a job the caller may not view) when denied."""
         resource = await resource_for(found, identity, submission, self.upstream)
-        ex.resource = f"{resource.type}::{resource.id}"
-        principal = Entity(
-            "User" if identity.kind == "user" else "ServiceAccount",
-            identity.spiffe_id,
-            {"name": identity.name},
-            tuple(("Group", g) for g in identity.groups),
-        )
-        decision = self.engine.decide(
-            PolicyRequest(principal, found.route.action, resource,
-                          {"auth_method": identity.auth_method, "source_ip": ex.source})
-        )
+        entity = resource.entity
+        ex.resource = f"{entity.type}::{entity.id}"
+        engine = self.engine  # one set for the whole request, even if a reload swaps it meanwhile
+        context = context_for(identity, ex.source, scope.get("state", {}).get(PEER_CERT_STATE_KEY),
+                              _header(scope, b"authorization"))
+        viewer = Viewer(engine, principal_for(identity), context)
+        action = found.route.action
+        decision = engine.decide(PolicyRequest(viewer.principal, action, entity, context))
         ex.policy_ids = decision.policy_ids
+        ex.policy_input = {"groups": list(identity.groups), "resource_attrs": entity.attrs,
+                           "context": {k: v for k, v in context.items() if k != "source"}}
         if not decision.allowed:
-            reason = "no policy permits this" if not decision.policy_ids else "forbidden by policy"
-            if decision.errors:
-                reason += f" (evaluation errors: {'; '.join(decision.errors)})"
-            raise Refusal(403, "forbidden", reason=reason,
+            if action in JOB_ACTIONS:
+                raise refusal_for_job(viewer, action, entity, decision)
+            raise Refusal(403, "forbidden", reason=decision.reason,
                           hint="ask an administrator for access; policies decide per action and resource")
+        return viewer, resource
 
     async def _record_allow(self, ex: Exchange) -> None:
         # Principle 5: the decision is on disk before anything is forwarded or answered.
@@ -197,7 +209,7 @@ class GatewayApp:
                 identity = self._authenticate(request.scope, ex) if found.route.auth == "identity" else None
                 body = await self._read_body(request, found)
                 if not found.route.upstream:
-                    return await self._control(ex, found, identity, body)
+                    return await self._control(request.scope, ex, found, identity, body)
                 assert identity is not None  # noqa: S101 - every Ray route requires an identity (routes.py)
                 submission = None
                 if found.route.body == "job_submit":
@@ -206,21 +218,31 @@ class GatewayApp:
                     except BadJobBody as exc:
                         raise Refusal(400, f"invalid job submission: {exc}") from None
                     body = stamp_owner(submission, identity.spiffe_id)
-                await self._authorize(ex, identity, found, submission)
+                viewer, resource = await self._authorize(request.scope, ex, identity, found, submission)
             except Refusal as refusal:
                 return await self._refuse(ex, refusal)
             except UpstreamUnavailable as exc:
                 return await self._refuse(ex, _ray_down(exc))
             await self._record_allow(ex)
-            return await self._forward(request, ex, query, body)
+            if not resource.known:
+                # Answered like a job the caller may not view, so that neither reveals which it is.
+                missing = unknown_job(resource.entity.id)
+                await self.audit.append_async(ex.outcome(404, reason=missing.reason))
+                return responses.error(404, missing.message, ex.request_id, missing.hint)
+            return await self._forward(request, ex, query, body, viewer, resource)
         except (AuditUnavailable, AuditRecordError) as exc:
             # Principle 6: a request that cannot be recorded is not served.
             log.error("audit log unavailable: %s", exc.message)
             return responses.error(503, "audit log unavailable; requests are refused until it is writable",
                                    ex.request_id, "check disk space and permissions of the audit dir")
 
-    async def _forward(self, request: Request, ex: Exchange, query: str, body: bytes | None) -> Response:
+    async def _forward(self, request: Request, ex: Exchange, query: str, body: bytes | None,
+                       viewer: Viewer, resource: Resource) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
+        action = ex.action
+        filtered = action in ("jobs.list", "jobs.read")
+        if filtered:
+            headers.pop("accept-encoding", None)  # the gateway must read what it filters
         path = encode_path(canonical_path(request.scope["raw_path"]))
         try:
             upstream = await self.upstream.request(request.method, path, query, headers, body)
@@ -228,12 +250,27 @@ class GatewayApp:
             down = _ray_down(exc)
             await self.audit.append_async(ex.outcome(down.status, reason=down.reason))
             return responses.error(down.status, down.message, ex.request_id, down.hint)
-        await self.audit.append_async(ex.outcome(upstream.status))
+        shown: dict[str, int] = {}
+        if filtered and upstream.status == 200:
+            try:
+                if dict(upstream.headers).get("content-encoding"):
+                    raise FilterError("Ray sent an encoded response the gateway cannot filter")
+                if action == "jobs.list":
+                    data, shown = filter_job_list(viewer, upstream.body)
+                else:
+                    data = filter_job_details(viewer, resource.entity, upstream.body)
+            except FilterError as exc:
+                # Fail closed: an answer the gateway cannot filter is not relayed.
+                await self.audit.append_async(ex.outcome(502, reason=str(exc)))
+                return responses.error(502, "Ray's answer could not be checked", ex.request_id)
+            upstream = UpstreamResponse(upstream.status, upstream.headers, data)
+        await self.audit.append_async(ex.outcome(upstream.status, **shown))
         return _relay(upstream, ex)
 
-    async def _control(self, ex: Exchange, found: Match, identity: Identity | None, body: bytes | None) -> Response:
+    async def _control(self, scope: Scope, ex: Exchange, found: Match, identity: Identity | None,
+                       body: bytes | None) -> Response:
         if identity is not None:
-            await self._authorize(ex, identity, found, None)
+            await self._authorize(scope, ex, identity, found, None)
             await self._record_allow(ex)
         handler = self.control[found.route.action]
         result = await handler(ControlRequest(ex.request_id, ex.source, found.params, body, identity))
@@ -254,15 +291,16 @@ class GatewayApp:
                 if part:
                     raise Refusal(400, "this route takes no request body")
             return None
+        limit = found.route.max_body or self.max_body_bytes
+        hint = None if found.route.max_body else "raise max_body_bytes in the cluster config for larger packages"
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            raise Refusal(413, f"request body larger than {self.max_body_bytes} bytes",
-                          hint="raise max_body_bytes in the cluster config if this package is legitimate")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
         data = bytearray()
         async for part in request.stream():
             data += part
-            if len(data) > self.max_body_bytes:
-                raise Refusal(413, f"request body larger than {self.max_body_bytes} bytes")
+            if len(data) > limit:
+                raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
         return bytes(data)
 
     # -- WebSocket (log tail) -----------------------------------------------------------------------
@@ -273,15 +311,20 @@ class GatewayApp:
             try:
                 found, _ = self._match(ws.scope, ex, "GET", websocket=True)
                 identity = self._authenticate(ws.scope, ex)
-                await self._authorize(ex, identity, found, None)
+                _, resource = await self._authorize(ws.scope, ex, identity, found, None)
                 await self._record_allow(ex)
+                if not resource.known:
+                    missing = unknown_job(resource.entity.id)
+                    await self.audit.append_async(ex.outcome(404, reason=missing.reason))
+                    await _deny_upgrade(ws, missing, ex)
+                    return
                 upstream_ws = await self.upstream.websocket(encode_path(canonical_path(ws.scope["raw_path"])))
             except (Refusal, UpstreamUnavailable) as exc:
                 refusal = exc if isinstance(exc, Refusal) else _ray_down(exc)
                 await self.audit.append_async(ex.record(decision="deny" if refusal.status != 503 else "error",
-                                                        status=refusal.status, reason=refusal.reason))
-                # Close before accepting: the client sees the upgrade refused (HTTP 403 from the server).
-                await ws.close(code=1008, reason=refusal.message)
+                                                        status=refusal.status, reason=refusal.reason,
+                                                        policy_version=self.engine.version))
+                await _deny_upgrade(ws, refusal, ex)
                 return
         except (AuditUnavailable, AuditRecordError):
             await ws.close(code=1011, reason="audit log unavailable")
@@ -304,6 +347,26 @@ class GatewayApp:
                 await ws.close()
             except RuntimeError:
                 pass  # the client already closed
+
+
+async def _deny_upgrade(ws: WebSocket, refusal: Refusal, ex: Exchange) -> None:
+    """Refuse a WebSocket upgrade with the same HTTP status and JSON body a plain request would get."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(responses.error(refusal.status, refusal.message, ex.request_id, refusal.hint))
+    else:
+        # Without the ASGI denial-response extension, closing before accepting makes the server answer 403.
+        await ws.close(code=1008, reason=refusal.message)
+
+
+# The audit record names the credential that authenticated the request (never the credential itself).
+# Field names avoid "token"/"credential", which the audit writer redacts as secrets.
+_CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti"}
+
+
+def _credential_field(identity: Identity | None) -> dict[str, str]:
+    if identity is None:
+        return {}
+    return {_CREDENTIAL_FIELD.get(identity.auth_method, "credential_ref"): identity.credential_id}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-OWNER_KEY = "raywarden.owner"
+from raywarden.policy.jobattrs import OWNER_KEY
+
+__all__ = ["OWNER_KEY", "BadJobBody", "JobSubmitBody", "parse_submission", "stamp_owner"]
 
 
 class JobSubmitBody(BaseModel):

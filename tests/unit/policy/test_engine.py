@@ -1,66 +1,109 @@
-"""The policy decision point: the first pack (admins may do everything, nobody else anything)."""
+"""The policy decision point: loading refuses a bad set whole, ids explain decisions, entities match the schema."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from raywarden.errors import PolicyError
-from raywarden.gateway.routes import ACTIONS
-from raywarden.policy.engine import (
-    CLUSTER_ID,
-    Entity,
-    PolicyEngine,
-    PolicyRequest,
-    default_policy_files,
-    shipped_schema,
-)
+from raywarden.policy.engine import PolicyEngine, PolicyRequest, default_policy_files
+from tests.unit.policy.policy_support import CONTEXT, decide, engine, job, principal, submission
 
 pytestmark = pytest.mark.unit
-CONTEXT = {"auth_method": "certificate", "source_ip": "127.0.0.1"}
 
 
-def _user(groups: tuple[str, ...]) -> Entity:
-    return Entity("User", "spiffe://td/user/alice", {"name": "alice"}, tuple(("Group", g) for g in groups))
+@pytest.mark.parametrize(("body", "match"), [
+    ('permit(principal, action == Raywarden::Action::"nope", resource);', r"bad\.cedar: does not match the schema"),
+    ("permit(", r"bad\.cedar"),
+    ('permit(principal, action, resource) when { resource.no_such_attr == "x" };', "does not match the schema"),
+    ('@id("admins-all")\npermit(principal, action, resource);', "already used in default/admins.cedar"),
+    ("permit(principal == ?principal, action, resource);", "templates are not supported"),
+])
+def test_invalid_policy_is_refused_whole(body: str, match: str) -> None:
+    with pytest.raises(PolicyError, match=match):
+        PolicyEngine.from_sources([*default_policy_files(), ("bad.cedar", body)])
 
 
-def _resource(action: str) -> Entity:
-    if action in ("cluster.version", "jobs.list"):
-        return Entity("Cluster", CLUSTER_ID)
-    if action.startswith("packages."):
-        return Entity("Package", "_ray_pkg_1.zip", {"name": "_ray_pkg_1.zip"}, (("Cluster", CLUSTER_ID),))
-    return Entity("Job", "raysubmit_1", {"job_id": "raysubmit_1"}, (("Cluster", CLUSTER_ID),))
-
-
-@pytest.mark.parametrize("action", sorted(ACTIONS))
-def test_admins_may_do_everything_and_others_nothing(action: str) -> None:
-    engine = PolicyEngine.load()
-    allowed = engine.decide(PolicyRequest(_user(("admins",)), action, _resource(action), CONTEXT))
-    assert allowed.allowed and allowed.policy_ids == ("admins-all",)
-    denied = engine.decide(PolicyRequest(_user(("developers",)), action, _resource(action), CONTEXT))
-    assert not denied.allowed and denied.policy_ids == ()
-
-
-def test_every_route_action_is_in_the_schema() -> None:
-    schema = shipped_schema()
-    for action in ACTIONS:
-        assert f'"{action}"' in schema
-
-
-def test_invalid_policy_is_refused_whole() -> None:
-    bad = 'permit(principal, action == Raywarden::Action::"nope", resource);'
-    files = [*default_policy_files(), ("bad.cedar", bad)]
-    with pytest.raises(PolicyError, match="does not match the schema"):
-        PolicyEngine.from_sources(files)
-    with pytest.raises(PolicyError, match=r"bad\.cedar"):
-        PolicyEngine.from_sources([("bad.cedar", "permit(")])
+def test_empty_set_is_refused() -> None:
     with pytest.raises(PolicyError, match="empty"):
         PolicyEngine.from_sources([])
+    with pytest.raises(PolicyError, match="no policies"):
+        PolicyEngine.from_sources([("blank.cedar", "  \n// nothing\n")])
 
 
-def test_forbid_wins() -> None:
-    files = [*default_policy_files(), ("no-delete.cedar",
-             '@id("no-delete")\nforbid(principal, action == Raywarden::Action::"jobs.delete", resource);')]
-    engine = PolicyEngine.from_sources(files)
-    decision = engine.decide(PolicyRequest(_user(("admins",)), "jobs.delete", _resource("jobs.delete"), CONTEXT))
-    assert not decision.allowed and decision.policy_ids == ("no-delete",)
-    assert engine.version != PolicyEngine.load().version
+def test_policies_without_an_id_are_named_by_file_and_position(tmp_path: Path) -> None:
+    (tmp_path / "z.cedar").write_text('forbid(principal, action == Raywarden::Action::"jobs.delete", resource);')
+    eng = PolicyEngine.load(tmp_path)
+    assert str(tmp_path / "z.cedar") in eng.sources
+    decision = eng.decide(PolicyRequest(principal("root", "admins"), "jobs.delete", job("bob"), CONTEXT))
+    assert not decision.allowed and decision.policy_ids == (f"{tmp_path / 'z.cedar'}#0",)
+    assert "forbidden by" in decision.reason
+
+
+def test_version_changes_with_the_policy_text() -> None:
+    base = engine()
+    assert base.version == engine().version
+    assert base.version != engine(extra=[("x.cedar", "// only a comment\n")]).version
+
+
+def test_strict_decisions_check_entities_against_the_schema() -> None:
+    eng = engine()
+    bad = job("alice")
+    bad.attrs.pop("owner")
+    with pytest.raises(PolicyError, match="schema"):
+        eng.decide(PolicyRequest(principal("alice", "developers"), "jobs.read", bad, CONTEXT), strict=True)
+    # The fast path fails closed instead of raising.
+    assert not eng.decide(PolicyRequest(principal("alice", "developers"), "jobs.read", bad, CONTEXT)).allowed
+
+
+def test_batch_decisions_match_single_ones() -> None:
+    eng = engine()
+    alice = principal("alice", "developers")
+    jobs = [job("alice", "a1"), job("bob", "b1"), job(None, "n1"), job("alice", "a2")]
+    requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in jobs]
+    assert [d.allowed for d in eng.decide_many(requests)] == [True, False, False, True]
+    assert [d.allowed for d in eng.decide_many(requests)] == [eng.decide(r).allowed for r in requests]
+    assert eng.decide_many([]) == []
+
+
+def test_submission_entity_matches_the_schema() -> None:
+    body = {"submission_id": "mine-1", "entrypoint_num_cpus": 1, "entrypoint_resources": {"TPU": 1},
+            "entrypoint_label_selector": {"zone": "a"}, "metadata": {"team": "x"},
+            "runtime_env": {"pip": ["requests"], "conda": {"dependencies": ["x"]}, "env_vars": {"A": "1"},
+                            "container": {"image": "i"}, "working_dir": "gcs://_ray_pkg_x.zip", "plugin_x": 1}}
+    decision = decide(engine(), principal("root", "admins"), "jobs.submit", submission("root", **body))
+    assert decision.allowed
+
+
+def test_fast_path_decides_exactly_as_the_strict_path() -> None:
+    """The fast path leaves out attributes no policy reads and caches principals; neither may change a decision."""
+    from tests.unit.policy.test_default_pack import ESCAPES, PLAIN
+
+    extra = [("ops/ctx.cedar", '@id("ctx-all")\nforbid (principal in Raywarden::Group::"ctx", action, resource)\n'
+                               'when { context has source_ip && context.hour_utc >= 0 };\n'
+                               '@id("ops-status")\npermit (principal in Raywarden::Group::"ops", '
+                               'action == Raywarden::Action::"jobs.read", resource is Raywarden::Job) '
+                               'when { resource.status == "RUNNING" };')]
+    for eng in (engine(), engine(extra=extra)):
+        people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
+                  principal("olga", "ops"), principal("carl", "ctx", "admins"),
+                  principal("ci", "developers", kind="sa")]
+        resources = [job("alice"), job("bob", status="STOPPED"), job(None)]
+        resources += [submission("alice", **body) for body in [*PLAIN.values(), *ESCAPES.values()]]
+        for who in people:
+            for res in resources:
+                actions = ["jobs.submit"] if res.type == "NewJob" else ["jobs.read", "jobs.read_env", "jobs.stop"]
+                for action in actions:
+                    request = PolicyRequest(who, action, res, CONTEXT)
+                    assert eng.decide(request) == eng.decide(request, strict=True), (who.id, action, res.attrs)
+
+
+def test_attribute_references_are_collected_from_the_policies() -> None:
+    from raywarden.policy.engine import _references
+
+    refs = _references([{"conditions": [{"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
+                                        {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}}]}])
+    assert refs.names == {"a", "b"} and not refs.whole_context
+    whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
+    assert whole.whole_context

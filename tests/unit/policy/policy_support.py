@@ -1,0 +1,60 @@
+"""Building policy requests for unit tests, the way the gateway builds them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
+from raywarden.policy.entities import (
+    cluster_entity,
+    job_entity,
+    new_job_entity,
+    package_entity,
+    principal_entity,
+    request_context,
+)
+from raywarden.policy.jobattrs import OWNER_KEY
+from raywarden.state import ClusterConfig
+
+TD = "td.test"
+CONTEXT = request_context("certificate", "127.0.0.1", 60)
+
+
+def spiffe(name: str, kind: str = "user") -> str:
+    return f"spiffe://{TD}/{kind}/{name}"
+
+
+def principal(name: str, *groups: str, kind: str = "user") -> Entity:
+    return principal_entity(spiffe(name, kind), kind, name, groups)
+
+
+def job(owner: str | None, job_id: str = "raysubmit_1", status: str = "RUNNING") -> Entity:
+    metadata = {OWNER_KEY: spiffe(owner)} if owner else {}
+    return job_entity(job_id, {"submission_id": job_id, "job_id": "02000000", "status": status,
+                               "entrypoint": "python x.py", "type": "SUBMISSION", "metadata": metadata})
+
+
+def submission(submitter: str, **body: Any) -> Entity:
+    return new_job_entity({"entrypoint": "python main.py", **body}, spiffe(submitter))
+
+
+def resource_for(action: str, owner: str | None = "alice") -> Entity:
+    if action in ("cluster.version", "jobs.list") or action.startswith("identity."):
+        return Entity("Cluster", CLUSTER_ID)
+    if action.startswith("packages."):
+        return package_entity("_ray_pkg_abc.zip")
+    if action == "jobs.submit":
+        return submission(owner or "alice")
+    return job(owner)
+
+
+def engine(config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None) -> PolicyEngine:
+    from raywarden.policy.engine import default_policy_files
+
+    return PolicyEngine.from_sources([*default_policy_files(), *(extra or [])], cluster_entity(config))
+
+
+def decide(eng: PolicyEngine, who: Entity, action: str, resource: Entity,
+           context: dict[str, Any] | None = None) -> Decision:
+    # strict: the entities and context must also match the schema, as the gateway's would.
+    return eng.decide(PolicyRequest(who, action, resource, context or CONTEXT), strict=True)

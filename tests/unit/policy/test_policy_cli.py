@@ -1,0 +1,97 @@
+"""`raywarden policy validate|test|explain` without a running cluster (the real CLI, as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+CASES = """
+limits: {developer_max_cpus: 2}
+cases:
+  - name: developer submits a plain job
+    principal: alice
+    groups: [developers]
+    action: jobs.submit
+    resource: {entrypoint: python train.py, runtime_env: {pip: [requests]}, entrypoint_num_cpus: 2}
+    expect: allow
+    policies: [developers-submit]
+  - name: custom index refused
+    principal: alice
+    groups: [developers]
+    action: jobs.submit
+    resource: {runtime_env: {pip: ["--index-url https://evil/simple", requests]}}
+    expect: deny
+  - name: cpu limit from the case file
+    principal: alice
+    groups: [developers]
+    action: jobs.submit
+    resource: {entrypoint_num_cpus: 3}
+    expect: deny
+  - name: someone else's job
+    principal: alice
+    groups: [developers]
+    action: jobs.stop
+    resource: {owner: bob}
+    expect: deny
+  - name: viewer reads any job, from a token
+    principal: vera
+    groups: [viewers]
+    action: jobs.read
+    resource: {owner: bob}
+    context: {auth_method: token, source: 10.1.2.3, auth_age_s: 30}
+    expect: allow
+"""
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
+    env["RAYWARDEN_HOME"] = str(tmp_path / "home")
+    return subprocess.run([sys.executable, "-m", "raywarden.cli.main", *args, "--state-dir", str(tmp_path / "none")],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_validate_lists_policies_and_refuses_a_broken_dir(tmp_path: Path) -> None:
+    ok = cli(tmp_path, "policy", "validate", "--json")
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout)
+    assert data["valid"] and "admins-all" in {p["id"] for p in data["policies"]}
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    (ops / "typo.cedar").write_text('permit(principal, action, resource) when { resource.ownr == "x" };')
+    bad = cli(tmp_path, "policy", "validate", str(ops))
+    assert bad.returncode == 1
+    assert "typo.cedar" in bad.stderr and "does not match the schema" in bad.stderr
+
+
+def test_cases_pass_and_a_mismatch_fails(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(CASES)
+    ok = cli(tmp_path, "policy", "test", str(cases), "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["passed"] == 5
+    cases.write_text(CASES.replace("expect: deny\n  - name: cpu", "expect: allow\n  - name: cpu"))
+    bad = cli(tmp_path, "policy", "test", str(cases))
+    assert bad.returncode == 1
+    assert "FAIL custom index refused" in bad.stdout and "expected allow, got deny" in bad.stdout
+    cases.write_text("cases: [{principal: a, action: jobs.read, expect: maybe}]")
+    assert cli(tmp_path, "policy", "test", str(cases)).returncode == 2
+
+
+def test_explain_names_the_deciding_policy(tmp_path: Path) -> None:
+    out = cli(tmp_path, "policy", "explain", "--principal", "alice", "--group", "developers", "--action",
+              "jobs.delete", "--owner", "alice", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["decision"] == "allow" and data["policy_ids"] == ["developers-own-jobs"]
+    assert data["policies"][0]["source"] == "default/developers.cedar"
+    denied = cli(tmp_path, "policy", "explain", "--principal", "alice", "--group", "developers", "--action",
+                 "jobs.submit", "--resource-json", '{"runtime_env": {"image_uri": "evil"}}')
+    assert denied.returncode == 0 and "deny: no policy permits this" in denied.stdout
+    assert cli(tmp_path, "policy", "explain", "--action", "jobs.read").returncode == 2

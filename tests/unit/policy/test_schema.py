@@ -1,0 +1,40 @@
+"""The schema and the route table cannot drift apart; the shipped pack validates against the schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from raywarden.gateway.filters import JOB_ACTIONS
+from raywarden.gateway.routes import ACTIONS, ROUTES
+from raywarden.policy.engine import PolicyEngine, schema_actions, shipped_schema
+
+pytestmark = pytest.mark.unit
+# Actions asked by the gateway itself while filtering responses, not by a route.
+RESPONSE_ACTIONS = frozenset({"jobs.read_env"})
+
+
+def test_every_route_action_is_declared_and_every_declared_action_is_routed() -> None:
+    declared = schema_actions()
+    identity_actions = {r.action for r in ROUTES if r.auth == "identity"}
+    assert identity_actions == set(ACTIONS)
+    assert identity_actions - declared == set(), "routes whose action the schema does not declare"
+    assert declared - identity_actions - RESPONSE_ACTIONS == set(), "schema actions no route uses"
+
+
+def test_schema_action_parser_sees_grouped_declarations() -> None:
+    text = 'namespace N { action "a", "b" appliesTo { principal: [U], resource: [R] }; action "c"; }'
+    assert schema_actions(text) == {"a", "b", "c"}
+    assert {"jobs.read", "jobs.stop", "jobs.delete"} <= schema_actions(shipped_schema())
+
+
+def test_job_actions_that_answer_404_are_job_routes() -> None:
+    job_routes = {r.action for r in ROUTES if r.resource == "job"}
+    assert job_routes == JOB_ACTIONS
+
+
+def test_shipped_pack_loads_and_every_policy_has_an_id() -> None:
+    engine = PolicyEngine.load()
+    ids = [p.id for p in engine.policies]
+    assert {"admins-all", "developers-client", "developers-own-jobs", "developers-submit", "viewers-read"} <= set(ids)
+    assert all("#" not in i for i in ids), "shipped policies carry @id annotations"
+    assert len(ids) == len(set(ids))
