@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, worker
 from raywarden.cluster.setup import init_state
+from raywarden.cluster.worker import NodeState
 from raywarden.errors import ConfigError
 from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen
 
@@ -56,15 +58,19 @@ def up(
     listen: Annotated[str | None, typer.Option(
         help="Gateway address HOST:PORT (default: the one given at init, 127.0.0.1:8443).")] = None,
     num_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs Ray may use on this node.")] = None,
+    node_ip: Annotated[str | None, typer.Option(
+        help="Multi-node mode: the head's IPv4 address on the network workers use. Ray then listens there, "
+             "behind nftables rules that admit only enrolled nodes (needs root). Default: single node, "
+             "everything on loopback.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Start the Ray head (mutual TLS, token auth, loopback only) and the gateway in front of it."""
+    """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it."""
     target = state_dir(state).require()
     started = time.monotonic()
     out = err_console if json_output else console
     with out.status("starting") as spinner:
         run = lifecycle.up(target, listen=Listen.parse(listen) if listen else None, num_cpus=num_cpus,
-                           progress=lambda msg: spinner.update(msg))
+                           node_ip=node_ip, progress=lambda msg: spinner.update(msg))
     elapsed = time.monotonic() - started
     info = lifecycle.status(target)
     if json_output:
@@ -73,12 +79,17 @@ def up(
     console.print(f"Cluster up in {elapsed:.1f}s.")
     console.print(f"  gateway:   {info['gateway_url']}  (TLS 1.2+, client certificate required)")
     console.print(f"  Ray:       dashboard on {info['ray']['dashboard']} (loopback only, token auth, mutual TLS)")
+    if run.node_ip:
+        console.print(f"  nodes:     Ray on {run.node_ip}; `raywarden node token create` lets a worker join")
     _firewall_line(run.firewall)
     console.print("Next: `raywarden job submit -- python -c \"import ray; print(ray.cluster_resources())\"`")
 
 
 def down(state: StateDirOption = None, json_output: JsonOption = False) -> None:
-    """Stop the gateway and Ray started by `up`; nothing of this cluster is left running or listening."""
+    """Stop the gateway and Ray started by `up`; on a worker, leave the cluster started by `join`."""
+    if NodeState(state_dir(state).root).exists():
+        _leave(state_dir(state).root, json_output)
+        return
     target = state_dir(state).require()
     out = err_console if json_output else console
     with out.status("stopping") as spinner:
@@ -87,6 +98,17 @@ def down(state: StateDirOption = None, json_output: JsonOption = False) -> None:
         print_json(result)
     else:
         console.print("Cluster stopped." if result["stopped"] else "Cluster was not running; nothing left behind.")
+
+
+def _leave(root: Path, json_output: bool) -> None:
+    out = err_console if json_output else console
+    with out.status("leaving the cluster"):
+        result = worker.down(root)
+    if json_output:
+        print_json(result)
+        return
+    acknowledged = "the head recorded it" if result["head_acknowledged"] else "the head could not be told"
+    console.print(f"Node {result['name']} left the cluster ({acknowledged}); Ray stopped, firewall rules removed.")
 
 
 def status(state: StateDirOption = None, json_output: JsonOption = False) -> None:

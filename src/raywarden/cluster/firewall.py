@@ -1,63 +1,192 @@
 """nftables rules that keep Ray's ports unreachable from other hosts, for listeners Ray cannot bind to loopback.
 
-Each cluster gets its own table (``inet raywarden_<id>``), so rules of two clusters never touch each other
-and `down` removes exactly what `up` installed.
+Each node gets its own table (``inet raywarden_<id>``), so rules of two clusters never touch each other and
+`down` removes exactly what `up` or `join` installed. The table holds named sets, so that `join`, `leave`
+and `node revoke` change who may connect without reloading any rule:
+
+- ``ray_ports``: Ray's gRPC and agent ports and the worker port range. Loopback and ``@peers`` only.
+- ``metrics_ports``: Ray's Prometheus ports, plaintext without authentication: loopback only, for everyone.
+- ``peers``: IPv4 addresses of the cluster's other nodes.
+- ``banned``: revoked nodes. Every TCP packet from them is dropped (except to the gateway, so that a rejoin
+  attempt gets a clear, audited refusal), which also cuts connections this node opened towards them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from raywarden.cluster.ports import RayPorts
+from raywarden.cluster.ports import RayPorts, WorkerPorts
+from raywarden.errors import ClusterError
 from raywarden.state import StateDir
 
 log = logging.getLogger("raywarden.cluster")
 
 
-def table_name(state: StateDir) -> str:
-    return "raywarden_" + hashlib.sha256(str(state.root.resolve()).encode()).hexdigest()[:12]
+def table_name(state: StateDir | Path) -> str:
+    root = state.root if isinstance(state, StateDir) else state
+    return "raywarden_" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
 
 
-def ruleset(state: StateDir, ports: RayPorts) -> str:
-    fixed = ", ".join(str(p) for p in sorted(ports.all_fixed()))
-    table = table_name(state)
+@dataclass(frozen=True)
+class FirewallPlan:
+    """Everything one node's table needs; rendered by ``ruleset``."""
+
+    table: str
+    ray_ports: tuple[int, ...]
+    metrics_ports: tuple[int, ...]
+    worker_range: tuple[int, int]
+    peers: tuple[str, ...] = ()
+    banned: tuple[str, ...] = ()
+    # The gateway's port on a head: banned addresses may still reach it and be refused there, audited.
+    gateway_port: int | None = None
+    extra: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def for_ports(cls, table: str, ports: RayPorts | WorkerPorts, *, peers: Iterable[str] = (),
+                  banned: Iterable[str] = (), gateway_port: int | None = None) -> FirewallPlan:
+        metrics = tuple(ports.metrics())
+        others = tuple(p for p in ports.all_fixed() if p not in metrics)
+        return cls(table, others, metrics, (ports.min_worker, ports.max_worker),
+                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port)
+
+
+def ruleset(plan: FirewallPlan) -> str:
+    def elements(values: Iterable[str]) -> str:
+        items = ", ".join(values)
+        return f" elements = {{ {items} }};" if items else ""
+
+    lo, hi = plan.worker_range
+    ports = [str(p) for p in sorted(set(plan.ray_ports) | set(plan.extra))] + [f"{lo}-{hi}"]
+    banned_rule = (f"    ip saddr @banned tcp dport != {plan.gateway_port} drop\n" if plan.gateway_port
+                   else "    ip saddr @banned drop\n")
     # Drop, not reject: an attacker's probe learns nothing, not even that a port is filtered.
     return (
-        f"table inet {table} {{\n"
+        f"table inet {plan.table} {{\n"
+        f"  set peers {{ type ipv4_addr;{elements(plan.peers)} }}\n"
+        f"  set banned {{ type ipv4_addr;{elements(plan.banned)} }}\n"
+        f"  set ray_ports {{ type inet_service; flags interval;{elements(ports)} }}\n"
+        f"  set metrics_ports {{ type inet_service;{elements(str(p) for p in plan.metrics_ports)} }}\n"
         f"  chain input {{\n"
         f"    type filter hook input priority -10; policy accept;\n"
         f"    iif lo accept\n"
-        f"    tcp dport {{ {fixed} }} drop\n"
-        f"    tcp dport {ports.min_worker}-{ports.max_worker} drop\n"
+        f"{banned_rule}"
+        f"    tcp dport @metrics_ports drop\n"
+        f"    ip saddr @peers tcp dport @ray_ports accept\n"
+        f"    tcp dport @ray_ports drop\n"
         f"  }}\n"
         f"}}\n"
     )
 
 
-def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str]) -> str:
-    """Install the rules when we can. Returns a one-line status that `status` and the audit log show."""
+def available() -> str | None:
+    """None when rules can be installed here, else why not."""
     if os.geteuid() != 0:
-        return _unprotected(exposed, "not root")
-    nft = shutil.which("nft")
-    if nft is None:
-        return _unprotected(exposed, "nft (nftables) is not installed")
-    remove(state)
-    result = subprocess.run([nft, "-f", "-"], input=ruleset(state, ports), text=True, capture_output=True,
-                            check=False)
-    if result.returncode != 0:
-        return _unprotected(exposed, f"nft failed: {result.stderr.strip()[:200]}")
+        return "not root"
+    if shutil.which("nft") is None:
+        return "nft (nftables) is not installed"
+    return None
+
+
+def require_available(what: str) -> None:
+    why = available()
+    if why is not None:
+        raise ClusterError(
+            f"{what} needs nftables rules to keep Ray's ports away from other hosts, and they cannot be "
+            f"installed here ({why})",
+            hint="run as root with nftables installed (apt-get install nftables); Ray's listeners are never "
+                 "exposed without them",
+        )
+
+
+def install(plan: FirewallPlan) -> None:
+    """Replace this node's table with ``plan``, atomically (one nft transaction). Raises on failure."""
+    require_available("a multi-node cluster")
+    remove_table(plan.table)
+    _nft(["-f", "-"], stdin=ruleset(plan))
+
+
+def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str]) -> str:
+    """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit."""
+    why = available()
+    if why is not None:
+        return _unprotected(exposed, why)
+    try:
+        install(FirewallPlan.for_ports(table_name(state), ports))
+    except ClusterError as exc:
+        return _unprotected(exposed, exc.message[:200])
     return "installed"
 
 
+def add_peer(table: str, address: str) -> bool:
+    return _element("add", table, "peers", _ipv4(address))
+
+
+def remove_peer(table: str, address: str) -> bool:
+    return _element("delete", table, "peers", _ipv4(address))
+
+
+def ban(table: str, address: str) -> bool:
+    remove_peer(table, address)
+    return _element("add", table, "banned", _ipv4(address))
+
+
+def add_ports(table: str, ports: Iterable[int]) -> bool:
+    values = [str(int(p)) for p in ports]
+    return bool(values) and _element("add", table, "ray_ports", ", ".join(values))
+
+
+def table_exists(table: str) -> bool:
+    if available() is not None:
+        return False
+    return subprocess.run([_nft_path(), "list", "table", "inet", table], capture_output=True,
+                          check=False).returncode == 0
+
+
+def remove_table(table: str) -> None:
+    if available() is None:
+        subprocess.run([_nft_path(), "delete", "table", "inet", table], capture_output=True, check=False)
+
+
 def remove(state: StateDir) -> None:
-    nft = shutil.which("nft")
-    if nft is None or os.geteuid() != 0:
-        return
-    subprocess.run([nft, "delete", "table", "inet", table_name(state)], capture_output=True, check=False)
+    remove_table(table_name(state))
+
+
+def _element(verb: str, table: str, set_name: str, value: str) -> bool:
+    """Change one set of a table that exists. False when the table is absent (the node is down)."""
+    if not table_exists(table):
+        return False
+    _nft([verb, "element", "inet", table, set_name, f"{{ {value} }}"])
+    return True
+
+
+def _ipv4(address: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(address))
+    except ValueError:
+        raise ClusterError(f"{address!r} is not an IPv4 address",
+                           hint="multi-node clusters use IPv4 node addresses") from None
+
+
+def _nft_path() -> str:
+    return shutil.which("nft") or "nft"
+
+
+def _nft(args: list[str], *, stdin: str | None = None) -> None:
+    result = subprocess.run([_nft_path(), *args], input=stdin, text=True, capture_output=True, check=False)
+    if result.returncode != 0:
+        # "element does not exist" on delete is not a failure: the end state is the one asked for.
+        if args[0] == "delete" and "No such file" in result.stderr:
+            return
+        raise ClusterError(f"nft {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}",
+                           hint="check that nftables works here: `nft list ruleset`")
 
 
 def _unprotected(exposed: dict[int, str], why: str) -> str:

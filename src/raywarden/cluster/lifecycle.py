@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from raywarden.audit import audit_public_key_pem
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import list_profiles
-from raywarden.cluster import firewall
+from raywarden.cluster import firewall, multinode
 from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import (
     alive,
@@ -50,6 +50,8 @@ class RunState(BaseModel):
     listen: Listen
     started_at: str
     firewall: str  # "installed", or why it is not
+    # Multi-node mode: the head's address on the network workers use (None: single node, all on loopback).
+    node_ip: str | None = None
 
 
 def _run_file(state: StateDir) -> Any:
@@ -64,25 +66,44 @@ def read_run_state(state: StateDir) -> RunState | None:
 
 
 def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = None,
-       progress: Progress = lambda _: None) -> RunState:
+       node_ip: str | None = None, progress: Progress = lambda _: None) -> RunState:
     config = state.load_config()
+    if node_ip is not None:
+        # Checked before anything starts: multi-node mode never runs Ray without its firewall.
+        node_ip = multinode.check_node_ip(node_ip)
+        firewall.require_available("multi-node mode (--node-ip)")
     running = read_run_state(state)
     if running is not None and (alive(running.ray_pid) or alive(running.gateway_pid)):
         raise ClusterError(f"the cluster in {state.root} is already up (gateway on {running.listen})",
                            hint="`raywarden status` shows it; `raywarden down` stops it")
     if listen is not None and listen != config.listen:
         config = _change_listen(state, config, listen)
+    if node_ip is not None:
+        config = multinode.prepare_head(state, config, node_ip)
     _require_free(config.listen)
     for folder in (state.run_dir, state.logs_dir):
         ensure_private_dir(folder)
 
-    progress("starting Ray head (mutual TLS, token auth, loopback only)")
-    ports = RayPorts.allocate(HEAD_ADDRESS)
-    head = start_head(state, ports, num_cpus=num_cpus)
+    if node_ip is None:
+        progress("starting Ray head (mutual TLS, token auth, loopback only)")
+        ports = RayPorts.allocate(HEAD_ADDRESS)
+        head = start_head(state, ports, num_cpus=num_cpus)
+    else:
+        progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
+        ports = RayPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
+        multinode.install_head_firewall(state, config, ports)
+        try:
+            head = start_head(state, ports, num_cpus=num_cpus, node_ip=node_ip)
+        except BaseException:
+            firewall.remove(state)
+            raise
     try:
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
-        fw = firewall.protect(state, ports, exposed)
+        if node_ip is None:
+            fw = firewall.protect(state, ports, exposed)
+        else:
+            fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("starting gateway")
         gateway_pid = _start_gateway(state, config, head.dashboard_url)
     except BaseException:
@@ -90,12 +111,12 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
         firewall.remove(state)
         raise
     run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
-                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw)
+                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw, node_ip=node_ip)
     write_private(_run_file(state), run.model_dump_json(indent=2).encode())
     audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "cluster", "event": "up", "actor": _local_actor(), "listen": str(config.listen),
-                      "firewall": fw, "ray_ports": ports.model_dump()})
+                      "firewall": fw, "ray_ports": ports.model_dump(), "node_ip": node_ip})
     finally:
         audit.close()
     return run
@@ -228,6 +249,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "gateway": {"running": gateway_up, "healthy": gateway_ok, "listen": str(config.listen),
                     "pid": run.gateway_pid if run else None},
         "ray": {"running": ray_up, "healthy": dashboard_ok, "pid": run.ray_pid if run else None,
+                "node_ip": run.node_ip if run else None,
                 "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
                 "non_loopback_listeners": exposed, "firewall": run.firewall if run else None},
         "fingerprints": {"access_ca": fingerprint(load_cert(state.access_ca_cert)),

@@ -44,6 +44,44 @@ class RayPorts(BaseModel):
     def all_fixed(self) -> list[int]:
         return [v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")]
 
+    def metrics(self) -> list[int]:
+        """Prometheus ports: plaintext and unauthenticated in Ray, so loopback-only even for cluster nodes."""
+        return [self.metrics_export, self.dashboard_metrics, self.autoscaler_metrics]
+
+
+class WorkerPorts(BaseModel):
+    """The listeners of a worker node (no GCS, dashboard or Ray Client server: those live on the head)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    node_manager: int
+    object_manager: int
+    dashboard_agent_http: int
+    dashboard_agent_grpc: int
+    metrics_export: int
+    runtime_env_agent: int
+    min_worker: int
+    max_worker: int
+
+    @classmethod
+    def allocate(cls, host: str, worker_ports: int = 128) -> WorkerPorts:
+        """Free ports on this host: only the worker itself can know which ones are free here."""
+        with ExitStack() as stack:
+            chosen: dict[str, int] = {}
+            for name in cls.model_fields:
+                if name in ("min_worker", "max_worker"):
+                    continue
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((host, 0))
+                chosen[name] = sock.getsockname()[1]
+            start = _free_run(host, worker_ports, exclude=set(chosen.values()))
+            return cls(**chosen, min_worker=start, max_worker=start + worker_ports - 1)
+
+    def all_fixed(self) -> list[int]:
+        return [v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")]
+
+    def metrics(self) -> list[int]:
+        return [self.metrics_export]
+
 
 def _free_run(host: str, length: int, exclude: set[int]) -> int:
     # A random starting point keeps two clusters that start at once from probing the same run.

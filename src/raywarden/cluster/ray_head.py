@@ -20,8 +20,19 @@ from raywarden.state import StateDir
 HEAD_ADDRESS = "127.0.0.1"
 
 
-def ray_environment(state: StateDir, ports: RayPorts) -> dict[str, str]:
-    """The environment every Ray process of this node inherits (job drivers included)."""
+def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False) -> dict[str, str]:
+    """The environment every Ray process of the head inherits (job drivers included)."""
+    env = node_environment(cert=state.node_cert, key=state.node_key, ca=state.internal_ca_cert,
+                           token=state.ray_token, loopback=not multinode)
+    # These two Prometheus ports are fixed by default (44227, 44217): per-cluster values keep
+    # two clusters on one host apart.
+    env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
+    env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metrics)
+    return env
+
+
+def node_environment(*, cert: Path, key: Path, ca: Path, token: Path, loopback: bool) -> dict[str, str]:
+    """Mutual TLS, token auth and no usage stats, for any Ray node (head or worker)."""
     # Nothing Ray-related from the caller's environment (RAY_ADDRESS, another token...) leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
     env.pop("DASHBOARD_METRIC_PORT", None)
@@ -30,34 +41,37 @@ def ray_environment(state: StateDir, ports: RayPorts) -> dict[str, str]:
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
             "RAY_USE_TLS": "1",
-            "RAY_TLS_SERVER_CERT": str(state.node_cert),
-            "RAY_TLS_SERVER_KEY": str(state.node_key),
-            "RAY_TLS_CA_CERT": str(state.internal_ca_cert),
+            "RAY_TLS_SERVER_CERT": str(cert),
+            "RAY_TLS_SERVER_KEY": str(key),
+            "RAY_TLS_CA_CERT": str(ca),
             # Token auth; the token stays in its 0600 file in the state dir.
             "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(state.ray_token),
+            "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_USAGE_STATS_ENABLED": "0",
-            # Without this, `ray start` swaps a loopback --node-ip-address for the host's outward IP
-            # (ray/_private/services.py get_node_ip_address), and its listeners follow that address.
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            # These two Prometheus ports are fixed by default (44227, 44217): per-cluster values keep
-            # two clusters on one host apart.
-            "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
-            "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
             # `down` stops the cluster; Ray's default 30 s drain on SIGTERM only delays that.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
         }
     )
+    if loopback:
+        # Without this, `ray start` swaps a loopback --node-ip-address for the host's outward IP
+        # (ray/_private/services.py get_node_ip_address), and its listeners follow that address.
+        # Multi-node mode must not set it: worker-node `ray start` aborts with it (scripts.py).
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
 
 
-def head_command(state: StateDir, ports: RayPorts, num_cpus: int | None = None) -> list[str]:
+def ray_binary() -> str:
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if ray is None:
         raise ClusterError("the `ray` command is not installed", hint="pip install 'ray[default]'")
+    return ray
+
+
+def head_command(state: StateDir, ports: RayPorts, num_cpus: int | None = None,
+                 node_ip: str = HEAD_ADDRESS) -> list[str]:
     command = [
-        ray, "start", "--head", "--block",
-        f"--node-ip-address={HEAD_ADDRESS}",
+        ray_binary(), "start", "--head", "--block",
+        f"--node-ip-address={node_ip}",
         f"--port={ports.gcs}",
         f"--temp-dir={state.ray_temp_dir}",
         "--include-dashboard=true",
@@ -89,10 +103,14 @@ class RayHead:
         return f"http://{HEAD_ADDRESS}:{self.ports.dashboard}"
 
 
-def start_head(state: StateDir, ports: RayPorts, *, timeout_s: float = 120.0, num_cpus: int | None = None) -> RayHead:
+def start_head(state: StateDir, ports: RayPorts, *, timeout_s: float = 120.0, num_cpus: int | None = None,
+               node_ip: str | None = None) -> RayHead:
+    """Start the head; ``node_ip`` (multi-node mode) makes Ray use that address instead of loopback."""
+    ensure_private_dir(state.ray_temp_dir.parent)  # the 0700 guard around Ray's world-writable temp dir
     temp_dir = ensure_private_dir(state.ray_temp_dir)
     ensure_private_dir(state.logs_dir)
-    pid = spawn_detached(head_command(state, ports, num_cpus), env=ray_environment(state, ports),
+    pid = spawn_detached(head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
+                         env=ray_environment(state, ports, multinode=node_ip is not None),
                          log_path=state.logs_dir / "ray-start.log", cwd=temp_dir)
     head = RayHead(pid, ports)
     try:

@@ -104,12 +104,15 @@ def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: Ce
     write_public(state.gateway_cert, cert_pem(cert))
 
 
-def issue_head_node_certificate(state: StateDir, config: ClusterConfig, internal: CertificateAuthority) -> None:
-    # Ray's gRPC clients check the server certificate against the address they dial: 127.0.0.1 here.
+def issue_head_node_certificate(state: StateDir, config: ClusterConfig, internal: CertificateAuthority,
+                                node_ip: str | None = None) -> None:
+    # Ray's gRPC clients check the server certificate against the address they dial: 127.0.0.1 on a
+    # single node, the node IP in multi-node mode (workers dial the head's GCS and raylet there).
+    ips = ("127.0.0.1",) if node_ip is None else ("127.0.0.1", node_ip)
     key = generate_private_key()
     cert = internal.issue(key.public_key(), SpiffeId(config.trust_domain, "node", "head"),
                           lifetime=dt.timedelta(days=config.node_cert_days), server=True, client=True,
-                          dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+                          dns_names=("localhost",), ip_addresses=ips)
     write_private(state.node_key, private_key_pem(key))
     write_public(state.node_cert, cert_pem(cert))
 

@@ -1,0 +1,170 @@
+"""`node token create | list | revoke | sync` and `join`: worker nodes of a multi-node cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from raywarden.audit.cluster import open_cluster_audit
+from raywarden.cli.common import JsonOption, StateDirOption, console, print_json, state_dir
+from raywarden.cluster import firewall, worker
+from raywarden.cluster.lifecycle import read_run_state
+from raywarden.errors import UsageError
+from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.pki.certs import fingerprint, load_cert
+from raywarden.secret import Secret
+
+node_app = typer.Typer(help="Worker nodes: join tokens, the node list, revocation.", no_args_is_help=True)
+token_app = typer.Typer(help="Single-use join tokens for worker nodes.", no_args_is_help=True)
+node_app.add_typer(token_app, name="token")
+
+MAX_TTL = dt.timedelta(hours=24)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(node_app, name="node")
+    app.command("join")(join)
+
+
+def parse_ttl(text: str) -> dt.timedelta:
+    found = re.fullmatch(r"(\d+)([smh]?)", text.strip())
+    if not found:
+        raise UsageError(f"--ttl {text!r} is not a duration", hint="for example 90s, 10m or 2h")
+    seconds = int(found[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[found[2]]
+    ttl = dt.timedelta(seconds=seconds)
+    if not dt.timedelta(seconds=10) <= ttl <= MAX_TTL:
+        raise UsageError("--ttl must be between 10s and 24h", hint="a join token is meant to be used right away")
+    return ttl
+
+
+def _actor() -> str:
+    return f"local:{os.getuid()}"
+
+
+@token_app.command("create")
+def token_create(
+    state: StateDirOption = None,
+    ttl: Annotated[str, typer.Option(help="How long the token stays valid (e.g. 90s, 10m, 2h; at most 24h).")] = "10m",
+    json_output: JsonOption = False,
+) -> None:
+    """Create a single-use join token (stored hashed) and print it with the command a worker runs."""
+    target = state_dir(state).require()
+    lifetime = parse_ttl(ttl)
+    config = target.load_config()
+    token = NodeRegistry.open(target.identity_db).create_token(lifetime, created_by=_actor())
+    ca_sha = fingerprint(load_cert(target.access_ca_cert))
+    run = read_run_state(target)
+    host = run.node_ip if run and run.node_ip else config.listen.url_host()
+    url = f"https://{host}:{config.listen.port}"
+    audit = open_cluster_audit(target, config)
+    try:
+        audit.append({"kind": "node", "event": "token.create", "jti": token.token_id, "actor": _actor(),
+                      "expires_at": token.expires_at.isoformat()})
+    finally:
+        audit.close()
+    command = f"raywarden join {url} --token {token.token.reveal()} --ca-fingerprint {ca_sha}"
+    if json_output:
+        print_json({"token": token.token.reveal(), "token_id": token.token_id,
+                    "expires_at": token.expires_at.isoformat(), "head_url": url, "ca_fingerprint": ca_sha,
+                    "join_command": command})
+        return
+    console.print(f"Join token {token.token_id}, single use, valid until {token.expires_at:%Y-%m-%d %H:%M:%S} UTC.")
+    console.print("On the worker, run (as root):")
+    console.print(f"  {command}", markup=False, soft_wrap=True)
+
+
+@node_app.command("list")
+def node_list(state: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Nodes that joined this cluster: name, address, certificate serial and expiry, status."""
+    target = state_dir(state).require()
+    nodes = [n.public() for n in NodeRegistry.open(target.identity_db).all()]
+    if json_output:
+        print_json(nodes)
+        return
+    if not nodes:
+        console.print("No worker nodes have joined. `raywarden node token create` makes a join token.")
+        return
+    for n in nodes:
+        console.print(f"{n['name']:<20} {n['address']:<16} {n['status']:<8} serial {n['serial'][:16]}  "
+                      f"cert until {n['not_after'][:19]}")
+
+
+@node_app.command("revoke")
+def node_revoke(
+    name: Annotated[str, typer.Argument(help="Name of the node, as `node list` shows it.")],
+    state: StateDirOption = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "revoked by operator",
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke a node: drop every packet from its address to this head, and refuse it from then on."""
+    target = state_dir(state).require()
+    config = target.load_config()
+    audit = open_cluster_audit(target, config)
+    try:
+        try:
+            node = NodeRegistry.open(target.identity_db).revoke(name, revoked_by=_actor(), reason=reason)
+        except NodeRegistryError as exc:
+            audit.append({"kind": "node", "event": "node.revoke", "decision": "deny", "node": name,
+                          "actor": _actor(), "reason": exc.reason})
+            raise
+        # Ray cannot revoke a certificate; cutting the address off at the firewall is what refuses it.
+        cut = firewall.ban(firewall.table_name(target), node.address)
+        audit.append({"kind": "node", "event": "node.revoke", "decision": "allow", "node": name,
+                      "node_address": node.address, "serial": node.serial, "actor": _actor(), "reason": reason,
+                      "firewall_updated": cut})
+    finally:
+        audit.close()
+    result: dict[str, Any] = {"name": name, "address": node.address, "serial": node.serial, "revoked": True,
+                              "firewall_updated": cut}
+    if json_output:
+        print_json(result)
+        return
+    console.print(f"Node {name} ({node.address}) revoked; it can never rejoin under this name or address.")
+    if not cut:
+        console.print("The head is not running: its firewall will refuse the address when it starts.")
+
+
+@node_app.command("sync")
+def node_sync(
+    state: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """On a worker: fetch the cluster's current nodes from the head and update this node's allow list."""
+    result = worker.sync(state_dir(state).root)
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"Node {result['name']}: peers {', '.join(result['peers'])}")
+
+
+def join(
+    head_url: Annotated[str, typer.Argument(help="The head's gateway, https://HEAD:PORT.")],
+    token: Annotated[str, typer.Option(
+        help="Join token from `raywarden node token create` (or set RAYWARDEN_JOIN_TOKEN).",
+        envvar="RAYWARDEN_JOIN_TOKEN", show_envvar=True)],
+    ca_fingerprint: Annotated[str, typer.Option(
+        help="SHA-256 fingerprint of the head's access CA (`raywarden status` on the head).")],
+    name: Annotated[str | None, typer.Option(help="This node's name (default: the host name).")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="This node's IPv4 address (default: the one used to reach the head).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(min=0, help="CPUs Ray may use on this node.")] = None,
+    state: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Join this host to a cluster as a Ray worker: pinned TLS, node certificate, firewall, Ray with mTLS."""
+    root: Path = state_dir(state).root
+    result = worker.join(head_url, Secret(token), ca_fingerprint, root=root, name=name, address=address,
+                         num_cpus=num_cpus)
+    if json_output:
+        print_json(result)
+        return
+    console.print(f"Joined as {result['spiffe_id']} in {result['seconds']:.1f}s; Ray worker up on {result['address']}.")
+    console.print(f"  head GCS   {result['gcs_address']}")
+    console.print(f"  firewall   {result['firewall']}; peers {', '.join(result['peers'])}")
+    console.print(f"  state dir  {result['state_dir']}  (`raywarden down --state-dir {root}` leaves the cluster)")
+

@@ -1,0 +1,97 @@
+"""Node enrollment over the gateway: ``join`` (credential: a join token), ``peers`` and ``leave`` (credential:
+the node secret handed out at join). All three are anonymous routes: the credential is in the body.
+
+Every answer, refusals included, is audited by the gateway's request record; successful joins and leaves
+also get a ``kind: node`` record of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+from raywarden.cluster import admission
+from raywarden.errors import RaywardenError
+from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
+from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+
+log = logging.getLogger("raywarden.gateway")
+
+# Wrong tokens from one source address: after this many in the window, that source is refused outright.
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 600.0
+
+
+class FailureLimiter:
+    """Counts refused enrollment attempts per source address (in memory: a restart forgives)."""
+
+    def __init__(self, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._seen: dict[str, deque[float]] = defaultdict(deque)
+
+    def blocked(self, source: str) -> bool:
+        recent = self._seen[source]
+        while recent and recent[0] < time.monotonic() - self.window_s:
+            recent.popleft()
+        return len(recent) >= self.limit
+
+    def failed(self, source: str) -> None:
+        self._seen[source].append(time.monotonic())
+
+
+def handlers(services: ControlServices) -> dict[str, ControlHandler]:
+    registry = NodeRegistry.open(services.state.identity_db)
+    limiter = FailureLimiter()
+    # One enrollment change at a time: the registry and the firewall sets move together.
+    lock = asyncio.Lock()
+
+    async def guarded(request: ControlRequest, event: str,
+                      work: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> ControlResponse:
+        if limiter.blocked(request.source):
+            return ControlResponse(429, {"error": "too many failed attempts from this address; try later"},
+                                   {"event": event, "reason": f"rate limited: {request.source}"})
+        try:
+            async with lock:
+                body, audit = await asyncio.to_thread(work)
+        except NodeRegistryError as exc:
+            limiter.failed(request.source)
+            answer: dict[str, Any] = {"error": exc.public}
+            if exc.hint:
+                answer["hint"] = exc.hint
+            return ControlResponse(exc.status, answer, {"event": event, "reason": exc.reason})
+        except RaywardenError as exc:
+            log.error("%s failed: %s", event, exc.diagnostics())
+            return ControlResponse(500, {"error": f"{event} failed on the head; see its gateway log"},
+                                   {"event": event, "reason": exc.message})
+        await services.audit.append_async({"kind": "node", **audit, "source": request.source,
+                                           "request_id": request.request_id})
+        return ControlResponse(200, body, {"event": event, "node": audit.get("node")})
+
+    async def join(request: ControlRequest) -> ControlResponse:
+        def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            parsed = admission.parse(admission.JoinRequest, request.body)
+            return admission.admit(services.state, services.config, registry, parsed, request.source)
+
+        return await guarded(request, "node.join", work)
+
+    async def peers(request: ControlRequest) -> ControlResponse:
+        def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            auth = admission.parse(admission.NodeAuth, request.body)
+            return admission.peers(services.state, registry, auth), {"event": "node.peers", "node": auth.name}
+
+        return await guarded(request, "node.peers", work)
+
+    async def leave(request: ControlRequest) -> ControlResponse:
+        def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            auth = admission.parse(admission.NodeAuth, request.body)
+            audit = admission.leave(services.state, registry, auth)
+            return {"left": True, "name": auth.name}, audit
+
+        return await guarded(request, "node.leave", work)
+
+    return {"raywarden.node.join": join, "raywarden.node.peers": peers, "raywarden.node.leave": leave}
