@@ -1,0 +1,206 @@
+"""doctor on a real state dir made by `init`: healthy passes; each broken property fails with its fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from raywarden.client.profile import load_profile
+from raywarden.cluster.lifecycle import RunState
+from raywarden.cluster.ports import RayPorts
+from raywarden.doctor import DoctorUnavailable, run_doctor
+from raywarden.doctor.renew import renew_leaf
+from raywarden.errors import ClusterError
+from raywarden.files import write_private, write_public
+from raywarden.pki.ca_keys import CertificateAuthority
+from raywarden.pki.certs import cert_pem, load_cert
+from raywarden.pki.keys import generate_private_key, private_key_pem
+from raywarden.pki.spiffe import SpiffeId
+from raywarden.state import Listen, StateDir
+from tests.unit.doctor.conftest import TD
+
+pytestmark = pytest.mark.unit
+
+CLUSTER_CHECKS = ("listeners.ray", "listeners.gateway", "ray.processes", "ray.version", "ray.auth", "ray.tls")
+
+
+def _write_gateway_cert(state: StateDir, lifetime: dt.timedelta, *, ca: CertificateAuthority | None = None) -> None:
+    authority = ca or CertificateAuthority.load("access", TD, state.access_ca_cert, state.access_ca_key)
+    key = generate_private_key()
+    cert = authority.issue(key.public_key(), SpiffeId(TD, "gateway"), lifetime=lifetime, server=True, client=False,
+                           dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+    write_private(state.gateway_key, private_key_pem(key))
+    write_public(state.gateway_cert, cert_pem(cert))
+
+
+def test_a_healthy_state_dir_passes(state: StateDir) -> None:
+    report = run_doctor(state)
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 0
+    assert not report.by_status("fail", "warn"), [c.message for c in report.by_status("fail", "warn")]
+    assert not report.cluster_running
+    for check_id in CLUSTER_CHECKS:
+        assert report.get(check_id).status == "skip"
+    assert report.get("ray.version").message == "skipped: cluster is down"
+    for check_id in ("files.keys", "files.ray-token", "files.folders", "files.state", "files.owner",
+                     "files.profile.doc", "certs.access-ca", "certs.internal-ca", "certs.gateway", "certs.node",
+                     "certs.profile.doc", "policy.valid", "audit.verify", "clock.sanity"):
+        assert report.get(check_id).status == "pass", report.get(check_id)
+
+
+def test_world_readable_key_fails_with_chmod_fix(state: StateDir) -> None:
+    os.chmod(state.gateway_key, 0o644)
+    report = run_doctor(state)
+    check = report.get("files.keys")
+    assert check.status == "fail" and str(state.gateway_key) in check.message and "0644" in check.message
+    assert check.fix == f"chmod 600 {state.gateway_key}"
+    assert report.exit_code() == 1
+    assert report.get("certs.gateway").status == "pass"  # the key still matches its certificate
+
+    os.system(check.fix)  # noqa: S605 - the printed fix, run as printed
+    assert run_doctor(state).get("files.keys").status == "pass"
+
+
+def test_loose_token_folder_and_state_files_fail(state: StateDir) -> None:
+    os.chmod(state.ray_token, 0o640)
+    os.chmod(state.pki_dir, 0o755)  # noqa: S103 - the misconfiguration under test
+    os.chmod(state.identity_db, 0o644)
+    os.chmod(state.access_ca_cert, 0o666)  # noqa: S103 - the misconfiguration under test
+    report = run_doctor(state)
+    assert report.get("files.ray-token").fix == f"chmod 600 {state.ray_token}"
+    assert report.get("files.folders").fix == f"chmod 700 {state.pki_dir}"
+    state_check = report.get("files.state")
+    assert state_check.status == "fail"
+    assert state_check.fix == f"chmod 600 {state.identity_db} && chmod 644 {state.access_ca_cert}"
+
+
+def test_missing_key_fails(state: StateDir) -> None:
+    state.node_key.unlink()
+    report = run_doctor(state)
+    assert report.get("files.keys").status == "fail" and "missing" in report.get("files.keys").message
+    assert report.get("certs.node").status == "fail" and "has no key" in report.get("certs.node").message
+
+
+def test_open_profile_key_fails(state: StateDir) -> None:
+    profile = load_profile("doc")
+    os.chmod(profile.key_path, 0o604)
+    check = run_doctor(state).get("files.profile.doc")
+    assert check.status == "fail" and check.fix == f"chmod 600 {profile.key_path}"
+
+
+def test_rays_world_writable_temp_dir_needs_a_private_folder_around_it(state: StateDir) -> None:
+    temp = state.ray_temp_dir
+    temp.mkdir(parents=True)
+    try:
+        os.chmod(temp, 0o777)  # noqa: S103 - what Ray does to its own temp dir
+        os.chmod(temp.parent, 0o755)  # noqa: S103 - the misconfiguration under test
+        check = run_doctor(state).get("files.ray-temp")
+        assert check.status == "fail" and check.fix == f"chmod 700 {temp.parent}"
+        os.chmod(temp.parent, 0o700)
+        assert run_doctor(state).get("files.ray-temp").status == "pass"
+    finally:
+        temp.rmdir()
+        temp.parent.rmdir()
+
+
+def test_expired_gateway_certificate_fails_and_renew_fixes_it(state: StateDir) -> None:
+    _write_gateway_cert(state, dt.timedelta(minutes=-1))
+    report = run_doctor(state)
+    check = report.get("certs.gateway")
+    assert check.status == "fail" and "expired" in check.message
+    assert f"python -m raywarden.doctor.renew gateway --state-dir {state.root}" in (check.fix or "")
+    assert report.exit_code() == 1
+
+    records_before = _audit_records(state)
+    message = renew_leaf(state, "gateway")
+    assert "new gateway certificate" in message
+    after = run_doctor(state)
+    assert after.get("certs.gateway").status == "pass" and after.get("audit.verify").status == "pass"
+    new = _audit_records(state)[len(records_before):]
+    assert [r["event"] for r in new] == ["cert.renew"] and new[0]["certificate"] == "gateway"
+
+
+def test_certificate_close_to_expiry_warns_and_strict_fails(state: StateDir) -> None:
+    _write_gateway_cert(state, dt.timedelta(days=3))
+    report = run_doctor(state)
+    assert report.get("certs.gateway").status == "warn"
+    assert report.exit_code() == 0 and report.exit_code(strict=True) == 1
+
+
+def test_gateway_certificate_from_a_foreign_ca_fails(state: StateDir) -> None:
+    foreign = CertificateAuthority.create("access", TD, years=1)
+    _write_gateway_cert(state, dt.timedelta(days=30), ca=foreign)
+    check = run_doctor(state).get("certs.gateway")
+    assert check.status == "fail" and "not issued by this cluster's CA" in check.message
+
+
+def test_expired_ca_fails_and_expiring_ca_warns(state: StateDir) -> None:
+    not_after = load_cert(state.internal_ca_cert).not_valid_after_utc
+    report = run_doctor(state, now=not_after + dt.timedelta(hours=1))
+    assert report.get("certs.internal-ca").status == "fail" and "expired" in report.get("certs.internal-ca").message
+    report = run_doctor(state, now=not_after - dt.timedelta(days=10))
+    assert report.get("certs.internal-ca").status == "warn"
+
+
+def test_expired_admin_client_certificate_only_warns(state: StateDir) -> None:
+    profile = load_profile("doc")
+    not_after = profile.certificate().not_valid_after_utc
+    check = run_doctor(state, now=not_after + dt.timedelta(minutes=1)).get("certs.profile.doc")
+    assert check.status == "warn" and check.fix == "raywarden job list --profile doc"
+
+
+def test_invalid_policy_fails(state: StateDir) -> None:
+    (state.policy_dir / "broken.cedar").write_text("permit(principal, action, resource")
+    report = run_doctor(state)
+    check = report.get("policy.valid")
+    assert check.status == "fail" and "broken.cedar" in check.message
+    assert report.get("policy.loaded").status == "skip"
+
+
+def test_tampered_audit_log_fails(state: StateDir) -> None:
+    segment = sorted(state.audit_dir.glob("audit-*.jsonl"))[0]
+    lines = segment.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"admins", b"nobody")
+    segment.write_bytes(b"\n".join(lines))
+    check = run_doctor(state).get("audit.verify")
+    assert check.status == "fail" and "does not verify" in check.message
+    assert "raywarden audit verify" in (check.fix or "")
+
+
+def test_clock_before_the_ca_or_behind_the_log_fails(state: StateDir) -> None:
+    not_before = load_cert(state.access_ca_cert).not_valid_before_utc
+    check = run_doctor(state, now=not_before - dt.timedelta(days=1)).get("clock.sanity")
+    assert check.status == "fail" and "before the access CA" in check.message
+    last = json.loads(sorted(state.audit_dir.glob("audit-*.jsonl"))[-1].read_text().splitlines()[-1])["time"]
+    last_time = dt.datetime.fromisoformat(last.replace("Z", "+00:00"))
+    check = run_doctor(state, now=last_time - dt.timedelta(hours=2)).get("clock.sanity")
+    assert check.status == "fail" and "behind the newest audit record" in check.message
+    assert run_doctor(state, now=last_time - dt.timedelta(minutes=1)).get("clock.sanity").status == "pass"
+
+
+def test_no_state_dir_means_doctor_cannot_run(tmp_path: Path) -> None:
+    with pytest.raises(DoctorUnavailable) as info:
+        run_doctor(StateDir(tmp_path / "nothing"))
+    assert info.value.exit_code == 2 and "no raywarden cluster state" in info.value.message
+
+
+def test_renew_is_refused_while_the_cluster_runs(state: StateDir) -> None:
+    # A run file naming live processes (this test's own pid) is what a running cluster looks like to renew.
+    ports = RayPorts.allocate()
+    run = RunState(ray_pid=os.getpid(), gateway_pid=os.getpid(), ports=ports,
+                   listen=Listen(host="127.0.0.1", port=18443), started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                   firewall="installed")
+    write_private(state.run_dir / "cluster.json", run.model_dump_json().encode())
+    before = state.gateway_cert.read_bytes()
+    records_before = len(_audit_records(state))
+    with pytest.raises(ClusterError, match="cluster is running"):
+        renew_leaf(state, "gateway")
+    assert state.gateway_cert.read_bytes() == before and len(_audit_records(state)) == records_before
+
+
+def _audit_records(state: StateDir) -> list[dict[str, object]]:
+    return [json.loads(line) for p in sorted(state.audit_dir.glob("audit-*.jsonl"))
+            for line in p.read_text().splitlines() if line]
