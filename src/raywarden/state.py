@@ -85,6 +85,17 @@ class ClusterConfig(BaseModel):
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
     audit_rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    # Identities: bearer token lifetimes, clock skew allowance, enrollment code lifetime.
+    token_default_minutes: float = Field(default=15.0, gt=0)
+    token_max_minutes: float = Field(default=12 * 60.0, gt=0, le=7 * 24 * 60)
+    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    enrollment_code_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    # Job limits the default policy pack applies to `developers` (Cedar: Cluster::"ray".developer_limits).
+    developer_max_cpus: float = Field(default=4.0, ge=0, le=1e9)
+    developer_max_gpus: float = Field(default=0.0, ge=0, le=1e9)
+    developer_max_memory_bytes: int = Field(default=8 * 1024**3, ge=0, le=2**62)
+    developer_resources: list[str] = Field(default_factory=list)
+    developer_max_resource_amount: float = Field(default=0.0, ge=0, le=1e9)
 
     @field_validator("trust_domain")
     @classmethod
@@ -179,8 +190,10 @@ class StateDir:
     def ray_temp_dir(self) -> Path:
         # Ray puts unix sockets under its temp dir and their paths must stay below 107 bytes,
         # so the temp dir is short and derived from the state dir: two clusters never share one.
+        # Ray chmods its temp dir and session/sockets/logs dirs to 0777 (ray/_common/utils.py
+        # try_make_directory_shared), so it sits inside a 0700 folder of ours that Ray never touches.
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"rw-{digest}"  # noqa: S108 - created 0700 and owned by us
+        return Path("/tmp") / f"rw-{digest}" / "ray"  # noqa: S108 - parent created 0700 and owned by us
 
     def exists(self) -> bool:
         return self.config_path.is_file()

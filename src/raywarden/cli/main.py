@@ -23,6 +23,10 @@ COMMAND_MODULES = (
     "jobs",
     "audit",
     "scan",
+    "nodes",
+    "identity",
+    "doctor",
+    "policy",
 )
 
 

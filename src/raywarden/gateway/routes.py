@@ -38,6 +38,8 @@ class Route:
     auth: AuthKind = "identity"
     # False for raywarden's own control API, answered by the gateway itself (gateway/control/).
     upstream: bool = True
+    # Body size limit for this route; None means the cluster's max_body_bytes (sized for packages).
+    max_body: int | None = None
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,8 +61,23 @@ RAY_ROUTES: tuple[Route, ...] = (
 )
 
 # raywarden's own API. Every action here has a handler in raywarden.gateway.control.
+CONTROL_JSON_LIMIT = 64 * 1024  # CSRs, codes and tokens are small; anonymous callers get no more than this
+
+
+def _control(method: str, template: str, action: str, *, anonymous: bool, json_body: bool = True) -> Route:
+    return Route(method, template, action, "control" if anonymous else "cluster",
+                 body="json" if json_body else "none", auth="anonymous" if anonymous else "identity",
+                 upstream=False, max_body=CONTROL_JSON_LIMIT if json_body else None)
+
+
 CONTROL_ROUTES: tuple[Route, ...] = (
-    Route("GET", "/raywarden/v1/ca", "raywarden.ca", "control", auth="anonymous", upstream=False),
+    _control("GET", "/raywarden/v1/ca", "raywarden.ca", anonymous=True, json_body=False),
+    _control("POST", "/raywarden/v1/enroll", "identity.enroll", anonymous=True),
+    _control("POST", "/raywarden/v1/renew", "identity.renew", anonymous=False),
+    _control("POST", "/raywarden/v1/token", "identity.token", anonymous=False),
+    _control("POST", "/raywarden/v1/nodes/join", "raywarden.node.join", anonymous=True),
+    _control("POST", "/raywarden/v1/nodes/peers", "raywarden.node.peers", anonymous=True),
+    _control("POST", "/raywarden/v1/nodes/leave", "raywarden.node.leave", anonymous=True),
 )
 
 ROUTES: tuple[Route, ...] = RAY_ROUTES + CONTROL_ROUTES

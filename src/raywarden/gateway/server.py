@@ -31,7 +31,7 @@ def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog
     config = state.load_config()
     audit = open_cluster_audit(state, config)
     try:
-        engine = PolicyEngine.load(state.policy_dir)
+        engine = PolicyEngine.for_state(state)
     except RaywardenError as exc:
         audit.append({"kind": "policy", "event": "load", "accepted": False, "reason": exc.message})
         audit.close()
@@ -41,7 +41,7 @@ def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog
     token = Secret(read_private(state.ray_token).decode().strip())
     store = IdentityStore.open(state.identity_db)
     app = GatewayApp(
-        authenticator=Authenticator(config.trust_domain, store),
+        authenticator=Authenticator.from_state(state, config, store),
         engine=engine,
         audit=audit,
         upstream=Upstream(dashboard_url, token, config.upstream_timeout_s),
@@ -97,7 +97,7 @@ def serve(state: StateDir, dashboard_url: str) -> None:
 def _reload_policies(app: GatewayApp, state: StateDir, audit: AuditLog) -> None:
     """SIGHUP: swap in a new policy set only if it loads and validates whole."""
     try:
-        engine = PolicyEngine.load(state.policy_dir)
+        engine = PolicyEngine.for_state(state)
     except RaywardenError as exc:
         log.error("policy reload refused, keeping version %s: %s", app.engine.version, exc.message)
         audit.append({"kind": "policy", "event": "reload", "accepted": False, "reason": exc.message,

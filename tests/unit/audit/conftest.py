@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.unit.audit.audit_support import MakeLog, request_record
 
 from raywarden.audit import AuditLog
+from tests.unit.audit.audit_support import MakeLog, request_record
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.unit.audit.audit_support import run_python
 
 from raywarden.audit import AuditLog, AuditUnavailable, verify_log
 from raywarden.audit.keys import load_audit_key
+from tests.unit.audit.audit_support import run_python
 
 pytestmark = pytest.mark.unit
 

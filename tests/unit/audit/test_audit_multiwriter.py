@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.unit.audit.audit_support import python_env, run_python
 
 from raywarden.audit import AuditLog, load_or_create_audit_key, verify_log
 from raywarden.audit.layout import list_segments
+from tests.unit.audit.audit_support import python_env, run_python
 
 pytestmark = pytest.mark.unit
 

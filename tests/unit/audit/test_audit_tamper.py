@@ -11,13 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.audit.audit_support import MakeLog, checkpoint_lines, request_record, segment_lines, write_lines
 
 from raywarden.audit import AuditLog, AuditVerificationError, audit_key_fingerprint, verify_log
 from raywarden.audit.checkpoint import Checkpoint
 from raywarden.audit.layout import CHECKPOINTS_NAME, list_segments
 from raywarden.audit.record import GENESIS_HEAD, canonical_json, chain_head
 from raywarden.errors import ConfigError
+from tests.unit.audit.audit_support import MakeLog, checkpoint_lines, request_record, segment_lines, write_lines
 
 pytestmark = pytest.mark.unit
 

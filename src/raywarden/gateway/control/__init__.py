@@ -60,4 +60,6 @@ def build_handlers(services: ControlServices) -> dict[str, ControlHandler]:
 # One module per group of control actions, each with a `handlers(services)` function.
 HANDLER_MODULES = (
     "trust",
+    "identity",
+    "nodes",
 )
