@@ -29,7 +29,14 @@ from raywarden.cluster.procs import (
     spawn_detached,
     terminate,
 )
-from raywarden.cluster.ray_head import HEAD_ADDRESS, cluster_pids, start_head, stop_head
+from raywarden.cluster.ray_head import (
+    HEAD_ADDRESS,
+    RayHead,
+    cluster_pids,
+    spawn_head,
+    stop_head,
+    wait_for_dashboard,
+)
 from raywarden.cluster.setup import gateway_url, issue_gateway_certificate
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
@@ -38,6 +45,7 @@ from raywarden.pki.certs import fingerprint, load_cert
 from raywarden.state import ClusterConfig, Listen, StateDir
 
 Progress = Callable[[str], None]
+RAY_START_TIMEOUT_S = 120.0
 
 
 class RunState(BaseModel):
@@ -85,29 +93,33 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
         ensure_private_dir(folder)
 
     if node_ip is None:
-        progress("starting Ray head (mutual TLS, token auth, loopback only)")
+        progress("starting Ray head (mutual TLS, token auth, loopback only) and the gateway")
         ports = RayPorts.allocate(HEAD_ADDRESS)
-        head = start_head(state, ports, num_cpus=num_cpus)
     else:
         progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
         ports = RayPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
         multinode.install_head_firewall(state, config, ports)
-        try:
-            head = start_head(state, ports, num_cpus=num_cpus, node_ip=node_ip)
-        except BaseException:
-            firewall.remove(state)
-            raise
+    head: RayHead | None = None
+    gateway_pid: int | None = None
     try:
+        head = spawn_head(state, ports, num_cpus=num_cpus, node_ip=node_ip)
+        # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
+        # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
+        gateway_pid = _spawn_gateway(state, head.dashboard_url)
+        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
             fw = firewall.protect(state, ports, exposed)
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
-        progress("starting gateway")
-        gateway_pid = _start_gateway(state, config, head.dashboard_url)
+        progress("waiting for the gateway")
+        _wait_for_gateway(state, config, gateway_pid)
     except BaseException:
-        stop_head(state, head.pid)
+        if gateway_pid is not None:
+            terminate([gateway_pid], grace_s=5)
+        if head is not None:
+            stop_head(state, head.pid)
         firewall.remove(state)
         raise
     run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
@@ -153,12 +165,15 @@ def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]
     return listening_ports(set(cluster_pids(state, ray_pid)))
 
 
-def _start_gateway(state: StateDir, config: ClusterConfig, dashboard_url: str) -> int:
-    pid = spawn_detached(
+def _spawn_gateway(state: StateDir, dashboard_url: str) -> int:
+    return spawn_detached(
         [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url],
         env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
         log_path=state.logs_dir / "gateway.log",
     )
+
+
+def _wait_for_gateway(state: StateDir, config: ClusterConfig, pid: int) -> None:
     deadline = time.monotonic() + 30
     url = gateway_url(config) + "/api/version"
     while time.monotonic() < deadline:
@@ -167,9 +182,8 @@ def _start_gateway(state: StateDir, config: ClusterConfig, dashboard_url: str) -
             raise ClusterError(f"the gateway exited during start-up (exit code {code})",
                                hint=f"see {state.logs_dir / 'gateway.log'}")
         if _gateway_answers(url, state):
-            return pid
-        time.sleep(0.2)
-    terminate([pid], grace_s=5)
+            return
+        time.sleep(0.1)
     raise ClusterError("the gateway did not answer within 30s", hint=f"see {state.logs_dir / 'gateway.log'}")
 
 

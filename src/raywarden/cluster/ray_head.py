@@ -103,22 +103,16 @@ class RayHead:
         return f"http://{HEAD_ADDRESS}:{self.ports.dashboard}"
 
 
-def start_head(state: StateDir, ports: RayPorts, *, timeout_s: float = 120.0, num_cpus: int | None = None,
+def spawn_head(state: StateDir, ports: RayPorts, *, num_cpus: int | None = None,
                node_ip: str | None = None) -> RayHead:
-    """Start the head; ``node_ip`` (multi-node mode) makes Ray use that address instead of loopback."""
+    """Start the head without waiting for it; ``node_ip`` (multi-node mode) replaces loopback."""
     ensure_private_dir(state.ray_temp_dir.parent)  # the 0700 guard around Ray's world-writable temp dir
     temp_dir = ensure_private_dir(state.ray_temp_dir)
     ensure_private_dir(state.logs_dir)
     pid = spawn_detached(head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
                          env=ray_environment(state, ports, multinode=node_ip is not None),
                          log_path=state.logs_dir / "ray-start.log", cwd=temp_dir)
-    head = RayHead(pid, ports)
-    try:
-        wait_for_dashboard(state, head, timeout_s)
-    except BaseException:
-        stop_head(state, head.pid)
-        raise
-    return head
+    return RayHead(pid, ports)
 
 
 def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None:
