@@ -13,8 +13,9 @@ from rich.console import Console
 from raywarden.state import StateDir, default_state_dir
 
 # Human output goes to stderr when --json is on, so stdout stays machine-readable.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: fingerprints, URLs and tokens must stay on one line to be copied.
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StateDirOption = Annotated[
     Path | None,

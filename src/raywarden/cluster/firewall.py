@@ -90,7 +90,7 @@ def available() -> str | None:
     """None when rules can be installed here, else why not."""
     if os.geteuid() != 0:
         return "not root"
-    if shutil.which("nft") is None:
+    if nft_path() is None:
         return "nft (nftables) is not installed"
     return None
 
@@ -175,8 +175,13 @@ def _ipv4(address: str) -> str:
                            hint="multi-node clusters use IPv4 node addresses") from None
 
 
+def nft_path() -> str | None:
+    """`nft` on PATH, or in root's sbin folders (a minimal PATH often leaves them out)."""
+    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+
+
 def _nft_path() -> str:
-    return shutil.which("nft") or "nft"
+    return nft_path() or "nft"
 
 
 def _nft(args: list[str], *, stdin: str | None = None) -> None:

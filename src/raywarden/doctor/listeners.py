@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 from raywarden.cluster import firewall
@@ -55,7 +54,7 @@ def _ray(ctx: DoctorContext) -> Check:
 
 def _firewall_table(table: str) -> tuple[str | None, str | None]:
     """Trust the kernel, not the run file: the table must still be loaded. Returns (its rules, or why not)."""
-    nft = shutil.which("nft")
+    nft = firewall.nft_path()
     if nft is None or os.geteuid() != 0:
         return None, "cannot list nftables rules (needs root and nft)"
     result = subprocess.run([nft, "list", "table", "inet", table],
