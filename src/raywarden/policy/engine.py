@@ -162,9 +162,20 @@ def _references(policies: list[dict[str, Any]]) -> _References:
 
 
 def _pruned(entity: Entity, names: frozenset[str]) -> dict[str, Any]:
+    """The entity with only the attributes some policy reads, at every depth of nested records.
+
+    Cedar has no dynamic attribute access, so a field no policy names cannot change a decision; leaving it
+    out saves Cedar parsing it (the runtime_env record of a submission is the costly one).
+    """
     cedar = entity.to_cedar()
-    cedar["attrs"] = {k: v for k, v in entity.attrs.items() if k in names}
+    cedar["attrs"] = {k: _prune_value(v, names) for k, v in entity.attrs.items() if k in names}
     return cedar
+
+
+def _prune_value(value: Any, names: frozenset[str]) -> Any:
+    if isinstance(value, dict) and "__entity" not in value and "__extn" not in value:
+        return {k: _prune_value(v, names) for k, v in value.items() if k in names}
+    return value
 
 
 class PolicyEngine:
