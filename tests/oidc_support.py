@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,6 +27,10 @@ class Idp:
     keys: dict[str, rsa.RSAPrivateKey] = field(default_factory=dict)
     published: set[str] = field(default_factory=set)
     hits: int = 0
+    # Authorization-code flow (browser sign-in): codes handed out by /authorize, redeemed once at /token.
+    codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    login_claims: dict[str, Any] = field(default_factory=dict)
+    token_requests: list[dict[str, str]] = field(default_factory=list)
 
     def add_key(self, kid: str, *, publish: bool = True) -> None:
         self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -49,23 +57,74 @@ class Idp:
                 "jwks_min_refresh_seconds": min_refresh_s}
 
 
+    def discovery(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token", "jwks_uri": self.jwks_url,
+                "code_challenge_methods_supported": ["S256"]}
+
+    def authorize(self, query: dict[str, str]) -> str:
+        """Approve at once (the user is "logged in" at the IdP): the redirect back to the client."""
+        if query.get("response_type") != "code" or query.get("code_challenge_method") != "S256":
+            raise ValueError("only the code flow with PKCE S256")
+        code = secrets.token_urlsafe(16)
+        self.codes[code] = {k: query[k] for k in ("client_id", "redirect_uri", "code_challenge", "nonce")}
+        return f"{query['redirect_uri']}?{urlencode({'code': code, 'state': query['state']})}"
+
+    def token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        self.token_requests.append(form)
+        grant = self.codes.pop(form.get("code", ""), None)
+        if grant is None or form.get("grant_type") != "authorization_code":
+            return 400, {"error": "invalid_grant"}
+        verifier = form.get("code_verifier", "")
+        computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if computed != grant["code_challenge"] or form.get("redirect_uri") != grant["redirect_uri"] \
+                or form.get("client_id") != grant["client_id"]:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE or redirect_uri mismatch"}
+        token = self.id_token(sorted(self.published)[0], audience=grant["client_id"], nonce=grant["nonce"],
+                              **self.login_claims)
+        return 200, {"id_token": token, "token_type": "Bearer", "access_token": secrets.token_urlsafe(8)}
+
+
 @contextmanager
 def running_idp() -> Iterator[Idp]:
     holder: list[Idp] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            idp = holder[0]
-            if self.path != "/jwks":
-                self.send_error(404)
-                return
-            idp.hits += 1
-            data = json.dumps(idp.jwks()).encode()
-            self.send_response(200)
+        def _send(self, status: int, body: dict[str, Any], location: str | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            if location:
+                self.send_header("location", location)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            idp = holder[0]
+            path, _, query = self.path.partition("?")
+            if path == "/.well-known/openid-configuration":
+                self._send(200, idp.discovery())
+                return
+            if path == "/authorize":
+                try:
+                    self._send(302, {}, idp.authorize({k: v[0] for k, v in parse_qs(query).items()}))
+                except (KeyError, ValueError) as exc:
+                    self._send(400, {"error": str(exc)})
+                return
+            if path != "/jwks":
+                self.send_error(404)
+                return
+            idp.hits += 1
+            self._send(200, idp.jwks())
+
+        def do_POST(self) -> None:
+            if self.path != "/token":
+                self.send_error(404)
+                return
+            length = int(self.headers.get("content-length") or 0)
+            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            self._send(*holder[0].token(form))
 
         def log_message(self, *args: Any) -> None:
             pass

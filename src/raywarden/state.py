@@ -96,6 +96,10 @@ class ClusterConfig(BaseModel):
     developer_max_memory_bytes: int = Field(default=8 * 1024**3, ge=0, le=2**62)
     developer_resources: list[str] = Field(default_factory=list)
     developer_max_resource_amount: float = Field(default=0.0, ge=0, le=1e9)
+    # Browser sessions (docs/browser.md): idle timeout, absolute lifetime, sign-in link lifetime.
+    session_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    session_max_hours: float = Field(default=8.0, gt=0, le=24)
+    signin_link_seconds: float = Field(default=300.0, gt=0, le=3600)
 
     @field_validator("trust_domain")
     @classmethod

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "identity",
     "doctor",
     "policy",
+    "ui",
 )
 
 

@@ -28,6 +28,7 @@ def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False
     # two clusters on one host apart.
     env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
     env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metrics)
+    env["RAY_DASHBOARD_ENABLE_PROFILING"] = "1"  # admins only, by policy ("dashboard.profile", docs/browser.md)
     return env
 
 

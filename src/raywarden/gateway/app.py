@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -17,13 +17,20 @@ from raywarden.audit import AuditLog, AuditRecordError, AuditUnavailable
 from raywarden.errors import AuthenticationError
 from raywarden.gateway import responses
 from raywarden.gateway.auth import Authenticator, Identity, MissingCredential
+from raywarden.gateway.browser import BrowserGuard, hardened_send, session_cookie
 from raywarden.gateway.control import ControlHandler, ControlRequest
 from raywarden.gateway.filters import (
+    DASHBOARD_FILTERS,
     JOB_ACTIONS,
+    NEEDS_JOBS,
     FilterError,
+    JobAccess,
     Viewer,
+    driver_log_job,
+    filter_dashboard,
     filter_job_details,
     filter_job_list,
+    job_access,
     refusal_for_job,
     unknown_job,
 )
@@ -33,7 +40,10 @@ from raywarden.gateway.resources import Resource, context_for, principal_for, re
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import Match, match
 from raywarden.gateway.upstream import Upstream, UpstreamResponse, UpstreamUnavailable
-from raywarden.policy.engine import PolicyEngine, PolicyRequest
+from raywarden.gateway.web import Console, WebServices
+from raywarden.gateway.web.oidc_flow import BINDING_COOKIE
+from raywarden.policy.engine import Decision, Entity, PolicyEngine, PolicyRequest
+from raywarden.policy.entities import job_entity
 
 log = logging.getLogger("raywarden.gateway")
 PEER_CERT_STATE_KEY = "raywarden.peer_cert_der"
@@ -91,6 +101,7 @@ class GatewayApp:
         upstream: Upstream,
         control: dict[str, ControlHandler],
         max_body_bytes: int,
+        web: WebServices | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.engine = engine
@@ -98,13 +109,16 @@ class GatewayApp:
         self.upstream = upstream
         self.control = control
         self.max_body_bytes = max_body_bytes
+        # Browser access (docs/browser.md): without it, console routes answer 404 and no Host is refused.
+        self.guard = BrowserGuard(web.config) if web is not None else None
+        self.console = Console(web, upstream) if web is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             response = await self._http(Request(scope, receive))
-            await response(scope, receive, send)
+            await response(scope, receive, hardened_send(scope, send))
         elif scope["type"] == "websocket":
             await self._websocket(WebSocket(scope, receive, send))
 
@@ -132,12 +146,13 @@ class GatewayApp:
             started=time.monotonic(),
         )
 
-    def _authenticate(self, scope: Scope, ex: Exchange) -> Identity:
+    def _authenticate(self, scope: Scope, ex: Exchange, *, session: bool = False) -> Identity:
         der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
         authorization = _header(scope, b"authorization")
+        cookie = session_cookie(_header(scope, b"cookie")) if session else None
         hint = responses.HINT_NO_CREDENTIAL
         try:
-            identity = self.authenticator.authenticate(der, authorization)
+            identity = self.authenticator.authenticate(der, authorization, cookie)
         except MissingCredential as exc:
             raise Refusal(401, "authentication required", reason=exc.reason, hint=hint) from None
         except AuthenticationError as exc:
@@ -155,7 +170,8 @@ class GatewayApp:
             # An anonymous caller learns nothing about the route table, not even that a route is unknown.
             self._authenticate(scope, ex)
             raise Refusal(404, "no such route", reason=f"route not in the route table: {method} {path}",
-                          hint="the gateway serves Ray's Jobs API only; see `raywarden --help`")
+                          hint="the gateway serves Ray's Jobs API, the dashboard under /dashboard/ and its "
+                               "console under /ui/; see docs/browser.md")
         ex.action = found.route.action
         query = scope.get("query_string", b"").decode("latin-1")
         if query:
@@ -167,7 +183,8 @@ class GatewayApp:
         return found, query
 
     async def _authorize(
-        self, scope: Scope, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None
+        self, scope: Scope, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None,
+        query: str = "",
     ) -> tuple[Viewer, Resource]:
         """Decide; raise the refusal (403, or 404 for a job the caller may not view) when denied."""
         resource = await resource_for(found, identity, submission, self.upstream)
@@ -176,9 +193,15 @@ class GatewayApp:
         engine = self.engine  # one set for the whole request, even if a reload swaps it meanwhile
         context = context_for(identity, ex.source, scope.get("state", {}).get(PEER_CERT_STATE_KEY),
                               _header(scope, b"authorization"))
+        if identity.issued_at is not None:
+            # A session's credential age is the time since its sign-in.
+            context["auth_age_s"] = max(0, int(time.time() - identity.issued_at))
         viewer = Viewer(engine, principal_for(identity), context)
         action = found.route.action
         decision = engine.decide(PolicyRequest(viewer.principal, action, entity, context))
+        if not decision.allowed and action == "dashboard.logs":
+            decision, entity = await self._driver_log_fallback(viewer, query, decision, entity)
+            ex.resource = f"{entity.type}::{entity.id}"
         ex.policy_ids = decision.policy_ids
         ex.policy_input = {"groups": list(identity.groups), "resource_attrs": entity.attrs,
                            "context": {k: v for k, v in context.items() if k != "source"}}
@@ -193,11 +216,24 @@ class GatewayApp:
         # Principle 5: the decision is on disk before anything is forwarded or answered.
         await self.audit.append_async(ex.record(decision="allow", status=None, policy_version=self.engine.version))
 
-    async def _refuse(self, ex: Exchange, refusal: Refusal) -> Response:
+    async def _refuse(self, ex: Exchange, refusal: Refusal, scope: Scope | None = None) -> Response:
         await self.audit.append_async(
             ex.record(decision="deny", status=refusal.status, reason=refusal.reason, policy_version=self.engine.version)
         )
+        if refusal.status == 401 and scope is not None and _browser_navigation(scope):
+            # A person opening a page without a session is shown the sign-in page, not a JSON error.
+            return RedirectResponse("/ui/signin", status_code=303, headers={"cache-control": "no-store",
+                                                                              "x-request-id": ex.request_id})
         return responses.error(refusal.status, refusal.message, ex.request_id, refusal.hint)
+
+    def _browser_checks(self, scope: Scope, method: str) -> None:
+        """Host allowlist and cross-origin checks (gateway/browser.py), before anything else."""
+        if self.guard is None:
+            return
+        self.guard.check_host(_header(scope, b"host"))
+        has_session = session_cookie(_header(scope, b"cookie")) is not None
+        self.guard.check_origin(method, _header(scope, b"origin"), _header(scope, b"sec-fetch-site"),
+                                _header(scope, b"sec-fetch-mode"), has_session)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -205,9 +241,16 @@ class GatewayApp:
         ex = self._exchange(request.scope, request.method)
         try:
             try:
+                self._browser_checks(request.scope, request.method)
                 found, query = self._match(request.scope, ex, request.method, websocket=False)
-                identity = self._authenticate(request.scope, ex) if found.route.auth == "identity" else None
+                if found.route.console and found.route.auth == "anonymous":
+                    return await self._console_anonymous(request, ex, found, query)
+                identity = (self._authenticate(request.scope, ex, session=found.route.session)
+                            if found.route.auth == "identity" else None)
                 body = await self._read_body(request, found)
+                if found.route.console:
+                    assert identity is not None  # noqa: S101 - an identity route
+                    return await self._console_page(request, ex, found, query, identity)
                 if not found.route.upstream:
                     return await self._control(request.scope, ex, found, identity, body)
                 assert identity is not None  # noqa: S101 - every Ray route requires an identity (routes.py)
@@ -218,9 +261,9 @@ class GatewayApp:
                     except BadJobBody as exc:
                         raise Refusal(400, f"invalid job submission: {exc}") from None
                     body = stamp_owner(submission, identity.spiffe_id)
-                viewer, resource = await self._authorize(request.scope, ex, identity, found, submission)
+                viewer, resource = await self._authorize(request.scope, ex, identity, found, submission, query)
             except Refusal as refusal:
-                return await self._refuse(ex, refusal)
+                return await self._refuse(ex, refusal, request.scope)
             except UpstreamUnavailable as exc:
                 return await self._refuse(ex, _ray_down(exc))
             await self._record_allow(ex)
@@ -229,33 +272,41 @@ class GatewayApp:
                 missing = unknown_job(resource.entity.id)
                 await self.audit.append_async(ex.outcome(404, reason=missing.reason))
                 return responses.error(404, missing.message, ex.request_id, missing.hint)
-            return await self._forward(request, ex, query, body, viewer, resource)
+            return await self._forward(request, ex, found, query, body, viewer, resource)
         except (AuditUnavailable, AuditRecordError) as exc:
             # Principle 6: a request that cannot be recorded is not served.
             log.error("audit log unavailable: %s", exc.message)
             return responses.error(503, "audit log unavailable; requests are refused until it is writable",
                                    ex.request_id, "check disk space and permissions of the audit dir")
 
-    async def _forward(self, request: Request, ex: Exchange, query: str, body: bytes | None,
+    async def _forward(self, request: Request, ex: Exchange, found: Match, query: str, body: bytes | None,
                        viewer: Viewer, resource: Resource) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         action = ex.action
-        filtered = action in ("jobs.list", "jobs.read")
+        route = found.route
+        dashboard_filter = route.ray_template if route.mount and route.ray_template in DASHBOARD_FILTERS else None
+        filtered = action in ("jobs.list", "jobs.read") or dashboard_filter is not None
         if filtered:
             headers.pop("accept-encoding", None)  # the gateway must read what it filters
-        path = encode_path(canonical_path(request.scope["raw_path"]))
+        path = encode_path(route.upstream_path(canonical_path(request.scope["raw_path"])))
         try:
             upstream = await self.upstream.request(request.method, path, query, headers, body)
-        except UpstreamUnavailable as exc:
-            down = _ray_down(exc)
-            await self.audit.append_async(ex.outcome(down.status, reason=down.reason))
+            access = await self._job_access(viewer, dashboard_filter, upstream.status)
+        except (UpstreamUnavailable, FilterError) as exc:
+            down = _ray_down(exc) if isinstance(exc, UpstreamUnavailable) else None
+            reason = down.reason if down else str(exc)
+            await self.audit.append_async(ex.outcome(503 if down else 502, reason=reason))
+            if down is None:
+                return responses.error(502, "Ray's answer could not be checked", ex.request_id)
             return responses.error(down.status, down.message, ex.request_id, down.hint)
         shown: dict[str, int] = {}
         if filtered and upstream.status == 200:
             try:
                 if dict(upstream.headers).get("content-encoding"):
                     raise FilterError("Ray sent an encoded response the gateway cannot filter")
-                if action == "jobs.list":
+                if dashboard_filter is not None:
+                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access)
+                elif action == "jobs.list":
                     data, shown = filter_job_list(viewer, upstream.body)
                 else:
                     data = filter_job_details(viewer, resource.entity, upstream.body)
@@ -266,6 +317,61 @@ class GatewayApp:
             upstream = UpstreamResponse(upstream.status, upstream.headers, data)
         await self.audit.append_async(ex.outcome(upstream.status, **shown))
         return _relay(upstream, ex)
+
+    async def _driver_log_fallback(self, viewer: Viewer, query: str, denied: Decision,
+                                   entity: Entity) -> tuple[Decision, Entity]:
+        """A job's driver log, asked for by the dashboard's job page: decided as "jobs.logs" on that job."""
+        sid = driver_log_job(query)
+        if sid is None:
+            return denied, entity
+        info = await self.upstream.job_info(sid)
+        if info is None:
+            return denied, entity
+        job = job_entity(sid, info)
+        decision = viewer.decide("jobs.logs", job)
+        return (decision, job) if decision.allowed else (denied, entity)
+
+    async def _job_access(self, viewer: Viewer, template: str | None, status: int) -> JobAccess | None:
+        """Per-job decisions for a dashboard answer that lists tasks, actors or jobs of every job."""
+        if template not in NEEDS_JOBS or status != 200:
+            return None
+        jobs = await self.upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
+        if jobs.status != 200:
+            raise FilterError(f"Ray answered {jobs.status} for its job list")
+        return job_access(viewer, jobs.body)
+
+    async def _console_anonymous(self, request: Request, ex: Exchange, found: Match, query: str) -> Response:
+        """Sign-in, sign-out and the console's static answers: audited as one record, like anonymous control
+        routes. The handler checks the sign-in code or the session cookie itself."""
+        if self.console is None:
+            raise Refusal(404, "no such route", reason="browser access is not configured on this gateway")
+        body = await self._read_body(request, found)
+        cookie = session_cookie(request.headers.get("cookie"))
+        result = await self.console.anonymous(found.route.action, request.method, found.route.template, query,
+                                              body, cookie, ex.source, host=request.headers.get("host", ""),
+                                              binding=session_cookie(request.headers.get("cookie"), BINDING_COOKIE))
+        if result.audit.get("session_principal"):
+            ex.resource = f"Principal::{result.audit['session_principal']}"
+        await self.audit.append_async(ex.record(decision="deny" if result.deny else "allow", status=result.status,
+                                                policy_version=self.engine.version, **result.audit))
+        result.response.headers["x-request-id"] = ex.request_id
+        return result.response
+
+    async def _console_page(self, request: Request, ex: Exchange, found: Match, query: str,
+                            identity: Identity) -> Response:
+        if self.console is None:
+            raise Refusal(404, "no such route", reason="browser access is not configured on this gateway")
+        viewer, _ = await self._authorize(request.scope, ex, identity, found, None)
+        await self._record_allow(ex)
+        cookie = session_cookie(request.headers.get("cookie"))
+        try:
+            result = await self.console.page(found.route.action, found.route.template, query, identity, cookie, viewer)
+        except (UpstreamUnavailable, FilterError) as exc:
+            await self.audit.append_async(ex.outcome(503, reason=str(exc)))
+            return responses.error(503, "Ray is not reachable behind the gateway", ex.request_id)
+        await self.audit.append_async(ex.outcome(result.status, **result.audit))
+        result.response.headers["x-request-id"] = ex.request_id
+        return result.response
 
     async def _control(self, scope: Scope, ex: Exchange, found: Match, identity: Identity | None,
                        body: bytes | None) -> Response:
@@ -309,6 +415,7 @@ class GatewayApp:
         ex = self._exchange(ws.scope, "GET")
         try:
             try:
+                self._browser_checks(ws.scope, "GET")
                 found, _ = self._match(ws.scope, ex, "GET", websocket=True)
                 identity = self._authenticate(ws.scope, ex)
                 _, resource = await self._authorize(ws.scope, ex, identity, found, None)
@@ -360,13 +467,22 @@ async def _deny_upgrade(ws: WebSocket, refusal: Refusal, ex: Exchange) -> None:
 
 # The audit record names the credential that authenticated the request (never the credential itself).
 # Field names avoid "token"/"credential", which the audit writer redacts as secrets.
-_CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti"}
+_CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti", "session": "session_ref"}
 
 
 def _credential_field(identity: Identity | None) -> dict[str, str]:
     if identity is None:
         return {}
     return {_CREDENTIAL_FIELD.get(identity.auth_method, "credential_ref"): identity.credential_id}
+
+
+def _browser_navigation(scope: Scope) -> bool:
+    """A person's page load (not an XHR) of the dashboard or the console."""
+    path = str(scope.get("path", ""))
+    if scope.get("method") != "GET" or not (path.startswith(("/ui/", "/dashboard/")) or path == "/ui"):
+        return False
+    mode = _header(scope, b"sec-fetch-mode")
+    return mode == "navigate" if mode is not None else "text/html" in (_header(scope, b"accept") or "")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -2,8 +2,9 @@
 
 Credentials, in order of precedence: a client certificate verified by the TLS layer against the access CA;
 a bearer token signed by this cluster (gateway/tokens.py); an ID token from a configured OIDC issuer
-(gateway/oidc.py). The identity store is read on every request (no cache), so a disabled principal, a
-revoked certificate serial or a revoked token id is refused on its next request.
+(gateway/oidc.py); on dashboard and console routes only, a browser session cookie (identity/sessions.py).
+The identity store is read on every request (no cache), so a disabled principal, a revoked certificate serial
+or a revoked token id is refused on its next request, and so is a session they created.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cryptography import x509
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
 from raywarden.gateway.oidc import OidcFederation, oidc_config_path
 from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
+from raywarden.identity.sessions import SessionRefused, SessionStore
 from raywarden.identity.store import CredentialState, IdentityStore, Principal, lookup_credential
 from raywarden.pki.certs import serial_hex, spiffe_id_of
 from raywarden.pki.spiffe import SpiffeId
@@ -29,8 +31,10 @@ class Identity:
     kind: str  # "user" or "sa"
     name: str
     groups: tuple[str, ...]
-    auth_method: str  # "certificate", "token" or "oidc"
-    credential_id: str  # certificate serial, token jti, or "oidc:<jti>"
+    auth_method: str  # "certificate", "token", "oidc" or "session"
+    credential_id: str  # certificate serial, token jti, "oidc:<jti>", or the session's ref
+    # For sessions: when the session began (its sign-in), which policies see as the credential's age.
+    issued_at: float | None = None
 
 
 class MissingCredential(AuthenticationError):
@@ -39,24 +43,37 @@ class MissingCredential(AuthenticationError):
 
 class Authenticator:
     def __init__(self, trust_domain: str, store: IdentityStore, *, tokens: TokenAuthority | None = None,
-                 oidc: OidcFederation | None = None) -> None:
+                 oidc: OidcFederation | None = None, sessions: SessionStore | None = None) -> None:
         self.trust_domain = trust_domain
         self.store = store
         self.tokens = tokens
         self.oidc = oidc
+        self.sessions = sessions
 
     @classmethod
     def from_state(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> Authenticator:
         return cls(config.trust_domain, store, tokens=TokenAuthority.for_state(state, config),
-                   oidc=OidcFederation(oidc_config_path(state)))
+                   oidc=OidcFederation(oidc_config_path(state)), sessions=SessionStore(state.identity_db, store))
 
-    def authenticate(self, peer_cert_der: bytes | None, authorization: str | None) -> Identity:
-        """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only)."""
+    def authenticate(self, peer_cert_der: bytes | None, authorization: str | None,
+                     session: str | None = None) -> Identity:
+        """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only).
+        ``session`` is the session cookie's value, passed only on routes that accept sessions."""
         if peer_cert_der:
             return self.from_certificate(peer_cert_der)
         if authorization:
             return self.from_bearer(authorization)
+        if session is not None and self.sessions is not None:
+            return self.from_session(session)
         raise MissingCredential("no client certificate")
+
+    def from_session(self, session: str) -> Identity:
+        assert self.sessions is not None  # noqa: S101 - checked by the caller
+        try:
+            info = self.sessions.resolve(session)
+        except SessionRefused as exc:
+            raise AuthenticationError(exc.reason) from None
+        return Identity(info.spiffe_id, info.kind, info.name, info.groups, "session", info.ref, info.created_at)
 
     def from_certificate(self, der: bytes) -> Identity:
         """The TLS layer already checked the chain to the access CA and the validity window."""

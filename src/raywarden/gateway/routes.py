@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ResourceKind = Literal["cluster", "new_job", "job", "package", "control"]
-BodyKind = Literal["none", "job_submit", "package", "json"]
+BodyKind = Literal["none", "job_submit", "package", "json", "form"]
 # "identity": the caller must authenticate (certificate or bearer) and a policy must permit the action.
 # "anonymous": raywarden's own enrollment endpoints, where the credential is in the body (a one-time code
-# or join token) and the handler verifies it.
+# or join token) and the handler verifies it; also the console's sign-in and sign-out pages (gateway/web), which
+# read the session cookie themselves.
 AuthKind = Literal["identity", "anonymous"]
 
 # Ray submission ids are "raysubmit_<random>" or user-chosen; job ids are hex. Neither needs more.
@@ -23,7 +24,15 @@ _SEGMENT = {
     "job_id": r"[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}",
     "protocol": r"gcs",
     "package_name": r"_ray_pkg_[A-Za-z0-9_\-.]{1,128}\.zip",
+    # The dashboard's built assets: one folder level, plain file names; no source maps (*.map).
+    "static_path": r"(?:js|css|media)/[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*\.(?:js|css|svg|woff2?|ttf|eot|png|txt)",
+    "node_id": r"[0-9a-f]{8,128}",
+    "actor_id": r"[0-9a-f]{8,128}",
+    "app_name": r"[A-Za-z0-9_\-.]{1,128}",
+    "deployment_name": r"[A-Za-z0-9_\-.]{1,128}",
 }
+# Where the Ray dashboard is served; the gateway strips this prefix before forwarding to Ray.
+DASHBOARD_MOUNT = "/dashboard"
 
 
 @dataclass(frozen=True)
@@ -40,11 +49,27 @@ class Route:
     upstream: bool = True
     # Body size limit for this route; None means the cluster's max_body_bytes (sized for packages).
     max_body: int | None = None
+    # True: a browser session cookie authenticates this route (dashboard and console); elsewhere it is ignored.
+    session: bool = False
+    # True: answered by the console (gateway/web), not by Ray or the control API.
+    console: bool = False
+    # Path prefix the route is served under ("" or DASHBOARD_MOUNT; the template includes it); stripped
+    # before forwarding to Ray.
+    mount: str = ""
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pattern = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m[1]}>{_SEGMENT[m[1]]})", self.template)
         object.__setattr__(self, "regex", re.compile(f"^{pattern}$"))
+
+    def upstream_path(self, path: str) -> str:
+        """The path Ray sees: the matched path without the mount prefix."""
+        return path[len(self.mount):] or "/"
+
+    @property
+    def ray_template(self) -> str:
+        """The route's template as Ray knows it (without the mount prefix)."""
+        return self.upstream_path(self.template)
 
 
 RAY_ROUTES: tuple[Route, ...] = (
@@ -78,9 +103,104 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("POST", "/raywarden/v1/nodes/join", "raywarden.node.join", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/peers", "raywarden.node.peers", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/leave", "raywarden.node.leave", anonymous=True),
+    _control("POST", "/raywarden/v1/signin-link", "identity.signin_link", anonymous=False),
 )
 
-ROUTES: tuple[Route, ...] = RAY_ROUTES + CONTROL_ROUTES
+# Ray Serve's REST API for `serve deploy` / `serve shutdown` (SDK and CLI only; admins by default).
+SERVE_ROUTES: tuple[Route, ...] = (
+    Route("PUT", "/api/serve/applications/", "serve.deploy", "cluster", body="json"),
+    Route("DELETE", "/api/serve/applications/", "serve.delete", "cluster"),
+    Route("POST", "/api/v1/applications/{app_name}/deployments/{deployment_name}/scale", "serve.scale", "cluster",
+          body="json", max_body=CONTROL_JSON_LIMIT),
+)
+
+# Ray's dashboard web UI under DASHBOARD_MOUNT (docs/browser.md has the classification). The UI only ever
+# issues GET; every route here that changes or executes something is admin-only by default.
+_STATE_QUERY = ("limit", "timeout", "detail", "exclude_driver", "filter_keys", "filter_predicates", "filter_values")
+_SUMMARY_QUERY = ("timeout", "summary_by", "filter_keys", "filter_predicates", "filter_values")
+_PROFILE_COMMON = ("node_id", "ip", "native", "subprocesses")
+_VIEW, _LOGS, _PROFILE = "dashboard.view", "dashboard.logs", "dashboard.profile"
+
+
+def _dash(template: str, action: str, *query: str, resource: ResourceKind = "cluster") -> Route:
+    return Route("GET", DASHBOARD_MOUNT + template, action, resource, query=frozenset(query), session=True,
+                 mount=DASHBOARD_MOUNT)
+
+
+DASHBOARD_ROUTES: tuple[Route, ...] = (
+    # The single-page app and its assets.
+    _dash("/", _VIEW, "theme"),
+    _dash("/favicon.ico", _VIEW),
+    _dash("/static/{static_path}", _VIEW),
+    _dash("/timezone", _VIEW),
+    # Read-only cluster state.
+    _dash("/nodes", _VIEW, "view"),
+    _dash("/nodes/{node_id}", _VIEW),
+    _dash("/logical/actors", _VIEW, "ids"),
+    _dash("/logical/actors/{actor_id}", _VIEW),
+    _dash("/events", _VIEW, "job_id"),
+    _dash("/api/cluster_status", _VIEW, "format"),
+    _dash("/api/v0/cluster_metadata", _VIEW),
+    _dash("/api/version", "cluster.version"),
+    _dash("/api/jobs/", "jobs.list"),
+    _dash("/api/jobs/{job_id}", "jobs.read", resource="job"),
+    _dash("/api/v0/tasks", _VIEW, *_STATE_QUERY),
+    _dash("/api/v0/actors", _VIEW, *_STATE_QUERY),
+    _dash("/api/v0/jobs", _VIEW, *_STATE_QUERY),
+    _dash("/api/v0/placement_groups", _VIEW, *_STATE_QUERY),
+    _dash("/api/v0/runtime_envs", _VIEW, *_STATE_QUERY),
+    _dash("/api/v0/tasks/summarize", _VIEW, *_SUMMARY_QUERY),
+    _dash("/api/v0/tasks/timeline", _VIEW, "job_id", "download"),
+    _dash("/api/v0/runtime_env_redaction", _VIEW),
+    _dash("/api/v0/platform_events", _VIEW),
+    _dash("/api/serve/applications/", _VIEW, "api_type"),
+    _dash("/api/data/datasets/{job_id}", _VIEW),
+    _dash("/api/grafana_health", _VIEW),
+    _dash("/api/prometheus_health", _VIEW),
+    _dash("/api/profiling_enabled", _VIEW),
+    # Logs of any worker on any node: may hold secrets printed by any job.
+    _dash("/api/v0/logs", _LOGS, "glob", "node_id", "node_ip", "timeout"),
+    _dash("/api/v0/logs/file", _LOGS, "timeout", "node_id", "node_ip", "filename", "download_filename", "actor_id",
+          "task_id", "submission_id", "pid", "lines", "suffix", "attempt_number", "filter_ansi_code"),
+    # Profiling runs py-spy / memray against processes on the node (any process of Ray's user): admins only.
+    _dash("/worker/traceback", _PROFILE, "pid", *_PROFILE_COMMON),
+    _dash("/worker/cpu_profile", _PROFILE, "pid", "duration", "format", "idle", *_PROFILE_COMMON),
+    _dash("/task/traceback", _PROFILE, "task_id", "attempt_number", *_PROFILE_COMMON),
+    _dash("/task/cpu_profile", _PROFILE, "task_id", "attempt_number", "duration", "format", "idle",
+          *_PROFILE_COMMON),
+    _dash("/memory_profile", _PROFILE, "pid", "task_id", "attempt_number", "format", "duration", "leaks",
+          "trace_python_allocators", *_PROFILE_COMMON),
+)
+
+
+def _console(method: str, template: str, action: str, *query: str, anonymous: bool = False,
+             body: BodyKind = "none") -> Route:
+    return Route(method, template, action, "cluster", body=body, query=frozenset(query),
+                 auth="anonymous" if anonymous else "identity", upstream=False, session=True, console=True,
+                 max_body=CONTROL_JSON_LIMIT if body != "none" else None)
+
+
+# raywarden's own browser pages (gateway/web). Sign-in and sign-out read the cookie or code themselves.
+CONSOLE_ROUTES: tuple[Route, ...] = (
+    _console("GET", "/", "console.home", anonymous=True),
+    _console("GET", "/dashboard", "console.home", anonymous=True),
+    _console("GET", "/dashboard/api/authentication_mode", "console.auth_mode", anonymous=True),
+    _console("GET", "/ui/static/console.css", "console.asset", anonymous=True),
+    _console("GET", "/favicon.ico", "console.asset", anonymous=True),
+    _console("GET", "/ui/signin", "console.signin", "code", anonymous=True),
+    _console("POST", "/ui/signin", "console.signin", anonymous=True, body="form"),
+    _console("GET", "/ui/oidc/start", "console.oidc", "issuer", anonymous=True),
+    _console("GET", "/ui/oidc/callback", "console.oidc", "code", "state", "error", "error_description",
+             "session_state", "iss", anonymous=True),
+    _console("POST", "/ui/signout", "console.signout", anonymous=True, body="form"),
+    _console("GET", "/ui/", "console.view"),
+    _console("GET", "/ui/jobs", "console.view"),
+    _console("GET", "/ui/admin/principals", "console.admin"),
+    _console("GET", "/ui/admin/audit", "console.admin", "principal", "action", "decision", "since", "until",
+             "limit"),
+)
+
+ROUTES: tuple[Route, ...] = RAY_ROUTES + SERVE_ROUTES + CONTROL_ROUTES + DASHBOARD_ROUTES + CONSOLE_ROUTES
 ACTIONS: frozenset[str] = frozenset(r.action for r in ROUTES if r.auth == "identity")
 
 
@@ -92,7 +212,9 @@ class Match:
 
 def match(method: str, path: str, *, websocket: bool = False) -> Match | None:
     for route in ROUTES:
-        if route.method != method or route.websocket != websocket:
+        # The dashboard also sends HEAD for GET routes (aiohttp answers both); nowhere else.
+        head = method == "HEAD" and route.method == "GET" and bool(route.mount)
+        if (route.method != method and not head) or route.websocket != websocket:
             continue
         found = route.regex.match(path)
         if found:

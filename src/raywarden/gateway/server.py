@@ -19,6 +19,7 @@ from raywarden.gateway.auth import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream
+from raywarden.gateway.web import WebServices
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.engine import PolicyEngine
 from raywarden.secret import Secret
@@ -47,6 +48,7 @@ def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog
         upstream=Upstream(dashboard_url, token, config.upstream_timeout_s),
         control=build_handlers(ControlServices(state, config, store, audit)),
         max_body_bytes=config.max_body_bytes,
+        web=WebServices.for_gateway(state, config, store),
     )
     return app, audit
 

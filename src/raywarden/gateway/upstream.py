@@ -67,9 +67,13 @@ class Upstream:
             async with self.session.request(
                 method, url, headers=forwarded, data=body, allow_redirects=False
             ) as resp:
-                data = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(data) > MAX_RESPONSE_BYTES:
-                    raise UpstreamUnavailable("Ray's response exceeds the gateway's size limit")
+                # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
+                buffer = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    buffer += chunk
+                    if len(buffer) > MAX_RESPONSE_BYTES:
+                        raise UpstreamUnavailable("Ray's response exceeds the gateway's size limit")
+                data = bytes(buffer)
                 kept = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS]
                 return UpstreamResponse(resp.status, kept, data)
         except (aiohttp.ClientError, TimeoutError) as exc:

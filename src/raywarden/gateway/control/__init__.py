@@ -62,4 +62,5 @@ HANDLER_MODULES = (
     "trust",
     "identity",
     "nodes",
+    "signin",
 )
