@@ -5,12 +5,45 @@ from __future__ import annotations
 import secrets
 import socket
 from contextlib import ExitStack
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import Self
 
 
-class RayPorts(BaseModel):
+class _PortPlan(BaseModel):
+    """Ports for one node's Ray processes: named fixed ports plus a run of worker ports."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    WORKER_RUN: ClassVar[int] = 256
+    min_worker: int
+    max_worker: int
+
+    @classmethod
+    def allocate(cls, host: str = "127.0.0.1", worker_ports: int | None = None) -> Self:
+        """Ask the kernel for free ports, holding them all until every one is chosen.
+
+        The worker range is a run of consecutive free ports found by probing upwards from a free one.
+        """
+        length = worker_ports or cls.WORKER_RUN
+        with ExitStack() as stack:
+            chosen: dict[str, int] = {}
+            for name in cls.model_fields:
+                if name in ("min_worker", "max_worker"):
+                    continue
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((host, 0))
+                chosen[name] = sock.getsockname()[1]
+            start = _free_run(host, length, exclude=set(chosen.values()))
+            return cls(**chosen, min_worker=start, max_worker=start + length - 1)
+
+    def all_fixed(self) -> list[int]:
+        return [v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")]
+
+
+class RayPorts(_PortPlan):
+    """The head's listeners."""
+
     gcs: int
     dashboard: int
     client_server: int
@@ -22,62 +55,22 @@ class RayPorts(BaseModel):
     runtime_env_agent: int
     dashboard_metrics: int
     autoscaler_metrics: int
-    min_worker: int
-    max_worker: int
-
-    @classmethod
-    def allocate(cls, host: str = "127.0.0.1", worker_ports: int = 256) -> RayPorts:
-        """Ask the kernel for free ports, holding them all until every one is chosen.
-
-        The worker range is a run of consecutive free ports found by probing upwards from a free one.
-        """
-        with ExitStack() as stack:
-            names = [n for n in cls.model_fields if n not in ("min_worker", "max_worker")]
-            chosen: dict[str, int] = {}
-            for name in names:
-                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind((host, 0))
-                chosen[name] = sock.getsockname()[1]
-            start = _free_run(host, worker_ports, exclude=set(chosen.values()))
-            return cls(**chosen, min_worker=start, max_worker=start + worker_ports - 1)
-
-    def all_fixed(self) -> list[int]:
-        return [v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")]
 
     def metrics(self) -> list[int]:
         """Prometheus ports: plaintext and unauthenticated in Ray, so loopback-only even for cluster nodes."""
         return [self.metrics_export, self.dashboard_metrics, self.autoscaler_metrics]
 
 
-class WorkerPorts(BaseModel):
+class WorkerPorts(_PortPlan):
     """The listeners of a worker node (no GCS, dashboard or Ray Client server: those live on the head)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    WORKER_RUN: ClassVar[int] = 128
     node_manager: int
     object_manager: int
     dashboard_agent_http: int
     dashboard_agent_grpc: int
     metrics_export: int
     runtime_env_agent: int
-    min_worker: int
-    max_worker: int
-
-    @classmethod
-    def allocate(cls, host: str, worker_ports: int = 128) -> WorkerPorts:
-        """Free ports on this host: only the worker itself can know which ones are free here."""
-        with ExitStack() as stack:
-            chosen: dict[str, int] = {}
-            for name in cls.model_fields:
-                if name in ("min_worker", "max_worker"):
-                    continue
-                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind((host, 0))
-                chosen[name] = sock.getsockname()[1]
-            start = _free_run(host, worker_ports, exclude=set(chosen.values()))
-            return cls(**chosen, min_worker=start, max_worker=start + worker_ports - 1)
-
-    def all_fixed(self) -> list[int]:
-        return [v for k, v in self.model_dump().items() if k not in ("min_worker", "max_worker")]
 
     def metrics(self) -> list[int]:
         return [self.metrics_export]
