@@ -12,6 +12,8 @@ import json
 import time
 from typing import Any
 
+from cryptography import x509
+
 from raywarden.errors import PKIError, UsageError
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
 from raywarden.gateway.tokens import TokenAuthority, expires_iso
@@ -19,6 +21,7 @@ from raywarden.identity.enrollment import EnrollmentRefused, consume, parse_code
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.csr import read_csr
+from raywarden.pki.spiffe import SpiffeId
 
 HINT_CODE = "ask your administrator for a new enrollment code (`raywarden user add` / `user enable`)"
 
@@ -28,6 +31,12 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
     tokens = TokenAuthority.for_state(state, config)
     lifetime = dt.timedelta(hours=config.user_cert_hours)
+
+    def issue(public_key: Any, spiffe: SpiffeId) -> x509.Certificate:
+        """Sign with the access CA and record the serial: a certificate the store does not know is refused."""
+        cert = access.issue(public_key, spiffe, lifetime=lifetime)
+        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        return cert
 
     async def event(name: str, principal: str, actor: str, source: str, **fields: Any) -> None:
         await audit.append_async({"kind": "identity", "event": name, "principal": principal, "actor": actor,
@@ -60,8 +69,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             consume(store, code)
         except EnrollmentRefused as exc:
             return _refuse(401, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
-        cert = access.issue(public_key, spiffe, lifetime=lifetime)
-        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        cert = issue(public_key, spiffe)
         await event("enroll", str(spiffe), str(spiffe), req.source, enrollment_id=code.code_id,
                     serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
         return ControlResponse(200, _cert_body(cert, str(spiffe)),
@@ -83,8 +91,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         if str(spiffe) != identity.spiffe_id:
             return _refuse(403, "a certificate can only be renewed for its own identity",
                            f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}")
-        cert = access.issue(public_key, spiffe, lifetime=lifetime)
-        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        cert = issue(public_key, spiffe)
         await event("cert.renew", str(spiffe), identity.spiffe_id, req.source, previous_serial=identity.credential_id,
                     serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
         return ControlResponse(200, _cert_body(cert, str(spiffe)),

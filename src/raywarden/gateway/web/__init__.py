@@ -23,7 +23,7 @@ from raywarden.gateway.oidc import OidcFederation, OidcIssuer, load_oidc_config,
 from raywarden.gateway.upstream import Upstream
 from raywarden.gateway.web import oidc_flow, pages
 from raywarden.gateway.web.assets import CONSOLE_CSS
-from raywarden.identity.sessions import SessionRefused, SessionStore, csrf_matches, csrf_token
+from raywarden.identity.sessions import NewSession, SessionRefused, SessionStore, csrf_matches, csrf_token
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.engine import CLUSTER_ID, Entity
 from raywarden.policy.jobattrs import job_attrs
@@ -174,17 +174,11 @@ class Console:
         new = self.sessions.create(spiffe, "oidc", found.credential_id, source=source,
                                    idle_s=config.session_idle_minutes * 60, max_s=config.session_max_hours * 3600,
                                    extra_groups=found.groups, now=now)
-        fields: dict[str, Any] = {"event": "session.start", "session_ref": new.info.ref, "session_principal": spiffe,
-                                  "via": "oidc", "oidc_issuer": issuer.issuer, "oidc_ref": found.credential_id}
-        if cookie:
-            ended = self.sessions.end(cookie, "replaced at sign-in", now)
-            if ended:
-                fields["replaced_session_ref"] = ended
-        response = RedirectResponse("/ui/", status_code=303, headers=NO_STORE)
-        response.headers.append("set-cookie", set_session_cookie(new.session_id.reveal(),
-                                                                 int(new.info.expires_at - now)))
-        response.headers.append("set-cookie", oidc_flow.clear_binding_cookie())
-        return PageResult(response, 303, fields)
+        result = self._session_started(new, cookie, now, {"session_principal": spiffe, "via": "oidc",
+                                                          "oidc_issuer": issuer.issuer,
+                                                          "oidc_ref": found.credential_id})
+        result.response.headers.append("set-cookie", oidc_flow.clear_binding_cookie())
+        return result
 
     def _signin(self, body: bytes | None, cookie: str | None, source: str) -> PageResult:
         now = time.time()
@@ -206,10 +200,14 @@ class Console:
         except SessionRefused as exc:
             return self._signin_refused(403, f"sign-in code {code_id}: {exc.reason}", source, now,
                                         code_id=code_id)
-        fields: dict[str, Any] = {"event": "session.start", "code_id": code_id, "session_ref": new.info.ref,
-                                  "session_principal": spiffe_id, "via": via_method}
+        return self._session_started(new, cookie, now, {"code_id": code_id, "session_principal": spiffe_id,
+                                                        "via": via_method})
+
+    def _session_started(self, new: NewSession, cookie: str | None, now: float, fields: dict[str, Any]) -> PageResult:
+        """Every sign-in ends here: the browser's previous session ends (session ids are rotated at sign-in),
+        the new cookie is set, and the browser goes to the console."""
+        fields = {"event": "session.start", "session_ref": new.info.ref, **fields}
         if cookie:
-            # Session ids are rotated at sign-in: whatever session this browser had ends now.
             ended = self.sessions.end(cookie, "replaced at sign-in", now)
             if ended:
                 fields["replaced_session_ref"] = ended
