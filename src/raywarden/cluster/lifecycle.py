@@ -9,6 +9,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -62,7 +63,7 @@ class RunState(BaseModel):
     node_ip: str | None = None
 
 
-def _run_file(state: StateDir) -> Any:
+def _run_file(state: StateDir) -> Path:
     return state.run_dir / "cluster.json"
 
 
