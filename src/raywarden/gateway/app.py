@@ -19,18 +19,21 @@ from raywarden.gateway import responses
 from raywarden.gateway.auth import Authenticator, Identity, MissingCredential
 from raywarden.gateway.browser import BrowserGuard, hardened_send, session_cookie
 from raywarden.gateway.control import ControlHandler, ControlRequest
-from raywarden.gateway.filters import (
+from raywarden.gateway.dashboard import (
     DASHBOARD_FILTERS,
-    JOB_ACTIONS,
     NEEDS_JOBS,
-    FilterError,
     JobAccess,
-    Viewer,
     driver_log_job,
     filter_dashboard,
+    job_access,
+    scope_refusal,
+)
+from raywarden.gateway.filters import (
+    JOB_ACTIONS,
+    FilterError,
+    Viewer,
     filter_job_details,
     filter_job_list,
-    job_access,
     refusal_for_job,
     unknown_job,
 )
@@ -284,14 +287,20 @@ class GatewayApp:
         headers = {k.lower(): v for k, v in request.headers.items()}
         action = ex.action
         route = found.route
-        dashboard_filter = route.ray_template if route.mount and route.ray_template in DASHBOARD_FILTERS else None
+        template = route.ray_template if route.mount else None
+        dashboard_filter = template if template in DASHBOARD_FILTERS else None
         filtered = action in ("jobs.list", "jobs.read") or dashboard_filter is not None
         if filtered:
             headers.pop("accept-encoding", None)  # the gateway must read what it filters
         path = encode_path(route.upstream_path(canonical_path(request.scope["raw_path"])))
         try:
+            # Per-job decisions first: a request scoped to a job the caller may not view never reaches Ray.
+            access = await self._job_access(viewer) if template in NEEDS_JOBS else None
+            scoped = scope_refusal(template, found.params, query, access) if template and access is not None else None
+            if scoped is not None:
+                await self.audit.append_async(ex.outcome(scoped.status, reason=scoped.reason))
+                return responses.error(scoped.status, scoped.message, ex.request_id, scoped.hint)
             upstream = await self.upstream.request(request.method, path, query, headers, body)
-            access = await self._job_access(viewer, dashboard_filter, upstream.status)
         except (UpstreamUnavailable, FilterError) as exc:
             down = _ray_down(exc) if isinstance(exc, UpstreamUnavailable) else None
             reason = down.reason if down else str(exc)
@@ -305,7 +314,7 @@ class GatewayApp:
                 if dict(upstream.headers).get("content-encoding"):
                     raise FilterError("Ray sent an encoded response the gateway cannot filter")
                 if dashboard_filter is not None:
-                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access)
+                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access, query)
                 elif action == "jobs.list":
                     data, shown = filter_job_list(viewer, upstream.body)
                 else:
@@ -331,10 +340,8 @@ class GatewayApp:
         decision = viewer.decide("jobs.logs", job)
         return (decision, job) if decision.allowed else (denied, entity)
 
-    async def _job_access(self, viewer: Viewer, template: str | None, status: int) -> JobAccess | None:
-        """Per-job decisions for a dashboard answer that lists tasks, actors or jobs of every job."""
-        if template not in NEEDS_JOBS or status != 200:
-            return None
+    async def _job_access(self, viewer: Viewer) -> JobAccess:
+        """Per-job decisions for a dashboard answer about tasks, actors, workers or events of any job."""
         jobs = await self.upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
         if jobs.status != 200:
             raise FilterError(f"Ray answered {jobs.status} for its job list")

@@ -1,4 +1,4 @@
-"""Dashboard answers reduced per job and redacted: the same decisions as the Jobs API (gateway/filters.py)."""
+"""Dashboard answers reduced per job and redacted: the same decisions as the Jobs API (gateway/dashboard.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from raywarden.gateway.filters import (
-    REDACTED,
-    Viewer,
+from raywarden.gateway.dashboard import (
     driver_log_job,
     filter_dashboard,
     job_access,
     redact_runtime_envs,
+    scope_refusal,
 )
+from raywarden.gateway.filters import REDACTED, Viewer
 from raywarden.policy.entities import request_context
 from tests.unit.policy.policy_support import engine, principal, spiffe
 
@@ -95,3 +95,95 @@ def test_driver_log_requests_name_exactly_one_job() -> None:
     for query in ("filename=job-driver-x.log&actor_id=a", "filename=../job-driver-x.log", "filename=worker-1.out",
                   "filename=job-driver-x.log&filename=job-driver-y.log", "filename=job-driver-a/b.log", ""):
         assert driver_log_job(query) is None, query
+
+
+def _answer(**data: object) -> bytes:
+    return json.dumps({"result": True, "msg": "", "data": data}).encode()
+
+
+def test_events_keep_cluster_events_and_the_callers_jobs() -> None:
+    events = {"global": [{"message": "node added"}], "01000000": [{"message": "alice's job"}],
+              "02000000": [{"message": "bob's job"}], "03000000": [{"message": "a job no one owns"}]}
+    viewer = _viewer("developers", name="bob")
+    body, shown = filter_dashboard("/events", viewer, _answer(events=events), job_access(viewer, RAY_JOBS))
+    assert set(json.loads(body)["data"]["events"]) == {"global", "02000000"}
+    assert shown == {"shown": 1, "hidden": 2}
+    admin = _viewer("admins", name="ada")
+    body, _ = filter_dashboard("/events", admin, _answer(events=events), job_access(admin, RAY_JOBS))
+    assert set(json.loads(body)["data"]["events"]) == set(events)
+
+
+def test_actor_details_of_another_users_job_read_like_an_unknown_actor() -> None:
+    answer = _answer(detail={"actorId": "a1", "jobId": "01000000", "runtimeEnv": {"env_vars": {"K": SECRET}}})
+    bob = _viewer("developers", name="bob")
+    body, shown = filter_dashboard("/logical/actors/{actor_id}", bob, answer, job_access(bob, RAY_JOBS))
+    assert json.loads(body)["data"]["detail"] is None and shown == {"shown": 0, "hidden": 1}
+    vera = _viewer("viewers", name="vera")
+    body, _ = filter_dashboard("/logical/actors/{actor_id}", vera, answer, job_access(vera, RAY_JOBS))
+    assert json.loads(body)["data"]["detail"]["actorId"] == "a1" and SECRET not in body.decode()
+
+
+def test_node_pages_show_only_workers_and_actors_of_viewable_jobs() -> None:
+    workers = [{"pid": 1, "jobId": "01000000", "cmdline": ["ray::alice_task"]},
+               {"pid": 2, "jobId": "02000000", "cmdline": ["ray::bob_task"]}]
+    stats = [{"pid": 1, "jobId": "01000000", "currentTaskName": "alice_task"},
+             {"pid": 2, "jobId": "02000000", "currentTaskName": "bob_task"}]
+    detail = {"hostname": "h", "workers": workers, "actors": {"a1": {"jobId": "01000000"}, "a2": {"jobId": "02000000"}},
+              "raylet": {"nodeId": "n", "coreWorkersStats": stats}}
+    alice = _viewer("developers")
+    access = job_access(alice, RAY_JOBS)
+    body, shown = filter_dashboard("/nodes/{node_id}", alice, _answer(detail=detail), access)
+    text = body.decode()
+    assert "bob_task" not in text and "a2" not in json.loads(body)["data"]["detail"]["actors"]
+    assert "alice_task" in text and shown == {"shown": 3, "hidden": 3}
+    summary = [{"hostname": "h", "raylet": {"nodeId": "n", "coreWorkersStats": stats}}]
+    body, _ = filter_dashboard("/nodes", alice, _answer(summary=summary, node_logical_resources={}), access)
+    assert "bob_task" not in body.decode() and "alice_task" in body.decode()
+    hosts = _answer(host_name_list=["h"])
+    assert json.loads(filter_dashboard("/nodes", alice, hosts, access)[0]) == json.loads(hosts)
+
+
+def test_serve_application_env_values_only_for_those_who_may_deploy() -> None:
+    apps = {"applications": {"app": {"deployed_app_config": {"runtime_env": {"env_vars": {"K": SECRET}}}}}}
+    viewer_body, _ = filter_dashboard("/api/serve/applications/", _viewer("viewers", name="vera"),
+                                      json.dumps(apps).encode(), None)
+    admin_body, _ = filter_dashboard("/api/serve/applications/", _viewer("admins", name="ada"),
+                                     json.dumps(apps).encode(), None)
+    assert SECRET not in viewer_body.decode() and SECRET in admin_body.decode()
+
+
+@pytest.mark.parametrize(("template", "params", "query"), [
+    ("/api/v0/tasks/summarize", {}, "filter_keys=job_id&filter_predicates=%3D&filter_values=01000000"),
+    ("/api/v0/tasks/timeline", {}, "download=1&job_id=01000000"),
+    ("/api/data/datasets/{job_id}", {"job_id": "01000000"}, ""),
+    ("/api/data/datasets/{job_id}", {"job_id": "s-alice"}, ""),
+    ("/events", {}, "job_id=01000000"),
+])
+def test_answers_about_one_job_need_that_job(template: str, params: dict[str, str], query: str) -> None:
+    alice, bob = _viewer("developers"), _viewer("developers", name="bob")
+    assert scope_refusal(template, params, query, job_access(alice, RAY_JOBS)) is None
+    refusal = scope_refusal(template, params, query, job_access(bob, RAY_JOBS))
+    assert refusal is not None and (refusal.status, refusal.message) == (404, "no such job")
+    # A job Ray does not know gets the very same answer: no existence oracle.
+    missing = scope_refusal(template, {k: "0f000000" for k in params}, query.replace("01000000", "0f000000"),
+                            job_access(bob, RAY_JOBS))
+    assert missing is not None and (missing.status, missing.message) == (404, "no such job")
+
+
+@pytest.mark.parametrize("query", ["", "filter_keys=job_id&filter_predicates=%21%3D&filter_values=02000000",
+                                   "filter_keys=state&filter_predicates=%3D&filter_values=RUNNING",
+                                   "filter_keys=job_id&filter_keys=x&filter_predicates=%3D&filter_values=02000000"])
+def test_summaries_of_every_job_need_every_job(query: str) -> None:
+    bob = _viewer("developers", name="bob")
+    refusal = scope_refusal("/api/v0/tasks/summarize", {}, query, job_access(bob, RAY_JOBS))
+    assert refusal is not None and refusal.status == 403 and refusal.hint
+    for group, name in (("viewers", "vera"), ("admins", "ada")):
+        viewer = _viewer(group, name=name)
+        assert scope_refusal("/api/v0/tasks/summarize", {}, query, job_access(viewer, RAY_JOBS)) is None
+    assert scope_refusal("/api/v0/tasks/timeline", {}, "download=1", job_access(bob, RAY_JOBS)) is not None
+
+
+def test_cluster_events_need_no_job() -> None:
+    bob = _viewer("developers", name="bob")
+    assert scope_refusal("/events", {}, "job_id=global", job_access(bob, RAY_JOBS)) is None
+    assert scope_refusal("/events", {}, "", job_access(bob, RAY_JOBS)) is None
