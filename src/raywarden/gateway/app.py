@@ -38,6 +38,7 @@ from raywarden.gateway.filters import (
     unknown_job,
 )
 from raywarden.gateway.jobs import BadJobBody, JobSubmitBody, parse_submission, stamp_owner
+from raywarden.gateway.packages import PackageUploads
 from raywarden.gateway.paths import BadPath, canonical_path, encode_path
 from raywarden.gateway.resources import Resource, context_for, principal_for, resource_for
 from raywarden.gateway.responses import Refusal
@@ -110,6 +111,7 @@ class GatewayApp:
         self.engine = engine
         self.audit = audit
         self.upstream = upstream
+        self.packages = PackageUploads(upstream)
         self.control = control
         self.max_body_bytes = max_body_bytes
         # Browser access (docs/browser.md): without it, console routes answer 404 and no Host is refused.
@@ -272,9 +274,7 @@ class GatewayApp:
             await self._record_allow(ex)
             if not resource.known:
                 # Answered like a job the caller may not view, so that neither reveals which it is.
-                missing = unknown_job(resource.entity.id)
-                await self.audit.append_async(ex.outcome(404, reason=missing.reason))
-                return responses.error(404, missing.message, ex.request_id, missing.hint)
+                return await self._refuse_after_allow(ex, unknown_job(resource.entity.id))
             return await self._forward(request, ex, found, query, body, viewer, resource)
         except (AuditUnavailable, AuditRecordError) as exc:
             # Principle 6: a request that cannot be recorded is not served.
@@ -298,9 +298,15 @@ class GatewayApp:
             access = await self._job_access(viewer) if template in NEEDS_JOBS else None
             scoped = scope_refusal(template, found.params, query, access) if template and access is not None else None
             if scoped is not None:
-                await self.audit.append_async(ex.outcome(scoped.status, reason=scoped.reason))
-                return responses.error(scoped.status, scoped.message, ex.request_id, scoped.hint)
-            upstream = await self.upstream.request(request.method, path, query, headers, body)
+                return await self._refuse_after_allow(ex, scoped)
+            if action == "packages.upload":
+                async with self.packages.exclusive(path):
+                    exists = await self.packages.overwrite_refusal(path)
+                    if exists is not None:
+                        return await self._refuse_after_allow(ex, exists)
+                    upstream = await self.upstream.request(request.method, path, query, headers, body)
+            else:
+                upstream = await self.upstream.request(request.method, path, query, headers, body)
         except (UpstreamUnavailable, FilterError) as exc:
             down = _ray_down(exc) if isinstance(exc, UpstreamUnavailable) else None
             reason = down.reason if down else str(exc)
@@ -326,6 +332,11 @@ class GatewayApp:
             upstream = UpstreamResponse(upstream.status, upstream.headers, data)
         await self.audit.append_async(ex.outcome(upstream.status, **shown))
         return _relay(upstream, ex)
+
+    async def _refuse_after_allow(self, ex: Exchange, refusal: Refusal) -> Response:
+        """A refusal found after the policy allowed the request: its outcome record says why."""
+        await self.audit.append_async(ex.outcome(refusal.status, reason=refusal.reason))
+        return responses.error(refusal.status, refusal.message, ex.request_id, refusal.hint)
 
     async def _driver_log_fallback(self, viewer: Viewer, query: str, denied: Decision,
                                    entity: Entity) -> tuple[Decision, Entity]:
