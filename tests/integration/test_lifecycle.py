@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,6 +28,39 @@ def test_ray_listens_on_loopback_or_is_firewalled(cluster: Cluster) -> None:
     assert run is not None
     if exposed:
         assert run.firewall == "installed", f"Ray ports exposed without firewall: {exposed}"
+
+
+# Connects to each port given on the command line; prints one line per port: "PORT open" or "PORT refused".
+_PROBE = """import socket, sys
+for port in sys.argv[1:]:
+    try:
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
+        print(port, "open")
+    except OSError:
+        print(port, "refused")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the local-user rule is installed with the firewall, as root")
+def test_other_local_users_cannot_reach_rays_ports(cluster: Cluster) -> None:
+    run = lifecycle.read_run_state(cluster.state)
+    assert run is not None and run.firewall == "installed"
+    listening = lifecycle.ray_listeners(cluster.state)
+    ray_ports = [str(p) for p in (run.ports.dashboard, run.ports.gcs, *run.ports.metrics()) if p in listening]
+    assert len(ray_ports) >= 3, f"too few of Ray's ports listen to make the test meaningful: {ray_ports}"
+    gateway = str(run.listen.port)
+
+    def probe(*prefix: str) -> list[str]:
+        # The system Python: the test's own interpreter may live where `nobody` cannot read.
+        found = subprocess.run([*prefix, "/usr/bin/python3", "-c", _PROBE, *ray_ports, gateway],
+                               capture_output=True, text=True, timeout=60, check=True)
+        return found.stdout.split()
+
+    # The gateway is for everyone; Ray's ports only for the user running the cluster.
+    assert probe("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == \
+        [w for p in ray_ports for w in (p, "refused")] + [gateway, "open"]
+    owner = probe()
+    assert owner == [w for p in [*ray_ports, gateway] for w in (p, "open")], owner
 
 
 def test_status_reports_health_and_fingerprints(cluster: Cluster) -> None:

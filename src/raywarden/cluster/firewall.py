@@ -9,6 +9,10 @@ and `node revoke` change who may connect without reloading any rule:
 - ``peers``: IPv4 addresses of the cluster's other nodes.
 - ``banned``: revoked nodes. Every TCP packet from them is dropped (except to the gateway, so that a rejoin
   attempt gets a clear, audited refusal), which also cuts connections this node opened towards them.
+
+On this host, only processes of the user that runs the cluster (Ray, its workers, the gateway) may connect
+to those ports: other local users are refused, so the unauthenticated metrics and Ray's token-protected
+listeners are out of their reach too.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class FirewallPlan:
     # The gateway's port on a head: banned addresses may still reach it and be refused there, audited.
     gateway_port: int | None = None
     extra: tuple[int, ...] = field(default=())
+    # The user whose processes may connect to Ray's ports on this host; None: any local user.
+    owner_uid: int | None = None
 
     @classmethod
     def for_ports(cls, table: str, ports: RayPorts | WorkerPorts, *, peers: Iterable[str] = (),
@@ -55,7 +61,7 @@ class FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
         return cls(table, others, metrics, (ports.min_worker, ports.max_worker),
-                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port)
+                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port, owner_uid=os.geteuid())
 
 
 def ruleset(plan: FirewallPlan) -> str:
@@ -82,7 +88,21 @@ def ruleset(plan: FirewallPlan) -> str:
         f"    ip saddr @peers tcp dport @ray_ports accept\n"
         f"    tcp dport @ray_ports drop\n"
         f"  }}\n"
+        f"{_local_users_chain(plan.owner_uid)}"
         f"}}\n"
+    )
+
+
+def _local_users_chain(owner_uid: int | None) -> str:
+    """Connections from this host (all leave through lo) by anyone but the cluster's user: refused at once."""
+    if owner_uid is None:
+        return ""
+    return (
+        f"  chain output {{\n"
+        f"    type filter hook output priority -10; policy accept;\n"
+        f"    oif lo meta skuid != {owner_uid} tcp dport @ray_ports reject with tcp reset\n"
+        f"    oif lo meta skuid != {owner_uid} tcp dport @metrics_ports reject with tcp reset\n"
+        f"  }}\n"
     )
 
 
