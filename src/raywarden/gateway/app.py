@@ -135,6 +135,8 @@ class GatewayApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.upstream.close()
+                if self.console is not None:
+                    await self.console.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -383,7 +385,10 @@ class GatewayApp:
         await self._record_allow(ex)
         cookie = session_cookie(request.headers.get("cookie"))
         try:
-            result = await self.console.page(found.route.action, found.route.template, query, identity, cookie, viewer)
+            result = await self.console.page(found.route.action, found.route.template, query, identity, cookie, viewer,
+                                             found.params)
+        except Refusal as refusal:
+            return await self._refuse_after_allow(ex, refusal)
         except (UpstreamUnavailable, FilterError) as exc:
             await self.audit.append_async(ex.outcome(503, reason=str(exc)))
             return responses.error(503, "Ray is not reachable behind the gateway", ex.request_id)

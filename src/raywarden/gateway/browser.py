@@ -27,7 +27,7 @@ CONSOLE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-actio
                "base-uri 'none'")
 # Ray's dashboard (a React app): its bundle and fonts from the gateway; MUI injects <style> elements.
 DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                 "font-src 'self' data:; connect-src 'self'; frame-src 'none'; object-src 'none'; base-uri 'self'; "
+                 "font-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; "
                  "form-action 'self'; frame-ancestors 'none'")
 # Profiling output is HTML/SVG built from user code's function names: rendered without script or origin.
 PROFILE_CSP = "sandbox; frame-ancestors 'none'"
@@ -114,7 +114,14 @@ def clear_session_cookie() -> str:
     return f"{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
 
 
+# Metrics panels (gateway/metrics): console pages that the dashboard frames, from the same origin only.
+PANEL_CSP = CONSOLE_CSP.replace("frame-ancestors 'none'", "frame-ancestors 'self'")
+_PANEL_PATH = "/ui/metrics/"
+
+
 def csp_for(path: str) -> str:
+    if path.startswith(_PANEL_PATH):
+        return PANEL_CSP
     if path.startswith("/ui/") or path == "/ui":
         return CONSOLE_CSP
     if path.startswith(_PROFILE_PATHS):
@@ -127,7 +134,7 @@ def csp_for(path: str) -> str:
 def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     return [
         (b"content-security-policy", csp_for(path).encode()),
-        (b"x-frame-options", b"DENY"),
+        (b"x-frame-options", b"SAMEORIGIN" if path.startswith(_PANEL_PATH) else b"DENY"),
         (b"x-content-type-options", b"nosniff"),
         # Sign-in links carry a code in the URL: no Referer may take it elsewhere. ("no-referrer" would make
         # Chromium send "Origin: null" on the console's own forms, which the Origin check refuses.)

@@ -30,6 +30,9 @@ _SEGMENT = {
     "actor_id": r"[0-9a-f]{8,128}",
     "app_name": r"[A-Za-z0-9_\-.]{1,128}",
     "deployment_name": r"[A-Za-z0-9_\-.]{1,128}",
+    # Ray's Grafana dashboards, as the metrics panels name them (gateway/metrics).
+    "dashboard_uid": r"[A-Za-z0-9_\-]{1,64}",
+    "dashboard_slug": r"[a-z0-9\-]{0,64}",
 }
 # Where the Ray dashboard is served; the gateway strips this prefix before forwarding to Ray.
 DASHBOARD_MOUNT = "/dashboard"
@@ -155,7 +158,6 @@ DASHBOARD_ROUTES: tuple[Route, ...] = (
     _dash("/api/v0/platform_events", _VIEW),
     _dash("/api/serve/applications/", _VIEW, "api_type"),
     _dash("/api/data/datasets/{job_id}", _VIEW),
-    _dash("/api/grafana_health", _VIEW),
     _dash("/api/prometheus_health", _VIEW),
     _dash("/api/profiling_enabled", _VIEW),
     # Logs of any worker on any node: may hold secrets printed by any job.
@@ -171,6 +173,15 @@ DASHBOARD_ROUTES: tuple[Route, ...] = (
     _dash("/memory_profile", _PROFILE, "pid", "task_id", "attempt_number", "format", "duration", "leaks",
           "trace_python_allocators", *_PROFILE_COMMON),
 )
+
+
+# Grafana's panel URL parameters, and every template variable of Ray's dashboards (a test keeps this in step).
+PANEL_VARIABLES = ("datasource", "SessionName", "Instance", "Cluster", "RayNodeType", "DatasetID", "Operator",
+                   "Application", "HTTP_Route", "gRPC_Method", "Deployment", "Replica", "Route", "vllm_model_name",
+                   "workerid", "deployment", "sglang_model_name", "interval", "window", "TrainRunName", "TrainRunId",
+                   "TrainWorkerWorldRank", "TrainWorkerActorId", "GpuIndex", "GpuDeviceName")
+PANEL_QUERY = ("orgId", "theme", "panelId", "from", "to", "refresh", "timezone", "kiosk",
+               *(f"var-{name}" for name in PANEL_VARIABLES))
 
 
 def _console(method: str, template: str, action: str, *query: str, anonymous: bool = False,
@@ -198,6 +209,10 @@ CONSOLE_ROUTES: tuple[Route, ...] = (
     _console("GET", "/ui/admin/principals", "console.admin"),
     _console("GET", "/ui/admin/audit", "console.admin", "principal", "action", "decision", "since", "until",
              "limit"),
+    # Ray's Metrics page: the gateway answers the Grafana health check and draws the panels (gateway/metrics).
+    _console("GET", "/dashboard/api/grafana_health", _VIEW),
+    *(_console("GET", f"/ui/metrics/{kind}/{{dashboard_uid}}{slug}", _VIEW, *PANEL_QUERY)
+      for kind in ("d-solo", "d") for slug in ("", "/{dashboard_slug}")),
 )
 
 ROUTES: tuple[Route, ...] = RAY_ROUTES + SERVE_ROUTES + CONTROL_ROUTES + DASHBOARD_ROUTES + CONSOLE_ROUTES

@@ -28,7 +28,7 @@ from raywarden.state import StateDir
 log = logging.getLogger("raywarden.gateway")
 
 
-def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog]:
+def build_app(state: StateDir, dashboard_url: str, prometheus_url: str | None = None) -> tuple[GatewayApp, AuditLog]:
     config = state.load_config()
     audit = open_cluster_audit(state, config)
     try:
@@ -48,14 +48,14 @@ def build_app(state: StateDir, dashboard_url: str) -> tuple[GatewayApp, AuditLog
         upstream=Upstream(dashboard_url, token, config.upstream_timeout_s),
         control=build_handlers(ControlServices(state, config, store, audit)),
         max_body_bytes=config.max_body_bytes,
-        web=WebServices.for_gateway(state, config, store),
+        web=WebServices.for_gateway(state, config, store, prometheus_url),
     )
     return app, audit
 
 
-def serve(state: StateDir, dashboard_url: str) -> None:
+def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None) -> None:
     config = state.load_config()
-    app, audit = build_app(state, dashboard_url)
+    app, audit = build_app(state, dashboard_url, prometheus_url)
     uv_config = uvicorn.Config(
         app,
         host=config.listen.host,
@@ -113,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m raywarden.gateway", description="Run the raywarden gateway.")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--dashboard-url", required=True)
+    parser.add_argument("--prometheus-url", help="the cluster's Prometheus, for Ray's Metrics page (optional)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(StateDir(args.state_dir), args.dashboard_url)
+        serve(StateDir(args.state_dir), args.dashboard_url, args.prometheus_url)
     except RaywardenError as exc:
         log.error("%s", exc.diagnostics())
         raise SystemExit(1) from None

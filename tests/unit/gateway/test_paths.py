@@ -60,7 +60,8 @@ def test_exploit_paths_match_no_route() -> None:
 def test_every_route_matches_its_own_example() -> None:
     examples = {"job_id": "raysubmit_abc123", "protocol": "gcs", "package_name": "_ray_pkg_0123abcd.zip",
                 "static_path": "js/main.84605326.js", "node_id": "0123abcd" * 7, "actor_id": "0123abcd" * 4,
-                "app_name": "app1", "deployment_name": "dep1"}
+                "app_name": "app1", "deployment_name": "dep1", "dashboard_uid": "rayDefaultDashboard",
+                "dashboard_slug": "default-dashboard"}
     for route in ROUTES:
         path = route.template.format(**examples)
         found = match(route.method, path, websocket=route.websocket)

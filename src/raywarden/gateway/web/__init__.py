@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,12 @@ from raywarden.audit.reader import RecordFilter, last_records, parse_time
 from raywarden.errors import ConfigError
 from raywarden.gateway.auth import Identity
 from raywarden.gateway.browser import clear_session_cookie, set_session_cookie
+from raywarden.gateway.dashboard import job_access
 from raywarden.gateway.filters import Viewer, filter_job_list
+from raywarden.gateway.metrics.prometheus import Prometheus
+from raywarden.gateway.metrics.views import MetricsViews, View, grafana_health
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, load_oidc_config, oidc_config_path
+from raywarden.gateway.responses import Refusal
 from raywarden.gateway.upstream import Upstream
 from raywarden.gateway.web import oidc_flow, pages
 from raywarden.gateway.web.assets import CONSOLE_CSS
@@ -44,11 +49,24 @@ class WebServices:
     store: IdentityStore
     sessions: SessionStore
     oidc: OidcFederation | None = None
+    # Ray's Metrics page, when the cluster runs a Prometheus (`raywarden up` starts one if it is installed).
+    metrics: MetricsViews | None = None
 
     @classmethod
-    def for_gateway(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> WebServices:
+    def for_gateway(cls, state: StateDir, config: ClusterConfig, store: IdentityStore,
+                    prometheus_url: str | None = None) -> WebServices:
+        metrics = (MetricsViews(Prometheus(prometheus_url), lambda: ray_session_name(state))
+                   if prometheus_url else None)
         return cls(state, config, store, SessionStore(state.identity_db, store),
-                   OidcFederation(oidc_config_path(state)))
+                   OidcFederation(oidc_config_path(state)), metrics)
+
+
+def ray_session_name(state: StateDir) -> str:
+    """The running Ray session's name (Ray labels every metric with it), from Ray's session_latest link."""
+    try:
+        return os.path.basename(os.readlink(state.ray_temp_dir / "session_latest"))
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -241,8 +259,14 @@ class Console:
 
     # -- pages for a signed-in (or certificate-holding) principal -----------------------------------
 
+    async def close(self) -> None:
+        if self.web.metrics is not None:
+            await self.web.metrics.prometheus.close()
+
     async def page(self, action: str, path: str, query: str, identity: Identity, cookie: str | None,
-                   viewer: Viewer) -> PageResult:
+                   viewer: Viewer, params: dict[str, str] | None = None) -> PageResult:
+        if path == "/dashboard/api/grafana_health" or path.startswith("/ui/metrics/"):
+            return await self._metrics(path, query, viewer, params or {})
         admin = viewer.decide("console.admin", Entity("Cluster", CLUSTER_ID)).allowed
         csrf = csrf_token(cookie) if cookie and identity.auth_method == "session" else None
         nav = pages.navigation(identity.name, csrf, admin=admin)
@@ -257,6 +281,36 @@ class Console:
             body, status = self._audit(_params(query))
             return PageResult(_html(pages.page("Audit log", body, nav=nav), status), status)
         raise KeyError(path)
+
+    async def _metrics(self, path: str, query: str, viewer: Viewer, params: dict[str, str]) -> PageResult:
+        """Ray's Metrics page: the Grafana health check, one panel, or a whole dashboard (gateway/metrics)."""
+        metrics = self.web.metrics
+        every_job = await self._sees_every_job(viewer) if metrics is not None else False
+        if path == "/dashboard/api/grafana_health":
+            session = metrics.session_name() if metrics is not None else ""
+            body = grafana_health(metrics is not None, every_job, session)
+            return PageResult(JSONResponse(body, headers=NO_STORE), 200, {"metrics": body["msg"]})
+        if metrics is None:
+            raise Refusal(404, "metrics are not available on this cluster",
+                          reason="no Prometheus configured for this gateway",
+                          hint="install Prometheus (apt-get install prometheus) and restart: `raywarden down; "
+                               "raywarden up`")
+        if not every_job:
+            raise Refusal(403, "metrics cover every job, and you may not view all of them",
+                          reason="metrics panels need the caller to view every job",
+                          hint="ask an administrator; your own jobs' tasks are on their pages in the dashboard")
+        request = _params(query)
+        uid = params.get("dashboard_uid", "")
+        view: View = await (metrics.panel(uid, request) if "/d-solo/" in path else metrics.dashboard(uid, request))
+        page = pages.embedded(view.title, view.body, view.refresh_s, whole="/d-solo/" not in path)
+        return PageResult(_html(page, view.status), view.status, view.audit)
+
+    async def _sees_every_job(self, viewer: Viewer) -> bool:
+        """Metrics name tasks and actors of every job: the same test as for a summary of every job."""
+        resp = await self.upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
+        if resp.status != 200:
+            return False
+        return job_access(viewer, resp.body).sees_every_job
 
     def _whoami(self, identity: Identity) -> str:
         e = pages.e

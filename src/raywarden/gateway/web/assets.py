@@ -38,4 +38,13 @@ button.primary { background: var(--accent); color: #fff; border-color: var(--acc
 .ok { color: var(--good); }
 .muted { color: var(--muted); }
 code { font-size: .9em; }
+body.embedded main { padding: .25rem .5rem; max-width: none; }
+h1.panel-title { font-size: 1rem; margin: 0 0 .25rem; }
+body.metrics main { max-width: none; }
+section.panel { display: inline-block; vertical-align: top; width: min(100%, 46rem); margin: 0 1rem 1rem 0; }
+h3 { font-size: 1rem; margin: .5rem 0 .25rem; }
+svg.chart { width: 100%; height: auto; display: block; }
+svg.swatch { width: .75em; height: .75em; }
+table.legend { font-size: .8rem; margin-top: .25rem; }
+body.embedded p.muted { font-size: .8rem; margin: 0 0 .25rem; }
 """

@@ -81,3 +81,16 @@ def signin_page(code: str | None, issuers: Sequence[tuple[int, str]], message: s
 def message_page(title: str, text: str, *, nav: str = "", link: tuple[str, str] | None = None) -> str:
     extra = f'<p><a href="{e(link[0])}">{e(link[1])}</a></p>' if link else ""
     return page(title, f'<p role="status">{e(text)}</p>{extra}', nav=nav)
+
+
+def embedded(title: str, body: str, refresh_s: int | None, *, whole: bool) -> str:
+    """A metrics panel for the dashboard's iframes (``whole``: a full dashboard, opened in its own tab)."""
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
+    heading = f"<h1>{e(title)}</h1>" if whole else f'<h1 class="panel-title">{e(title)}</h1>'
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
+        f"<title>{e(title)} · raywarden</title>"
+        f'<link rel="stylesheet" href="{CSS_PATH}"></head><body class="{"metrics" if whole else "embedded"}">'
+        f'<main id="main">{heading}{body}</main></body></html>\n'
+    )
