@@ -249,17 +249,43 @@ def _filter_events(inner: dict[str, Any], counter: _Counter, query: str) -> dict
     if job is not None:
         # One job's events (scope_refusal let the caller through) or the cluster's own events.
         if job == CLUSTER_EVENTS:
-            return inner
+            return {**inner, "events": _cluster_events(events, counter)}
         kept = counter.keep(events, job)
         return {**inner, "events": kept if kept is not None else []}
     if not isinstance(events, dict):
         raise FilterError("Ray's event table is not an object")
     shown: dict[str, Any] = {}
     for key, job_events in events.items():
-        kept = job_events if key == CLUSTER_EVENTS else counter.keep(job_events, key)
+        kept = _cluster_events(job_events, counter) if key == CLUSTER_EVENTS else counter.keep(job_events, key)
         if kept is not None:
             shown[key] = kept
     return {**inner, "events": shown}
+
+
+def _cluster_events(events: object, counter: _Counter) -> list[Any]:
+    """Ray files job submissions and completions ("Started a ray job ...") under the cluster's events, with
+    the job in their custom fields: those are kept only for callers who may view that job."""
+    if not isinstance(events, list):
+        raise FilterError("Ray's cluster events are not a list")
+    kept = []
+    for event in events:
+        job = _event_job(event)
+        entry = event if job is None else counter.keep(event, job)
+        if entry is not None:
+            kept.append(entry)
+    return kept
+
+
+def _event_job(event: object) -> str | None:
+    if not isinstance(event, dict):
+        return None
+    fields = event.get("customFields") or event.get("custom_fields")
+    if not isinstance(fields, dict):
+        return None
+    for key in ("submissionId", "submission_id", "jobId", "job_id"):
+        if fields.get(key):
+            return str(fields[key])
+    return None
 
 
 def _filter_node(node: dict[str, Any], counter: _Counter) -> dict[str, Any]:

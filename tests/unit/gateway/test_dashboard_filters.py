@@ -102,12 +102,20 @@ def _answer(**data: object) -> bytes:
 
 
 def test_events_keep_cluster_events_and_the_callers_jobs() -> None:
-    events = {"global": [{"message": "node added"}], "01000000": [{"message": "alice's job"}],
+    events = {"global": [{"message": "node added"},
+                         {"message": "Started a ray job s-alice.", "customFields": {"submissionId": "s-alice"}},
+                         {"message": "Started a ray job s-bob.", "customFields": {"submission_id": "s-bob"}}],
+              "01000000": [{"message": "alice's job"}],
               "02000000": [{"message": "bob's job"}], "03000000": [{"message": "a job no one owns"}]}
     viewer = _viewer("developers", name="bob")
     body, shown = filter_dashboard("/events", viewer, _answer(events=events), job_access(viewer, RAY_JOBS))
-    assert set(json.loads(body)["data"]["events"]) == {"global", "02000000"}
-    assert shown == {"shown": 1, "hidden": 2}
+    shown_events = json.loads(body)["data"]["events"]
+    assert set(shown_events) == {"global", "02000000"}
+    assert [e["message"] for e in shown_events["global"]] == ["node added", "Started a ray job s-bob."]
+    assert shown == {"shown": 2, "hidden": 3}
+    cluster_only, _ = filter_dashboard("/events", viewer, _answer(job_id="global", events=events["global"]),
+                                       job_access(viewer, RAY_JOBS), "job_id=global")
+    assert "s-alice" not in cluster_only.decode() and "s-bob" in cluster_only.decode()
     admin = _viewer("admins", name="ada")
     body, _ = filter_dashboard("/events", admin, _answer(events=events), job_access(admin, RAY_JOBS))
     assert set(json.loads(body)["data"]["events"]) == set(events)
