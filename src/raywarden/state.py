@@ -100,6 +100,8 @@ class ClusterConfig(BaseModel):
     session_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     session_max_hours: float = Field(default=8.0, gt=0, le=24)
     signin_link_seconds: float = Field(default=300.0, gt=0, le=3600)
+    # `up` runs a loopback Prometheus for Ray's metrics pages when the `prometheus` command exists (docs/metrics.md).
+    metrics: bool = True
 
     @field_validator("trust_domain")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -423,3 +424,36 @@ def test_only_a_persons_certificate_gets_a_signin_link(cluster: Cluster, world: 
                for r in cluster.audit_records()[start:])
     issued = [r for r in cluster.audit_records()[start:] if r.get("event") == "signin_link.issue"]
     assert len(issued) == 1 and issued[0]["principal"].endswith(world.names["viewer"])
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed")
+def test_metrics_page_shows_live_charts_to_a_viewer_and_nothing_to_a_developer(cluster: Cluster, world: World,
+                                                                                browser: Any) -> None:
+    url = cluster.url
+    viewer = _page(browser)
+    sign_in(viewer, url, world.link(world.viewer))
+    viewer.goto(f"{url}/dashboard/#/metrics")
+    # Each chart is an iframe of the gateway's own panel page, drawn from the cluster's Prometheus.
+    frame = viewer.frame_locator("iframe").first
+    expect(frame.locator("svg.chart polyline").first).to_be_attached(timeout=90_000)
+    viewer.wait_for_timeout(3000)
+    shot(viewer, "dashboard-metrics-viewer")
+    assert "not detected" not in viewer.inner_text("body")
+    viewer.goto(f"{url}/dashboard/#/overview")
+    overview = viewer.frame_locator("iframe[title='Cluster Utilization']")
+    expect(overview.locator("svg.chart").first).to_be_attached(timeout=60_000)
+    shot(viewer, "dashboard-overview-charts")
+
+    # A developer may not see other users' task and actor names: the UI is told metrics are off.
+    developer = _page(browser)
+    sign_in(developer, url, world.link(world.dev1))
+    developer.goto(f"{url}/dashboard/#/overview")
+    developer.get_by_text("Node Status").wait_for(timeout=30_000)
+    developer.wait_for_load_state("networkidle")
+    assert developer.locator("iframe").count() == 0
+    # Nor does the events list name another developer's job (Ray files submissions as cluster events).
+    expect(developer.locator("body")).to_contain_text(f"Started a ray job {world.job1}", timeout=30_000)
+    assert world.job2 not in developer.inner_text("body")
+    shot(developer, "dashboard-overview-developer")
+    answer = _fetch(developer, "/ui/metrics/d-solo/rayDefaultDashboard/x?panelId=41")
+    assert answer["status"] == 403

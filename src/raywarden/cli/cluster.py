@@ -121,6 +121,8 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
     console.print(f"cluster {info['trust_domain']}  ({info['state_dir']})")
     console.print(f"  gateway   {_health(gw['running'], gw['healthy'])}  {info['gateway_url']}")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
+    console.print(f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "
+                  f"{info['metrics']['status'] or ''}")
     if ray["running"]:
         _firewall_line(ray["firewall"] or "")
         if ray["non_loopback_listeners"]:

@@ -57,11 +57,13 @@ class FirewallPlan:
 
     @classmethod
     def for_ports(cls, table: str, ports: RayPorts | WorkerPorts, *, peers: Iterable[str] = (),
-                  banned: Iterable[str] = (), gateway_port: int | None = None) -> FirewallPlan:
+                  banned: Iterable[str] = (), gateway_port: int | None = None,
+                  extra: Iterable[int] = ()) -> FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
         return cls(table, others, metrics, (ports.min_worker, ports.max_worker),
-                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port, owner_uid=os.geteuid())
+                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port,
+                   extra=tuple(sorted(set(extra))), owner_uid=os.geteuid())
 
 
 def ruleset(plan: FirewallPlan) -> str:
@@ -133,13 +135,15 @@ def install(plan: FirewallPlan) -> None:
     _nft(["-f", "-"], stdin=ruleset(plan))
 
 
-def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str]) -> str:
-    """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit."""
+def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str], extra: Iterable[int] = ()) -> str:
+    """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit.
+
+    ``extra``: more loopback ports of this cluster (its Prometheus) kept from other local users."""
     why = available()
     if why is not None:
         return _unprotected(exposed, why)
     try:
-        install(FirewallPlan.for_ports(table_name(state), ports))
+        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra))
     except ClusterError as exc:
         return _unprotected(exposed, exc.message[:200])
     return "installed"

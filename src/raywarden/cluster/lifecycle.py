@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from raywarden.audit import audit_public_key_pem
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import list_profiles
-from raywarden.cluster import firewall, multinode
+from raywarden.cluster import firewall, multinode, prometheus
 from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import (
     alive,
@@ -61,6 +61,10 @@ class RunState(BaseModel):
     firewall: str  # "installed", or why it is not
     # Multi-node mode: the head's address on the network workers use (None: single node, all on loopback).
     node_ip: str | None = None
+    # The cluster's Prometheus (None: not running; `metrics` says why). Absent from older run files.
+    prometheus_pid: int | None = None
+    prometheus_port: int | None = None
+    metrics: str | None = None
 
 
 def _run_file(state: StateDir) -> Path:
@@ -93,43 +97,62 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
     for folder in (state.run_dir, state.logs_dir):
         ensure_private_dir(folder)
 
+    metrics_why = _metrics_unavailable(config)
     if node_ip is None:
         progress("starting Ray head (mutual TLS, token auth, loopback only) and the gateway")
         ports = RayPorts.allocate(HEAD_ADDRESS)
     else:
         progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
         ports = RayPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
+    prom_port = prometheus.allocate_port(ports) if metrics_why is None else None
+    if node_ip is not None:
         multinode.install_head_firewall(state, config, ports)
+        if prom_port is not None:
+            firewall.add_ports(firewall.table_name(state), [prom_port])
     head: RayHead | None = None
     gateway_pid: int | None = None
+    prom: prometheus.Prometheus | None = None
     try:
-        head = spawn_head(state, ports, num_cpus=num_cpus, node_ip=node_ip)
+        prom_url = prometheus.url(prom_port) if prom_port is not None else None
+        # Prometheus, Ray and the gateway start side by side; Prometheus reads Ray's target list from a
+        # file that Ray (re)writes, so it needs nothing from Ray to start.
+        if prom_port is not None:
+            prom = prometheus.spawn(state, prom_port)
+        head = spawn_head(state, ports, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
-        gateway_pid = _spawn_gateway(state, head.dashboard_url)
+        gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url)
         wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            fw = firewall.protect(state, ports, exposed)
+            fw = firewall.protect(state, ports, exposed, extra=[prom_port] if prom_port is not None else [])
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
-        progress("waiting for the gateway")
+        progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))
         _wait_for_gateway(state, config, gateway_pid)
+        if prom is not None:
+            # Normally ready long before Ray: this costs one request.
+            prometheus.wait_ready(state, prom, 30.0)
     except BaseException:
         if gateway_pid is not None:
             terminate([gateway_pid], grace_s=5)
         if head is not None:
             stop_head(state, head.pid)
+        if prom is not None:
+            prometheus.stop(state, prom.pid)
         firewall.remove(state)
         raise
+    metrics = prometheus.describe(prom_port, metrics_why)
     run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
-                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw, node_ip=node_ip)
+                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw, node_ip=node_ip,
+                   prometheus_pid=prom.pid if prom else None, prometheus_port=prom_port, metrics=metrics)
     write_private(_run_file(state), run.model_dump_json(indent=2).encode())
     audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "cluster", "event": "up", "actor": _local_actor(), "listen": str(config.listen),
-                      "firewall": fw, "ray_ports": ports.model_dump(), "node_ip": node_ip})
+                      "firewall": fw, "ray_ports": ports.model_dump(), "node_ip": node_ip, "metrics": metrics,
+                      "prometheus_port": prom_port})
     finally:
         audit.close()
     return run
@@ -144,8 +167,10 @@ def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, A
     gateway_left = pids_mentioning(f"raywarden.gateway --state-dir {state.root} ")
     if gateway_left:
         terminate(gateway_left, grace_s=5.0)
+    progress("stopping Prometheus")
+    left = prometheus.stop(state, run.prometheus_pid if run else None)
     progress("stopping Ray")
-    left = stop_head(state, run.ray_pid if run else None)
+    left += stop_head(state, run.ray_pid if run else None)
     firewall.remove(state)
     if left:
         raise ClusterError(f"processes of this cluster are still running: {left}", hint="kill them by hand")
@@ -166,9 +191,21 @@ def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]
     return listening_ports(set(cluster_pids(state, ray_pid)))
 
 
-def _spawn_gateway(state: StateDir, dashboard_url: str) -> int:
+def _metrics_unavailable(config: ClusterConfig) -> str | None:
+    """Why `up` runs no Prometheus, or None when it does."""
+    if not config.metrics:
+        return "off (\"metrics\": false in config.json)"
+    if prometheus.binary() is None:
+        return f"not installed: {prometheus.INSTALL_HINT}"
+    return None
+
+
+def _spawn_gateway(state: StateDir, dashboard_url: str, prometheus_url: str | None) -> int:
+    argv = [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url]
+    if prometheus_url is not None:
+        argv += ["--prometheus-url", prometheus_url]
     return spawn_detached(
-        [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url],
+        argv,
         env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
         log_path=state.logs_dir / "gateway.log",
     )
@@ -247,6 +284,9 @@ def status(state: StateDir) -> dict[str, Any]:
         except requests.RequestException:
             dashboard_ok = False
     gateway_ok = gateway_up and _gateway_answers(gateway_url(config) + "/api/version", state)
+    prom_up = run is not None and run.prometheus_pid is not None and alive(run.prometheus_pid)
+    prom_ok = prom_up and run is not None and run.prometheus_port is not None and \
+        prometheus.is_ready(run.prometheus_port)
     now = dt.datetime.now(dt.timezone.utc)
     certs = {}
     for name, path in (("access_ca", state.access_ca_cert), ("internal_ca", state.internal_ca_cert),
@@ -267,6 +307,9 @@ def status(state: StateDir) -> dict[str, Any]:
                 "node_ip": run.node_ip if run else None,
                 "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
                 "non_loopback_listeners": exposed, "firewall": run.firewall if run else None},
+        "metrics": {"running": prom_up, "healthy": prom_ok, "pid": run.prometheus_pid if run else None,
+                    "url": prometheus.url(run.prometheus_port) if run and run.prometheus_port else None,
+                    "status": run.metrics if run else None},
         "fingerprints": {"access_ca": fingerprint(load_cert(state.access_ca_cert)),
                          "internal_ca": fingerprint(load_cert(state.internal_ca_cert))},
         "certificates": certs,

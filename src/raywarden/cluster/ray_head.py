@@ -20,7 +20,14 @@ from raywarden.state import StateDir
 HEAD_ADDRESS = "127.0.0.1"
 
 
-def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False) -> dict[str, str]:
+# Where Ray looks for Prometheus when raywarden runs none: port 1 is closed, and only root could open it.
+# Ray's default, localhost:9090, is any local user's to bind (or Debian's system-wide Prometheus), and the
+# dashboard would show whatever answers there as this cluster's metrics.
+NO_PROMETHEUS = "http://127.0.0.1:1"
+
+
+def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False,
+                    prometheus_url: str | None = None) -> dict[str, str]:
     """The environment every Ray process of the head inherits (job drivers included)."""
     env = node_environment(cert=state.node_cert, key=state.node_key, ca=state.internal_ca_cert,
                            token=state.ray_token, loopback=not multinode)
@@ -29,6 +36,8 @@ def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False
     env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
     env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metrics)
     env["RAY_DASHBOARD_ENABLE_PROFILING"] = "1"  # admins only, by policy ("dashboard.profile", docs/browser.md)
+    # The dashboard's /api/prometheus_health and metrics queries go here (docs/metrics.md).
+    env["RAY_PROMETHEUS_HOST"] = prometheus_url or NO_PROMETHEUS
     return env
 
 
@@ -105,13 +114,14 @@ class RayHead:
 
 
 def spawn_head(state: StateDir, ports: RayPorts, *, num_cpus: int | None = None,
-               node_ip: str | None = None) -> RayHead:
+               node_ip: str | None = None, prometheus_url: str | None = None) -> RayHead:
     """Start the head without waiting for it; ``node_ip`` (multi-node mode) replaces loopback."""
     ensure_private_dir(state.ray_temp_dir.parent)  # the 0700 guard around Ray's world-writable temp dir
     temp_dir = ensure_private_dir(state.ray_temp_dir)
     ensure_private_dir(state.logs_dir)
     pid = spawn_detached(head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
-                         env=ray_environment(state, ports, multinode=node_ip is not None),
+                         env=ray_environment(state, ports, multinode=node_ip is not None,
+                                             prometheus_url=prometheus_url),
                          log_path=state.logs_dir / "ray-start.log", cwd=temp_dir)
     return RayHead(pid, ports)
 

@@ -64,8 +64,8 @@ def render(title: str, lines: Sequence[Line], window: TimeRange, unit: str) -> s
         return f'<p class="muted">No data for {escape(title)} in this time range.</p>'
     values = [v for line in lines for _, v in line.series.points]
     low, high = min(0.0, min(values)), max(values)
-    if high <= low:
-        high = low + 1
+    # Headroom, so that a line at its maximum is not drawn on the frame.
+    high = high + 0.1 * (high - low) if high > low else low + 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(stamp: float) -> float:
@@ -90,7 +90,9 @@ def render(title: str, lines: Sequence[Line], window: TimeRange, unit: str) -> s
     for index, line in enumerate(lines):
         color = PALETTE[index % len(PALETTE)]
         points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in line.series.points)
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        last_t, last_v = line.series.points[-1]
+        parts.append(f'<circle cx="{x(last_t):.1f}" cy="{y(last_v):.1f}" r="2.5" fill="{color}"/>')
     parts.append("</svg>")
     rows = []
     for index, line in enumerate(lines):

@@ -299,7 +299,8 @@ class Console:
             raise Refusal(403, "metrics cover every job, and you may not view all of them",
                           reason="metrics panels need the caller to view every job",
                           hint="ask an administrator; your own jobs' tasks are on their pages in the dashboard")
-        request = _params(query)
+        # Grafana's "refresh" comes without a value: keep blank parameters.
+        request = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True, max_num_fields=40).items()}
         uid = params.get("dashboard_uid", "")
         view: View = await (metrics.panel(uid, request) if "/d-solo/" in path else metrics.dashboard(uid, request))
         page = pages.embedded(view.title, view.body, view.refresh_s, whole="/d-solo/" not in path)

@@ -1,0 +1,175 @@
+"""One Prometheus server per cluster, on loopback, scraping Ray so that the dashboard's metrics pages have data.
+
+Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the cluster's
+user, listens on 127.0.0.1 only (behind the cluster's nftables table when there is one), keeps one day of
+data in the state dir, and is started without the admin or lifecycle APIs (both off unless asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from raywarden.cluster.ports import RayPorts
+from raywarden.cluster.procs import exit_status, pids_mentioning, spawn_detached, terminate
+from raywarden.errors import ClusterError
+from raywarden.files import ensure_private_dir, write_private
+from raywarden.state import StateDir
+
+HOST = "127.0.0.1"
+SCRAPE_INTERVAL = "5s"
+RETENTION_TIME = "1d"
+# A bound on disk use besides the time limit: a busy cluster's one day must not fill the state dir's disk.
+RETENTION_SIZE = "1GB"
+# Ray 2.60 rewrites this file every 5 s in its session dir and keeps a symlink to it in its temp dir
+# (ray/_private/metrics_agent.py PrometheusServiceDiscoveryWriter); the symlink's path is stable across
+# sessions, so it is the one Prometheus reads.
+DISCOVERY_FILE = "prom_metrics_service_discovery.json"
+INSTALL_HINT = "apt-get install --no-install-recommends prometheus"
+
+
+def binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+def folder(state: StateDir) -> Path:
+    return state.root / "prometheus"
+
+
+def config_path(state: StateDir) -> Path:
+    return folder(state) / "prometheus.yml"
+
+
+def data_dir(state: StateDir) -> Path:
+    return folder(state) / "data"
+
+
+def log_path(state: StateDir) -> Path:
+    return state.logs_dir / "prometheus.log"
+
+
+def url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def render_config(state: StateDir) -> str:
+    """prometheus.yml as JSON (a subset of YAML): Ray's targets through file-based service discovery."""
+    config = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [{
+            "job_name": "ray",
+            "file_sd_configs": [{
+                "files": [str(state.ray_temp_dir / DISCOVERY_FILE)],
+                # File changes are watched with inotify on the symlink's folder, which does not see Ray
+                # rewriting the target in its session dir: re-read it as often as Ray writes it.
+                "refresh_interval": "5s",
+            }],
+        }],
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def allocate_port(ray_ports: RayPorts) -> int:
+    """A free loopback port that is none of Ray's (the kernel may hand back a port Ray's plan just took)."""
+    taken = set(ray_ports.all_fixed())
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken and not ray_ports.min_worker <= port <= ray_ports.max_worker:
+            return port
+    raise ClusterError("found no free loopback port for Prometheus", hint="free some ports and retry `up`")
+
+
+def command(state: StateDir, port: int, prometheus: str) -> list[str]:
+    # The admin API (delete series, snapshots) and the lifecycle API (reload, quit over HTTP) stay off:
+    # they are off by default and no flag here turns them on.
+    return [
+        prometheus,
+        f"--config.file={config_path(state)}",
+        f"--web.listen-address={HOST}:{port}",
+        f"--storage.tsdb.path={data_dir(state)}",
+        f"--storage.tsdb.retention.time={RETENTION_TIME}",
+        f"--storage.tsdb.retention.size={RETENTION_SIZE}",
+        "--web.page-title=raywarden Prometheus",
+    ]
+
+
+def marker(state: StateDir) -> str:
+    """A piece of command line only this cluster's Prometheus has (every argument ends with a separator)."""
+    return f"--config.file={config_path(state)} "
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    pid: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return url(self.port)
+
+
+def spawn(state: StateDir, port: int) -> Prometheus:
+    """Write the config and start Prometheus detached, without waiting for it."""
+    prometheus = binary()
+    if prometheus is None:
+        raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
+    ensure_private_dir(folder(state))
+    ensure_private_dir(data_dir(state))
+    ensure_private_dir(state.logs_dir)
+    write_private(config_path(state), render_config(state).encode())
+    # A Prometheus left over from a crashed `up` holds the data dir's lock; it belongs to this state dir only.
+    stop(state, None)
+    # Nothing from the CLI's environment: Prometheus needs no secret and no Ray setting.
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(folder(state))}
+    pid = spawn_detached(command(state, port, prometheus), env=env, log_path=log_path(state), cwd=folder(state))
+    return Prometheus(pid, port)
+
+
+def is_ready(port: int) -> bool:
+    try:
+        return requests.get(f"{url(port)}/-/ready", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_ready(state: StateDir, prom: Prometheus, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = exit_status(prom.pid)
+        if code is not None:
+            raise ClusterError(f"Prometheus exited during start-up (exit code {code})",
+                               hint=f"see {log_path(state)}; to start without Prometheus, set "
+                                    '"metrics": false in config.json')
+        if is_ready(prom.port):
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"Prometheus did not become ready on {prom.url} within {timeout_s:.0f}s",
+                               hint=f"see {log_path(state)}")
+        time.sleep(0.1)
+
+
+def stop(state: StateDir, pid: int | None) -> list[int]:
+    """Stop this cluster's Prometheus (and any other process started with its config). Returns what is left."""
+    # By command line, not by the recorded pid alone: a recycled pid must never be signalled.
+    found = pids_mentioning(marker(state))
+    if found:
+        terminate(found, grace_s=10.0)
+    # Reap our own child, if it is one, so that it does not linger as a zombie in `ps`.
+    if pid is not None:
+        exit_status(pid)
+    return pids_mentioning(marker(state))
+
+
+def describe(port: int | None, why: str | None = None) -> str:
+    """The one-line metrics status kept in the run file, shown by `status` and written to the audit log."""
+    if port is not None:
+        return f"prometheus on {HOST}:{port}"
+    return why or f"not installed: {INSTALL_HINT}"
