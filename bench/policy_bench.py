@@ -7,6 +7,13 @@ without the network: the upstream lookup of a job's owner is Ray's time, not the
 
 Policy sets: the shipped default pack, and sets of 1, 50 and 500 policies (the pack plus generated operator
 policies that each inspect attributes, so the evaluator cannot skip them by their scope alone).
+
+No two decisions are alike: every one has its own job id, submission id, entrypoint, job owner, working_dir
+package, source address and time, so that nothing keyed on a request can answer from memory. The engine
+caches only what is fixed per identity (the principal entity) and per policy set; package requirements are
+parsed through the lru_cache that jobattrs has always had, as a gateway that sees the same packages would.
+Before measuring, every request shape is decided on both paths and must agree: the gateway's fast path and
+the strict, schema-checked path that uses every policy and every attribute.
 """
 
 from __future__ import annotations
@@ -74,43 +81,67 @@ def certificate_der() -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def workload(der: bytes) -> list[Callable[[PolicyEngine], Any]]:
-    """Four request shapes the gateway decides all day, each building its entities from scratch."""
+def workload(der: bytes, count: int) -> list[Callable[[PolicyEngine, bool], Any]]:
+    """``count`` decisions in four shapes the gateway decides all day, each building its entities from scratch."""
     alice = Identity(f"spiffe://{TD}/user/alice", "user", "alice", ("developers",), "certificate", "01")
     vera = Identity(f"spiffe://{TD}/user/vera", "user", "vera", ("viewers",), "certificate", "02")
-    ray_job = {"submission_id": "raysubmit_abc", "job_id": "02000000", "status": "RUNNING", "type": "SUBMISSION",
-               "entrypoint": "python train.py", "metadata": {"raywarden.owner": alice.spiffe_id},
-               "runtime_env": {"pip": {"packages": ["torch"]}}}
-    other_job = {**ray_job, "metadata": {"raywarden.owner": f"spiffe://{TD}/user/bob"}}
-    body = {"entrypoint": "python train.py", "entrypoint_num_cpus": 2,
-            "runtime_env": {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip",
-                            "pip": {"packages": ["torch==2.4.0", "numpy>=1.26", "requests"], "pip_check": False},
-                            "env_vars": {"OMP_NUM_THREADS": "4"}, "_ray_commit": "b7f4259e"}}
 
-    def decide(identity: Identity, action: str, build: Callable[[], Any]) -> Callable[[PolicyEngine], Any]:
-        def run(engine: PolicyEngine) -> Any:
-            context = context_for(identity, "127.0.0.1", der, None)
-            return engine.decide(PolicyRequest(principal_for(identity), action, build(), context))
+    def ray_job(i: int, owner: str) -> dict[str, Any]:
+        return {"submission_id": f"raysubmit_{i:08x}", "job_id": f"{i:08x}", "status": "RUNNING",
+                "type": "SUBMISSION", "entrypoint": f"python train.py --seed {i}",
+                "metadata": {"raywarden.owner": owner}, "runtime_env": {"pip": {"packages": ["torch"]}}}
+
+    def body(i: int) -> dict[str, Any]:
+        return {"submission_id": f"sub-{i}", "entrypoint": f"python train.py --seed {i}", "entrypoint_num_cpus": 2,
+                "runtime_env": {"working_dir": f"gcs://_ray_pkg_{i:016x}.zip",
+                                "pip": {"packages": ["torch==2.4.0", "numpy>=1.26", "requests"], "pip_check": False},
+                                "env_vars": {"OMP_NUM_THREADS": str(i % 64 + 1)}, "_ray_commit": "b7f4259e"}}
+
+    def decide(identity: Identity, action: str, build: Callable[[], Any], source: str,
+               now: float) -> Callable[[PolicyEngine, bool], Any]:
+        def run(engine: PolicyEngine, strict: bool = False) -> Any:
+            context = context_for(identity, source, der, None, now)
+            return engine.decide(PolicyRequest(principal_for(identity), action, build(), context), strict=strict)
         return run
 
-    return [
-        decide(alice, "jobs.read", lambda: job_entity("raysubmit_abc", ray_job)),
-        decide(alice, "jobs.stop", lambda: job_entity("raysubmit_abc", other_job)),
-        decide(alice, "jobs.submit", lambda: new_job_entity(body, alice.spiffe_id)),
-        decide(vera, "jobs.logs", lambda: job_entity("raysubmit_abc", ray_job)),
-    ]
+    start = time.time()
+    runs = []
+    for i in range(count):
+        source, now = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", start + i * 0.001
+        job_id, mine, other = f"raysubmit_{i:08x}", ray_job(i, alice.spiffe_id), ray_job(i, f"spiffe://{TD}/user/u{i}")
+        submission = body(i)
+        shape = i % 4
+        if shape == 0:
+            runs.append(decide(alice, "jobs.read", lambda j=job_id, info=mine: job_entity(j, info), source, now))
+        elif shape == 1:
+            runs.append(decide(alice, "jobs.stop", lambda j=job_id, info=other: job_entity(j, info), source, now))
+        elif shape == 2:
+            runs.append(decide(alice, "jobs.submit", lambda b=submission: new_job_entity(b, alice.spiffe_id),
+                               source, now))
+        else:
+            runs.append(decide(vera, "jobs.logs", lambda j=job_id, info=mine: job_entity(j, info), source, now))
+    return runs
 
 
-def measure(engine: PolicyEngine, requests: list[Callable[[PolicyEngine], Any]], count: int) -> dict[str, float]:
-    for index in range(1000):  # warm-up: caches, allocator, branch predictors
-        requests[index % len(requests)](engine)
+def check(engine: PolicyEngine, requests: list[Callable[[PolicyEngine, bool], Any]]) -> None:
+    """The fast path must decide exactly as the strict path (every policy, every attribute, schema-checked)."""
+    for run in requests[:400]:
+        fast, strict = run(engine, False), run(engine, True)
+        if fast != strict:
+            raise SystemExit(f"fast path {fast} differs from strict path {strict}")
+
+
+def measure(engine: PolicyEngine, requests: list[Callable[[PolicyEngine, bool], Any]]) -> dict[str, float]:
+    for run in requests[:1000]:  # warm-up: caches, allocator, branch predictors
+        run(engine, False)
+    requests = requests[1000:]
     samples = []
-    for index in range(count):
-        run = requests[index % len(requests)]
+    for run in requests:
         start = time.perf_counter_ns()
-        run(engine)
+        run(engine, False)
         samples.append(time.perf_counter_ns() - start)
     samples.sort()
+    count = len(samples)
     return {"decisions": count, "p50_us": samples[count // 2] / 1000, "p99_us": samples[int(count * 0.99)] / 1000,
             "mean_us": statistics.fmean(samples) / 1000, "max_us": samples[-1] / 1000}
 
@@ -122,11 +153,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.decisions < 10_000:
         parser.error("measure at least 10000 decisions")
-    requests = workload(certificate_der())
+    requests = workload(certificate_der(), args.decisions + 1000)
     results: dict[str, Any] = {}
     for label, files in policy_sets().items():
         engine = PolicyEngine.from_sources(files, cluster_entity(None))
-        results[label] = {"policies": len(engine.policies), **measure(engine, requests, args.decisions)}
+        check(engine, requests)
+        results[label] = {"policies": len(engine.policies), **measure(engine, requests)}
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -28,6 +28,7 @@ from raywarden.policy.cases import (
 )
 from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest, policy_files
 from raywarden.policy.entities import cluster_entity, principal_entity
+from raywarden.policy.jobattrs import runtime_env_attrs, runtime_env_facts
 from raywarden.state import ClusterConfig, StateDir
 
 policy_app = typer.Typer(name="policy", help="Validate, test, explain and reload the Cedar policies.",
@@ -203,7 +204,12 @@ def _request_from_record(record: dict[str, Any]) -> PolicyRequest:
     principal = principal_entity(principal_id, kind, principal_id.rsplit("/", 1)[-1], tuple(data["groups"]))
     rtype, _, rid = resource.partition("::")
     parents = () if rtype == "Cluster" else (("Cluster", "ray"),)
-    attrs = data.get("resource_attrs") or {}
+    attrs = dict(data.get("resource_attrs") or {})
+    env = attrs.get("runtime_env")
+    if rtype == "NewJob" and isinstance(env, dict) and "runtime_env_facts" not in attrs:
+        # Recorded before submissions carried the flat copies of their runtime_env (policy/jobattrs.py).
+        attrs["runtime_env_facts"] = runtime_env_facts({**runtime_env_attrs(None), **env})
+        attrs["env_var_prefixes"] = env.get("env_var_prefixes", [])
     context = dict(data.get("context") or {})
     context["source"] = {"__extn": {"fn": "ip", "arg": _address(str(context.get("source_ip", "")))}}
     return PolicyRequest(principal, action, Entity(rtype, rid, attrs, parents), context)

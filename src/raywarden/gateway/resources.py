@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import functools
 import json
 import time
@@ -24,7 +23,7 @@ from raywarden.policy.entities import (
     new_job_entity,
     package_entity,
     principal_entity,
-    request_context,
+    request_context_at,
 )
 
 # When the age of a credential cannot be read it counts as very old: a policy asking for a fresh
@@ -71,8 +70,7 @@ def context_for(identity: Identity, source: str, peer_cert_der: bytes | None, au
     moment = time.time() if now is None else now
     issued = _issued_at(identity, peer_cert_der, authorization)
     age = moment - issued if issued is not None else UNKNOWN_AGE_S
-    return request_context(identity.auth_method, source, age,
-                           dt.datetime.fromtimestamp(moment, dt.timezone.utc))
+    return request_context_at(identity.auth_method, source, age, moment)
 
 
 def _issued_at(identity: Identity, der: bytes | None, authorization: str | None) -> float | None:

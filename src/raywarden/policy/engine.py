@@ -4,6 +4,12 @@ Every policy is known by its ``@id`` annotation (or ``FILE#N`` without one), so 
 policies that made it. The set is validated against the shipped schema when it is loaded; decisions then
 skip per-request schema checks, which cost more than the evaluation itself (bench/policy_bench.py), and the
 entity builders in raywarden.policy.entities are tested against the schema instead.
+
+Cedar, through cedarpy, charges a few microseconds for every value it parses and one or two for every policy
+it evaluates, so the gateway's path (``decide``) gives it as little as cannot change the decision: only the
+policies whose scope admits the action (a slice per action, made at load time), only the attributes and
+context fields those policies read, and the principal parsed once per identity. The strict path uses the
+whole set and every attribute; tests check that both decide alike (docs/policy.md, "Speed").
 """
 
 from __future__ import annotations
@@ -25,6 +31,13 @@ from raywarden.state import StateDir
 NAMESPACE = "Raywarden"
 CLUSTER_ID = "ray"
 _ACTION_TYPE = f"{NAMESPACE}::Action"
+# Compact JSON for Cedar: nothing reads it but Cedar, and every byte is parsed on every decision.
+_encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
+# cedarpy's own extension functions: its public wrappers copy each request and re-wrap each result, a
+# sizeable share of a decision that must take well under 100 us. The strict path keeps the public API, and
+# tests/unit/policy/test_engine.py checks that both decide alike.
+_native: Any = getattr(cedarpy, "_internal", None)
+_native_is_authorized: Any = getattr(_native, "is_authorized", None)
 
 
 def _shipped_text(name: str) -> str:
@@ -178,17 +191,122 @@ def _prune_value(value: Any, names: frozenset[str]) -> Any:
     return value
 
 
+_parents_json: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def _entity_json(entity: Entity, names: frozenset[str]) -> str:
+    """``[entity]`` as Cedar JSON with only the attributes in ``names`` (``_pruned``), for the per-decision path."""
+    parents = _parents_json.get(entity.parents)
+    if parents is None:  # a handful of distinct values: (), in the cluster, a principal's groups
+        parents = _encode([{"type": f"{NAMESPACE}::{t}", "id": i} for t, i in entity.parents])
+        if len(_parents_json) < 4096:
+            _parents_json[entity.parents] = parents
+    attrs = {k: v if type(v) is not dict else _prune_value(v, names) for k, v in entity.attrs.items() if k in names}
+    return (f'[{{"uid":{_encode({"type": f"{NAMESPACE}::{entity.type}", "id": entity.id})},'
+            f'"attrs":{_encode(attrs)},"parents":{parents}}}]')
+
+
+_decoder = json.JSONDecoder()
+_ANSWER_HEAD = '{"decision":'
+_DIAGNOSTICS = ',"diagnostics":'
+
+
+def _decision(raw: str) -> Decision:
+    """A Decision from cedarpy's JSON answer (``{"decision": ..., "diagnostics": {"reason": [...], ...}}``).
+
+    The answer ends with as much text again of timing metrics nobody reads: only the decision and the
+    diagnostics are parsed, each where it starts (``decision`` is the first key in every answer and
+    ``diagnostics`` the first to follow it), falling back to parsing everything if that ever changes.
+    """
+    at = raw.find(_DIAGNOSTICS) if raw.startswith(_ANSWER_HEAD) else -1
+    try:
+        if at < 0:
+            raise ValueError("unexpected layout")
+        verdict = _decoder.raw_decode(raw, len(_ANSWER_HEAD))[0]
+        diagnostics = _decoder.raw_decode(raw, at + len(_DIAGNOSTICS))[0]
+    except ValueError:
+        answer = json.loads(raw)
+        verdict, diagnostics = answer.get("decision"), answer.get("diagnostics")
+    if not isinstance(diagnostics, dict):
+        diagnostics = {}
+    return Decision(verdict == "Allow", tuple(sorted(diagnostics.get("reason") or ())),
+                    tuple(diagnostics.get("errors") or ()))
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """The policies that can apply to one action, and what they read: all a decision on that action needs."""
+
+    policy_set: Any
+    refs: _References
+    # The cluster entity with only the attributes these policies read (native handle), and its text, which
+    # names it in the principal cache: Cedar copies every entity of the base set each time it adds one (the
+    # resource, on every decision), at a cost that grows with their attributes.
+    base: Any = None
+    base_json: str = ""
+
+
+def _action_scope(policy: dict[str, Any]) -> frozenset[str] | None:
+    """The actions a policy's scope admits (``action == A``, ``action in [A, B]``), or None for any action.
+
+    The schema declares no action groups (tests/unit/policy/test_schema.py checks it), so ``action in A`` admits
+    A alone. Anything this does not recognise admits every action, which is always safe.
+    """
+    scope = policy.get("action")
+    if not isinstance(scope, dict) or scope.get("op") not in ("==", "in"):
+        return None
+    listed = scope.get("entities") if "entities" in scope else [scope.get("entity")]
+    ids: set[str] = set()
+    for entity in listed if isinstance(listed, list) else [None]:
+        entity = entity.get("__entity", entity) if isinstance(entity, dict) else None
+        if not isinstance(entity, dict) or entity.get("type") != _ACTION_TYPE or not isinstance(entity.get("id"), str):
+            return None
+        ids.add(entity["id"])
+    return frozenset(ids)
+
+
+def _slices(combined: dict[str, Any], cluster: Entity) -> dict[str, _Slice]:
+    """One policy set per action of the schema, holding only the policies whose scope admits that action.
+
+    A policy whose action scope does not match is never satisfied and never evaluates its conditions (Cedar
+    checks the scope first), so leaving it out changes neither the decision nor its reasons or errors. Cedar
+    evaluates every policy it is given, at about 1.5 us each; a decision on jobs.read needs 3 of the pack's 12.
+    """
+    scopes = {pid: _action_scope(policy) for pid, policy in combined.items()}
+    slices = {}
+    bases: dict[str, Any] = {}
+    for action in sorted(schema_actions()):
+        # Within the slice the request's action is always one the scope admits, so the scope itself is true
+        # and goes: Cedar would otherwise build the set of `action in [...]` on every evaluation.
+        chosen = {pid: {**policy, "action": {"op": "All"}} for pid, policy in combined.items()
+                  if (scope := scopes[pid]) is None or action in scope}
+        policy_set = cedarpy.PolicySet.from_json_str(
+            json.dumps({"staticPolicies": chosen, "templates": {}, "templateLinks": []}))
+        refs = _references(list(chosen.values()))
+        base_json = _entity_json(cluster, refs.names)
+        if base_json not in bases:  # a few distinct ones: most actions read nothing of the cluster
+            bases[base_json] = cedarpy.Entities.from_json_str(base_json)._inner
+        slices[action] = _Slice(policy_set, refs, bases[base_json], base_json)
+    return slices
+
+
 class PolicyEngine:
     """A validated, pre-parsed policy set. Immutable: reload builds a new engine."""
 
     def __init__(self, policy_set: Any, schema: Any, version: str, sources: tuple[str, ...],
-                 policies: tuple[PolicyInfo, ...], base_entities: Any, references: _References) -> None:
+                 policies: tuple[PolicyInfo, ...], base_entities: Any, references: _References,
+                 slices: dict[str, _Slice] | None = None) -> None:
         self._policy_set = policy_set
         self._schema = schema
         self._base = base_entities
         self._refs = references
+        # For actions without a slice of their own: every policy, the whole cluster.
+        self._full = _Slice(policy_set, references, base_entities._inner, "")
+        self._slices = slices or {}
         # Base entities plus one principal, parsed once per principal (a gateway serves few principals).
         self._principal_bases: dict[str, Any] = {}
+        # The same for decide(), keyed on the principal's fields: (native base with the principal, its uid).
+        self._principals: dict[tuple[Any, ...], tuple[Any, dict[str, str]]] = {}
         self.version = version
         self.sources = sources
         self.policies = policies
@@ -242,7 +360,7 @@ class PolicyEngine:
             json.dumps({"staticPolicies": combined, "templates": {}, "templateLinks": []})
         )
         return cls(policy_set, schema, digest.hexdigest()[:16], tuple(n for n, _ in files), tuple(infos), base,
-                   _references(list(combined.values())))
+                   _references(list(combined.values())), _slices(combined, cluster))
 
     def _principal_base(self, principal_json: str) -> Any:
         found = self._principal_bases.get(principal_json)
@@ -255,7 +373,50 @@ class PolicyEngine:
     def decide(self, request: PolicyRequest, extra_entities: tuple[Entity, ...] = (), *,
                strict: bool = False) -> Decision:
         """One decision. ``strict`` also checks the request and entities against the schema (tests, explain)."""
-        return self.decide_many([request], extra_entities, strict=strict)[0]
+        principal, resource = request.principal, request.resource
+        if (strict or extra_entities or _native_is_authorized is None
+                or (resource.type == principal.type and resource.id == principal.id)):
+            return self.decide_many([request], extra_entities, strict=strict)[0]
+        # The gateway's path: the decision of decide_many, with as little Python and JSON as possible. Only the
+        # principal is cached (per identity, never per request); the resource and the context are built and
+        # parsed afresh for every decision, with only the attributes the action's policies read.
+        part = self._slices.get(request.action, self._full)
+        names = part.refs.names
+        base, principal_uid = self._principal_entry(principal, part)
+        if resource.type == "Cluster":  # the cluster, with its limits, is in the base set already
+            entities = base
+        else:
+            try:
+                entities = base.with_added_json_str(_entity_json(resource, names))
+            except ValueError as exc:
+                return Decision(False, (), (f"bad entities: {exc}",))
+        cedar_request: dict[str, Any] = {
+            "principal": principal_uid, "action": {"type": _ACTION_TYPE, "id": request.action},
+            "resource": {"type": f"{NAMESPACE}::{resource.type}", "id": resource.id},
+        }
+        context = request.context
+        if not part.refs.whole_context:
+            context = {k: context[k] for k in context if k in names}
+        if context:  # no context at all is Cedar's empty context, and cheaper to say
+            cedar_request["context"] = _encode(context)
+        return _decision(_native_is_authorized(cedar_request, part.policy_set, entities))
+
+    def _principal_entry(self, principal: Entity, part: _Slice) -> tuple[Any, dict[str, str]]:
+        """The slice's base set with ``principal`` added (native handle), and its uid; parsed once per principal
+        (and per distinct base: a few per policy set)."""
+        key: tuple[Any, ...] | None = (part.base_json, principal.type, principal.id, principal.parents,
+                                       tuple(principal.attrs.items()))
+        try:
+            found = self._principals.get(key) if key is not None else None  # hashing checks every value
+        except TypeError:  # an unhashable attribute value: not a principal the gateway builds
+            key, found = None, None
+        if found is None:
+            found = (part.base.with_added_json_str(_entity_json(principal, self._refs.names)), principal.uid())
+            if key is not None:
+                if len(self._principals) >= 4096:
+                    self._principals.clear()
+                self._principals[key] = found
+        return found
 
     def decide_many(self, requests: Sequence[PolicyRequest], extra_entities: tuple[Entity, ...] = (), *,
                     strict: bool = False) -> list[Decision]:
@@ -267,15 +428,18 @@ class PolicyEngine:
             if entity.type != "Cluster":  # the cluster, with its limits, is in the base set already
                 seen.setdefault((entity.type, entity.id), entity)
         # Cedar parses every attribute it is given, at a cost per value comparable to evaluating a policy.
-        # An attribute no policy reads cannot change a decision, so the fast path leaves it out; strict
-        # decisions (tests, `policy explain`) keep everything and check it against the schema.
-        names = None if strict else self._refs.names
+        # An attribute no policy reads cannot change a decision, so the fast path leaves it out, and asks only
+        # the policies that can apply when every request has the same action; strict decisions (tests,
+        # `policy explain`) use every policy, keep every attribute and check them against the schema.
+        actions = {r.action for r in requests}
+        part = self._full if strict or len(actions) != 1 else self._slices.get(actions.pop(), self._full)
+        names = None if strict else part.refs.names
         cedar_requests = [
             {
                 "principal": r.principal.uid(),
                 "action": {"type": _ACTION_TYPE, "id": r.action},
                 "resource": r.resource.uid(),
-                "context": json.dumps(r.context if names is None or self._refs.whole_context
+                "context": json.dumps(r.context if names is None or part.refs.whole_context
                                       else {k: v for k, v in r.context.items() if k in names}),
             }
             for r in requests
@@ -284,7 +448,7 @@ class PolicyEngine:
         principals = {(r.principal.type, r.principal.id) for r in requests}
         if names is not None and len(principals) == 1:
             principal = seen.pop(next(iter(principals)))
-            base = self._principal_base(json.dumps([_pruned(principal, names)]))
+            base = self._principal_base(json.dumps([_pruned(principal, self._refs.names)]))
         delta = json.dumps([e.to_cedar() if names is None else _pruned(e, names) for e in seen.values()])
         try:
             entities = base.with_added_json_str(delta, self._schema if strict else None)
@@ -292,7 +456,7 @@ class PolicyEngine:
             if strict:
                 raise PolicyError(f"entities do not match the schema: {exc}") from None
             return [Decision(False, (), (f"bad entities: {exc}",)) for _ in requests]
-        results = cedarpy.is_authorized_batch(cedar_requests, self._policy_set, entities,
+        results = cedarpy.is_authorized_batch(cedar_requests, part.policy_set, entities,
                                               self._schema if strict else None)
         decisions = []
         for result in results:

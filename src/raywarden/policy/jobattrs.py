@@ -33,6 +33,8 @@ _OPTION = re.compile(r"^(-[A-Za-z]|--[A-Za-z0-9][A-Za-z0-9\-_]*)")
 
 def milli(value: float | int | None) -> int:
     """CPUs, GPUs or a custom resource amount in thousandths (Cedar ``Long``)."""
+    if type(value) is int and 0 <= value <= 2**40:  # the usual whole number, exactly (bool is no int here)
+        return value * 1000
     number = float(value or 0)
     if not math.isfinite(number) or number * 1000 >= _LONG_MAX:
         return _LONG_MAX
@@ -62,6 +64,9 @@ class _Packages:
         if not text or text.startswith("#"):
             return
         words = text.split()
+        if len(words) == 1 and not text.startswith("-"):  # the usual single requirement, no options
+            self._classify(text)
+            return
         first_option = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
         if first_option:
             self._classify(" ".join(words[:first_option]))
@@ -190,10 +195,30 @@ def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+# The sets of the RuntimeEnv record that runtime_env_facts flattens, with the tag of their facts.
+_FACT_SETS = (("key", "keys"), ("plugin", "plugins"), ("pip_option", "pip_options"),
+              ("pip_direct_ref", "pip_direct_refs"), ("spec_file", "spec_files"), ("conda_channel", "conda_channels"),
+              ("conda_option", "conda_options"), ("uri_scheme", "uri_schemes"))
+
+
+def runtime_env_facts(env: Mapping[str, Any]) -> list[str]:
+    """Everything a ``RuntimeEnv`` record says beyond package names, as one flat set of ``"tag:value"`` strings.
+
+    Cedar pays for every attribute and every set it parses, empty or not, so the default pack reads this one
+    set (an allowlist: ``[...].containsAll(resource.runtime_env_facts)``) rather than ten attributes of the
+    nested record. Tags contain no ``:``, so a fact names its tag and value unambiguously.
+    """
+    facts = [f"{tag}:{value}" for tag, name in _FACT_SETS for value in env[name]]
+    if env["container"]:
+        facts.append("container")
+    return facts
+
+
 def submission_attrs(body: Mapping[str, Any], owner: str) -> dict[str, Any]:
     """The ``NewJob`` attributes of a job submission body (already validated by gateway.jobs)."""
     resources = body.get("entrypoint_resources") or {}
     amounts = [float(v) for v in resources.values()] if isinstance(resources, dict) else []
+    env = runtime_env_attrs(body.get("runtime_env"))
     return {
         "submission_id": str(body.get("submission_id") or body.get("job_id") or ""),
         "owner": owner,
@@ -205,7 +230,9 @@ def submission_attrs(body: Mapping[str, Any], owner: str) -> dict[str, Any]:
         "entrypoint_resources_max_milli": milli(max(amounts, default=0.0)),
         "label_selector_keys": sorted(str(k) for k in (body.get("entrypoint_label_selector") or {})),
         "metadata_keys": sorted(str(k) for k in (body.get("metadata") or {})),
-        "runtime_env": runtime_env_attrs(body.get("runtime_env")),
+        "runtime_env": env,
+        "runtime_env_facts": runtime_env_facts(env),
+        "env_var_prefixes": env["env_var_prefixes"],
     }
 
 

@@ -191,3 +191,47 @@ def test_resource_limits_come_from_the_cluster_config() -> None:
     assert not decide(eng, alice, "jobs.submit", submission("alice", entrypoint_num_cpus=17)).allowed
     # The limits are part of the version: changing them is visible in every decision record.
     assert eng.version != ENGINE.version
+
+
+# The conditions of developers-submit before the pack read runtime_env_facts (one flat set, cheaper for Cedar),
+# kept as the reference the flat form must agree with on every plain job and every escape.
+NESTED_SUBMIT = '''@id("nested-submit")
+permit (principal in Raywarden::Group::"nested", action == Raywarden::Action::"jobs.submit",
+        resource is Raywarden::NewJob)
+when {
+  ["working_dir", "py_modules", "pip", "uv", "conda", "env_vars", "excludes", "config",
+   "worker_process_setup_hook", "_ray_commit"].containsAll(resource.runtime_env.keys) &&
+  resource.runtime_env.plugins.isEmpty() &&
+  !resource.runtime_env.container &&
+  resource.runtime_env.pip_direct_refs.isEmpty() &&
+  ["--no-cache", "--no-cache-dir", "--disable-pip-version-check"].containsAll(resource.runtime_env.pip_options) &&
+  resource.runtime_env.spec_files.isEmpty() &&
+  resource.runtime_env.conda_channels.isEmpty() &&
+  resource.runtime_env.conda_options.isEmpty() &&
+  ["gcs"].containsAll(resource.runtime_env.uri_schemes) &&
+  !resource.runtime_env.env_var_prefixes.containsAny(
+    ["PIP", "UV", "CONDA", "MAMBA", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+     "LD", "GIT", "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL", "SSL", "HOME", "XDG", "NETRC",
+     "VIRTUAL", "PATH", "RAY"]
+  ) &&
+  resource.entrypoint_milli_cpus <= Raywarden::Cluster::"ray".developer_limits.milli_cpus &&
+  resource.entrypoint_milli_gpus <= Raywarden::Cluster::"ray".developer_limits.milli_gpus &&
+  resource.entrypoint_memory <= Raywarden::Cluster::"ray".developer_limits.memory &&
+  Raywarden::Cluster::"ray".developer_limits.resources.containsAll(resource.entrypoint_resources) &&
+  resource.entrypoint_resources_max_milli <= Raywarden::Cluster::"ray".developer_limits.milli_resource_amount
+};'''
+MORE_BODIES = {
+    "allowed pip options": {"runtime_env": {"pip": {"packages": ["x"], "pip_install_options": ["--no-cache-dir"]}}},
+    "plugin and container": {"runtime_env": {"x_plugin": 1, "container": {"image": "i"}}},
+    "excludes and config": {"runtime_env": {"excludes": ["*.pt"], "config": {"setup_timeout_seconds": 60}}},
+    "fact lookalike values": {"runtime_env": {"pip": ["key:pip"], "env_vars": {"key:pip": "1"}}},
+}
+
+
+@pytest.mark.parametrize("name", sorted({**PLAIN, **ESCAPES, **MORE_BODIES}))
+def test_flat_submit_conditions_decide_as_the_nested_ones(name: str) -> None:
+    body = {**PLAIN, **ESCAPES, **MORE_BODIES}[name]
+    eng = engine(extra=[("ops/nested.cedar", NESTED_SUBMIT)])
+    flat = decide(eng, principal("alice", "developers"), "jobs.submit", submission("alice", **body))
+    nested = decide(eng, principal("alice", "nested"), "jobs.submit", submission("alice", **body))
+    assert flat.allowed is nested.allowed, (flat, nested)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raywarden.errors import PolicyError
-from raywarden.policy.engine import PolicyEngine, PolicyRequest, default_policy_files
+from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyEngine, PolicyRequest, default_policy_files
 from tests.unit.policy.policy_support import CONTEXT, decide, engine, job, principal, submission
 
 pytestmark = pytest.mark.unit
@@ -107,3 +107,67 @@ def test_attribute_references_are_collected_from_the_policies() -> None:
     assert refs.names == {"a", "b"} and not refs.whole_context
     whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
     assert whole.whole_context
+
+
+def test_fast_path_decides_as_the_strict_path_for_every_action() -> None:
+    """Each action is decided by its own slice of the set, with only what that slice reads; the strict path uses
+    every policy and every attribute. Operator policies of every scope shape take part."""
+    from raywarden.policy.engine import schema_actions
+    from raywarden.policy.entities import request_context
+    from tests.unit.policy.policy_support import resource_for
+
+    extra = [("ops/shapes.cedar",
+              '@id("office")\nforbid (principal in Raywarden::Group::"developers", action, resource)\n'
+              'unless { context.source.isInRange(ip("10.0.0.0/8")) };\n'
+              '@id("fresh-stop")\nforbid (principal, action in [Raywarden::Action::"jobs.stop", '
+              'Raywarden::Action::"jobs.delete"], resource) when { context.auth_age_s > 3600 };\n'
+              '@id("token-reads")\npermit (principal, action in Raywarden::Action::"jobs.read", resource) '
+              'when { context.auth_method == "token" && resource has owner && resource.owner == "" };\n'
+              '@id("console")\nforbid (principal is Raywarden::ServiceAccount, '
+              'action == Raywarden::Action::"console.view", resource);\n'
+              'permit (principal, action, resource) when { context.hour_utc == 25 };')]
+    contexts = [request_context("certificate", "10.1.2.3", 60), request_context("token", "192.0.2.1", 7200)]
+    people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
+              principal("ci", "developers", kind="sa"), principal("nobody")]
+    job_actions = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
+    for eng in (engine(), engine(extra=extra)):
+        for action in sorted(schema_actions()):
+            for who in people:
+                for owner in ("alice", None):
+                    for context in contexts:
+                        on_job = action in job_actions or action in ("jobs.submit", "packages.read",
+                                                                     "packages.upload")
+                        resource = resource_for(action, owner) if on_job else Entity("Cluster", CLUSTER_ID)
+                        request = PolicyRequest(who, action, resource, context)
+                        assert eng.decide(request) == eng.decide(request, strict=True), (who.id, action, owner)
+
+
+def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
+    from raywarden.policy.engine import _action_scope
+
+    eng = engine()
+    sizes = {action: len(part.policy_set) for action, part in eng._slices.items()}
+    assert sizes["jobs.read"] == 3  # admins-all, developers-own-jobs, viewers-read
+    assert sizes["jobs.submit"] == 2  # admins-all, developers-submit
+    assert all(size >= 1 for size in sizes.values())  # admins-all admits every action
+    # What the slice reads is all a decision on that action parses: jobs.read needs the owner, not the context.
+    assert "owner" in eng._slices["jobs.read"].refs.names and "auth_method" not in eng._slices["jobs.read"].refs.names
+    action = {"type": "Raywarden::Action", "id": "a"}
+    assert _action_scope({"action": {"op": "All"}}) is None
+    assert _action_scope({"action": {"op": "==", "entity": action}}) == {"a"}
+    assert _action_scope({"action": {"op": "in", "entities": [action, {**action, "id": "b"}]}}) == {"a", "b"}
+    assert _action_scope({"action": {"op": "in", "entity": {"__entity": action}}}) == {"a"}
+    assert _action_scope({"action": {"op": "==", "entity": {"type": "Other", "id": "a"}}}) is None
+    assert _action_scope({"action": {"op": "==", "slot": "?action"}}) is None
+
+
+def test_cedar_answers_are_read_whatever_their_layout() -> None:
+    from raywarden.policy.engine import Decision, _decision
+
+    expected = Decision(True, ("a", "b"), ("oops",))
+    usual = ('{"decision":"Allow","correlation_id":null,"diagnostics":{"reason":["b","a"],'
+             '"id_annotations_by_reason":{},"errors":["oops"]},"metrics":{"authz_duration_micros":3}}')
+    assert _decision(usual) == expected
+    assert _decision('{"metrics":{},"diagnostics":{"reason":["b","a"],"errors":["oops"]},"decision":"Allow"}') == (
+        expected)
+    assert _decision('{"decision":"NoDecision","diagnostics":{"errors":["bad"]}}') == Decision(False, (), ("bad",))

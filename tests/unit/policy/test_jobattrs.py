@@ -61,3 +61,37 @@ def test_credentials_in_urls_never_reach_policies_or_audit_records() -> None:
     attrs = runtime_env_attrs({"pip": ["--index-url https://me:s3cret@pypi.internal/simple",
                                        "git+https://tok@github.com/org/repo.git"]})
     assert attrs["pip_direct_refs"] == ["git+https://***@github.com/org/repo.git", "https://***@pypi.internal/simple"]
+
+
+def test_runtime_env_facts_flatten_what_the_pack_judges() -> None:
+    from raywarden.policy.jobattrs import runtime_env_facts
+
+    env = runtime_env_attrs({"working_dir": "https://x/c.zip", "pip": ["git+https://g/r.git", "--pre"],
+                             "conda": {"channels": ["c"], "dependencies": ["n"], "variables": {}},
+                             "image_uri": "img", "my_plugin": {}, "uv": "reqs.txt", "env_vars": {"PIP_X": "1"}})
+    assert sorted(runtime_env_facts(env)) == [
+        "conda_channel:c", "conda_option:variables", "container", "key:conda", "key:env_vars", "key:image_uri",
+        "key:my_plugin", "key:pip", "key:uv", "key:working_dir", "pip_direct_ref:git+https://g/r.git",
+        "pip_option:--pre", "plugin:my_plugin", "spec_file:uv", "uri_scheme:https"]
+    attrs = submission_attrs({"runtime_env": {"env_vars": {"PIP_X": "1"}}}, "o")
+    assert attrs["runtime_env_facts"] == ["key:env_vars"] and attrs["env_var_prefixes"] == ["PIP"]
+    assert runtime_env_facts(runtime_env_attrs(None)) == []
+
+
+def test_request_context_reads_the_clock_and_address_as_before() -> None:
+    import datetime as dt
+
+    from raywarden.policy.entities import request_context
+
+    moment = dt.datetime(2026, 3, 1, 23, 59, 59, 900000, tzinfo=dt.timezone.utc)  # a Sunday
+    ctx = request_context("token", "10.1.2.3", 12.9, moment)
+    assert (ctx["time"], ctx["hour_utc"], ctx["weekday_utc"], ctx["auth_age_s"]) == (
+        int(moment.timestamp()), 23, 6, 12)
+    assert ctx["source"] == {"__extn": {"fn": "ip", "arg": "10.1.2.3"}} and ctx["source_ip"] == "10.1.2.3"
+    before_epoch = dt.datetime(1969, 12, 31, 22, 30, tzinfo=dt.timezone.utc)
+    assert (request_context("x", "::1", 0, before_epoch)["hour_utc"],
+            request_context("x", "::1", 0, before_epoch)["weekday_utc"]) == (22, before_epoch.weekday())
+    nowhere = "0.0.0.0"  # noqa: S104 - a value, not a bind address
+    for source, address in [("::ffff:1.2.3.4", "::ffff:102:304"), ("01.2.3.4", nowhere), ("1.2.3", nowhere),
+                            ("", nowhere), ("1.2.3.4\x00", nowhere), ("2001:DB8::1", "2001:db8::1")]:
+        assert request_context("x", source, 0, moment)["source"]["__extn"]["arg"] == address, source

@@ -95,3 +95,23 @@ def test_explain_names_the_deciding_policy(tmp_path: Path) -> None:
                  "jobs.submit", "--resource-json", '{"runtime_env": {"image_uri": "evil"}}')
     assert denied.returncode == 0 and "deny: no policy permits this" in denied.stdout
     assert cli(tmp_path, "policy", "explain", "--action", "jobs.read").returncode == 2
+
+
+def test_explain_replays_submissions_recorded_before_the_flat_runtime_env_facts() -> None:
+    """Audit records written before submissions carried runtime_env_facts still replay, and decide alike."""
+    from raywarden.cli.policy import _request_from_record
+    from raywarden.policy.jobattrs import runtime_env_attrs
+    from tests.unit.policy.policy_support import engine, spiffe
+
+    eng = engine()
+    for pip, expected in ((["requests"], True), (["--index-url https://evil/simple", "requests"], False)):
+        env = runtime_env_attrs({"pip": pip})
+        attrs = {"submission_id": "s", "owner": spiffe("alice"), "entrypoint": "python x.py",
+                 "entrypoint_milli_cpus": 0, "entrypoint_milli_gpus": 0, "entrypoint_memory": 0,
+                 "entrypoint_resources": [], "entrypoint_resources_max_milli": 0, "label_selector_keys": [],
+                 "metadata_keys": [], "runtime_env": env}
+        record = {"request_id": "r", "principal": spiffe("alice"), "action": "jobs.submit", "resource": "NewJob::s",
+                  "policy_input": {"groups": ["developers"], "resource_attrs": attrs,
+                                   "context": {"auth_method": "certificate", "source_ip": "127.0.0.1",
+                                               "auth_age_s": 10, "time": 0, "hour_utc": 0, "weekday_utc": 3}}}
+        assert eng.decide(_request_from_record(record), strict=True).allowed is expected

@@ -38,3 +38,13 @@ def test_shipped_pack_loads_and_every_policy_has_an_id() -> None:
     assert {"admins-all", "developers-client", "developers-own-jobs", "developers-submit", "viewers-read"} <= set(ids)
     assert all("#" not in i for i in ids), "shipped policies carry @id annotations"
     assert len(ids) == len(set(ids))
+
+
+def test_schema_declares_no_action_groups() -> None:
+    """The engine asks each action only the policies whose scope names it (engine._action_scope); with action
+    groups, ``action in GROUP`` would admit the group's members too."""
+    import re
+
+    text = re.sub(r"//[^\n]*", "", shipped_schema())
+    assert not re.search(r"\baction\s+(\"[^\"]+\"\s*,\s*)*\"[^\"]+\"\s+in\b", text)
+    assert not re.search(r"\bmemberOf\b", text)
