@@ -82,7 +82,7 @@ def up(
     if run.node_ip:
         console.print(f"  nodes:     Ray on {run.node_ip}; `raywarden node token create` lets a worker join")
     _firewall_line(run.firewall)
-    console.print(f"  metrics    {run.metrics or 'off'}")
+    console.print(f"  metrics   {run.metrics or 'off'}")
     console.print("Next: `raywarden job submit -- python -c \"import ray; print(ray.cluster_resources())\"`")
 
 
