@@ -2,12 +2,14 @@
 
 Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the cluster's
 user, listens on 127.0.0.1 only (behind the cluster's nftables table when there is one), keeps one day of
-data in the state dir, and is started without the admin or lifecycle APIs (both off unless asked for).
+data next to Ray's temp dir (inside the same 0700 folder: metrics are not state worth keeping), creates
+everything private (umask 077), and is started without the admin or lifecycle APIs (off unless asked for).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -47,7 +49,7 @@ def config_path(state: StateDir) -> Path:
 
 
 def data_dir(state: StateDir) -> Path:
-    return folder(state) / "data"
+    return state.ray_temp_dir.parent / "prometheus"
 
 
 def log_path(state: StateDir) -> Path:
@@ -122,6 +124,7 @@ def spawn(state: StateDir, port: int) -> Prometheus:
     if prometheus is None:
         raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
     ensure_private_dir(folder(state))
+    ensure_private_dir(state.ray_temp_dir.parent)
     ensure_private_dir(data_dir(state))
     ensure_private_dir(state.logs_dir)
     write_private(config_path(state), render_config(state).encode())
@@ -129,7 +132,12 @@ def spawn(state: StateDir, port: int) -> Prometheus:
     stop(state, None)
     # Nothing from the CLI's environment: Prometheus needs no secret and no Ray setting.
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(folder(state))}
-    pid = spawn_detached(command(state, port, prometheus), env=env, log_path=log_path(state), cwd=folder(state))
+    # Prometheus creates its folders 0755 and files 0644; the child inherits this umask instead.
+    previous = os.umask(0o077)
+    try:
+        pid = spawn_detached(command(state, port, prometheus), env=env, log_path=log_path(state), cwd=folder(state))
+    finally:
+        os.umask(previous)
     return Prometheus(pid, port)
 
 

@@ -322,7 +322,8 @@ class GatewayApp:
                 if dict(upstream.headers).get("content-encoding"):
                     raise FilterError("Ray sent an encoded response the gateway cannot filter")
                 if dashboard_filter is not None:
-                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access, query)
+                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access, query,
+                                                   found.params)
                 elif action == "jobs.list":
                     data, shown = filter_job_list(viewer, upstream.body)
                 else:

@@ -146,6 +146,23 @@ def redact_runtime_envs(value: Any) -> Any:
     return out
 
 
+NIL_JOB = "ffffffff"
+
+
+def job_of(entry: dict[str, Any], key: str, actor_id: str | None = None) -> object:
+    """The job an entry belongs to: its job id field or, when that is missing or Ray's nil id, the job
+    embedded in its actor's id (Ray's actor ids end with their job's id). Ray merges the actor's worker
+    stats into its actor records, and those can carry nil job and actor ids: the id the record is filed
+    under (``actor_id``) is then the one to trust."""
+    job = entry.get(key)
+    if job and job != NIL_JOB:
+        return job
+    for actor in (actor_id, entry.get("actorId"), entry.get("actor_id")):
+        if isinstance(actor, str) and len(actor) == 32 and actor[-8:] != NIL_JOB:
+            return actor[-8:]
+    return job
+
+
 class _Counter:
     """Keeps entries of viewable jobs (redacted unless their env may be read) and counts what it hid."""
 
@@ -163,13 +180,13 @@ class _Counter:
     def keep_list(self, entries: object, key: str) -> list[Any]:
         if not isinstance(entries, list):
             raise FilterError("Ray's dashboard answer has no list where one is expected")
-        kept = (self.keep(e, e.get(key)) for e in entries if isinstance(e, dict))
+        kept = (self.keep(e, job_of(e, key)) for e in entries if isinstance(e, dict))
         return [e for e in kept if e is not None]
 
     def keep_dict(self, entries: object, key: str) -> dict[str, Any]:
         if not isinstance(entries, dict):
             raise FilterError("Ray's dashboard answer has no object where one is expected")
-        kept = {k: self.keep(e, e.get(key)) for k, e in entries.items() if isinstance(e, dict)}
+        kept = {k: self.keep(e, job_of(e, key, k)) for k, e in entries.items() if isinstance(e, dict)}
         return {k: e for k, e in kept.items() if e is not None}
 
     @property
@@ -178,7 +195,7 @@ class _Counter:
 
 
 def filter_dashboard(template: str, viewer: Viewer, body: bytes, access: JobAccess | None,
-                     query: str = "") -> tuple[bytes, dict[str, int]]:
+                     query: str = "", params: dict[str, str] | None = None) -> tuple[bytes, dict[str, int]]:
     """Ray's answer for one filtered dashboard route, reduced to what the caller may see."""
     data = load_json(body)
     if not isinstance(data, dict):
@@ -202,17 +219,19 @@ def filter_dashboard(template: str, viewer: Viewer, body: bytes, access: JobAcce
     if not isinstance(inner, dict):
         raise FilterError("Ray's dashboard answer has no data object")
     counter = _Counter(access)
-    inner = _filter_inner(template, inner, counter, query)
+    inner = _filter_inner(template, inner, counter, query, params or {})
     return json.dumps({**data, "data": inner}).encode(), counter.counts
 
 
-def _filter_inner(template: str, inner: dict[str, Any], counter: _Counter, query: str) -> dict[str, Any]:
+def _filter_inner(template: str, inner: dict[str, Any], counter: _Counter, query: str,
+                  params: dict[str, str]) -> dict[str, Any]:
     if template == "/logical/actors":
         return {**inner, "actors": counter.keep_dict(inner.get("actors"), "jobId")}
     if template == "/logical/actors/{actor_id}":
         detail = inner.get("detail")
         # An actor of a job the caller may not view reads like an unknown actor (Ray answers null).
-        kept = counter.keep(detail, detail.get("jobId")) if isinstance(detail, dict) else detail
+        job = job_of(detail, "jobId", params.get("actor_id")) if isinstance(detail, dict) else None
+        kept = counter.keep(detail, job) if isinstance(detail, dict) else detail
         return {**inner, "detail": kept}
     if template == "/events":
         return _filter_events(inner, counter, query)

@@ -195,3 +195,18 @@ def test_cluster_events_need_no_job() -> None:
     bob = _viewer("developers", name="bob")
     assert scope_refusal("/events", {}, "job_id=global", job_access(bob, RAY_JOBS)) is None
     assert scope_refusal("/events", {}, "", job_access(bob, RAY_JOBS)) is None
+
+
+def test_an_actor_reported_without_its_job_belongs_to_the_job_in_its_id() -> None:
+    actors = {"result": True, "data": {"actors": {
+        "83eef5c1bb180283fc3daf4801000000": {"actorId": "ffffffffffffffffffffffffffffffff", "jobId": "ffffffff"},
+        "93eef5c1bb180283fc3daf4802000000": {"actorId": "93eef5c1bb180283fc3daf4802000000", "jobId": "ffffffff"},
+        "a3eef5c1bb180283fc3daf48ffffffff": {"actorId": "a3eef5c1bb180283fc3daf48ffffffff", "jobId": "ffffffff"}}}}
+    alice = _viewer("developers")
+    body, shown = filter_dashboard("/logical/actors", alice, json.dumps(actors).encode(), job_access(alice, RAY_JOBS))
+    assert list(json.loads(body)["data"]["actors"]) == ["83eef5c1bb180283fc3daf4801000000"]
+    assert shown == {"shown": 1, "hidden": 2}
+    detail = {"result": True, "data": {"detail": {"actorId": "f" * 32, "jobId": "ffffffff", "name": "mine"}}}
+    body, _ = filter_dashboard("/logical/actors/{actor_id}", alice, json.dumps(detail).encode(),
+                               job_access(alice, RAY_JOBS), "", {"actor_id": "83eef5c1bb180283fc3daf4801000000"})
+    assert json.loads(body)["data"]["detail"]["name"] == "mine"
