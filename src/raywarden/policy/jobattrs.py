@@ -23,18 +23,24 @@ RAY_RUNTIME_ENV_FIELDS = frozenset({
     "_nsight", "_rocprof_sys", "image_uri",
 })
 _PIP_DICT_KEYS = {"pip": ("pip_install_options", "pip_version"), "uv": ("uv_pip_install_options", "uv_version")}
+_PIP_DICT_KNOWN = {installer: frozenset({"packages", *keys, f"{installer}_check"})
+                   for installer, keys in _PIP_DICT_KEYS.items()}
 # Amounts in thousandths as a Cedar Long. Fractions are rounded up and huge or non-finite requests are
 # clamped to the largest Long: both only ever make a request look bigger than it is.
 _LONG_MAX = 2**63 - 1
 # user:password@ in an index or VCS URL is a credential: policies and audit records never need it.
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 _OPTION = re.compile(r"^(-[A-Za-z]|--[A-Za-z0-9][A-Za-z0-9\-_]*)")
+# First characters of a package list entry that need _add_line's full reading (the empty string included).
+_NOT_PLAIN = ("", "#", "-")
 
 
 def milli(value: float | int | None) -> int:
     """CPUs, GPUs or a custom resource amount in thousandths (Cedar ``Long``)."""
     if type(value) is int and 0 <= value <= 2**40:  # the usual whole number, exactly (bool is no int here)
         return value * 1000
+    if not value:  # None, 0, 0.0: nothing asked
+        return 0
     number = float(value or 0)
     if not math.isfinite(number) or number * 1000 >= _LONG_MAX:
         return _LONG_MAX
@@ -51,6 +57,15 @@ class _Packages:
 
     def add_lines(self, packages: Iterable[Any]) -> None:
         for entry in packages:
+            # The usual entry, one plain word ("torch==2.4.0"): printable (so no line break of any kind) and
+            # without a space, it is one line of one word, which _add_line would classify as it stands.
+            if type(entry) is str and " " not in entry and entry.isprintable() and entry[:1] not in _NOT_PLAIN:
+                name = _plain_requirement(entry)
+                if name is None:
+                    self.direct.add(_USERINFO.sub("***@", entry)[:200])
+                else:
+                    self.names.add(name)
+                continue
             if not isinstance(entry, str):
                 self.direct.add(repr(entry)[:200])
                 continue
@@ -108,11 +123,52 @@ def _scheme(uri: str) -> str:
 def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
     """The ``RuntimeEnv`` record of the schema, from a submission's runtime_env."""
     env = env or {}
+    # Every field starts empty and only the parts present are read: a submission uses a few of them, and the
+    # gateway builds this record on every submission.
+    attrs: dict[str, Any] = {
+        "keys": sorted(map(str, env)), "plugins": [], "pip_packages": [], "pip_options": [], "pip_direct_refs": [],
+        "spec_files": [], "conda_channels": [], "conda_packages": [], "conda_options": [], "working_dir": "",
+        "py_modules": [], "uri_schemes": [], "env_var_names": [], "env_var_prefixes": [], "container": False,
+        "image": "",
+    }
+    if not env:
+        return attrs
+    plugins = env.keys() - RAY_RUNTIME_ENV_FIELDS
+    if plugins:
+        attrs["plugins"] = sorted(map(str, plugins))
+    if "pip" in env or "uv" in env or "conda" in env or "_ray_release" in env:
+        _installers(env, attrs)
+    schemes: set[str] = set()
+    working_dir = env.get("working_dir")
+    if working_dir is not None:
+        schemes.add(_scheme(str(working_dir)))
+        attrs["working_dir"] = str(working_dir or "")
+    for key in ("py_modules", "java_jars"):
+        listed = env.get(key)
+        if listed:
+            schemes.update(_scheme(str(u)) for u in (listed if isinstance(listed, list) else [listed]))
+    if schemes:
+        attrs["uri_schemes"] = sorted(schemes)
+    py_modules = env.get("py_modules")
+    if py_modules:
+        attrs["py_modules"] = sorted(str(u) for u in py_modules if isinstance(u, str))
+    env_vars = env.get("env_vars")
+    if env_vars:
+        names = attrs["env_var_names"] = sorted(
+            set(map(str, env_vars)) if isinstance(env_vars, dict) else {"(not a mapping)"})
+        attrs["env_var_prefixes"] = sorted({n.split("_", 1)[0].upper() for n in names})
+    container = env.get("container")
+    image_uri = env.get("image_uri")
+    if container or image_uri:
+        image = image_uri or (container.get("image") if isinstance(container, dict) else None)
+        attrs["container"], attrs["image"] = True, str(image or "")
+    return attrs
+
+
+def _installers(env: Mapping[str, Any], attrs: dict[str, Any]) -> None:
+    """The pip, uv, conda and _ray_release parts of ``runtime_env_attrs``."""
     packages = _Packages()
     spec_files: set[str] = set()
-    conda_channels: set[str] = set()
-    conda_packages: set[str] = set()
-    conda_options: set[str] = set()
     for installer in ("pip", "uv"):
         spec = env.get(installer)
         if spec is None:
@@ -125,19 +181,26 @@ def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
             listed = spec.get("packages", [])
             packages.add_lines(listed if isinstance(listed, list) else [listed])
             options_key, version_key = _PIP_DICT_KEYS[installer]
-            options = spec.get(options_key) or []
-            packages.add_lines(" ".join(str(o) for o in options).split("\n") if isinstance(options, list)
-                               else [str(options)])
+            options = spec.get(options_key)
+            if options:  # none at all is the usual case
+                packages.add_lines(" ".join(str(o) for o in options).split("\n") if isinstance(options, list)
+                                   else [str(options)])
             if spec.get(version_key):
                 # Ray installs f"pip{pip_version}": a version pin is a requirement like any other.
                 packages.options.add(version_key)
                 packages._classify(f"{installer}{spec[version_key]}")
-            unknown = set(spec) - {"packages", options_key, version_key, f"{installer}_check"}
-            packages.options.update(str(k) for k in unknown)
+            known = _PIP_DICT_KNOWN[installer]
+            if not spec.keys() <= known:
+                packages.options.update(str(k) for k in spec if k not in known)
         else:
             packages.direct.add(repr(spec)[:200])
+    conda_channels: set[str] = set()
+    conda_packages: set[str] = set()
+    conda_options: set[str] = set()
     conda = env.get("conda")
-    if isinstance(conda, str):
+    if conda is None:
+        pass
+    elif isinstance(conda, str):
         spec_files.add("conda")  # a named env or a YAML file on the node
     elif isinstance(conda, dict):
         conda_options.update(str(k) for k in conda if k not in ("name", "dependencies", "channels"))
@@ -159,40 +222,16 @@ def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
                     conda_channels.add(dep[:200])  # an explicit package URL is a channel of its own
                 else:
                     conda_packages.add(dep.split("::")[-1].split()[0].split("=")[0].lower())
-    elif conda is not None:
+    else:
         conda_options.add(repr(conda)[:200])
-
-    uris: list[str] = []
-    working_dir = env.get("working_dir")
-    if working_dir is not None:
-        uris.append(str(working_dir))
-    for key in ("py_modules", "java_jars"):
-        listed = env.get(key) or []
-        uris.extend(str(u) for u in (listed if isinstance(listed, list) else [listed]))
     if env.get("_ray_release"):
         packages.direct.add(str(env["_ray_release"])[:200])  # a Ray wheel fetched from a URL
-    env_vars = env.get("env_vars") or {}
-    names = {str(k) for k in env_vars} if isinstance(env_vars, dict) else {"(not a mapping)"}
-    container = env.get("container")
-    image = env.get("image_uri") or (container.get("image") if isinstance(container, dict) else None)
-    return {
-        "keys": sorted(str(k) for k in env),
-        "plugins": sorted(str(k) for k in env if k not in RAY_RUNTIME_ENV_FIELDS),
-        "pip_packages": sorted(packages.names),
-        "pip_options": sorted(packages.options),
-        "pip_direct_refs": sorted(packages.direct),
-        "spec_files": sorted(spec_files),
-        "conda_channels": sorted(conda_channels),
-        "conda_packages": sorted(conda_packages),
-        "conda_options": sorted(conda_options),
-        "working_dir": str(working_dir or ""),
-        "py_modules": sorted(str(u) for u in (env.get("py_modules") or []) if isinstance(u, str)),
-        "uri_schemes": sorted({_scheme(u) for u in uris}),
-        "env_var_names": sorted(names),
-        "env_var_prefixes": sorted({n.split("_", 1)[0].upper() for n in names}),
-        "container": bool(container) or bool(env.get("image_uri")),
-        "image": str(image or ""),
-    }
+    for name, found in (("pip_packages", packages.names), ("pip_options", packages.options),
+                        ("pip_direct_refs", packages.direct), ("spec_files", spec_files),
+                        ("conda_channels", conda_channels), ("conda_packages", conda_packages),
+                        ("conda_options", conda_options)):
+        if found:
+            attrs[name] = sorted(found)
 
 
 # The sets of the RuntimeEnv record that runtime_env_facts flattens, with the tag of their facts.
@@ -215,25 +254,40 @@ def runtime_env_facts(env: Mapping[str, Any]) -> list[str]:
 
 
 def submission_attrs(body: Mapping[str, Any], owner: str) -> dict[str, Any]:
-    """The ``NewJob`` attributes of a job submission body (already validated by gateway.jobs)."""
-    resources = body.get("entrypoint_resources") or {}
-    amounts = [float(v) for v in resources.values()] if isinstance(resources, dict) else []
-    env = runtime_env_attrs(body.get("runtime_env"))
-    return {
-        "submission_id": str(body.get("submission_id") or body.get("job_id") or ""),
+    """The ``NewJob`` attributes of a job submission body (already validated by gateway.jobs).
+
+    GPUs, memory and custom resources, which few submissions ask for, are optional in the schema and left out
+    when nothing is asked (0, no resources): Cedar parses every value it is given at a few microseconds each,
+    and the default pack reads an absent amount as 0 and absent resources as none.
+    """
+    get = body.get
+    resources = get("entrypoint_resources")
+    memory = get("entrypoint_memory")
+    selector = get("entrypoint_label_selector")
+    metadata = get("metadata")
+    env = runtime_env_attrs(get("runtime_env"))
+    # Absent and empty fields, the usual case, skip the work: the gateway builds this on every submission.
+    attrs: dict[str, Any] = {
+        "submission_id": str(get("submission_id") or get("job_id") or ""),
         "owner": owner,
-        "entrypoint": str(body.get("entrypoint") or ""),
-        "entrypoint_milli_cpus": milli(body.get("entrypoint_num_cpus")),
-        "entrypoint_milli_gpus": milli(body.get("entrypoint_num_gpus")),
-        "entrypoint_memory": min(int(body.get("entrypoint_memory") or 0), _LONG_MAX),
-        "entrypoint_resources": sorted(str(k) for k in resources),
-        "entrypoint_resources_max_milli": milli(max(amounts, default=0.0)),
-        "label_selector_keys": sorted(str(k) for k in (body.get("entrypoint_label_selector") or {})),
-        "metadata_keys": sorted(str(k) for k in (body.get("metadata") or {})),
-        "runtime_env": env,
-        "runtime_env_facts": runtime_env_facts(env),
-        "env_var_prefixes": env["env_var_prefixes"],
+        "entrypoint": str(get("entrypoint") or ""),
+        "entrypoint_milli_cpus": milli(get("entrypoint_num_cpus")),
     }
+    gpus = milli(get("entrypoint_num_gpus"))
+    if gpus:
+        attrs["entrypoint_milli_gpus"] = gpus
+    if memory and (memory := min(int(memory), _LONG_MAX)):
+        attrs["entrypoint_memory"] = memory
+    if resources:
+        attrs["entrypoint_resources"] = sorted(map(str, resources))
+        if isinstance(resources, dict) and (most := milli(max(float(v) for v in resources.values()))):
+            attrs["entrypoint_resources_max_milli"] = most
+    attrs["label_selector_keys"] = sorted(map(str, selector)) if selector else []
+    attrs["metadata_keys"] = sorted(map(str, metadata)) if metadata else []
+    attrs["runtime_env"] = env
+    attrs["runtime_env_facts"] = runtime_env_facts(env)
+    attrs["env_var_prefixes"] = env["env_var_prefixes"]
+    return attrs
 
 
 def job_attrs(job_id: str, info: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pytest
 from raywarden.gateway.routes import RAY_ROUTES
 from raywarden.policy.entities import request_context
 from raywarden.state import ClusterConfig
-from tests.unit.policy.policy_support import decide, engine, job, principal, resource_for, submission
+from tests.unit.policy.policy_support import CONTEXT, decide, engine, job, principal, resource_for, submission
 
 pytestmark = pytest.mark.unit
 ACTIONS = sorted({r.action for r in RAY_ROUTES} | {"jobs.read_env"})
@@ -194,7 +194,8 @@ def test_resource_limits_come_from_the_cluster_config() -> None:
 
 
 # The conditions of developers-submit before the pack read runtime_env_facts (one flat set, cheaper for Cedar),
-# kept as the reference the flat form must agree with on every plain job and every escape.
+# kept as the reference the flat form must agree with on every plain job and every escape. (The optional
+# amounts are read as the pack reads them; test_absent_amounts_decide_as_explicit_zeros covers that reading.)
 NESTED_SUBMIT = '''@id("nested-submit")
 permit (principal in Raywarden::Group::"nested", action == Raywarden::Action::"jobs.submit",
         resource is Raywarden::NewJob)
@@ -215,10 +216,15 @@ when {
      "VIRTUAL", "PATH", "RAY"]
   ) &&
   resource.entrypoint_milli_cpus <= Raywarden::Cluster::"ray".developer_limits.milli_cpus &&
-  resource.entrypoint_milli_gpus <= Raywarden::Cluster::"ray".developer_limits.milli_gpus &&
-  resource.entrypoint_memory <= Raywarden::Cluster::"ray".developer_limits.memory &&
-  Raywarden::Cluster::"ray".developer_limits.resources.containsAll(resource.entrypoint_resources) &&
-  resource.entrypoint_resources_max_milli <= Raywarden::Cluster::"ray".developer_limits.milli_resource_amount
+  (if resource has entrypoint_milli_gpus then resource.entrypoint_milli_gpus else 0)
+    <= Raywarden::Cluster::"ray".developer_limits.milli_gpus &&
+  (if resource has entrypoint_memory then resource.entrypoint_memory else 0)
+    <= Raywarden::Cluster::"ray".developer_limits.memory &&
+  (if resource has entrypoint_resources
+   then Raywarden::Cluster::"ray".developer_limits.resources.containsAll(resource.entrypoint_resources)
+   else true) &&
+  (if resource has entrypoint_resources_max_milli then resource.entrypoint_resources_max_milli else 0)
+    <= Raywarden::Cluster::"ray".developer_limits.milli_resource_amount
 };'''
 MORE_BODIES = {
     "allowed pip options": {"runtime_env": {"pip": {"packages": ["x"], "pip_install_options": ["--no-cache-dir"]}}},
@@ -235,3 +241,58 @@ def test_flat_submit_conditions_decide_as_the_nested_ones(name: str) -> None:
     flat = decide(eng, principal("alice", "developers"), "jobs.submit", submission("alice", **body))
     nested = decide(eng, principal("alice", "nested"), "jobs.submit", submission("alice", **body))
     assert flat.allowed is nested.allowed, (flat, nested)
+
+
+# Submissions that ask for GPUs, memory or custom resources, at and around the limits of LIMITS below.
+AMOUNT_BODIES = {
+    "gpus at the limit": {"entrypoint_num_gpus": 1}, "gpus over": {"entrypoint_num_gpus": 1.001},
+    "memory at the limit": {"entrypoint_memory": 2**30}, "memory over": {"entrypoint_memory": 2**30 + 1},
+    "allowed resource": {"entrypoint_resources": {"TPU": 2}}, "too much of it": {"entrypoint_resources": {"TPU": 3}},
+    "zero of a resource": {"entrypoint_resources": {"TPU": 0}}, "zero of another": {"entrypoint_resources": {"X": 0}},
+    "zero everything": {"entrypoint_num_gpus": 0, "entrypoint_memory": 0, "entrypoint_resources": {}},
+}
+LIMITS = ClusterConfig(developer_max_gpus=1, developer_max_memory_bytes=2**30, developer_resources=["TPU"],
+                       developer_max_resource_amount=2)
+NEUTRAL = {"entrypoint_milli_gpus": 0, "entrypoint_memory": 0, "entrypoint_resources": [],
+           "entrypoint_resources_max_milli": 0}
+
+
+@pytest.mark.parametrize("config", [None, LIMITS, ClusterConfig(developer_max_cpus=0, developer_max_memory_bytes=0)],
+                         ids=["default", "limits", "zero"])
+@pytest.mark.parametrize("name", sorted({**PLAIN, **ESCAPES, **MORE_BODIES, **AMOUNT_BODIES}))
+def test_absent_amounts_decide_as_explicit_zeros(name: str, config: ClusterConfig | None) -> None:
+    """A submission leaves out the amounts it does not ask for; the pack reads them as 0 (or none), exactly as it
+    read the explicit zeros submissions carried before, on the strict path and the gateway's."""
+    from raywarden.policy.engine import Entity, PolicyRequest
+
+    body = {**PLAIN, **ESCAPES, **MORE_BODIES, **AMOUNT_BODIES}[name]
+    eng = engine(config)
+    built = submission("alice", **body)
+    explicit = Entity(built.type, built.id, {**NEUTRAL, **built.attrs}, built.parents)
+    for who in (principal("alice", "developers"), principal("root", "admins")):
+        request = PolicyRequest(who, "jobs.submit", built, CONTEXT)
+        reference = eng.decide(PolicyRequest(who, "jobs.submit", explicit, CONTEXT), strict=True)
+        assert eng.decide(request, strict=True) == reference == eng.decide(request), name
+
+
+def test_amounts_nobody_asks_for_are_left_out() -> None:
+    attrs = submission("alice", entrypoint_num_gpus=0, entrypoint_memory=0, entrypoint_resources={}).attrs
+    assert not set(NEUTRAL) & set(attrs) and attrs["entrypoint_milli_cpus"] == 0
+    attrs = submission("alice", entrypoint_num_gpus=0.5, entrypoint_memory=1, entrypoint_resources={"X": 0}).attrs
+    asked = (attrs["entrypoint_milli_gpus"], attrs["entrypoint_memory"], attrs["entrypoint_resources"])
+    assert asked == (500, 1, ["X"])
+    assert "entrypoint_resources_max_milli" not in attrs
+
+
+def test_policies_must_read_the_optional_amounts_behind_has() -> None:
+    from raywarden.errors import PolicyError
+
+    unguarded = ('forbid (principal, action == Raywarden::Action::"jobs.submit", resource is Raywarden::NewJob) '
+                 "when { resource.entrypoint_milli_gpus > 1000 };")
+    with pytest.raises(PolicyError, match="entrypoint_milli_gpus"):
+        engine(extra=[("ops/gpus.cedar", unguarded)])
+    guarded = unguarded.replace("resource.entrypoint", "resource has entrypoint_milli_gpus && resource.entrypoint")
+    eng = engine(extra=[("ops/gpus.cedar", guarded)])
+    alice = principal("alice", "admins")
+    assert decide(eng, alice, "jobs.submit", submission("alice")).allowed
+    assert not decide(eng, alice, "jobs.submit", submission("alice", entrypoint_num_gpus=2)).allowed

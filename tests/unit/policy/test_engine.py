@@ -105,6 +105,7 @@ def test_attribute_references_are_collected_from_the_policies() -> None:
     refs = _references([{"conditions": [{"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
                                         {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}}]}])
     assert refs.names == {"a", "b"} and not refs.whole_context
+    assert refs.context_names == ("a",)  # only fields read from the context itself are given to Cedar
     whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
     assert whole.whole_context
 

@@ -95,3 +95,18 @@ def test_request_context_reads_the_clock_and_address_as_before() -> None:
     for source, address in [("::ffff:1.2.3.4", "::ffff:102:304"), ("01.2.3.4", nowhere), ("1.2.3", nowhere),
                             ("", nowhere), ("1.2.3.4\x00", nowhere), ("2001:DB8::1", "2001:db8::1")]:
         assert request_context("x", source, 0, moment)["source"]["__extn"]["arg"] == address, source
+
+
+@pytest.mark.parametrize("entry", [
+    "torch==2.4.0", "numpy>=1.26", "A.B_c", "pkg[extra]>=1", "name@https://u", "bad===", "$X", "a:b", "./w", "#x",
+    "-", "--pre", "", "x\u2028--index-url", "x\x85-ihttps://e", "x\xa0--pre", "x\t-f", "x\\\n-e", "x\x1c--pre",
+])
+def test_plain_entries_read_as_whole_lines_would(entry: str) -> None:
+    """Single-word entries skip the line splitting; anything that could hold a second line or word does not."""
+    from raywarden.policy.jobattrs import _Packages
+
+    fast, lines = _Packages(), _Packages()
+    fast.add_lines([entry])
+    for line in entry.replace("\\\r\n", " ").replace("\\\n", " ").splitlines():
+        lines._add_line(line)
+    assert (fast.names, fast.options, fast.direct) == (lines.names, lines.options, lines.direct)
