@@ -22,10 +22,9 @@ from raywarden.gateway.control import ControlHandler, ControlRequest
 from raywarden.gateway.dashboard import (
     DASHBOARD_FILTERS,
     NEEDS_JOBS,
-    JobAccess,
     driver_log_job,
+    fetch_job_access,
     filter_dashboard,
-    job_access,
     scope_refusal,
 )
 from raywarden.gateway.filters import (
@@ -297,7 +296,7 @@ class GatewayApp:
         path = encode_path(route.upstream_path(canonical_path(request.scope["raw_path"])))
         try:
             # Per-job decisions first: a request scoped to a job the caller may not view never reaches Ray.
-            access = await self._job_access(viewer) if template in NEEDS_JOBS else None
+            access = await fetch_job_access(self.upstream, viewer) if template in NEEDS_JOBS else None
             scoped = scope_refusal(template, found.params, query, access) if template and access is not None else None
             if scoped is not None:
                 return await self._refuse_after_allow(ex, scoped)
@@ -353,13 +352,6 @@ class GatewayApp:
         job = job_entity(sid, info)
         decision = viewer.decide("jobs.logs", job)
         return (decision, job) if decision.allowed else (denied, entity)
-
-    async def _job_access(self, viewer: Viewer) -> JobAccess:
-        """Per-job decisions for a dashboard answer about tasks, actors, workers or events of any job."""
-        jobs = await self.upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
-        if jobs.status != 200:
-            raise FilterError(f"Ray answered {jobs.status} for its job list")
-        return job_access(viewer, jobs.body)
 
     async def _console_anonymous(self, request: Request, ex: Exchange, found: Match, query: str) -> Response:
         """Sign-in, sign-out and the console's static answers: audited as one record, like anonymous control

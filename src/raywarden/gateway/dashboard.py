@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 from raywarden.gateway.filters import REDACTED, FilterError, Viewer, load_json
 from raywarden.gateway.responses import Refusal
+from raywarden.gateway.upstream import Upstream
 from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyRequest
 from raywarden.policy.entities import job_entity
 from raywarden.policy.jobattrs import job_entity_id
@@ -76,6 +77,14 @@ def job_access(viewer: Viewer, ray_jobs_body: bytes) -> JobAccess:
                 access[str(job[key])] = pair
     last = len(jobs)
     return JobAccess(access, (decisions[2 * last].allowed, decisions[2 * last + 1].allowed))
+
+
+async def fetch_job_access(upstream: Upstream, viewer: Viewer) -> JobAccess:
+    """Ray's job list, decided per job for ``viewer``; FilterError when Ray does not answer it."""
+    jobs = await upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
+    if jobs.status != 200:
+        raise FilterError(f"Ray answered {jobs.status} for its job list")
+    return job_access(viewer, jobs.body)
 
 
 # -- before Ray is asked ---------------------------------------------------------------------------------------

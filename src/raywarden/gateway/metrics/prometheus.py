@@ -46,15 +46,6 @@ class Prometheus:
             raise PrometheusUnavailable(f"Prometheus refused the query: {str(error)[:200]}")
         return [_series(item) for item in body.get("data", {}).get("result", []) if isinstance(item, dict)]
 
-    async def healthy(self) -> bool:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        try:
-            async with self._session.get(f"{self.base_url}/-/ready") as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return False
-
 
 def _series(item: dict[str, Any]) -> Series:
     points = []

@@ -26,7 +26,6 @@ _REFRESH = re.compile(r"(\d{1,4})([smh])")
 class View:
     title: str
     body: str
-    status: int = 200
     refresh_s: int | None = None
     audit: dict[str, Any] = field(default_factory=dict)
 

@@ -19,8 +19,8 @@ from raywarden.audit.reader import RecordFilter, last_records, parse_time
 from raywarden.errors import ConfigError
 from raywarden.gateway.auth import Identity
 from raywarden.gateway.browser import clear_session_cookie, set_session_cookie
-from raywarden.gateway.dashboard import job_access
-from raywarden.gateway.filters import Viewer, filter_job_list
+from raywarden.gateway.dashboard import fetch_job_access
+from raywarden.gateway.filters import FilterError, Viewer, filter_job_list
 from raywarden.gateway.metrics.prometheus import Prometheus
 from raywarden.gateway.metrics.views import MetricsViews, View, grafana_health
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, load_oidc_config, oidc_config_path
@@ -304,14 +304,14 @@ class Console:
         uid = params.get("dashboard_uid", "")
         view: View = await (metrics.panel(uid, request) if "/d-solo/" in path else metrics.dashboard(uid, request))
         page = pages.embedded(view.title, view.body, view.refresh_s, whole="/d-solo/" not in path)
-        return PageResult(_html(page, view.status), view.status, view.audit)
+        return PageResult(_html(page), 200, view.audit)
 
     async def _sees_every_job(self, viewer: Viewer) -> bool:
         """Metrics name tasks and actors of every job: the same test as for a summary of every job."""
-        resp = await self.upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
-        if resp.status != 200:
+        try:
+            return (await fetch_job_access(self.upstream, viewer)).sees_every_job
+        except FilterError:
             return False
-        return job_access(viewer, resp.body).sees_every_job
 
     def _whoami(self, identity: Identity) -> str:
         e = pages.e
