@@ -69,6 +69,10 @@ def test_bad_panel_requests_are_refused(cluster: Cluster) -> None:
                          (UTILIZATION + "&var-Instance=%22%7D%20or%20vector(1)", 400),
                          (UTILIZATION.replace("from=now-5m", "from=yesterday"), 400),
                          (UTILIZATION + "&var-Unknown=1", 400)):
+        start = len(cluster.audit_records())
         answer = _get(cluster, admin, path)
         assert answer.status_code == status, (path, answer.text)
         assert answer.json()["error"]
+        # Audited: the outcome record carries the status and the reason.
+        records = [r for r in cluster.audit_records()[start:] if r.get("request_id") == answer.json()["request_id"]]
+        assert any(r.get("status") == status and r.get("reason") for r in records), records

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+from pathlib import Path
 
 import pytest
 
+from raywarden.gateway.auth import Identity
+from raywarden.gateway.filters import Viewer
 from raywarden.gateway.metrics.chart import Line, format_value, legend_name, render
 from raywarden.gateway.metrics.dashboards import Panel, dashboard_uids, dashboards
 from raywarden.gateway.metrics.prometheus import Series
@@ -13,6 +18,14 @@ from raywarden.gateway.metrics.query import TimeRange, expand, time_range, varia
 from raywarden.gateway.metrics.views import GRAFANA_HOST, grafana_health
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import PANEL_VARIABLES
+from raywarden.gateway.upstream import Upstream
+from raywarden.gateway.web import Console, PageResult, WebServices
+from raywarden.identity.sessions import SessionStore
+from raywarden.identity.store import IdentityStore
+from raywarden.policy.entities import request_context
+from raywarden.secret import Secret
+from raywarden.state import ClusterConfig, StateDir
+from tests.unit.policy.policy_support import engine, principal, spiffe
 
 pytestmark = pytest.mark.unit
 NOW = 1_800_000_000.0
@@ -84,3 +97,24 @@ def test_health_answer_shows_metrics_only_to_those_who_see_every_job() -> None:
     assert shown["grafanaHost"] == GRAFANA_HOST and shown["sessionName"] == "session_x"
     assert shown["dashboardUids"]["default"] == "rayDefaultDashboard"
     assert all(re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", uid) for uid in shown["dashboardUids"].values())
+
+
+def test_without_prometheus_the_ui_is_told_so_and_panels_are_refused(tmp_path: Path) -> None:
+    """A gateway started without --prometheus-url: Ray's "set up Prometheus" notice, and 404 with a hint."""
+    state = StateDir(tmp_path / "state")
+    state.root.mkdir()
+    store = IdentityStore.create(tmp_path / "identity.db")
+    services = WebServices(state, ClusterConfig(), store, SessionStore(tmp_path / "identity.db", store))
+    # Never called: without Prometheus the console does not ask Ray for its job list.
+    console = Console(services, Upstream("http://127.0.0.1:1", Secret("unused"), 1.0))
+    identity = Identity(spiffe("vera"), "user", "vera", ("viewers",), "certificate", "serial")
+    viewer = Viewer(engine(), principal("vera", "viewers"), request_context("certificate", "127.0.0.1", 10))
+
+    async def ask(path: str, params: dict[str, str]) -> PageResult:
+        return await console.page("dashboard.view", path, "panelId=41", identity, None, viewer, params)
+
+    health = asyncio.run(ask("/dashboard/api/grafana_health", {}))
+    assert health.status == 200 and json.loads(bytes(health.response.body))["result"] is False
+    with pytest.raises(Refusal) as refused:
+        asyncio.run(ask("/ui/metrics/d-solo/{dashboard_uid}", {"dashboard_uid": "rayDefaultDashboard"}))
+    assert refused.value.status == 404 and "apt-get install prometheus" in (refused.value.hint or "")
