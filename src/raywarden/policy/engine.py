@@ -2,14 +2,16 @@
 
 Every policy is known by its ``@id`` annotation (or ``FILE#N`` without one), so a decision names the
 policies that made it. The set is validated against the shipped schema when it is loaded; decisions then
-skip per-request schema checks, which cost more than the evaluation itself (bench/policy_bench.py), and the
-entity builders in raywarden.policy.entities are tested against the schema instead.
+skip per-request schema checks, and the entity builders in raywarden.policy.entities are tested against the
+schema instead.
 
-Cedar, through cedarpy, charges a few microseconds for every value it parses and one or two for every policy
-it evaluates, so the gateway's path (``decide``) gives it as little as cannot change the decision: only the
-policies whose scope admits the action (a slice per action, made at load time), only the attributes and
-context fields those policies read, and the principal parsed once per identity. The strict path uses the
-whole set and every attribute; tests check that both decide alike (docs/policy.md, "Speed").
+The gateway's path (``decide``) evaluates the policies compiled to Python (raywarden.policy.compiled), which
+hands anything it does not evaluate exactly as Cedar does to Cedar. Cedar, through cedarpy, charges a few
+microseconds for every value it parses and one or two for every policy it evaluates, so when it decides it
+gets as little as cannot change the decision: only the policies whose scope admits the action (a slice per
+action, made at load time, which the compiled path uses too), only the attributes and context fields those
+policies read, and the principal parsed once per identity. The strict path uses Cedar with the whole set and
+every attribute; tests check that all of them decide alike (docs/policy.md, "Speed").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import cedarpy
 
 from raywarden.errors import PolicyError
+from raywarden.policy.compiled import CompiledSet, Env, Fn, Node, Undecided, Unsupported, compile_policy
 from raywarden.state import StateDir
 
 NAMESPACE = "Raywarden"
@@ -196,6 +199,27 @@ def _prune_value(value: Any, names: frozenset[str]) -> Any:
     return value
 
 
+_type_names: dict[str, str] = {}
+_parents_uids: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _type_name(entity_type: str) -> str:
+    """``Job`` -> ``Raywarden::Job``, kept: a handful of types, on every decision."""
+    found = _type_names.get(entity_type)
+    if found is None:
+        found = _type_names[entity_type] = f"{NAMESPACE}::{entity_type}"
+    return found
+
+
+def _parent_uids(entity: Entity) -> tuple[tuple[str, str], ...]:
+    found = _parents_uids.get(entity.parents)
+    if found is None:  # a handful of distinct values: (), in the cluster, a principal's groups
+        found = tuple((_type_name(t), i) for t, i in entity.parents)
+        if len(_parents_uids) < 4096:
+            _parents_uids[entity.parents] = found
+    return found
+
+
 _parents_json: dict[tuple[tuple[str, str], ...], str] = {}
 _json_string: Callable[[str], str] = encode_basestring_ascii
 
@@ -246,6 +270,9 @@ class _Slice:
 
     policy_set: Any
     refs: _References
+    # The same policies compiled to Python (raywarden.policy.compiled), or None when one of them uses Cedar
+    # that module does not evaluate.
+    compiled: CompiledSet | None = None
     # The cluster entity with only the attributes these policies read (native handle), and its text, which
     # names it in the principal cache: Cedar copies every entity of the base set each time it adds one (the
     # resource, on every decision), at a cost that grows with their attributes.
@@ -272,7 +299,38 @@ def _action_scope(policy: dict[str, Any]) -> frozenset[str] | None:
     return frozenset(ids)
 
 
-def _slices(combined: dict[str, Any], cluster: Entity) -> dict[str, _Slice]:
+def _compiled(tests: dict[str, tuple[str, Fn] | None], pids: list[str]) -> CompiledSet | None:
+    """The policies ``pids`` as one compiled set, or None if any of them did not compile."""
+    chosen = [(pid, *test) for pid in pids if (test := tests[pid]) is not None]
+    return CompiledSet(chosen) if len(chosen) == len(pids) else None
+
+
+def _cluster_node(cluster: Entity) -> tuple[tuple[str, str], Node] | None:
+    """The cluster as the compiled path reads it, or None if it cannot read the limits exactly as Cedar does."""
+    try:
+        return (_type_name(cluster.type), cluster.id), Node(cluster.attrs, _parent_uids(cluster))
+    except Undecided:
+        return None
+
+
+def _compile_each(combined: dict[str, Any], scoped: bool,
+                  cluster: tuple[tuple[str, str], Node] | None) -> dict[str, tuple[str, Fn] | None]:
+    """Each policy's effect and test (with its action scope, or without when ``scoped`` is False), or None."""
+    tests: dict[str, tuple[str, Fn] | None] = dict.fromkeys(combined)
+    if cluster is None:  # no compiled view of the cluster: Cedar decides everything
+        return tests
+    fixed = dict([cluster])
+    for pid, policy in combined.items():
+        try:
+            tests[pid] = (str(policy.get("effect")),
+                          compile_policy(policy if scoped else {**policy, "action": {"op": "All"}}, fixed))
+        except (Unsupported, KeyError, TypeError, ValueError):  # anything unexpected in the EST: Cedar decides
+            tests[pid] = None
+    return tests
+
+
+def _slices(combined: dict[str, Any], cluster: Entity,
+            cluster_node: tuple[tuple[str, str], Node] | None) -> dict[str, _Slice]:
     """One policy set per action of the schema, holding only the policies whose scope admits that action.
 
     A policy whose action scope does not match is never satisfied and never evaluates its conditions (Cedar
@@ -280,6 +338,7 @@ def _slices(combined: dict[str, Any], cluster: Entity) -> dict[str, _Slice]:
     evaluates every policy it is given, at about 1.5 us each; a decision on jobs.read needs 3 of the pack's 12.
     """
     scopes = {pid: _action_scope(policy) for pid, policy in combined.items()}
+    tests = _compile_each(combined, False, cluster_node)
     slices = {}
     bases: dict[str, Any] = {}
     for action in sorted(schema_actions()):
@@ -293,7 +352,7 @@ def _slices(combined: dict[str, Any], cluster: Entity) -> dict[str, _Slice]:
         base_json = _entity_json(cluster, refs.names)
         if base_json not in bases:  # a few distinct ones: most actions read nothing of the cluster
             bases[base_json] = cedarpy.Entities.from_json_str(base_json)._inner
-        slices[action] = _Slice(policy_set, refs, bases[base_json], base_json)
+        slices[action] = _Slice(policy_set, refs, _compiled(tests, list(chosen)), bases[base_json], base_json)
     return slices
 
 
@@ -302,14 +361,20 @@ class PolicyEngine:
 
     def __init__(self, policy_set: Any, schema: Any, version: str, sources: tuple[str, ...],
                  policies: tuple[PolicyInfo, ...], base_entities: Any, references: _References,
-                 slices: dict[str, _Slice] | None = None) -> None:
+                 slices: dict[str, _Slice] | None = None,
+                 cluster: tuple[tuple[str, str], Node] | None = None, compiled: CompiledSet | None = None) -> None:
         self._policy_set = policy_set
         self._schema = schema
         self._base = base_entities
         self._refs = references
         # For actions without a slice of their own: every policy, the whole cluster.
-        self._full = _Slice(policy_set, references, base_entities._inner, "")
+        self._full = _Slice(policy_set, references, compiled, base_entities._inner, "")
         self._slices = slices or {}
+        # The cluster as the compiled path reads it (its converted attributes are kept from one decision to
+        # the next, and folded into the compiled policies), or None: then every decision goes to Cedar.
+        self._cluster = cluster
+        # Decisions the compiled path left to Cedar (an evaluation error, or values it does not compare).
+        self.decided_by_cedar = 0
         # Base entities plus one principal, parsed once per principal (a gateway serves few principals).
         self._principal_bases: dict[str, Any] = {}
         # The same for decide(), keyed on the principal's fields: (native base with the principal, its uid).
@@ -331,7 +396,9 @@ class PolicyEngine:
         return cls.load(state.policy_dir, cluster_entity(state.load_config()))
 
     @classmethod
-    def from_sources(cls, files: list[tuple[str, str]], cluster: Entity | None = None) -> PolicyEngine:
+    def from_sources(cls, files: list[tuple[str, str]], cluster: Entity | None = None, *,
+                     compiled: bool = True) -> PolicyEngine:
+        """``compiled=False``: every decision through Cedar (cedarpy), as bench/policy_bench.py compares."""
         from raywarden.policy.entities import cluster_entity
 
         schema_text = shipped_schema()
@@ -366,8 +433,10 @@ class PolicyEngine:
         policy_set = cedarpy.PolicySet.from_json_str(
             json.dumps({"staticPolicies": combined, "templates": {}, "templateLinks": []})
         )
+        node = _cluster_node(cluster) if compiled else None
         return cls(policy_set, schema, digest.hexdigest()[:16], tuple(n for n, _ in files), tuple(infos), base,
-                   _references(list(combined.values())), _slices(combined, cluster))
+                   _references(list(combined.values())), _slices(combined, cluster, node), node,
+                   _compiled(_compile_each(combined, True, node), list(combined)))
 
     def _principal_base(self, principal_json: str) -> Any:
         found = self._principal_bases.get(principal_json)
@@ -384,10 +453,15 @@ class PolicyEngine:
         if (strict or extra_entities or _native_is_authorized is None
                 or (resource.type == principal.type and resource.id == principal.id)):
             return self.decide_many([request], extra_entities, strict=strict)[0]
-        # The gateway's path: the decision of decide_many, with as little Python and JSON as possible. Only the
+        part = self._slices.get(request.action, self._full)
+        if part.compiled is not None and self._cluster is not None:
+            try:
+                return Decision(*part.compiled.decide(self._env(request, part.refs)))
+            except Undecided:  # Cedar decides anything with an error, and gives its own messages
+                self.decided_by_cedar += 1
+        # Cedar's path: the decision of decide_many, with as little Python and JSON as possible. Only the
         # principal is cached (per identity, never per request); the resource and the context are built and
         # parsed afresh for every decision, with only the attributes the action's policies read.
-        part = self._slices.get(request.action, self._full)
         names = part.refs.names
         base, principal_uid = self._principal_entry(principal, part)
         if resource.type == "Cluster":  # the cluster, with its limits, is in the base set already
@@ -407,6 +481,24 @@ class PolicyEngine:
         if context:  # no context at all is Cedar's empty context, and cheaper to say
             cedar_request["context"] = _encode(context)
         return _decision(_native_is_authorized(cedar_request, part.policy_set, entities))
+
+    def _env(self, request: PolicyRequest, refs: _References) -> Env:
+        """What the compiled path reads: the request's uids, its context and its three entities, given the
+        same attributes and context fields as Cedar's path (``refs``)."""
+        if self._cluster is None:
+            raise Undecided("no compiled view of the cluster")
+        cluster_uid, cluster_node = self._cluster
+        principal, resource = request.principal, request.resource
+        principal_uid = (_type_name(principal.type), principal.id)
+        resource_uid = (_type_name(resource.type), resource.id)
+        store = {cluster_uid: cluster_node}
+        if principal_uid in store or principal_uid == resource_uid:
+            raise Undecided("the principal is the cluster or the resource")
+        store[principal_uid] = Node(principal.attrs, _parent_uids(principal), refs.names)
+        if resource.type != "Cluster":  # the cluster, with its limits, is the engine's, as on Cedar's path
+            store[resource_uid] = Node(resource.attrs, _parent_uids(resource), refs.names)
+        return Env(principal_uid, (_ACTION_TYPE, request.action), resource_uid, request.context, store,
+                   None if refs.whole_context else refs.context_names)
 
     def _principal_entry(self, principal: Entity, part: _Slice) -> tuple[Any, dict[str, str]]:
         """The slice's base set with ``principal`` added (native handle), and its uid; parsed once per principal
@@ -440,6 +532,11 @@ class PolicyEngine:
         # `policy explain`) use every policy, keep every attribute and check them against the schema.
         actions = {r.action for r in requests}
         part = self._full if strict or len(actions) != 1 else self._slices.get(actions.pop(), self._full)
+        if not strict and not extra_entities and part.compiled is not None and self._cluster is not None:
+            try:
+                return [Decision(*part.compiled.decide(self._env(r, part.refs))) for r in requests]
+            except Undecided:
+                self.decided_by_cedar += 1
         names = None if strict else part.refs.names
         cedar_requests = [
             {

@@ -48,10 +48,13 @@ def resource_for(action: str, owner: str | None = "alice") -> Entity:
     return job(owner)
 
 
-def engine(config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None) -> PolicyEngine:
+def engine(config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None,
+           compiled: bool = True) -> PolicyEngine:
+    """``compiled=False``: the gateway's path decides through Cedar only (raywarden.policy.compiled steps aside)."""
     from raywarden.policy.engine import default_policy_files
 
-    return PolicyEngine.from_sources([*default_policy_files(), *(extra or [])], cluster_entity(config))
+    return PolicyEngine.from_sources([*default_policy_files(), *(extra or [])], cluster_entity(config),
+                                     compiled=compiled)
 
 
 def decide(eng: PolicyEngine, who: Entity, action: str, resource: Entity,

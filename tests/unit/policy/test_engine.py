@@ -57,8 +57,9 @@ def test_strict_decisions_check_entities_against_the_schema() -> None:
     assert not eng.decide(PolicyRequest(principal("alice", "developers"), "jobs.read", bad, CONTEXT)).allowed
 
 
-def test_batch_decisions_match_single_ones() -> None:
-    eng = engine()
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
+def test_batch_decisions_match_single_ones(compiled: bool) -> None:
+    eng = engine(compiled=compiled)
     alice = principal("alice", "developers")
     jobs = [job("alice", "a1"), job("bob", "b1"), job(None, "n1"), job("alice", "a2")]
     requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in jobs]
@@ -76,7 +77,8 @@ def test_submission_entity_matches_the_schema() -> None:
     assert decision.allowed
 
 
-def test_fast_path_decides_exactly_as_the_strict_path() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
+def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
     """The fast path leaves out attributes no policy reads and caches principals; neither may change a decision."""
     from tests.unit.policy.test_default_pack import ESCAPES, PLAIN
 
@@ -85,7 +87,7 @@ def test_fast_path_decides_exactly_as_the_strict_path() -> None:
                                '@id("ops-status")\npermit (principal in Raywarden::Group::"ops", '
                                'action == Raywarden::Action::"jobs.read", resource is Raywarden::Job) '
                                'when { resource.status == "RUNNING" };')]
-    for eng in (engine(), engine(extra=extra)):
+    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
         people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
                   principal("olga", "ops"), principal("carl", "ctx", "admins"),
                   principal("ci", "developers", kind="sa")]
@@ -110,7 +112,8 @@ def test_attribute_references_are_collected_from_the_policies() -> None:
     assert whole.whole_context
 
 
-def test_fast_path_decides_as_the_strict_path_for_every_action() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
+def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -> None:
     """Each action is decided by its own slice of the set, with only what that slice reads; the strict path uses
     every policy and every attribute. Operator policies of every scope shape take part."""
     from raywarden.policy.engine import schema_actions
@@ -131,7 +134,7 @@ def test_fast_path_decides_as_the_strict_path_for_every_action() -> None:
     people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
               principal("ci", "developers", kind="sa"), principal("nobody")]
     job_actions = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
-    for eng in (engine(), engine(extra=extra)):
+    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
         for action in sorted(schema_actions()):
             for who in people:
                 for owner in ("alice", None):
