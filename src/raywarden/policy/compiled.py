@@ -34,6 +34,9 @@ _NAME = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*(::[_a-zA-Z][_a-zA-Z0-9]*)*\Z")
 _IPV4 = re.compile(r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(/(3[0-2]|[12]?\d))?\Z")
 _IPV6 = re.compile(r"[0-9a-fA-F:]{2,39}(/(12[0-8]|1[01]\d|[1-9]?\d))?\Z")
 _IP_TYPES = (ipaddress.IPv4Interface, ipaddress.IPv6Interface)
+# Cedar's reserved identifiers, which its JSON parser refuses as parts of an entity type name.
+_RESERVED = frozenset({"true", "false", "if", "then", "else", "in", "is", "like", "has"})
+_type_names_seen: set[str] = set()
 
 
 class Unsupported(Exception):
@@ -80,25 +83,45 @@ def parse_ip(text: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         raise Undecided("not an ip address") from None
 
 
+def text(raw: str) -> str:
+    """``raw``, if Cedar's JSON parser reads it as the same string: Python's also reads lone surrogates."""
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Undecided("a string with a lone surrogate") from None
+    return raw
+
+
+def type_name(raw: str) -> str:
+    """``raw``, if Cedar reads it as an entity type name."""
+    if raw not in _type_names_seen:
+        if not _NAME.match(raw) or any(part in _RESERVED or part.startswith("__") for part in raw.split("::")):
+            raise Undecided("not an entity type name")
+        if len(_type_names_seen) < 1024:
+            _type_names_seen.add(raw)
+    return raw
+
+
 def _uid(raw: Any) -> Uid:
     if type(raw) is not dict or type(raw.get("type")) is not str or type(raw.get("id")) is not str:
         raise Undecided("not an entity reference")
-    if not _NAME.match(raw["type"]):
-        raise Undecided("not an entity type name")
-    return (raw["type"], raw["id"])
+    return (type_name(raw["type"]), text(raw["id"]))
 
 
 def value(raw: Any) -> Any:
     """A Cedar JSON value (entity attribute, context field, literal) as this module's value."""
     cls = type(raw)
-    if cls is str or cls is bool:
+    if cls is str:
+        return text(raw)
+    if cls is bool:
         return raw
     if cls is int:
         if not _LONG_MIN <= raw <= _LONG_MAX:
             raise Undecided("a Long out of range")
         return raw
     if cls is list:
-        if {*map(type, raw)} == {str}:  # the usual set, of strings only
+        if {*map(type, raw)} == {str} and all(map(str.isascii, raw)):  # the usual set, of plain strings
             result = CedarSet(raw)
             result.kind = None
             return result
@@ -115,7 +138,9 @@ def value(raw: Any) -> Any:
             raise Undecided("an extension value other than ip")
         if raw.keys() == {"type", "id"}:
             raise Undecided("a record that Cedar may read as an entity reference")
-        return {key: value(item) for key, item in raw.items()}
+        if not all(type(key) is str for key in raw):
+            raise Undecided("a record key that is not a string")
+        return {text(key): value(item) for key, item in raw.items()}
     raise Undecided(f"not a Cedar value: {cls.__name__}")
 
 
@@ -157,6 +182,10 @@ class Env:
         self.principal, self.action, self.resource = principal, action, resource
         self.context = context
         self.store = store
+        for node in store.values():  # Cedar refuses an entity graph with a cycle; only a deeper graph can have one
+            if any((above := store.get(parent)) is not None and above.parents for parent in node.parents):
+                _refuse_cycles(store)
+                break
         self.context_cache = {name: value(context[name]) for name in (context if given is None else given)
                               if name in context}
 
@@ -189,6 +218,25 @@ class Env:
 
 
 Fn = Callable[[Env], Any]
+
+
+def _refuse_cycles(store: Mapping[Uid, Node]) -> None:
+    """Raise Undecided if an entity of ``store`` is its own ancestor."""
+    done: set[Uid] = set()
+
+    def visit(uid: Uid, path: set[Uid]) -> None:
+        if uid in path:
+            raise Undecided("a cycle among entity parents")
+        if uid in done or uid not in store:
+            return
+        path.add(uid)
+        for parent in store[uid].parents:
+            visit(parent, path)
+        path.discard(uid)
+        done.add(uid)
+
+    for uid in store:
+        visit(uid, set())
 
 
 # ---- operations, each raising Undecided where Cedar raises an evaluation error ----
@@ -444,6 +492,10 @@ def _attribute(op: str, arg: dict[str, Any]) -> Fn:
     name, target = arg["attr"], arg["left"]
     if type(name) is not str:
         raise Unsupported("an attribute name that is not a string")
+    try:
+        text(name)
+    except Undecided as exc:
+        raise Unsupported(str(exc)) from None
     if op == "." and target == {"Var": "context"}:  # the usual case: one field, converted once per decision
         return lambda env: env.context_attr(name)
     if op == "." and target == {"Var": "resource"}:
@@ -474,22 +526,41 @@ def _is(arg: dict[str, Any]) -> Fn:
 
 
 def _like(arg: dict[str, Any]) -> Fn:
-    parts = []
+    chunks = [""]  # the literal text between wildcards: n wildcards make n + 1 chunks, some maybe empty
     for element in arg["pattern"]:
         if element == "Wildcard":
-            parts.append(".*")
+            chunks.append("")
         elif type(element) is dict and element.keys() == {"Literal"} and type(element["Literal"]) is str:
-            parts.append(re.escape(element["Literal"]))
+            chunks[-1] += text(element["Literal"])
         else:
             raise Unsupported("a like pattern element")
-    pattern, left = re.compile("".join(parts), re.DOTALL), compile_expr(arg["left"])
+    left = compile_expr(arg["left"])
 
     def like(env: Env) -> bool:
-        text = left(env)
-        if type(text) is not str:
+        found = left(env)
+        if type(found) is not str:
             raise Undecided("like needs a string")
-        return pattern.fullmatch(text) is not None
+        return matches(found, chunks)
     return like
+
+
+def matches(subject: str, chunks: list[str]) -> bool:
+    """Whether ``subject`` matches the wildcard pattern ``chunks[0]*chunks[1]*...``, in time linear in its length
+    per chunk (the strings are the requester's: no backtracking). With ``*`` as the only wildcard, taking each
+    middle chunk where it first occurs after the previous one never misses a match."""
+    if len(chunks) == 1:
+        return subject == chunks[0]
+    first, last = chunks[0], chunks[-1]
+    if len(subject) < len(first) + len(last) or not subject.startswith(first) or not subject.endswith(last):
+        return False
+    at, end = len(first), len(subject) - len(last)
+    for chunk in chunks[1:-1]:
+        if chunk:
+            at = subject.find(chunk, at, end)
+            if at < 0:
+                return False
+            at += len(chunk)
+    return True
 
 
 def _ip_call(op: str, args: Any) -> Fn:

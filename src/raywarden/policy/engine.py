@@ -29,7 +29,7 @@ from typing import Any
 import cedarpy
 
 from raywarden.errors import PolicyError
-from raywarden.policy.compiled import CompiledSet, Env, Fn, Node, Undecided, Unsupported, compile_policy
+from raywarden.policy.compiled import CompiledSet, Env, Fn, Node, Undecided, Unsupported, compile_policy, text
 from raywarden.state import StateDir
 
 NAMESPACE = "Raywarden"
@@ -183,20 +183,15 @@ def _references(policies: list[dict[str, Any]]) -> _References:
 
 
 def _pruned(entity: Entity, names: frozenset[str]) -> dict[str, Any]:
-    """The entity with only the attributes some policy reads, at every depth of nested records.
+    """The entity with only the attributes some policy reads.
 
-    Cedar has no dynamic attribute access, so a field no policy names cannot change a decision; leaving it
-    out saves Cedar parsing it (the runtime_env record of a submission is the costly one).
+    Cedar has no dynamic attribute access, so an attribute no policy names cannot change a decision; leaving
+    it out saves Cedar parsing it. Only whole attributes go: a record inside one may be compared whole
+    (``resource.runtime_env == {...}``), so its fields all stay.
     """
     cedar = entity.to_cedar()
-    cedar["attrs"] = {k: _prune_value(v, names) for k, v in entity.attrs.items() if k in names}
+    cedar["attrs"] = {k: v for k, v in entity.attrs.items() if k in names}
     return cedar
-
-
-def _prune_value(value: Any, names: frozenset[str]) -> Any:
-    if isinstance(value, dict) and "__entity" not in value and "__extn" not in value:
-        return {k: _prune_value(v, names) for k, v in value.items() if k in names}
-    return value
 
 
 _type_names: dict[str, str] = {}
@@ -214,7 +209,7 @@ def _type_name(entity_type: str) -> str:
 def _parent_uids(entity: Entity) -> tuple[tuple[str, str], ...]:
     found = _parents_uids.get(entity.parents)
     if found is None:  # a handful of distinct values: (), in the cluster, a principal's groups
-        found = tuple((_type_name(t), i) for t, i in entity.parents)
+        found = tuple((_type_name(t), text(i)) for t, i in entity.parents)
         if len(_parents_uids) < 4096:
             _parents_uids[entity.parents] = found
     return found
@@ -231,7 +226,7 @@ def _entity_json(entity: Entity, names: frozenset[str]) -> str:
         parents = _encode([{"type": f"{NAMESPACE}::{t}", "id": i} for t, i in entity.parents])
         if len(_parents_json) < 4096:
             _parents_json[entity.parents] = parents
-    attrs = {k: v if type(v) is not dict else _prune_value(v, names) for k, v in entity.attrs.items() if k in names}
+    attrs = {k: v for k, v in entity.attrs.items() if k in names}
     # Strings escaped as the encoder escapes them, without its set-up cost for a two-key object.
     return (f'[{{"uid":{{"type":{_json_string(f"{NAMESPACE}::{entity.type}")},"id":{_json_string(entity.id)}}},'
             f'"attrs":{_encode(attrs)},"parents":{parents}}}]')
@@ -489,12 +484,13 @@ class PolicyEngine:
             raise Undecided("no compiled view of the cluster")
         cluster_uid, cluster_node = self._cluster
         principal, resource = request.principal, request.resource
-        principal_uid = (_type_name(principal.type), principal.id)
-        resource_uid = (_type_name(resource.type), resource.id)
+        principal_uid = (_type_name(principal.type), text(principal.id))
+        resource_uid = (_type_name(resource.type), text(resource.id))
         store = {cluster_uid: cluster_node}
         if principal_uid in store or principal_uid == resource_uid:
             raise Undecided("the principal is the cluster or the resource")
-        store[principal_uid] = Node(principal.attrs, _parent_uids(principal), refs.names)
+        # The principal's attributes that Cedar's path gives it: those any policy of the set reads.
+        store[principal_uid] = Node(principal.attrs, _parent_uids(principal), self._refs.names)
         if resource.type != "Cluster":  # the cluster, with its limits, is the engine's, as on Cedar's path
             store[resource_uid] = Node(resource.attrs, _parent_uids(resource), refs.names)
         return Env(principal_uid, (_ACTION_TYPE, request.action), resource_uid, request.context, store,
@@ -525,7 +521,15 @@ class PolicyEngine:
         seen: dict[tuple[str, str], Entity] = {}
         for entity in (*(e for r in requests for e in (r.principal, r.resource)), *extra_entities):
             if entity.type != "Cluster":  # the cluster, with its limits, is in the base set already
-                seen.setdefault((entity.type, entity.id), entity)
+                if seen.setdefault((entity.type, entity.id), entity) != entity:
+                    # Two entities with one uid (a submission id chosen equal to another job's id): one entity
+                    # set would decide both with the first one's attributes, so each is decided on its own.
+                    if len(requests) > 1:
+                        return [self.decide(r, extra_entities, strict=strict) for r in requests]
+                    problem = f"two different entities are both {entity.type}::{entity.id!r}"
+                    if strict:
+                        raise PolicyError(f"entities do not match: {problem}")
+                    return [Decision(False, (), (f"bad entities: {problem}",))]
         # Cedar parses every attribute it is given, at a cost per value comparable to evaluating a policy.
         # An attribute no policy reads cannot change a decision, so the fast path leaves it out, and asks only
         # the policies that can apply when every request has the same action; strict decisions (tests,
@@ -544,7 +548,7 @@ class PolicyEngine:
                 "action": {"type": _ACTION_TYPE, "id": r.action},
                 "resource": r.resource.uid(),
                 "context": json.dumps(r.context if names is None or part.refs.whole_context
-                                      else {k: v for k, v in r.context.items() if k in names}),
+                                      else {k: r.context[k] for k in part.refs.context_names if k in r.context}),
             }
             for r in requests
         ]

@@ -19,6 +19,7 @@ import pytest
 from raywarden.policy.compiled import Env, Node, Undecided, Unsupported, compile_policy, value
 from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest, default_policy_files
 from raywarden.policy.entities import cluster_entity
+from raywarden.state import ClusterConfig
 from tests.unit.policy.policy_support import CONTEXT, job, principal
 
 pytestmark = pytest.mark.unit
@@ -296,6 +297,9 @@ def test_random_policies_decide_as_cedar(seed: int) -> None:
     ("ip(\"10.1.2.3/16\") == ip(\"10.1.0.0/16\")", False), ("ip(\"10.1.2.3\").isInRange(ip(\"10.1.0.0/16\"))", True),
     ("ip(\"::1\").isInRange(ip(\"0.0.0.0/0\"))", False), ("9223372036854775807 + 1 > 0", None),
     ("-(-9223372036854775807 - 1) > 0", None), ('context.source.isInRange(ip("10.0.0.0/8"))', None),
+    # Wildcards against a long subject: a backtracking matcher takes minutes here, Cedar's (and ours) no time.
+    (f'"{"a" * 400}" like "*a*a*a*a*b"', False), (f'"{"a" * 400}b" like "*a*a*a*a*b"', True),
+    ('"abcabc" like "a*c*c"', True), ('"abc" like "a*bc*c"', False), ('"ab" like "ab**"', True),
 ])
 def test_tricky_cases(body: str, allowed: bool | None) -> None:
     """Python's own ``True == 1`` and friends are not Cedar's; None: the compiled path must step aside."""
@@ -316,9 +320,64 @@ def test_tricky_cases(body: str, allowed: bool | None) -> None:
 
 def test_values_outside_the_subset_are_left_to_cedar() -> None:
     for raw in (1.5, None, [True, 1], [[1]], [{"a": 1}], {"type": "T", "id": "x"}, 2**63,
-                {"__extn": {"fn": "decimal", "arg": "1.0"}}, {"__entity": {"type": "1bad", "id": "x"}}):
+                {"__extn": {"fn": "decimal", "arg": "1.0"}}, {"__entity": {"type": "1bad", "id": "x"}},
+                # Cedar's JSON parser refuses lone surrogates, which Python's reads, and reserved identifiers.
+                "\ud800", ["ok", "\udc80"], {"\udc80": 1}, {1: "x"}, {"__entity": {"type": "T", "id": "\ud800"}},
+                {"__entity": {"type": "in", "id": "a"}}, {"__entity": {"type": "__cedar::X", "id": "a"}}):
         with pytest.raises(Undecided):
             value(raw)
+    assert value(["caf\u00e9", "x"]) == {"caf\u00e9", "x"}
+
+
+def test_a_cycle_among_parents_is_left_to_cedar() -> None:
+    policies = {"p": {"effect": "permit", "principal": {"op": "All"}, "action": {"op": "All"},
+                      "resource": {"op": "in", "entity": _ref(JOB)}, "conditions": [], "annotations": {}}}
+    for parents in ([_ref(JOB)], [_ref(CLUSTER)]):
+        entities: list[dict[str, Any]] = [{"uid": _ref(USER), "attrs": {}, "parents": []},
+                    {"uid": _ref(JOB), "attrs": {}, "parents": parents},
+                    {"uid": _ref(CLUSTER), "attrs": {}, "parents": [_ref(JOB)]}]
+        assert compiled_decides(policies, entities, {}) == "undecided"
+        assert cedar_decides(policies, entities, {}) is None  # Cedar refuses the entity set
+
+
+def test_a_submission_cedar_cannot_read_is_decided_by_cedar() -> None:
+    """An env var name with a lone surrogate: Cedar refuses the entity, so the gateway's path must too."""
+    from tests.unit.policy.policy_support import submission
+
+    alice = principal("alice", "developers")
+    odd = submission("alice", runtime_env={"env_vars": {"FOO\udc80": "1"}})
+    request = PolicyRequest(alice, "jobs.submit", odd, CONTEXT)
+    fast = PolicyEngine.from_sources(default_policy_files(), cluster_entity(None))
+    cedar_only = PolicyEngine.from_sources(default_policy_files(), cluster_entity(None), compiled=False)
+    decision = fast.decide(request)
+    assert decision == cedar_only.decide(request) and not decision.allowed and decision.errors
+    assert fast.decided_by_cedar == 1
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
+def test_two_jobs_with_one_id_are_decided_each_on_its_own(compiled: bool) -> None:
+    """A job list where a submission id equals another job's id: one entity set would lend one job's owner to the
+    other, so each is decided with its own attributes."""
+    engine = PolicyEngine.from_sources(default_policy_files(), cluster_entity(None), compiled=compiled)
+    alice = principal("alice", "developers")
+    requests = [PolicyRequest(alice, "jobs.read", job("alice", "same"), CONTEXT),
+                PolicyRequest(alice, "jobs.read", job("bob", "same"), CONTEXT)]
+    assert [d.allowed for d in engine.decide_many(requests)] == [True, False]
+    assert [d.allowed for d in engine.decide_many(requests[::-1])] == [False, True]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
+def test_a_record_compared_whole_keeps_all_its_fields(compiled: bool) -> None:
+    """Only whole attributes nobody names are left out for Cedar: fields of a record may be compared whole."""
+    extra = [("ops/limits.cedar", '@id("ops-default-limits")\npermit (principal in Raywarden::Group::"ops", '
+              'action == Raywarden::Action::"jobs.list", resource) when { Raywarden::Cluster::"ray".developer_limits '
+              '== {milli_cpus: 4000, milli_gpus: 0, memory: 8589934592, resources: ["TPU"], '
+              'milli_resource_amount: 0} };')]
+    cluster = cluster_entity(ClusterConfig(developer_resources=["TPU"]))
+    engine = PolicyEngine.from_sources([*default_policy_files(), *extra], cluster, compiled=compiled)
+    request = PolicyRequest(principal("olga", "ops"), "jobs.list", Entity("Cluster", "ray"), CONTEXT)
+    assert engine.decide(request) == engine.decide(request, strict=True)
+    assert engine.decide(request).allowed
 
 
 def test_policies_outside_the_subset_compile_to_nothing_and_cedar_decides() -> None:
