@@ -301,7 +301,11 @@ def _compiled(tests: dict[str, tuple[str, Fn] | None], pids: list[str]) -> Compi
 
 
 def _cluster_node(cluster: Entity) -> tuple[tuple[str, str], Node] | None:
-    """The cluster as the compiled path reads it, or None if it cannot read the limits exactly as Cedar does."""
+    """The cluster as the compiled path reads it, or None if it cannot read the limits exactly as Cedar does.
+    The node is shared by every decision, so it must have no parents (the schema gives the cluster none): its
+    ancestors would depend on each decision's store."""
+    if cluster.parents:
+        return None
     try:
         return (_type_name(cluster.type), cluster.id), Node(cluster.attrs, _parent_uids(cluster))
     except Undecided:
@@ -319,7 +323,7 @@ def _compile_each(combined: dict[str, Any], scoped: bool,
         try:
             tests[pid] = (str(policy.get("effect")),
                           compile_policy(policy if scoped else {**policy, "action": {"op": "All"}}, fixed))
-        except (Unsupported, KeyError, TypeError, ValueError):  # anything unexpected in the EST: Cedar decides
+        except (Unsupported, Undecided, KeyError, TypeError, ValueError):  # anything unexpected: Cedar decides
             tests[pid] = None
     return tests
 

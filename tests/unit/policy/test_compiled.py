@@ -403,3 +403,4 @@ def test_an_evaluation_error_is_decided_and_explained_by_cedar() -> None:
     assert not decision.allowed and decision.policy_ids == ()
     assert any("owner" in error for error in decision.errors), decision.errors
     assert engine.decided_by_cedar == before + 1
+
