@@ -57,10 +57,14 @@ def bench_verify(state: StateDir, n: int) -> None:
         t2 = time.perf_counter_ns()
         full.append((t1 - t0) / 1000)
         crypto.append((t2 - t1) / 1000)
-    print(f"token verify, full (JWT + revocation/disable lookups), {n} ops: "
-          f"p50 {_pct(full, 0.5):.0f} us/op, p99 {_pct(full, 0.99):.0f} us/op")
-    print(f"token verify, signature + claims only, {n} ops:                "
-          f"p50 {_pct(crypto, 0.5):.0f} us/op, p99 {_pct(crypto, 0.99):.0f} us/op")
+    print(
+        f"token verify, full (JWT + revocation/disable lookups), {n} ops: "
+        f"p50 {_pct(full, 0.5):.0f} us/op, p99 {_pct(full, 0.99):.0f} us/op"
+    )
+    print(
+        f"token verify, signature + claims only, {n} ops:                "
+        f"p50 {_pct(crypto, 0.5):.0f} us/op, p99 {_pct(crypto, 0.99):.0f} us/op"
+    )
 
 
 def bench_login(state: StateDir, root: Path, runs: int) -> None:
@@ -69,9 +73,20 @@ def bench_login(state: StateDir, root: Path, runs: int) -> None:
     config = state.load_config()
     url = f"https://127.0.0.1:{config.listen.port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    gateway = subprocess.Popen([sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root),
-                                "--dashboard-url", "http://127.0.0.1:9"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raywarden.gateway",
+            "--state-dir",
+            str(state.root),
+            "--dashboard-url",
+            "http://127.0.0.1:9",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -116,8 +131,12 @@ def main() -> None:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         state = StateDir(root / "state")
-        init_state(state, ClusterConfig(trust_domain="bench.raywarden", listen=Listen(host="127.0.0.1", port=port)),
-                   admin_name="admin", profile_name="bench-admin")
+        init_state(
+            state,
+            ClusterConfig(trust_domain="bench.raywarden", listen=Listen(host="127.0.0.1", port=port)),
+            admin_name="admin",
+            profile_name="bench-admin",
+        )
         bench_verify(state, args.verifications)
         bench_login(state, root, args.logins)
 

@@ -48,17 +48,18 @@ def generated(count: int) -> list[tuple[str, str]]:
     """``count`` operator policies for teams that the benchmark's principals are not in."""
     rules = [
         'permit (principal in Raywarden::Group::"team-{i}", action == Raywarden::Action::"jobs.submit", '
-        'resource is Raywarden::NewJob) when {{ resource.entrypoint_milli_cpus <= {cpus} && '
-        '!resource.runtime_env.container && resource.runtime_env.pip_options.isEmpty() }};',
+        "resource is Raywarden::NewJob) when {{ resource.entrypoint_milli_cpus <= {cpus} && "
+        "!resource.runtime_env.container && resource.runtime_env.pip_options.isEmpty() }};",
         'forbid (principal in Raywarden::Group::"team-{i}", action, resource) '
         'unless {{ context.source.isInRange(ip("10.{j}.0.0/16")) }};',
         'permit (principal in Raywarden::Group::"team-{i}", action in [Raywarden::Action::"jobs.read", '
         'Raywarden::Action::"jobs.logs"], resource is Raywarden::Job) when {{ resource.status == "RUNNING" && '
-        'context.auth_age_s < {age} }};',
+        "context.auth_age_s < {age} }};",
     ]
-    text = "\n".join(f'@id("ops-{i}")\n' + rules[i % 3].format(i=i, j=i % 250, cpus=(i % 8 + 1) * 1000,
-                                                                 age=3600 + i)
-                     for i in range(count))
+    text = "\n".join(
+        f'@id("ops-{i}")\n' + rules[i % 3].format(i=i, j=i % 250, cpus=(i % 8 + 1) * 1000, age=3600 + i)
+        for i in range(count)
+    )
     return [("ops/generated.cedar", text)] if count else []
 
 
@@ -77,9 +78,16 @@ def certificate_der() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(Encoding.DER)
 
 
@@ -89,21 +97,36 @@ def workload(der: bytes, count: int) -> list[Callable[[PolicyEngine, bool], Any]
     vera = Identity(f"spiffe://{TD}/user/vera", "user", "vera", ("viewers",), "certificate", "02")
 
     def ray_job(i: int, owner: str) -> dict[str, Any]:
-        return {"submission_id": f"raysubmit_{i:08x}", "job_id": f"{i:08x}", "status": "RUNNING",
-                "type": "SUBMISSION", "entrypoint": f"python train.py --seed {i}",
-                "metadata": {"raywarden.owner": owner}, "runtime_env": {"pip": {"packages": ["torch"]}}}
+        return {
+            "submission_id": f"raysubmit_{i:08x}",
+            "job_id": f"{i:08x}",
+            "status": "RUNNING",
+            "type": "SUBMISSION",
+            "entrypoint": f"python train.py --seed {i}",
+            "metadata": {"raywarden.owner": owner},
+            "runtime_env": {"pip": {"packages": ["torch"]}},
+        }
 
     def body(i: int) -> dict[str, Any]:
-        return {"submission_id": f"sub-{i}", "entrypoint": f"python train.py --seed {i}", "entrypoint_num_cpus": 2,
-                "runtime_env": {"working_dir": f"gcs://_ray_pkg_{i:016x}.zip",
-                                "pip": {"packages": ["torch==2.4.0", "numpy>=1.26", "requests"], "pip_check": False},
-                                "env_vars": {"OMP_NUM_THREADS": str(i % 64 + 1)}, "_ray_commit": "b7f4259e"}}
+        return {
+            "submission_id": f"sub-{i}",
+            "entrypoint": f"python train.py --seed {i}",
+            "entrypoint_num_cpus": 2,
+            "runtime_env": {
+                "working_dir": f"gcs://_ray_pkg_{i:016x}.zip",
+                "pip": {"packages": ["torch==2.4.0", "numpy>=1.26", "requests"], "pip_check": False},
+                "env_vars": {"OMP_NUM_THREADS": str(i % 64 + 1)},
+                "_ray_commit": "b7f4259e",
+            },
+        }
 
-    def decide(identity: Identity, action: str, build: Callable[[], Any], source: str,
-               now: float) -> Callable[[PolicyEngine, bool], Any]:
+    def decide(
+        identity: Identity, action: str, build: Callable[[], Any], source: str, now: float
+    ) -> Callable[[PolicyEngine, bool], Any]:
         def run(engine: PolicyEngine, strict: bool = False) -> Any:
             context = context_for(identity, source, der, None, now)
             return engine.decide(PolicyRequest(principal_for(identity), action, build(), context), strict=strict)
+
         return run
 
     start = time.time()
@@ -118,8 +141,9 @@ def workload(der: bytes, count: int) -> list[Callable[[PolicyEngine, bool], Any]
         elif shape == 1:
             runs.append(decide(alice, "jobs.stop", lambda j=job_id, info=other: job_entity(j, info), source, now))
         elif shape == 2:
-            runs.append(decide(alice, "jobs.submit", lambda b=submission: new_job_entity(b, alice.spiffe_id),
-                               source, now))
+            runs.append(
+                decide(alice, "jobs.submit", lambda b=submission: new_job_entity(b, alice.spiffe_id), source, now)
+            )
         else:
             runs.append(decide(vera, "jobs.logs", lambda j=job_id, info=mine: job_entity(j, info), source, now))
     return runs
@@ -145,9 +169,14 @@ def measure(engine: PolicyEngine, requests: list[Callable[[PolicyEngine, bool], 
         samples.append(time.perf_counter_ns() - start)
     samples.sort()
     count = len(samples)
-    return {"decisions": count, "p50_us": samples[count // 2] / 1000, "p99_us": samples[int(count * 0.99)] / 1000,
-            "mean_us": statistics.fmean(samples) / 1000, "max_us": samples[-1] / 1000,
-            "decided_by_cedar": engine.decided_by_cedar - handed_over}
+    return {
+        "decisions": count,
+        "p50_us": samples[count // 2] / 1000,
+        "p99_us": samples[int(count * 0.99)] / 1000,
+        "mean_us": statistics.fmean(samples) / 1000,
+        "max_us": samples[-1] / 1000,
+        "decided_by_cedar": engine.decided_by_cedar - handed_over,
+    }
 
 
 def main() -> None:
@@ -168,18 +197,25 @@ def main() -> None:
         json.dump(results, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    print(f"{'policy set':23} {'policies':>8} {'decisions':>9} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} "
-          f"{'by Cedar':>8}")
+    print(
+        f"{'policy set':23} {'policies':>8} {'decisions':>9} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'by Cedar':>8}"
+    )
     for label, row in results.items():
-        print(f"{label:23} {row['policies']:>8} {row['decisions']:>9} {row['p50_us']:>8.1f} {row['p99_us']:>8.1f} "
-              f"{row['mean_us']:>8.1f} {row['decided_by_cedar']:>8}")
+        print(
+            f"{label:23} {row['policies']:>8} {row['decisions']:>9} {row['p50_us']:>8.1f} {row['p99_us']:>8.1f} "
+            f"{row['mean_us']:>8.1f} {row['decided_by_cedar']:>8}"
+        )
     for label in policy_sets():
         fast, cedar = results[label], results[label + " (Cedar)"]
-        print(f"{label}: compiled path / Cedar's path: p50 {fast['p50_us'] / cedar['p50_us']:.2f}, "
-              f"p99 {fast['p99_us'] / cedar['p99_us']:.2f}")
+        print(
+            f"{label}: compiled path / Cedar's path: p50 {fast['p50_us'] / cedar['p50_us']:.2f}, "
+            f"p99 {fast['p99_us'] / cedar['p99_us']:.2f}"
+        )
     default_p99 = results["default pack"]["p99_us"]
-    print(f"target: p99 <= 100 us with the default pack: {'met' if default_p99 <= 100 else 'NOT met'} "
-          f"({default_p99:.1f} us)")
+    print(
+        f"target: p99 <= 100 us with the default pack: {'met' if default_p99 <= 100 else 'NOT met'} "
+        f"({default_p99:.1f} us)"
+    )
 
 
 if __name__ == "__main__":

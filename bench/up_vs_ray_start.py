@@ -40,9 +40,22 @@ def stock_ray_start() -> float:
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [ray, "start", "--head", "--block", f"--temp-dir={temp}", f"--port={port}", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={client}", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            f"--temp-dir={temp}",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            "--dashboard-host=127.0.0.1",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         while True:
@@ -70,8 +83,7 @@ def raywarden_up() -> tuple[float, float]:
     cli = [sys.executable, "-m", "raywarden.cli.main"]
     try:
         t0 = time.monotonic()
-        subprocess.run([*cli, "init", "--listen", f"127.0.0.1:{free_port()}"], env=env, check=True,
-                       capture_output=True)
+        subprocess.run([*cli, "init", "--listen", f"127.0.0.1:{free_port()}"], env=env, check=True, capture_output=True)
         t1 = time.monotonic()
         subprocess.run([*cli, "up"], env=env, check=True, capture_output=True)
         t2 = time.monotonic()
@@ -103,8 +115,11 @@ def main() -> None:
         init.append(i_s)
         up.append(u_s)
         if not args.json:
-            print(f"run {i + 1}/{args.runs}: ray start {stock[-1]:.2f}s  raywarden up {up[-1]:.2f}s  "
-                  f"(init {init[-1]:.2f}s)", file=sys.stderr)
+            print(
+                f"run {i + 1}/{args.runs}: ray start {stock[-1]:.2f}s  raywarden up {up[-1]:.2f}s  "
+                f"(init {init[-1]:.2f}s)",
+                file=sys.stderr,
+            )
     result = {
         "runs": args.runs,
         "ray_start_median_s": round(statistics.median(stock), 3),

@@ -46,21 +46,42 @@ class Idp:
 
     def id_token(self, kid: str = "k1", *, audience: str = "raywarden", ttl: int = 300, **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": self.issuer, "aud": audience, "iat": now, "exp": now + ttl, "sub": "idp-123",
-                "preferred_username": "oidc-olga", "groups": ["eng"], **claims}
+        body = {
+            "iss": self.issuer,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ttl,
+            "sub": "idp-123",
+            "preferred_username": "oidc-olga",
+            "groups": ["eng"],
+            **claims,
+        }
         return jwt.encode(body, self.keys[kid], algorithm="RS256", headers={"kid": kid})
 
     def config(self, *, min_refresh_s: float = 30, **extra: Any) -> dict[str, Any]:
-        return {"issuers": [{"issuer": self.issuer, "audience": "raywarden", "jwks_url": self.jwks_url,
-                             "username_claim": "preferred_username", "groups_claim": "groups",
-                             "group_map": {"eng": ["developers"]}, **extra}],
-                "jwks_min_refresh_seconds": min_refresh_s}
-
+        return {
+            "issuers": [
+                {
+                    "issuer": self.issuer,
+                    "audience": "raywarden",
+                    "jwks_url": self.jwks_url,
+                    "username_claim": "preferred_username",
+                    "groups_claim": "groups",
+                    "group_map": {"eng": ["developers"]},
+                    **extra,
+                }
+            ],
+            "jwks_min_refresh_seconds": min_refresh_s,
+        }
 
     def discovery(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
-                "token_endpoint": f"{self.issuer}/token", "jwks_uri": self.jwks_url,
-                "code_challenge_methods_supported": ["S256"]}
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "token_endpoint": f"{self.issuer}/token",
+            "jwks_uri": self.jwks_url,
+            "code_challenge_methods_supported": ["S256"],
+        }
 
     def authorize(self, query: dict[str, str]) -> str:
         """Approve at once (the user is "logged in" at the IdP): the redirect back to the client."""
@@ -77,11 +98,15 @@ class Idp:
             return 400, {"error": "invalid_grant"}
         verifier = form.get("code_verifier", "")
         computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        if computed != grant["code_challenge"] or form.get("redirect_uri") != grant["redirect_uri"] \
-                or form.get("client_id") != grant["client_id"]:
+        if (
+            computed != grant["code_challenge"]
+            or form.get("redirect_uri") != grant["redirect_uri"]
+            or form.get("client_id") != grant["client_id"]
+        ):
             return 400, {"error": "invalid_grant", "error_description": "PKCE or redirect_uri mismatch"}
-        token = self.id_token(sorted(self.published)[0], audience=grant["client_id"], nonce=grant["nonce"],
-                              **self.login_claims)
+        token = self.id_token(
+            sorted(self.published)[0], audience=grant["client_id"], nonce=grant["nonce"], **self.login_claims
+        )
         return 200, {"id_token": token, "token_type": "Bearer", "access_token": secrets.token_urlsafe(8)}
 
 

@@ -62,8 +62,9 @@ class Cluster:
 
     def ray_jobs(self) -> list[dict[str, Any]]:
         """Ask Ray directly (bypassing the gateway) which jobs exist."""
-        resp = requests.get(f"{self.dashboard_url()}/api/jobs/",
-                            headers={"Authorization": f"Bearer {self.ray_token()}"}, timeout=10)
+        resp = requests.get(
+            f"{self.dashboard_url()}/api/jobs/", headers={"Authorization": f"Bearer {self.ray_token()}"}, timeout=10
+        )
         resp.raise_for_status()
         jobs: list[dict[str, Any]] = resp.json()
         return jobs
@@ -76,15 +77,24 @@ class Cluster:
                     records.append(json.loads(line))
         return records
 
-    def issue(self, name: str, *, kind: str = "user", groups: tuple[str, ...] = (),
-              lifetime: dt.timedelta | None = None, register: bool = True, ca: str = "access") -> tuple[str, str]:
+    def issue(
+        self,
+        name: str,
+        *,
+        kind: str = "user",
+        groups: tuple[str, ...] = (),
+        lifetime: dt.timedelta | None = None,
+        register: bool = True,
+        ca: str = "access",
+    ) -> tuple[str, str]:
         """A client certificate written to files under root/certs; optionally registered as a principal."""
         config = self.state.load_config()
         if ca == "access":
             authority = CertificateAuthority.load("access", TD, self.state.access_ca_cert, self.state.access_ca_key)
         else:
-            authority = CertificateAuthority.load("internal", TD, self.state.internal_ca_cert,
-                                                  self.state.internal_ca_key)
+            authority = CertificateAuthority.load(
+                "internal", TD, self.state.internal_ca_cert, self.state.internal_ca_key
+            )
         spiffe = SpiffeId(config.trust_domain, kind, name)  # type: ignore[arg-type]
         key = generate_private_key()
         cert = authority.issue(key.public_key(), spiffe, lifetime=lifetime or dt.timedelta(hours=1))
@@ -108,8 +118,12 @@ def start_cluster(root: Path, *, port: int, profile: str = "test") -> Cluster:
     env_before = os.environ.get("RAYWARDEN_HOME")
     os.environ["RAYWARDEN_HOME"] = str(home)
     try:
-        init_state(state, ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port)),
-                   admin_name="admin", profile_name=profile)
+        init_state(
+            state,
+            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port)),
+            admin_name="admin",
+            profile_name=profile,
+        )
         lifecycle.up(state, num_cpus=2)
     finally:
         if env_before is None:
@@ -125,10 +139,17 @@ def stop_cluster(root: Path) -> None:
         lifecycle.down(state)
 
 
-def run_cli(cluster: Cluster, *args: str, timeout: float = 300,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "raywarden.cli.main", *args], env=cluster.env(),
-                            capture_output=True, text=True, timeout=timeout, check=False)
+def run_cli(
+    cluster: Cluster, *args: str, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "raywarden.cli.main", *args],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"raywarden {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"

@@ -13,8 +13,16 @@ from typing import Any
 import requests
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
 
@@ -38,11 +46,20 @@ def nss_home(root: Path, ca_path: str) -> Path:
     shutil.rmtree(home, ignore_errors=True)  # certutil -N prompts (and waits) on an existing database
     db = home / ".pki" / "nssdb"
     db.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["certutil", "-d", f"sql:{db}", "-N", "--empty-password"], check=True, capture_output=True,
-                   stdin=subprocess.DEVNULL, timeout=30)
-    subprocess.run(["certutil", "-d", f"sql:{db}", "-A", "-t", "C,,", "-n", "raywarden-test-ca", "-i", ca_path],
-                   check=True, capture_output=True,
-                   stdin=subprocess.DEVNULL, timeout=30)
+    subprocess.run(
+        ["certutil", "-d", f"sql:{db}", "-N", "--empty-password"],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    subprocess.run(
+        ["certutil", "-d", f"sql:{db}", "-A", "-t", "C,,", "-n", "raywarden-test-ca", "-i", ca_path],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
     return home
 
 
@@ -51,8 +68,9 @@ def chromium(home: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS,
-                                    env={**os.environ, "HOME": str(home)})
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=ARGS, env={**os.environ, "HOME": str(home)}
+        )
         try:
             yield browser
         finally:

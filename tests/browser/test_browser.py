@@ -25,10 +25,9 @@ from playwright.sync_api import expect
 from tests.browser.browser_support import chromium, missing_browser, nss_home, shot, sign_in, signin_path
 from tests.support import Cluster, run_cli
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing_browser() is not None,
-                                                      reason=missing_browser() or "")]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")]
 SESSION_COOKIE = "__Host-raywarden-session"
-SLEEPER = "python -c \"import time; time.sleep(900)\""
+SLEEPER = 'python -c "import time; time.sleep(900)"'
 
 
 class World:
@@ -48,8 +47,7 @@ class World:
 
     def submit(self, cert: tuple[str, str], sid: str, env: dict[str, str]) -> str:
         body = {"entrypoint": SLEEPER, "submission_id": sid, "runtime_env": {"env_vars": env}}
-        resp = requests.post(f"{self.cluster.url}/api/jobs/", json=body, cert=cert, verify=self.cluster.ca,
-                             timeout=60)
+        resp = requests.post(f"{self.cluster.url}/api/jobs/", json=body, cert=cert, verify=self.cluster.ca, timeout=60)
         assert resp.status_code == 200, resp.text
         return sid
 
@@ -91,7 +89,8 @@ def _records_since(cluster: Cluster, start: int) -> list[dict[str, Any]]:
 def _fetch(page: Any, path: str) -> dict[str, Any]:
     """A same-origin fetch() from inside the page (what the dashboard's own XHRs do)."""
     result: dict[str, Any] = page.evaluate(
-        "async (p) => { const r = await fetch(p); return {status: r.status, text: await r.text()}; }", path)
+        "async (p) => { const r = await fetch(p); return {status: r.status, text: await r.text()}; }", path
+    )
     return result
 
 
@@ -139,8 +138,12 @@ def test_sign_in_dashboard_jobs_and_sign_out(cluster: Cluster, world: World, bro
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{url}/ui/signin")
     assert not [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
-    replay = requests.get(f"{url}/dashboard/api/jobs/", headers={"Cookie": f"{SESSION_COOKIE}={cookie['value']}"},
-                          verify=cluster.ca, timeout=30)
+    replay = requests.get(
+        f"{url}/dashboard/api/jobs/",
+        headers={"Cookie": f"{SESSION_COOKIE}={cookie['value']}"},
+        verify=cluster.ca,
+        timeout=30,
+    )
     assert replay.status_code == 401
 
     records = _records_since(cluster, start)
@@ -151,8 +154,10 @@ def test_sign_in_dashboard_jobs_and_sign_out(cluster: Cluster, world: World, bro
     assert any(r.get("event") == "session.start" for r in records)
     assert any(r.get("event") == "session.refused" and "already used" in r.get("reason", "") for r in records)
     assert any(r.get("event") == "session.end" and r.get("session_ref") for r in records)
-    assert any(r.get("path") == "/dashboard/api/jobs/" and r.get("status") == 401
-               and "ended" in r.get("reason", "") for r in records)
+    assert any(
+        r.get("path") == "/dashboard/api/jobs/" and r.get("status") == 401 and "ended" in r.get("reason", "")
+        for r in records
+    )
 
 
 def test_runtime_env_values_are_hidden_from_a_non_owner(cluster: Cluster, world: World, browser: Any) -> None:
@@ -165,9 +170,14 @@ def test_runtime_env_values_are_hidden_from_a_non_owner(cluster: Cluster, world:
     viewer.get_by_text("MY_SECRET").first.wait_for(timeout=30_000)
     assert world.secret not in viewer.inner_text("body")
     shot(viewer, "dashboard-runtime-env-viewer")
-    for path in (f"api/jobs/{world.job1}", "api/jobs/", "api/v0/tasks?detail=1&limit=1000",
-                 "api/v0/actors?detail=1&limit=1000", "api/v0/jobs?detail=1&limit=1000",
-                 "api/v0/runtime_envs?detail=1&limit=1000"):
+    for path in (
+        f"api/jobs/{world.job1}",
+        "api/jobs/",
+        "api/v0/tasks?detail=1&limit=1000",
+        "api/v0/actors?detail=1&limit=1000",
+        "api/v0/jobs?detail=1&limit=1000",
+        "api/v0/runtime_envs?detail=1&limit=1000",
+    ):
         answer = _fetch(viewer, path)
         assert answer["status"] == 200, (path, answer)
         assert world.secret not in answer["text"], path
@@ -186,8 +196,10 @@ def test_runtime_env_values_are_hidden_from_a_non_owner(cluster: Cluster, world:
     stranger.goto(f"{url}/dashboard/")
     assert _fetch(stranger, f"api/jobs/{world.job1}")["status"] == 404
     node = _node_id(cluster)
-    assert _fetch(stranger, f"api/v0/logs/file?node_id={node}&filename=job-driver-{world.job1}.log&lines=10"
-                  )["status"] == 403
+    assert (
+        _fetch(stranger, f"api/v0/logs/file?node_id={node}&filename=job-driver-{world.job1}.log&lines=10")["status"]
+        == 403
+    )
     assert world.job1 not in _fetch(stranger, "api/jobs/")["text"]
 
 
@@ -270,8 +282,12 @@ def test_another_origin_cannot_submit_stop_delete_or_read(cluster: Cluster, worl
     # Each attempt that reached the gateway was refused and audited.
     records = [r for r in _records_since(cluster, start) if r.get("kind") == "request"]
     refused = {(r["method"], r["path"]): r for r in records if r.get("decision") == "deny"}
-    for method, path in (("POST", "/api/jobs/"), ("POST", "/dashboard/api/jobs/"),
-                         ("POST", f"/api/jobs/{world.job1}/stop"), ("POST", f"/dashboard/api/jobs/{world.job1}/stop")):
+    for method, path in (
+        ("POST", "/api/jobs/"),
+        ("POST", "/dashboard/api/jobs/"),
+        ("POST", f"/api/jobs/{world.job1}/stop"),
+        ("POST", f"/dashboard/api/jobs/{world.job1}/stop"),
+    ):
         assert (method, path) in refused, (method, path, sorted(refused))
         assert refused[(method, path)]["status"] == 403
         assert "foreign Origin" in refused[(method, path)]["reason"]
@@ -281,49 +297,72 @@ def test_another_origin_cannot_submit_stop_delete_or_read(cluster: Cluster, worl
     assert not any(r.get("decision") == "allow" and r["method"] != "GET" for r in records)
 
 
-def test_session_cookie_with_a_foreign_or_missing_origin_changes_nothing(cluster: Cluster, world: World,
-                                                                         browser: Any) -> None:
+def test_session_cookie_with_a_foreign_or_missing_origin_changes_nothing(
+    cluster: Cluster, world: World, browser: Any
+) -> None:
     """Even if a browser did send the cookie cross-site (SameSite bypass), Origin/Sec-Fetch-Site refuse."""
     page = _page(browser)
     sign_in(page, cluster.url, world.link(world.admin))
     value = next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
     cookie = {"Cookie": f"{SESSION_COOKIE}={value}"}
-    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                    {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.127.0.0.1"}, {}):
-        for method, path in (("POST", f"/api/jobs/{world.job1}/stop"), ("DELETE", f"/api/jobs/{world.job1}"),
-                             ("POST", "/ui/signout")):
-            resp = requests.request(method, cluster.url + path, headers={**cookie, **headers}, verify=cluster.ca,
-                                    timeout=30)
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.127.0.0.1"},
+        {},
+    ):
+        for method, path in (
+            ("POST", f"/api/jobs/{world.job1}/stop"),
+            ("DELETE", f"/api/jobs/{world.job1}"),
+            ("POST", "/ui/signout"),
+        ):
+            resp = requests.request(
+                method, cluster.url + path, headers={**cookie, **headers}, verify=cluster.ca, timeout=30
+            )
             assert resp.status_code == 403, (method, path, headers, resp.text)
     # A cross-site read with the cookie is refused too.
-    resp = requests.get(f"{cluster.url}/dashboard/api/jobs/", headers={**cookie, "Sec-Fetch-Site": "cross-site",
-                                                                       "Sec-Fetch-Mode": "cors"},
-                        verify=cluster.ca, timeout=30)
+    resp = requests.get(
+        f"{cluster.url}/dashboard/api/jobs/",
+        headers={**cookie, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"},
+        verify=cluster.ca,
+        timeout=30,
+    )
     assert resp.status_code == 403
     assert world.ray_job(world.job1)["status"] in ("PENDING", "RUNNING")  # type: ignore[index]
     # The session survived the forged sign-out attempts (no CSRF token, foreign origin).
-    assert requests.get(f"{cluster.url}/dashboard/api/jobs/", headers=cookie, verify=cluster.ca,
-                        timeout=30).status_code == 200
+    assert (
+        requests.get(f"{cluster.url}/dashboard/api/jobs/", headers=cookie, verify=cluster.ca, timeout=30).status_code
+        == 200
+    )
 
 
 def test_a_foreign_host_header_is_refused(cluster: Cluster) -> None:
     start = len(cluster.audit_records())
     port = cluster.url.rsplit(":", 1)[1]
     for host in (f"rebind.attacker.example:{port}", "127.0.0.1:1", f"localhost.attacker.example:{port}"):
-        resp = requests.get(f"{cluster.url}/dashboard/", headers={"Host": host}, cert=cluster.admin_cert,
-                            verify=cluster.ca, timeout=30)
+        resp = requests.get(
+            f"{cluster.url}/dashboard/", headers={"Host": host}, cert=cluster.admin_cert, verify=cluster.ca, timeout=30
+        )
         assert resp.status_code == 421, host
         assert "host name" in resp.json()["error"]
-    ok = requests.get(f"{cluster.url}/dashboard/", headers={"Host": f"localhost:{port}"}, cert=cluster.admin_cert,
-                      verify=cluster.ca, timeout=30)
+    ok = requests.get(
+        f"{cluster.url}/dashboard/",
+        headers={"Host": f"localhost:{port}"},
+        cert=cluster.admin_cert,
+        verify=cluster.ca,
+        timeout=30,
+    )
     assert ok.status_code == 200 and "Ray Dashboard" in ok.text
     records = [r for r in _records_since(cluster, start) if r.get("status") == 421]
     assert len(records) == 3 and all("DNS rebinding" in r["reason"] for r in records)
 
 
 def _node_id(cluster: Cluster) -> str:
-    resp = requests.get(f"{cluster.dashboard_url()}/nodes?view=summary",
-                        headers={"Authorization": f"Bearer {cluster.ray_token()}"}, timeout=30)
+    resp = requests.get(
+        f"{cluster.dashboard_url()}/nodes?view=summary",
+        headers={"Authorization": f"Bearer {cluster.ray_token()}"},
+        timeout=30,
+    )
     return str(resp.json()["data"]["summary"][0]["raylet"]["nodeId"])
 
 
@@ -357,7 +396,7 @@ def test_admin_pages_and_accessible_markup(cluster: Cluster, world: World, brows
     link = json.loads(printed.stdout)
     assert link["url"].startswith(f"{url}/ui/signin?code=") and link["identity"].endswith("/user/admin")
     admin = _page(browser)
-    sign_in(admin, url, link["url"][len(url):])
+    sign_in(admin, url, link["url"][len(url) :])
     admin.goto(f"{url}/ui/admin/principals")
     assert world.names["viewer"] in admin.inner_text("main")
     shot(admin, "console-principals")
@@ -405,30 +444,43 @@ def test_only_a_persons_certificate_gets_a_signin_link(cluster: Cluster, world: 
     endpoint = f"{cluster.url}/raywarden/v1/signin-link"
     bot = cluster.issue(f"bbot-{secrets.token_hex(3)}", kind="sa", groups=("admins",))
     assert requests.post(endpoint, json={}, cert=bot, verify=cluster.ca, timeout=30).status_code == 403
-    token = requests.post(f"{cluster.url}/raywarden/v1/token", json={}, cert=world.viewer, verify=cluster.ca,
-                          timeout=30).json()["token"]
-    by_token = requests.post(endpoint, json={}, headers={"Authorization": f"Bearer {token}"}, verify=cluster.ca,
-                             timeout=30)
+    token = requests.post(
+        f"{cluster.url}/raywarden/v1/token", json={}, cert=world.viewer, verify=cluster.ca, timeout=30
+    ).json()["token"]
+    by_token = requests.post(
+        endpoint, json={}, headers={"Authorization": f"Bearer {token}"}, verify=cluster.ca, timeout=30
+    )
     assert by_token.status_code == 403
     page = _page(browser)
     sign_in(page, cluster.url, world.link(world.viewer))
     value = next(c["value"] for c in page.context.cookies() if c["name"] == SESSION_COOKIE)
-    by_session = requests.post(endpoint, json={}, headers={"Cookie": f"{SESSION_COOKIE}={value}",
-                                                           "Origin": cluster.url}, verify=cluster.ca, timeout=30)
+    by_session = requests.post(
+        endpoint,
+        json={},
+        headers={"Cookie": f"{SESSION_COOKIE}={value}", "Origin": cluster.url},
+        verify=cluster.ca,
+        timeout=30,
+    )
     assert by_session.status_code == 401  # control routes never accept the session cookie
-    denied = [r for r in cluster.audit_records()[start:]
-              if r.get("path") == "/raywarden/v1/signin-link" and r.get("decision") == "deny"]
+    denied = [
+        r
+        for r in cluster.audit_records()[start:]
+        if r.get("path") == "/raywarden/v1/signin-link" and r.get("decision") == "deny"
+    ]
     assert len(denied) == 2  # the bearer token (policy) and the cookie (no credential for this route)
     # The admin service account passes the policy (admins-all); the handler refuses it, in the outcome record.
-    assert any(r.get("kind") == "outcome" and r.get("status") == 403 and "requested by sa" in r.get("reason", "")
-               for r in cluster.audit_records()[start:])
+    assert any(
+        r.get("kind") == "outcome" and r.get("status") == 403 and "requested by sa" in r.get("reason", "")
+        for r in cluster.audit_records()[start:]
+    )
     issued = [r for r in cluster.audit_records()[start:] if r.get("event") == "signin_link.issue"]
     assert len(issued) == 1 and issued[0]["principal"].endswith(world.names["viewer"])
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed")
-def test_metrics_page_shows_live_charts_to_a_viewer_and_nothing_to_a_developer(cluster: Cluster, world: World,
-                                                                                browser: Any) -> None:
+def test_metrics_page_shows_live_charts_to_a_viewer_and_nothing_to_a_developer(
+    cluster: Cluster, world: World, browser: Any
+) -> None:
     url = cluster.url
     viewer = _page(browser)
     sign_in(viewer, url, world.link(world.viewer))

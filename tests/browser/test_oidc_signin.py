@@ -15,8 +15,7 @@ from tests.browser.browser_support import chromium, missing_browser, nss_home, s
 from tests.oidc_support import Idp, running_idp
 from tests.support import Cluster
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing_browser() is not None,
-                                                      reason=missing_browser() or "")]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing_browser() is not None, reason=missing_browser() or "")]
 
 
 @pytest.fixture
@@ -57,14 +56,17 @@ def test_oidc_sign_in_with_pkce(cluster: Cluster, idp: Idp) -> None:
     records = cluster.audit_records()[start:]
     started = [r for r in records if r.get("event") == "session.start"]
     assert started and started[-1]["via"] == "oidc" and started[-1]["session_principal"].endswith(name)
-    assert any(r.get("auth_method") == "session" and r.get("path") == "/dashboard/api/jobs/"
-               and r.get("principal", "").endswith(name) for r in records)
+    assert any(
+        r.get("auth_method") == "session"
+        and r.get("path") == "/dashboard/api/jobs/"
+        and r.get("principal", "").endswith(name)
+        for r in records
+    )
 
 
 def test_a_callback_from_another_browser_or_a_replay_signs_nobody_in(cluster: Cluster, idp: Idp) -> None:
     start = len(cluster.audit_records())
-    begin = requests.get(f"{cluster.url}/ui/oidc/start?issuer=0", verify=cluster.ca, allow_redirects=False,
-                         timeout=30)
+    begin = requests.get(f"{cluster.url}/ui/oidc/start?issuer=0", verify=cluster.ca, allow_redirects=False, timeout=30)
     assert begin.status_code == 303
     binding = begin.cookies.get("__Host-raywarden-oidc")
     assert binding and "SameSite=Lax" in begin.headers["set-cookie"]

@@ -25,8 +25,14 @@ pytestmark = pytest.mark.integration
 def test_no_secret_reaches_the_audit_log(cluster: Cluster) -> None:
     secret_value = "s3cr3t-env-value-5c1f"
     body = {"entrypoint": "echo hi", "runtime_env": {"env_vars": {"API_KEY": secret_value}}}
-    resp = requests.post(cluster.url + "/api/jobs/", json=body, cert=cluster.admin_cert, verify=cluster.ca,
-                         headers={"Authorization": "Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"}, timeout=30)
+    resp = requests.post(
+        cluster.url + "/api/jobs/",
+        json=body,
+        cert=cluster.admin_cert,
+        verify=cluster.ca,
+        headers={"Authorization": "Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"},
+        timeout=30,
+    )
     assert resp.status_code == 200
     text = "".join(p.read_text() for p in cluster.state.audit_dir.glob("*.jsonl"))
     logs = "".join(p.read_text(errors="replace") for p in cluster.state.logs_dir.glob("*.log"))
@@ -121,8 +127,9 @@ def test_full_disk_makes_the_gateway_refuse() -> None:
             assert probe.status_code == 200
         else:
             raise AssertionError("the gateway kept answering with a full audit disk")
-        resp = requests.post(c.url + "/api/jobs/", json={"entrypoint": "echo never"}, cert=c.admin_cert,
-                             verify=c.ca, timeout=30)
+        resp = requests.post(
+            c.url + "/api/jobs/", json={"entrypoint": "echo never"}, cert=c.admin_cert, verify=c.ca, timeout=30
+        )
         assert resp.status_code == 503
         assert "audit log unavailable" in resp.json()["error"] and resp.json()["hint"]
         assert len(c.ray_jobs()) == jobs_before, "a request was served unrecorded"

@@ -112,8 +112,9 @@ def test_disabled_user_is_refused(cluster: Cluster) -> None:
 def test_user_no_policy_covers_is_forbidden(cluster: Cluster) -> None:
     jobs_before = len(cluster.ray_jobs())
     cert = cluster.issue("dev", groups=("contractors",))
-    resp = requests.post(cluster.url + "/api/jobs/", json={"entrypoint": "echo hi"}, cert=cert, verify=cluster.ca,
-                         timeout=30)
+    resp = requests.post(
+        cluster.url + "/api/jobs/", json={"entrypoint": "echo hi"}, cert=cert, verify=cluster.ca, timeout=30
+    )
     assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
     record = _denial(cluster, resp)
     assert record["action"] == "jobs.submit" and record["principal"] == f"spiffe://{TD}/user/dev"

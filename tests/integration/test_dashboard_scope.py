@@ -17,10 +17,12 @@ from tests.support import Cluster
 pytestmark = pytest.mark.integration
 
 # A job that leaves traces everywhere the dashboard looks: a named actor, a finished task, its driver.
-ENTRYPOINT = ("python -c \"import ray, time; ray.init(); "
-              "Marker = ray.remote(type('RwMarker', (), {{'ping': lambda self: 1}})); "
-              "m = Marker.options(name='{actor}', num_cpus=0).remote(); ray.get(m.ping.remote()); "
-              "ray.get(ray.remote(lambda: 1).options(name='{task}', num_cpus=0).remote()); time.sleep(900)\"")
+ENTRYPOINT = (
+    'python -c "import ray, time; ray.init(); '
+    "Marker = ray.remote(type('RwMarker', (), {{'ping': lambda self: 1}})); "
+    "m = Marker.options(name='{actor}', num_cpus=0).remote(); ray.get(m.ping.remote()); "
+    "ray.get(ray.remote(lambda: 1).options(name='{task}', num_cpus=0).remote()); time.sleep(900)\""
+)
 
 
 @dataclass
@@ -56,10 +58,14 @@ def traces(cluster: Cluster) -> Iterator[Traces]:
         while time.monotonic() < deadline and found is None:
             actors = _get(cluster, cluster.admin_cert, "logical/actors").json()["data"]["actors"]
             # The table is keyed by actor id; the record's own "actorId" can be Ray's nil id (its worker's stats).
-            found = next(((k, a) for k, a in actors.items() if a.get("name") == actor and a.get("state") == "ALIVE"),
-                         None)
-            tasks = _get(cluster, cluster.admin_cert, f"api/v0/tasks?detail=1&limit=1000"
-                         f"&filter_keys=name&filter_predicates=%3D&filter_values={task}").json()
+            found = next(
+                ((k, a) for k, a in actors.items() if a.get("name") == actor and a.get("state") == "ALIVE"), None
+            )
+            tasks = _get(
+                cluster,
+                cluster.admin_cert,
+                f"api/v0/tasks?detail=1&limit=1000&filter_keys=name&filter_predicates=%3D&filter_values={task}",
+            ).json()
             if not any(t.get("state") == "FINISHED" for t in tasks["data"]["result"]["result"]):
                 found = None
             if found is None:
@@ -67,8 +73,9 @@ def traces(cluster: Cluster) -> Iterator[Traces]:
         assert found is not None, "the job's actor and task did not show up in the dashboard"
         job = next(j for j in cluster.ray_jobs() if j.get("submission_id") == sid)
         actor_id, record = found
-        yield Traces(owner, stranger, stranger_name, sid, job["job_id"], actor_id, actor, task,
-                     record["address"]["nodeId"])
+        yield Traces(
+            owner, stranger, stranger_name, sid, job["job_id"], actor_id, actor, task, record["address"]["nodeId"]
+        )
     finally:
         requests.post(f"{cluster.url}/api/jobs/{sid}/stop", cert=owner, verify=cluster.ca, timeout=60)
 
@@ -79,8 +86,15 @@ def _summary_of(job_id: str) -> str:
 
 def test_lists_and_details_hide_another_developers_job(cluster: Cluster, traces: Traces) -> None:
     t = traces
-    views = ["logical/actors", f"logical/actors/{t.actor_id}", "events", "nodes?view=summary", f"nodes/{t.node_id}",
-             "api/v0/actors?detail=1&limit=1000", "api/v0/tasks?detail=1&limit=1000"]
+    views = [
+        "logical/actors",
+        f"logical/actors/{t.actor_id}",
+        "events",
+        "nodes?view=summary",
+        f"nodes/{t.node_id}",
+        "api/v0/actors?detail=1&limit=1000",
+        "api/v0/tasks?detail=1&limit=1000",
+    ]
     seen_by_owner = {path: _get(cluster, t.owner, path).text for path in views}
     for path in views:
         stranger = _get(cluster, t.stranger, path)
@@ -104,8 +118,12 @@ def test_lists_and_details_hide_another_developers_job(cluster: Cluster, traces:
 def test_answers_about_one_job_are_for_those_who_may_view_it(cluster: Cluster, traces: Traces) -> None:
     t = traces
     start = len(cluster.audit_records())
-    scoped = [_summary_of(t.job_id), f"api/v0/tasks/timeline?download=1&job_id={t.job_id}",
-              f"events?job_id={t.job_id}", f"api/data/datasets/{t.job_id}"]
+    scoped = [
+        _summary_of(t.job_id),
+        f"api/v0/tasks/timeline?download=1&job_id={t.job_id}",
+        f"events?job_id={t.job_id}",
+        f"api/data/datasets/{t.job_id}",
+    ]
     for path in scoped:
         refused = _get(cluster, t.stranger, path)
         assert refused.status_code == 404 and refused.json()["error"] == "no such job", (path, refused.text)
@@ -135,4 +153,3 @@ def test_summaries_of_every_job_need_every_job(cluster: Cluster, traces: Traces)
         assert _get(cluster, cluster.admin_cert, path).status_code == 200, path
     viewer = cluster.issue(f"scope-viewer-{secrets.token_hex(3)}", groups=("viewers",))
     assert t.task_name in _get(cluster, viewer, "api/v0/tasks/summarize").text
-

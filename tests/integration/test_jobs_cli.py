@@ -14,8 +14,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_submit_runs_ray_tasks_and_streams_logs(cluster: Cluster) -> None:
-    script = ("import ray; ray.init(); "
-              "print('sum', sum(ray.get([ray.remote(lambda x: x * 2).remote(i) for i in range(5)])))")
+    script = (
+        "import ray; ray.init(); print('sum', sum(ray.get([ray.remote(lambda x: x * 2).remote(i) for i in range(5)])))"
+    )
     result = run_cli(cluster, "job", "submit", "--", "python", "-c", json.dumps(script))
     assert result.returncode == 0, result.stderr
     assert "sum 20" in result.stdout
@@ -53,8 +54,18 @@ def test_job_lifecycle_commands(cluster: Cluster) -> None:
 
 
 def test_logs_follow_streams_until_the_job_ends(cluster: Cluster) -> None:
-    submitted = run_cli(cluster, "job", "submit", "--no-wait", "--json", "--",
-                        "python", "-c", "\"print('first'); import time; time.sleep(2); print('second')\"", check=True)
+    submitted = run_cli(
+        cluster,
+        "job",
+        "submit",
+        "--no-wait",
+        "--json",
+        "--",
+        "python",
+        "-c",
+        "\"print('first'); import time; time.sleep(2); print('second')\"",
+        check=True,
+    )
     job_id = json.loads(submitted.stdout)["submission_id"]
     followed = run_cli(cluster, "job", "logs", job_id, "--follow", check=True)
     assert "first" in followed.stdout and "second" in followed.stdout

@@ -52,13 +52,19 @@ def test_other_local_users_cannot_reach_rays_ports(cluster: Cluster) -> None:
 
     def probe(*prefix: str) -> list[str]:
         # The system Python: the test's own interpreter may live where `nobody` cannot read.
-        found = subprocess.run([*prefix, "/usr/bin/python3", "-c", _PROBE, *ray_ports, gateway],
-                               capture_output=True, text=True, timeout=60, check=True)
+        found = subprocess.run(
+            [*prefix, "/usr/bin/python3", "-c", _PROBE, *ray_ports, gateway],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return found.stdout.split()
 
     # The gateway is for everyone; Ray's ports only for the user running the cluster.
-    assert probe("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == \
-        [w for p in ray_ports for w in (p, "refused")] + [gateway, "open"]
+    assert probe("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == [
+        w for p in ray_ports for w in (p, "refused")
+    ] + [gateway, "open"]
     owner = probe()
     assert owner == [w for p in [*ray_ports, gateway] for w in (p, "open")], owner
 

@@ -12,11 +12,15 @@ import requests
 from raywarden.cluster import lifecycle
 from tests.support import Cluster
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus is not installed"),
+]
 DEFAULT = "rayDefaultDashboard"
-UTILIZATION = f"/ui/metrics/d-solo/{DEFAULT}/default-dashboard?orgId=1&panelId=41&var-datasource=Prometheus" \
-              "&refresh&from=now-5m&to=now"
+UTILIZATION = (
+    f"/ui/metrics/d-solo/{DEFAULT}/default-dashboard?orgId=1&panelId=41&var-datasource=Prometheus"
+    "&refresh&from=now-5m&to=now"
+)
 
 
 def _get(cluster: Cluster, cert: tuple[str, str], path: str) -> requests.Response:
@@ -64,11 +68,13 @@ def test_panels_show_live_data_and_every_query_runs(cluster: Cluster) -> None:
 
 def test_bad_panel_requests_are_refused(cluster: Cluster) -> None:
     admin = cluster.admin_cert
-    for path, status in ((UTILIZATION.replace("panelId=41", "panelId=99999"), 404),
-                         (UTILIZATION.replace(DEFAULT, "notADashboard"), 404),
-                         (UTILIZATION + "&var-Instance=%22%7D%20or%20vector(1)", 400),
-                         (UTILIZATION.replace("from=now-5m", "from=yesterday"), 400),
-                         (UTILIZATION + "&var-Unknown=1", 400)):
+    for path, status in (
+        (UTILIZATION.replace("panelId=41", "panelId=99999"), 404),
+        (UTILIZATION.replace(DEFAULT, "notADashboard"), 404),
+        (UTILIZATION + "&var-Instance=%22%7D%20or%20vector(1)", 400),
+        (UTILIZATION.replace("from=now-5m", "from=yesterday"), 400),
+        (UTILIZATION + "&var-Unknown=1", 400),
+    ):
         start = len(cluster.audit_records())
         answer = _get(cluster, admin, path)
         assert answer.status_code == status, (path, answer.text)

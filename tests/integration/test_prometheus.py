@@ -76,8 +76,11 @@ def test_ray_targets_are_scraped_and_queryable(cluster: Cluster) -> None:
 
 
 def test_rays_dashboard_uses_this_prometheus(cluster: Cluster) -> None:
-    resp = requests.get(f"{cluster.dashboard_url()}/api/prometheus_health",
-                        headers={"Authorization": f"Bearer {cluster.ray_token()}"}, timeout=10)
+    resp = requests.get(
+        f"{cluster.dashboard_url()}/api/prometheus_health",
+        headers={"Authorization": f"Bearer {cluster.ray_token()}"},
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["result"] is True
     environ = Path(f"/proc/{_run(cluster).ray_pid}/environ").read_bytes().split(b"\0")
@@ -87,8 +90,13 @@ def test_rays_dashboard_uses_this_prometheus(cluster: Cluster) -> None:
 def test_status_and_audit_report_metrics(cluster: Cluster) -> None:
     run = _run(cluster)
     info = lifecycle.status(cluster.state)["metrics"]
-    assert info == {"running": True, "healthy": True, "pid": run.prometheus_pid,
-                    "url": f"http://127.0.0.1:{run.prometheus_port}", "status": run.metrics}
+    assert info == {
+        "running": True,
+        "healthy": True,
+        "pid": run.prometheus_pid,
+        "url": f"http://127.0.0.1:{run.prometheus_port}",
+        "status": run.metrics,
+    }
     ups = [r for r in cluster.audit_records() if r.get("kind") == "cluster" and r.get("event") == "up"]
     assert ups and ups[-1]["metrics"] == run.metrics and ups[-1]["prometheus_port"] == run.prometheus_port
 
@@ -110,8 +118,9 @@ def test_other_local_users_cannot_reach_prometheus(cluster: Cluster) -> None:
 
     def probe(*prefix: str) -> str:
         # The system Python: the test's own interpreter may live where `nobody` cannot read.
-        return subprocess.run([*prefix, "/usr/bin/python3", "-c", _PROBE, port], capture_output=True, text=True,
-                              timeout=60, check=True).stdout.strip()
+        return subprocess.run(
+            [*prefix, "/usr/bin/python3", "-c", _PROBE, port], capture_output=True, text=True, timeout=60, check=True
+        ).stdout.strip()
 
     assert probe("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == "refused"
     assert probe() == "open"

@@ -75,8 +75,7 @@ def test_up_twice_is_refused(cluster: Cluster) -> None:
 def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> None:
     fresh = StateDir(tmp_path / "state")
     taken = cluster.url.removeprefix("https://")
-    created = run_cli(cluster, "init", "--state-dir", str(fresh.root), "--profile", "taken-port",
-                      "--listen", taken)
+    created = run_cli(cluster, "init", "--state-dir", str(fresh.root), "--profile", "taken-port", "--listen", taken)
     assert created.returncode == 0, created.stderr
     result = run_cli(cluster, "up", "--state-dir", str(fresh.root))
     assert result.returncode != 0
@@ -95,8 +94,9 @@ def test_working_dir_that_is_not_a_folder_is_refused(cluster: Cluster, tmp_path:
 # -- gateway --------------------------------------------------------------------------------------
 
 
-def _raw(cluster: Cluster, method: str, target: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+def _raw(
+    cluster: Cluster, method: str, target: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
     host, port = cluster.url.removeprefix("https://").split(":")
     conn = http.client.HTTPSConnection(host, int(port), context=tls_context(cluster, cluster.admin_cert), timeout=30)
     try:
@@ -122,8 +122,9 @@ def _raw(cluster: Cluster, method: str, target: str, body: bytes | None = None,
         ("POST", "/api/jobs/x/restart", b"", 404, "no such route"),
     ],
 )
-def test_gateway_refusals_name_the_problem(cluster: Cluster, method: str, target: str, body: bytes | None,
-                                           status: int, message: str) -> None:
+def test_gateway_refusals_name_the_problem(
+    cluster: Cluster, method: str, target: str, body: bytes | None, status: int, message: str
+) -> None:
     jobs_before = len(cluster.ray_jobs())
     got, error = _raw(cluster, method, target, body)
     assert got == status and error["error"] == message
@@ -135,8 +136,13 @@ def test_gateway_refusals_name_the_problem(cluster: Cluster, method: str, target
 def test_control_api_bodies_are_small(cluster: Cluster) -> None:
     """Anonymous control routes (enrollment, join) take CSRs and codes, never package-sized bodies."""
     rows_before = _identity_rows(cluster)
-    status, error = _raw(cluster, "POST", "/raywarden/v1/enroll", None,
-                         {"Content-Type": "application/json", "Content-Length": str(CONTROL_JSON_LIMIT + 1)})
+    status, error = _raw(
+        cluster,
+        "POST",
+        "/raywarden/v1/enroll",
+        None,
+        {"Content-Type": "application/json", "Content-Length": str(CONTROL_JSON_LIMIT + 1)},
+    )
     assert status == 413 and error["error"] == f"request body larger than {CONTROL_JSON_LIMIT} bytes"
     assert _record(cluster, error["request_id"])["decision"] == "deny"
 
@@ -144,8 +150,13 @@ def test_control_api_bodies_are_small(cluster: Cluster) -> None:
         for _ in range(CONTROL_JSON_LIMIT // 4096 + 2):
             yield b" " * 4096
 
-    resp = requests.post(cluster.url + "/raywarden/v1/nodes/join", data=chunks(), verify=cluster.ca, timeout=30,
-                         headers={"Content-Type": "application/json"})
+    resp = requests.post(
+        cluster.url + "/raywarden/v1/nodes/join",
+        data=chunks(),
+        verify=cluster.ca,
+        timeout=30,
+        headers={"Content-Type": "application/json"},
+    )
     assert resp.status_code == 413
     assert _record(cluster, resp.json()["request_id"])["status"] == 413
     assert _identity_rows(cluster) == rows_before

@@ -57,23 +57,51 @@ class Network:
     def address(self, role: str) -> str:
         return ROLES[role]
 
-    def run(self, role: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["ip", "netns", "exec", self.ns(role), *argv], env=env, cwd=REPO,
-                                capture_output=True, text=True, timeout=timeout, check=False)
+    def run(
+        self,
+        role: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"[{role}] {' '.join(argv)} exited {result.returncode}:\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"[{role}] {' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
-    def python(self, role: str, module: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def python(
+        self,
+        role: str,
+        module: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(role, [sys.executable, "-m", module, *args], env=env, timeout=timeout, check=check)
 
     def popen(self, role: str, argv: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
-            return subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], env=env, cwd=REPO,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(role), *argv],
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def listening(self, role: str) -> dict[int, str]:
         """TCP port -> bound address, for every listener in that namespace."""

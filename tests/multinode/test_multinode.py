@@ -66,9 +66,22 @@ class Setup:
 
     def join(self, role: str, token: str, *, state: str, name: str, fingerprint: str | None = None) -> Any:
         started = time.monotonic()
-        result = self.cli(role, "join", f"https://{netns.ROLES['head']}:{GATEWAY_PORT}", "--token", token,
-                          "--ca-fingerprint", fingerprint or self.fingerprint, "--name", name, "--num-cpus", "1",
-                          "--state-dir", str(self.root / role / state), "--json")
+        result = self.cli(
+            role,
+            "join",
+            f"https://{netns.ROLES['head']}:{GATEWAY_PORT}",
+            "--token",
+            token,
+            "--ca-fingerprint",
+            fingerprint or self.fingerprint,
+            "--name",
+            name,
+            "--num-cpus",
+            "1",
+            "--state-dir",
+            str(self.root / role / state),
+            "--json",
+        )
         if result.returncode == 0:
             self.join_seconds.append(round(time.monotonic() - started, 2))
         return result
@@ -81,8 +94,15 @@ class Setup:
 
     def scan(self, role: str) -> dict[str, Any]:
         ports = sorted(self.net.listening(role))
-        out = self.net.python("attacker", "tests.multinode.probe", "scan", netns.ROLES[role],
-                              *[str(p) for p in ports], check=True, timeout=120).stdout
+        out = self.net.python(
+            "attacker",
+            "tests.multinode.probe",
+            "scan",
+            netns.ROLES[role],
+            *[str(p) for p in ports],
+            check=True,
+            timeout=120,
+        ).stdout
         listening = self.net.listening(role)
         return {port: {"bound": listening.get(int(port), "?"), **result} for port, result in json.loads(out).items()}
 
@@ -100,8 +120,9 @@ def _stock_ray_scan(net: netns.Network, root: Path) -> dict[str, Any]:
     # HOME elsewhere: a ~/.ray/auth_token would switch token auth on; usage stats would call the internet.
     env.update({"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"})
     log = root / "stock-ray.log"
-    proc = net.popen("head", [ray_binary(), "start", "--head", "--block", f"--temp-dir={root / 'stock'}"],
-                     env=env, log=log)
+    proc = net.popen(
+        "head", [ray_binary(), "start", "--head", "--block", f"--temp-dir={root / 'stock'}"], env=env, log=log
+    )
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text(errors="replace"):
@@ -109,8 +130,15 @@ def _stock_ray_scan(net: netns.Network, root: Path) -> dict[str, Any]:
             time.sleep(0.5)
         time.sleep(5)  # the agents bind a little after "started"
         ports = sorted(net.listening("head"))
-        out = net.python("attacker", "tests.multinode.probe", "scan", netns.ROLES["head"],
-                         *[str(p) for p in ports], check=True, timeout=120).stdout
+        out = net.python(
+            "attacker",
+            "tests.multinode.probe",
+            "scan",
+            netns.ROLES["head"],
+            *[str(p) for p in ports],
+            check=True,
+            timeout=120,
+        ).stdout
         listening = net.listening("head")
         return {port: {"bound": listening.get(int(port), "?"), **r} for port, r in json.loads(out).items()}
     finally:
@@ -154,17 +182,28 @@ def _write_report() -> None:
     print(f"\nmultinode report ({path}):")
     for key in ("before_stock_ray_head", "after_raywarden_head", "after_raywarden_worker"):
         for port, r in sorted(REPORT.get(key, {}).items(), key=lambda kv: int(kv[0])):
-            print(f"  {key:<24} {port:>6} bound {r['bound']:<12} plain: {r['plain']['result']:<28} "
-                  f"tls: {r['tls']['result']}")
+            print(
+                f"  {key:<24} {port:>6} bound {r['bound']:<12} plain: {r['plain']['result']:<28} "
+                f"tls: {r['tls']['result']}"
+            )
     print(f"  join seconds: {REPORT.get('join_wall_seconds')}")
 
 
 def test_job_runs_tasks_pinned_to_each_node(mn: Setup) -> None:
-    result = mn.cli("head", "job", "submit", "--working-dir", str(netns.REPO / "tests/multinode/app"),
-                    "--", "python", "pinned.py", timeout=240)
+    result = mn.cli(
+        "head",
+        "job",
+        "submit",
+        "--working-dir",
+        str(netns.REPO / "tests/multinode/app"),
+        "--",
+        "python",
+        "pinned.py",
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("PINNED "))
-    found = json.loads(line[len("PINNED "):])
+    found = json.loads(line[len("PINNED ") :])
     REPORT["pinned_job"] = found
     assert len(found["nodes"]) == 2
     assert sorted(found["ran_on"]) == sorted(found["nodes"])
@@ -204,8 +243,14 @@ def test_shadowray_request_to_the_gateway_is_refused(mn: Setup) -> None:
     assert answer["status"] == 401, answer
     time.sleep(1)
     assert not marker.exists()
-    denials = [r for r in mn.audit() if r.get("kind") == "request" and r.get("path") == "/api/jobs/"
-               and r.get("decision") == "deny" and r.get("source") == netns.ROLES["attacker"]]
+    denials = [
+        r
+        for r in mn.audit()
+        if r.get("kind") == "request"
+        and r.get("path") == "/api/jobs/"
+        and r.get("decision") == "deny"
+        and r.get("source") == netns.ROLES["attacker"]
+    ]
     assert denials and denials[-1]["status"] == 401
 
 

@@ -65,9 +65,16 @@ def test_malformed_tokens_are_refused(registry: NodeRegistry, text: str) -> None
 
 
 def test_revoked_node_and_address_are_not_admissible(registry: NodeRegistry) -> None:
-    registry.add_node(name="w1", spiffe_id="spiffe://td/node/w1", address="10.0.0.3", serial="ab",
-                      not_after=dt.datetime.now(dt.timezone.utc), ports={}, node_secret=Secret("s3cret"),
-                      token_id="0" * 16)
+    registry.add_node(
+        name="w1",
+        spiffe_id="spiffe://td/node/w1",
+        address="10.0.0.3",
+        serial="ab",
+        not_after=dt.datetime.now(dt.timezone.utc),
+        ports={},
+        node_secret=Secret("s3cret"),
+        token_id="0" * 16,
+    )
     with pytest.raises(NodeRegistryError, match="already active"):
         registry.check_admissible("w1", "10.0.0.7")
     assert registry.authenticate_node("w1", Secret("s3cret")).address == "10.0.0.3"
@@ -82,13 +89,18 @@ def test_revoked_node_and_address_are_not_admissible(registry: NodeRegistry) -> 
 
 def test_head_ruleset_admits_peers_only_and_keeps_metrics_on_loopback() -> None:
     ports = RayPorts.allocate()
-    rules = ruleset(FirewallPlan.for_ports("raywarden_t", ports, peers=["10.0.0.3"], banned=["10.0.0.9"],
-                                           gateway_port=8443))
+    rules = ruleset(
+        FirewallPlan.for_ports("raywarden_t", ports, peers=["10.0.0.3"], banned=["10.0.0.9"], gateway_port=8443)
+    )
     assert "elements = { 10.0.0.3 }" in rules and "elements = { 10.0.0.9 }" in rules
     assert f"{ports.min_worker}-{ports.max_worker}" in rules
     metrics_line = next(line for line in rules.splitlines() if "set metrics_ports" in line)
     assert all(str(p) in metrics_line for p in ports.metrics())
-    chain = rules[rules.index("chain input"):]
+    chain = rules[rules.index("chain input") :]
     # Order matters: loopback first, banned before peers, and the catch-all drop after the peer accept.
-    assert chain.index("iif lo accept") < chain.index("@banned") < chain.index("@peers") \
+    assert (
+        chain.index("iif lo accept")
+        < chain.index("@banned")
+        < chain.index("@peers")
         < chain.index("tcp dport @ray_ports drop")
+    )

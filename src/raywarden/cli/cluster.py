@@ -28,17 +28,21 @@ def init(
     state: StateDirOption = None,
     trust_domain: Annotated[str, typer.Option(help="SPIFFE trust domain of this cluster.")] = DEFAULT_TRUST_DOMAIN,
     listen: Annotated[str, typer.Option(help="Address the gateway will listen on (HOST:PORT).")] = DEFAULT_LISTEN,
-    gateway_host: Annotated[list[str] | None, typer.Option(
-        "--gateway-host", help="Extra DNS name or IP the gateway certificate is valid for (repeatable).")] = None,
+    gateway_host: Annotated[
+        list[str] | None,
+        typer.Option("--gateway-host", help="Extra DNS name or IP the gateway certificate is valid for (repeatable)."),
+    ] = None,
     admin: Annotated[str, typer.Option(help="Name of the first administrator.")] = "admin",
-    profile: Annotated[str | None, typer.Option(
-        help="Name of the admin's client profile (default: the trust domain).")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Name of the admin's client profile (default: the trust domain).")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a cluster: two CAs, the Ray token, gateway and node certificates, audit key, and an admin profile."""
     try:
-        config = ClusterConfig(trust_domain=trust_domain, listen=Listen.parse(listen),
-                               gateway_hosts=list(gateway_host or []))
+        config = ClusterConfig(
+            trust_domain=trust_domain, listen=Listen.parse(listen), gateway_hosts=list(gateway_host or [])
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid setting: {exc}", hint="see `raywarden init --help`") from None
     result = init_state(state_dir(state), config, admin_name=admin, profile_name=profile or trust_domain)
@@ -55,13 +59,18 @@ def init(
 
 def up(
     state: StateDirOption = None,
-    listen: Annotated[str | None, typer.Option(
-        help="Gateway address HOST:PORT (default: the one given at init, 127.0.0.1:8443).")] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="Gateway address HOST:PORT (default: the one given at init, 127.0.0.1:8443).")
+    ] = None,
     num_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs Ray may use on this node.")] = None,
-    node_ip: Annotated[str | None, typer.Option(
-        help="Multi-node mode: the head's IPv4 address on the network workers use. Ray then listens there, "
-             "behind nftables rules that admit only enrolled nodes (needs root). Default: single node, "
-             "everything on loopback.")] = None,
+    node_ip: Annotated[
+        str | None,
+        typer.Option(
+            help="Multi-node mode: the head's IPv4 address on the network workers use. Ray then listens there, "
+            "behind nftables rules that admit only enrolled nodes (needs root). Default: single node, "
+            "everything on loopback."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it."""
@@ -69,8 +78,13 @@ def up(
     started = time.monotonic()
     out = err_console if json_output else console
     with out.status("starting") as spinner:
-        run = lifecycle.up(target, listen=Listen.parse(listen) if listen else None, num_cpus=num_cpus,
-                           node_ip=node_ip, progress=lambda msg: spinner.update(msg))
+        run = lifecycle.up(
+            target,
+            listen=Listen.parse(listen) if listen else None,
+            num_cpus=num_cpus,
+            node_ip=node_ip,
+            progress=lambda msg: spinner.update(msg),
+        )
     elapsed = time.monotonic() - started
     info = lifecycle.status(target)
     if json_output:
@@ -83,7 +97,7 @@ def up(
         console.print(f"  nodes:     Ray on {run.node_ip}; `raywarden node token create` lets a worker join")
     _firewall_line(run.firewall)
     console.print(f"  metrics   {run.metrics or 'off'}")
-    console.print("Next: `raywarden job submit -- python -c \"import ray; print(ray.cluster_resources())\"`")
+    console.print('Next: `raywarden job submit -- python -c "import ray; print(ray.cluster_resources())"`')
 
 
 def down(state: StateDirOption = None, json_output: JsonOption = False) -> None:
@@ -122,8 +136,10 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
     console.print(f"cluster {info['trust_domain']}  ({info['state_dir']})")
     console.print(f"  gateway   {_health(gw['running'], gw['healthy'])}  {info['gateway_url']}")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
-    console.print(f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "
-                  f"{info['metrics']['status'] or ''}")
+    console.print(
+        f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "
+        f"{info['metrics']['status'] or ''}"
+    )
     if ray["running"]:
         _firewall_line(ray["firewall"] or "")
         if ray["non_loopback_listeners"]:

@@ -13,8 +13,10 @@ from raywarden.cli.common import JsonOption, console, err_console, print_json
 from raywarden.client.jobs import GatewayJobClient, connect, parse_runtime_env
 from raywarden.errors import GatewayRequestError, UsageError
 
-ProfileOption = Annotated[str | None, typer.Option(
-    "--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile).")]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile)."),
+]
 JobId = Annotated[str, typer.Argument(help="Submission id of the job (as printed by `job submit`).")]
 
 job_app = typer.Typer(help="Submit and manage Ray jobs through the gateway.", no_args_is_help=True)
@@ -28,10 +30,14 @@ def register(app: typer.Typer) -> None:
 @job_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    working_dir: Annotated[Path | None, typer.Option(
-        "--working-dir", help="Local folder uploaded as the job's working_dir (like `ray job submit`).")] = None,
-    runtime_env_json: Annotated[str | None, typer.Option(
-        "--runtime-env-json", help="Runtime environment as JSON, e.g. '{\"pip\": [\"requests\"]}'.")] = None,
+    working_dir: Annotated[
+        Path | None,
+        typer.Option("--working-dir", help="Local folder uploaded as the job's working_dir (like `ray job submit`)."),
+    ] = None,
+    runtime_env_json: Annotated[
+        str | None,
+        typer.Option("--runtime-env-json", help='Runtime environment as JSON, e.g. \'{"pip": ["requests"]}\'.'),
+    ] = None,
     submission_id: Annotated[str | None, typer.Option(help="Choose the job's submission id.")] = None,
     entrypoint_num_cpus: Annotated[float | None, typer.Option(help="CPUs reserved for the entrypoint.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the id and return without following logs.")] = False,
@@ -101,8 +107,11 @@ def status(job_id: JobId, profile: ProfileOption = None, json_output: JsonOption
 
 
 @job_app.command("logs")
-def logs(job_id: JobId, follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")]
-         = False, profile: ProfileOption = None) -> None:
+def logs(
+    job_id: JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+    profile: ProfileOption = None,
+) -> None:
     """Print a job's logs."""
     client = connect(profile)
     if follow:

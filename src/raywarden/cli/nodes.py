@@ -63,15 +63,29 @@ def token_create(
     url = f"https://{host}:{config.listen.port}"
     audit = open_cluster_audit(target, config)
     try:
-        audit.append({"kind": "node", "event": "token.create", "jti": token.token_id, "actor": _actor(),
-                      "expires_at": token.expires_at.isoformat()})
+        audit.append(
+            {
+                "kind": "node",
+                "event": "token.create",
+                "jti": token.token_id,
+                "actor": _actor(),
+                "expires_at": token.expires_at.isoformat(),
+            }
+        )
     finally:
         audit.close()
     command = f"raywarden join {url} --token {token.token.reveal()} --ca-fingerprint {ca_sha}"
     if json_output:
-        print_json({"token": token.token.reveal(), "token_id": token.token_id,
-                    "expires_at": token.expires_at.isoformat(), "head_url": url, "ca_fingerprint": ca_sha,
-                    "join_command": command})
+        print_json(
+            {
+                "token": token.token.reveal(),
+                "token_id": token.token_id,
+                "expires_at": token.expires_at.isoformat(),
+                "head_url": url,
+                "ca_fingerprint": ca_sha,
+                "join_command": command,
+            }
+        )
         return
     console.print(f"Join token {token.token_id}, single use, valid until {token.expires_at:%Y-%m-%d %H:%M:%S} UTC.")
     console.print("On the worker, run (as root):")
@@ -90,8 +104,10 @@ def node_list(state: StateDirOption = None, json_output: JsonOption = False) -> 
         console.print("No worker nodes have joined. `raywarden node token create` makes a join token.")
         return
     for n in nodes:
-        console.print(f"{n['name']:<20} {n['address']:<16} {n['status']:<8} serial {n['serial'][:16]}  "
-                      f"cert until {n['not_after'][:19]}")
+        console.print(
+            f"{n['name']:<20} {n['address']:<16} {n['status']:<8} serial {n['serial'][:16]}  "
+            f"cert until {n['not_after'][:19]}"
+        )
 
 
 @node_app.command("revoke")
@@ -109,18 +125,41 @@ def node_revoke(
         try:
             node = NodeRegistry.open(target.identity_db).revoke(name, revoked_by=_actor(), reason=reason)
         except NodeRegistryError as exc:
-            audit.append({"kind": "node", "event": "node.revoke", "decision": "deny", "node": name,
-                          "actor": _actor(), "reason": exc.reason})
+            audit.append(
+                {
+                    "kind": "node",
+                    "event": "node.revoke",
+                    "decision": "deny",
+                    "node": name,
+                    "actor": _actor(),
+                    "reason": exc.reason,
+                }
+            )
             raise
         # Ray cannot revoke a certificate; cutting the address off at the firewall is what refuses it.
         cut = firewall.ban(firewall.table_name(target), node.address)
-        audit.append({"kind": "node", "event": "node.revoke", "decision": "allow", "node": name,
-                      "node_address": node.address, "serial": node.serial, "actor": _actor(), "reason": reason,
-                      "firewall_updated": cut})
+        audit.append(
+            {
+                "kind": "node",
+                "event": "node.revoke",
+                "decision": "allow",
+                "node": name,
+                "node_address": node.address,
+                "serial": node.serial,
+                "actor": _actor(),
+                "reason": reason,
+                "firewall_updated": cut,
+            }
+        )
     finally:
         audit.close()
-    result: dict[str, Any] = {"name": name, "address": node.address, "serial": node.serial, "revoked": True,
-                              "firewall_updated": cut}
+    result: dict[str, Any] = {
+        "name": name,
+        "address": node.address,
+        "serial": node.serial,
+        "revoked": True,
+        "firewall_updated": cut,
+    }
     if json_output:
         print_json(result)
         return
@@ -144,22 +183,30 @@ def node_sync(
 
 def join(
     head_url: Annotated[str, typer.Argument(help="The head's gateway, https://HEAD:PORT.")],
-    token: Annotated[str, typer.Option(
-        help="Join token from `raywarden node token create` (or set RAYWARDEN_JOIN_TOKEN).",
-        envvar="RAYWARDEN_JOIN_TOKEN", show_envvar=True)],
-    ca_fingerprint: Annotated[str, typer.Option(
-        help="SHA-256 fingerprint of the head's access CA (`raywarden status` on the head).")],
+    token: Annotated[
+        str,
+        typer.Option(
+            help="Join token from `raywarden node token create` (or set RAYWARDEN_JOIN_TOKEN).",
+            envvar="RAYWARDEN_JOIN_TOKEN",
+            show_envvar=True,
+        ),
+    ],
+    ca_fingerprint: Annotated[
+        str, typer.Option(help="SHA-256 fingerprint of the head's access CA (`raywarden status` on the head).")
+    ],
     name: Annotated[str | None, typer.Option(help="This node's name (default: the host name).")] = None,
-    address: Annotated[str | None, typer.Option(
-        help="This node's IPv4 address (default: the one used to reach the head).")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="This node's IPv4 address (default: the one used to reach the head).")
+    ] = None,
     num_cpus: Annotated[int | None, typer.Option(min=0, help="CPUs Ray may use on this node.")] = None,
     state: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Join this host to a cluster as a Ray worker: pinned TLS, node certificate, firewall, Ray with mTLS."""
     root: Path = state_dir(state).root
-    result = worker.join(head_url, Secret(token), ca_fingerprint, root=root, name=name, address=address,
-                         num_cpus=num_cpus)
+    result = worker.join(
+        head_url, Secret(token), ca_fingerprint, root=root, name=name, address=address, num_cpus=num_cpus
+    )
     if json_output:
         print_json(result)
         return
@@ -167,4 +214,3 @@ def join(
     console.print(f"  head GCS   {result['gcs_address']}")
     console.print(f"  firewall   {result['firewall']}; peers {', '.join(result['peers'])}")
     console.print(f"  state dir  {result['state_dir']}  (`raywarden down --state-dir {root}` leaves the cluster)")
-

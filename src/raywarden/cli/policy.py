@@ -31,11 +31,16 @@ from raywarden.policy.entities import cluster_entity, principal_entity
 from raywarden.policy.jobattrs import runtime_env_attrs, runtime_env_facts
 from raywarden.state import ClusterConfig, StateDir
 
-policy_app = typer.Typer(name="policy", help="Validate, test, explain and reload the Cedar policies.",
-                         no_args_is_help=True)
+policy_app = typer.Typer(
+    name="policy", help="Validate, test, explain and reload the Cedar policies.", no_args_is_help=True
+)
 
-DirOption = Annotated[Path | None, typer.Option(
-    "--dir", help="Operator policy dir (default: the state dir's policies/), loaded after the default pack.")]
+DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir", help="Operator policy dir (default: the state dir's policies/), loaded after the default pack."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -60,20 +65,27 @@ def _trust_domain(state: StateDir) -> str:
 
 @policy_app.command("validate")
 def validate_command(
-    directory: Annotated[Path | None, typer.Argument(
-        help="Operator policy dir to check (default: the state dir's policies/).", show_default=False)] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="Operator policy dir to check (default: the state dir's policies/).", show_default=False),
+    ] = None,
     state_opt: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Parse the default pack plus DIR and validate every policy against the schema; print the policy ids."""
     engine = _engine(state_dir(state_opt), directory)
-    summary = {"valid": True, "version": engine.version, "sources": list(engine.sources),
-               "policies": [{"id": p.id, "effect": p.effect, "source": p.source} for p in engine.policies]}
+    summary = {
+        "valid": True,
+        "version": engine.version,
+        "sources": list(engine.sources),
+        "policies": [{"id": p.id, "effect": p.effect, "source": p.source} for p in engine.policies],
+    }
     if json_output:
         print_json(summary)
         return
-    console.print(f"[green]valid[/]: {len(engine.policies)} policies from {len(engine.sources)} files, "
-                  f"version {engine.version}")
+    console.print(
+        f"[green]valid[/]: {len(engine.policies)} policies from {len(engine.sources)} files, version {engine.version}"
+    )
     for info in engine.policies:
         console.print(f"  {info.effect:7} {escape(info.id)}  ({escape(info.source)})")
 
@@ -93,8 +105,14 @@ def test_command(
     results = run_cases(engine, cases, config.trust_domain)
     failed = [r for r in results if not r.passed]
     if json_output:
-        print_json({"version": engine.version, "passed": len(results) - len(failed), "failed": len(failed),
-                    "results": [r.as_dict() for r in results]})
+        print_json(
+            {
+                "version": engine.version,
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "results": [r.as_dict() for r in results],
+            }
+        )
     else:
         for result in results:
             row = result.as_dict()
@@ -109,16 +127,23 @@ def test_command(
 
 @policy_app.command("explain")
 def explain_command(
-    request_id: Annotated[str | None, typer.Option(
-        "--request-id", help="Replay the decision of this audit record (its request_id) against the current set."
-    )] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id", help="Replay the decision of this audit record (its request_id) against the current set."
+        ),
+    ] = None,
     principal: Annotated[str | None, typer.Option(help="Principal name or SPIFFE ID.")] = None,
     kind: Annotated[str, typer.Option(help="user or sa.")] = "user",
     group: Annotated[list[str] | None, typer.Option("--group", help="A group of the principal (repeatable).")] = None,
     action: Annotated[str | None, typer.Option(help="The action, e.g. jobs.submit or jobs.stop.")] = None,
-    resource_json: Annotated[str | None, typer.Option(
-        "--resource-json",
-        help="Resource attributes as JSON: the submission body for jobs.submit; owner/status/... for a job.")] = None,
+    resource_json: Annotated[
+        str | None,
+        typer.Option(
+            "--resource-json",
+            help="Resource attributes as JSON: the submission body for jobs.submit; owner/status/... for a job.",
+        ),
+    ] = None,
     owner: Annotated[str | None, typer.Option(help="Owner of the job (name or SPIFFE ID).")] = None,
     auth_method: Annotated[str, typer.Option(help="certificate, token or oidc.")] = "certificate",
     source: Annotated[str, typer.Option(help="Source address of the request.")] = "127.0.0.1",
@@ -148,9 +173,15 @@ def explain_command(
             raise UsageError("--resource-json must be a JSON object")
         if owner is not None:
             attrs["owner"] = owner
-        case = Case(principal=principal, kind=kind, groups=group or [], action=action, resource=attrs,
-                    context=CaseContext(auth_method=auth_method, source=source, auth_age_s=auth_age),
-                    expect="deny")
+        case = Case(
+            principal=principal,
+            kind=kind,
+            groups=group or [],
+            action=action,
+            resource=attrs,
+            context=CaseContext(auth_method=auth_method, source=source, auth_age_s=auth_age),
+            expect="deny",
+        )
         request = build_request(case, _trust_domain(state))
     decision = engine.decide(request, strict=True)
     by_id = {p.id: p for p in engine.policies}
@@ -158,8 +189,9 @@ def explain_command(
         "decision": "allow" if decision.allowed else "deny",
         "reason": decision.reason,
         "policy_ids": list(decision.policy_ids),
-        "policies": [{"id": i, "source": by_id[i].source, "effect": by_id[i].effect}
-                     for i in decision.policy_ids if i in by_id],
+        "policies": [
+            {"id": i, "source": by_id[i].source, "effect": by_id[i].effect} for i in decision.policy_ids if i in by_id
+        ],
         "policy_version": engine.version,
         "principal": request.principal.id,
         "groups": [g for _, g in request.principal.parents],
@@ -168,8 +200,12 @@ def explain_command(
         "resource_attrs": request.resource.attrs,
     }
     if recorded is not None:
-        out["recorded"] = {"decision": recorded.get("decision"), "policy_ids": recorded.get("policy_ids"),
-                           "policy_version": recorded.get("policy_version"), "time": recorded.get("time")}
+        out["recorded"] = {
+            "decision": recorded.get("decision"),
+            "policy_ids": recorded.get("policy_ids"),
+            "policy_version": recorded.get("policy_version"),
+            "time": recorded.get("time"),
+        }
     if json_output:
         print_json(out)
         return
@@ -177,11 +213,15 @@ def explain_command(
     console.print(f"[{colour}]{out['decision']}[/]: {escape(decision.reason)}")
     for info in out["policies"]:
         console.print(f"  {info['effect']} {escape(info['id'])} ({escape(info['source'])})")
-    console.print(f"policy version {engine.version}; {escape(out['principal'])} {escape(str(out['groups']))} "
-                  f"{out['action']} {escape(out['resource'])}")
+    console.print(
+        f"policy version {engine.version}; {escape(out['principal'])} {escape(str(out['groups']))} "
+        f"{out['action']} {escape(out['resource'])}"
+    )
     if recorded is not None:
-        console.print(f"recorded at {recorded.get('time')}: {recorded.get('decision')} "
-                      f"{recorded.get('policy_ids')} under version {recorded.get('policy_version')}")
+        console.print(
+            f"recorded at {recorded.get('time')}: {recorded.get('decision')} "
+            f"{recorded.get('policy_ids')} under version {recorded.get('policy_version')}"
+        )
 
 
 def _find_request(state: StateDir, request_id: str) -> dict[str, Any]:
@@ -189,17 +229,24 @@ def _find_request(state: StateDir, request_id: str) -> dict[str, Any]:
     for _, record in iter_records(state.audit_dir, RecordFilter()):
         if record.get("kind") == "request" and record.get("request_id") == request_id:
             return record
-    raise UsageError(f"no request {request_id} in the audit log",
-                     hint="`raywarden audit tail` shows recent request ids")
+    raise UsageError(
+        f"no request {request_id} in the audit log", hint="`raywarden audit tail` shows recent request ids"
+    )
 
 
 def _request_from_record(record: dict[str, Any]) -> PolicyRequest:
     principal_id, action, resource = record.get("principal"), record.get("action"), record.get("resource")
     data = record.get("policy_input")
-    if not isinstance(principal_id, str) or not isinstance(action, str) or not isinstance(resource, str) \
-            or not isinstance(data, dict):
-        raise UsageError(f"audit record {record.get('request_id')} holds no policy decision to replay",
-                         hint="requests refused before the decision (401, unknown routes) have none")
+    if (
+        not isinstance(principal_id, str)
+        or not isinstance(action, str)
+        or not isinstance(resource, str)
+        or not isinstance(data, dict)
+    ):
+        raise UsageError(
+            f"audit record {record.get('request_id')} holds no policy decision to replay",
+            hint="requests refused before the decision (401, unknown routes) have none",
+        )
     kind = "sa" if "/sa/" in principal_id else "user"
     principal = principal_entity(principal_id, kind, principal_id.rsplit("/", 1)[-1], tuple(data["groups"]))
     rtype, _, rid = resource.partition("::")
@@ -239,8 +286,15 @@ def reload_command(
         raise ClusterError("the gateway is not running", hint="start the cluster with `raywarden up`")
     audit = open_cluster_audit(state)
     try:
-        audit.append({"kind": "policy", "event": "reload_requested", "actor": f"local:{os.getuid()}",
-                      "gateway_pid": run.gateway_pid, "files": [n for n, _ in policy_files(state.policy_dir)]})
+        audit.append(
+            {
+                "kind": "policy",
+                "event": "reload_requested",
+                "actor": f"local:{os.getuid()}",
+                "gateway_pid": run.gateway_pid,
+                "files": [n for n, _ in policy_files(state.policy_dir)],
+            }
+        )
     finally:
         audit.close()
     before = last_records(state.audit_dir, RecordFilter(), 1)
@@ -249,13 +303,14 @@ def reload_command(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for _, record in last_records(state.audit_dir, RecordFilter(), 50):
-            if record.get("seq", -1) > after_seq and record.get("kind") == "policy" \
-                    and record.get("event") == "reload":
+            if record.get("seq", -1) > after_seq and record.get("kind") == "policy" and record.get("event") == "reload":
                 _report_reload(record, json_output)
                 return
         time.sleep(0.2)
-    raise ClusterError(f"the gateway did not confirm the reload within {timeout:g}s",
-                       hint=f"see {state.logs_dir / 'gateway.log'} and `raywarden audit tail`")
+    raise ClusterError(
+        f"the gateway did not confirm the reload within {timeout:g}s",
+        hint=f"see {state.logs_dir / 'gateway.log'} and `raywarden audit tail`",
+    )
 
 
 def _report_reload(record: dict[str, Any], json_output: bool) -> None:
@@ -270,8 +325,7 @@ def _report_reload(record: dict[str, Any], json_output: bool) -> None:
         print_json({"accepted": False, "reason": reason, "version": record.get("version")})
     else:
         err_console.print(f"gateway kept policy version {record.get('version')}")
-    raise PolicyError(f"the gateway refused the new policy set: {reason}",
-                      hint="fix it (`raywarden policy validate` shows the problem) and reload again")
-
-
-
+    raise PolicyError(
+        f"the gateway refused the new policy set: {reason}",
+        hint="fix it (`raywarden policy validate` shows the problem) and reload again",
+    )

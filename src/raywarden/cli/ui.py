@@ -10,8 +10,10 @@ import typer
 from raywarden.cli.common import JsonOption, console, err_console, print_json
 from raywarden.errors import ConfigError, GatewayRequestError, PKIError
 
-ProfileOption = Annotated[str | None, typer.Option(
-    "--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile).")]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile)."),
+]
 OpenOption = Annotated[bool, typer.Option("--open", help="Also open the link in this machine's web browser.")]
 
 
@@ -31,12 +33,19 @@ def ui(open_browser: OpenOption = False, profile: ProfileOption = None, json_out
 
     chosen = load_profile(profile)
     ensure_fresh(chosen)
-    answer = _request_link(chosen.gateway_url.rstrip("/"), str(chosen.ca_path),
-                           (str(chosen.cert_path), str(chosen.key_path)))
+    answer = _request_link(
+        chosen.gateway_url.rstrip("/"), str(chosen.ca_path), (str(chosen.cert_path), str(chosen.key_path))
+    )
     url = chosen.gateway_url.rstrip("/") + str(answer["path"])
     if json_output:
-        print_json({"url": url, "identity": answer.get("identity"), "expires_at": answer.get("expires_at"),
-                    "code_id": answer.get("code_id")})
+        print_json(
+            {
+                "url": url,
+                "identity": answer.get("identity"),
+                "expires_at": answer.get("expires_at"),
+                "code_id": answer.get("code_id"),
+            }
+        )
     else:
         err_console.print(f"One-time sign-in link for {answer.get('identity')} (expires {answer.get('expires_at')}):")
         console.print(url, soft_wrap=True)
@@ -52,8 +61,10 @@ def _request_link(gateway: str, ca: str, cert: tuple[str, str]) -> dict[str, Any
     try:
         resp = requests.post(f"{gateway}/raywarden/v1/signin-link", json={}, verify=ca, cert=cert, timeout=30)
     except requests.exceptions.SSLError as exc:
-        raise PKIError(f"TLS with the gateway failed: {exc}",
-                       hint="the gateway's certificate does not match the profile's CA or the URL's host") from None
+        raise PKIError(
+            f"TLS with the gateway failed: {exc}",
+            hint="the gateway's certificate does not match the profile's CA or the URL's host",
+        ) from None
     except requests.RequestException as exc:
         raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}", hint="is the cluster up?") from None
     try:
@@ -62,6 +73,9 @@ def _request_link(gateway: str, ca: str, cert: tuple[str, str]) -> dict[str, Any
         data = {}
     if resp.status_code != 200 or not isinstance(data, dict) or not isinstance(data.get("path"), str):
         message = data.get("error") if isinstance(data, dict) else None
-        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {message or resp.reason}",
-                                  hint=data.get("hint") if isinstance(data, dict) else None)
+        raise GatewayRequestError(
+            resp.status_code,
+            f"gateway answered {resp.status_code}: {message or resp.reason}",
+            hint=data.get("hint") if isinstance(data, dict) else None,
+        )
     return data

@@ -38,8 +38,10 @@ def normalize_fingerprint(text: str) -> str:
     """Accept ``SHA256:AB:CD...``, ``ab cd ...`` or plain hex; return 64 lowercase hex digits."""
     value = text.strip().lower().removeprefix("sha256:").replace(":", "").replace(" ", "")
     if len(value) != 64 or set(value) - set("0123456789abcdef"):
-        raise UsageError("--ca-fingerprint must be the access CA's SHA-256 (64 hex digits)",
-                         hint="the administrator sees it in `raywarden status`")
+        raise UsageError(
+            "--ca-fingerprint must be the access CA's SHA-256 (64 hex digits)",
+            hint="the administrator sees it in `raywarden status`",
+        )
     return value
 
 
@@ -75,14 +77,17 @@ def fetch_pinned_ca(url: str, expected_sha256: str) -> PinnedCA:
         raise ConfigError(f"{url} did not answer like a raywarden gateway (HTTP {resp.status})") from None
     actual = fingerprint(cert)
     if not hmac.compare_digest(actual, expected):
-        raise PKIError(f"the gateway's access CA has fingerprint {actual}, not the pinned {expected}; "
-                       "nothing was sent", hint="someone may be intercepting the connection, or the fingerprint "
-                       "is from another cluster: check it with your administrator")
+        raise PKIError(
+            f"the gateway's access CA has fingerprint {actual}, not the pinned {expected}; nothing was sent",
+            hint="someone may be intercepting the connection, or the fingerprint "
+            "is from another cluster: check it with your administrator",
+        )
     return PinnedCA(pem, actual, str(body.get("trust_domain", "")))
 
 
-def login(url: str, code_text: str, ca_fingerprint: str, *, profile_name: str | None = None,
-          force: bool = False) -> Profile:
+def login(
+    url: str, code_text: str, ca_fingerprint: str, *, profile_name: str | None = None, force: bool = False
+) -> Profile:
     """Enroll this machine: pin the CA, generate a key here, send a CSR with the code, store the profile."""
     base = gateway_base(url)
     code = parse_code(code_text)
@@ -91,14 +96,19 @@ def login(url: str, code_text: str, ca_fingerprint: str, *, profile_name: str | 
     name = check_name(profile_name or pinned.trust_domain, "profile name")
     existing = load_profile_or_none(name)
     if existing is not None and existing.gateway_url != base and not force:
-        raise ConfigError(f"profile {name!r} already exists for {existing.gateway_url}",
-                          hint="pass --profile NAME for another name, or --force to replace it")
+        raise ConfigError(
+            f"profile {name!r} already exists for {existing.gateway_url}",
+            hint="pass --profile NAME for another name, or --force to replace it",
+        )
     key = generate_private_key()
     with tempfile.TemporaryDirectory(prefix="raywarden-ca-") as tmp:
         ca_file = Path(tmp) / "access-ca.crt"
         ca_file.write_bytes(pinned.pem)
-        answer = _post(base + "/raywarden/v1/enroll", {"code": code.reveal(), "csr": build_csr(key, spiffe).decode()},
-                       verify=str(ca_file))
+        answer = _post(
+            base + "/raywarden/v1/enroll",
+            {"code": code.reveal(), "csr": build_csr(key, spiffe).decode()},
+            verify=str(ca_file),
+        )
     cert_pem = str(answer["certificate_pem"]).encode()
     _check_issued(cert_pem, spiffe)
     profile = Profile(name, base, str(spiffe), None)
@@ -111,8 +121,12 @@ def renew_remote(profile: Profile) -> x509.Certificate:
     """Renew through the gateway, authenticated by the current certificate; a new key is made locally."""
     spiffe = SpiffeId.parse(profile.identity)
     key = generate_private_key()
-    answer = _post(profile.gateway_url + "/raywarden/v1/renew", {"csr": build_csr(key, spiffe).decode()},
-                   verify=str(profile.ca_path), cert=(str(profile.cert_path), str(profile.key_path)))
+    answer = _post(
+        profile.gateway_url + "/raywarden/v1/renew",
+        {"csr": build_csr(key, spiffe).decode()},
+        verify=str(profile.ca_path),
+        cert=(str(profile.cert_path), str(profile.key_path)),
+    )
     cert_pem = str(answer["certificate_pem"]).encode()
     cert = _check_issued(cert_pem, spiffe)
     profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem)
@@ -121,8 +135,12 @@ def renew_remote(profile: Profile) -> x509.Certificate:
 
 def request_token(profile: Profile, ttl_s: float | None) -> dict[str, Any]:
     body: dict[str, Any] = {} if ttl_s is None else {"ttl_seconds": ttl_s}
-    return _post(profile.gateway_url + "/raywarden/v1/token", body, verify=str(profile.ca_path),
-                 cert=(str(profile.cert_path), str(profile.key_path)))
+    return _post(
+        profile.gateway_url + "/raywarden/v1/token",
+        body,
+        verify=str(profile.ca_path),
+        cert=(str(profile.cert_path), str(profile.key_path)),
+    )
 
 
 def _check_issued(cert_pem: bytes, spiffe: SpiffeId) -> x509.Certificate:
@@ -141,8 +159,10 @@ def _post(url: str, body: dict[str, Any], *, verify: str, cert: tuple[str, str] 
     try:
         resp = requests.post(url, json=body, verify=verify, cert=cert, timeout=TIMEOUT_S)
     except requests.exceptions.SSLError as exc:
-        raise PKIError(f"TLS with the gateway failed: {exc}",
-                       hint="the gateway's certificate does not match the pinned CA or the URL's host name") from None
+        raise PKIError(
+            f"TLS with the gateway failed: {exc}",
+            hint="the gateway's certificate does not match the pinned CA or the URL's host name",
+        ) from None
     except requests.RequestException as exc:
         raise ConfigError(f"cannot reach the gateway: {type(exc).__name__}", hint="is the cluster up?") from None
     try:
@@ -153,6 +173,7 @@ def _post(url: str, body: dict[str, Any], *, verify: str, cert: tuple[str, str] 
         message = str(data.get("error") or resp.reason)
         if data.get("request_id"):
             message += f" (request {data['request_id']})"
-        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {message}",
-                                  hint=data.get("hint"))
+        raise GatewayRequestError(
+            resp.status_code, f"gateway answered {resp.status_code}: {message}", hint=data.get("hint")
+        )
     return data

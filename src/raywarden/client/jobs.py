@@ -25,8 +25,10 @@ class GatewayJobClient(JobSubmissionClient):  # type: ignore[misc]
         try:
             super().__init__(profile.gateway_url, verify=str(profile.ca_path))
         except (requests.ConnectionError, ConnectionError) as exc:
-            raise ClusterError(f"cannot reach the gateway at {profile.gateway_url}: {type(exc).__name__}",
-                               hint="is the cluster up? see `raywarden status`") from None
+            raise ClusterError(
+                f"cannot reach the gateway at {profile.gateway_url}: {type(exc).__name__}",
+                hint="is the cluster up? see `raywarden status`",
+            ) from None
         except RuntimeError as exc:
             raise _as_gateway_error(str(exc)) from None
         # The log tail's WebSocket uses this context: present the same certificate there.
@@ -40,7 +42,8 @@ class GatewayJobClient(JobSubmissionClient):  # type: ignore[misc]
         except RayAuthenticationError as exc:  # Ray's client raises on 401/403 before we see the response
             raise _refused(str(exc)) from None
         if response.status_code in (401, 403, 413, 503) or (
-            response.status_code in (400, 404) and response.headers.get("x-raywarden-gateway") == "1"
+            response.status_code in (400, 404)
+            and response.headers.get("x-raywarden-gateway") == "1"
             and response.headers.get("content-type", "").startswith("application/json")
             and "error" in response.text
         ):
@@ -56,8 +59,7 @@ def gateway_error(response: requests.Response) -> GatewayRequestError:
             message += f" (request {body['request_id']})"
     except (ValueError, AttributeError):
         message, hint = response.text.strip()[:500] or response.reason, None
-    return GatewayRequestError(response.status_code, f"gateway answered {response.status_code}: {message}",
-                               hint=hint)
+    return GatewayRequestError(response.status_code, f"gateway answered {response.status_code}: {message}", hint=hint)
 
 
 def _refused(text: str) -> GatewayRequestError:
@@ -78,8 +80,14 @@ def _as_gateway_error(text: str) -> GatewayRequestError:
 
 # Ray's client lets these override the address it is given, and adds Ray's token to every request when it
 # finds one: either would send requests or Ray's token somewhere other than our gateway.
-_RAY_CLIENT_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-                   "RAY_JOB_HEADERS")
+_RAY_CLIENT_ENV = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_JOB_HEADERS",
+)
 
 
 def connect(profile_name: str | None = None) -> GatewayJobClient:
@@ -96,8 +104,10 @@ def parse_runtime_env(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--runtime-env-json is not valid JSON: {exc}",
-                                  hint='for example --runtime-env-json \'{"pip": ["requests"]}\'') from None
+        raise UsageError(
+            f"--runtime-env-json is not valid JSON: {exc}",
+            hint='for example --runtime-env-json \'{"pip": ["requests"]}\'',
+        ) from None
     if not isinstance(value, dict):
         raise UsageError("--runtime-env-json must be a JSON object")
     return value

@@ -57,8 +57,12 @@ class Profile:
         write_private(self.key_path, key_pem)
         write_public(self.cert_path, cert_pem)
         write_public(self.ca_path, ca_pem)
-        meta = {"name": self.name, "gateway_url": self.gateway_url, "identity": self.identity,
-                "state_dir": self.state_dir}
+        meta = {
+            "name": self.name,
+            "gateway_url": self.gateway_url,
+            "identity": self.identity,
+            "state_dir": self.state_dir,
+        }
         write_private(self.folder / "profile.json", (json.dumps(meta, indent=2) + "\n").encode())
 
     def replace_certificate(self, *, key_pem: bytes, cert_pem: bytes) -> None:

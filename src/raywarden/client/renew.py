@@ -32,8 +32,10 @@ def ensure_fresh(profile: Profile) -> bool:
         return False
     if profile.state_dir is None:
         if remaining(profile.certificate()).total_seconds() <= 0:
-            raise ConfigError(f"the certificate of profile {profile.name!r} has expired",
-                              hint="ask your administrator for a new code and log in again with `raywarden login`")
+            raise ConfigError(
+                f"the certificate of profile {profile.name!r} has expired",
+                hint="ask your administrator for a new code and log in again with `raywarden login`",
+            )
         from raywarden.client.enroll import renew_remote
 
         renew_remote(profile)
@@ -52,9 +54,16 @@ def ensure_fresh(profile: Profile) -> bool:
     profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem(cert))
     audit = open_cluster_audit(state, config)
     try:
-        audit.append({"kind": "identity", "event": "cert.renew", "principal": str(spiffe),
-                      "serial": serial_hex(cert), "not_after": cert.not_valid_after_utc.isoformat(),
-                      "actor": str(spiffe)})
+        audit.append(
+            {
+                "kind": "identity",
+                "event": "cert.renew",
+                "principal": str(spiffe),
+                "serial": serial_hex(cert),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "actor": str(spiffe),
+            }
+        )
     finally:
         audit.close()
     return True

@@ -52,8 +52,9 @@ def parse(model: type[BaseModel], body: bytes | None) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise NodeRegistryError(f"invalid request: {where}: {first['msg']}",
-                                public=f"invalid request: {where}: {first['msg']}", status=400) from None
+        raise NodeRegistryError(
+            f"invalid request: {where}: {first['msg']}", public=f"invalid request: {where}: {first['msg']}", status=400
+        ) from None
 
 
 def head_plan(state: StateDir) -> dict[str, Any]:
@@ -62,40 +63,58 @@ def head_plan(state: StateDir) -> dict[str, Any]:
 
     run = read_run_state(state)
     if run is None or run.node_ip is None:
-        raise NodeRegistryError("the head is not running in multi-node mode", public="this head takes no nodes",
-                                status=409, hint="start the head with `raywarden up --node-ip ADDR`")
-    return {"node_ip": run.node_ip, "gcs_address": f"{run.node_ip}:{run.ports.gcs}",
-            "ports": run.ports.model_dump()}
+        raise NodeRegistryError(
+            "the head is not running in multi-node mode",
+            public="this head takes no nodes",
+            status=409,
+            hint="start the head with `raywarden up --node-ip ADDR`",
+        )
+    return {"node_ip": run.node_ip, "gcs_address": f"{run.node_ip}:{run.ports.gcs}", "ports": run.ports.model_dump()}
 
 
-def admit(state: StateDir, config: ClusterConfig, registry: NodeRegistry, request: JoinRequest,
-          source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def admit(
+    state: StateDir, config: ClusterConfig, registry: NodeRegistry, request: JoinRequest, source: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Enroll one node. Returns (response body, audit fields); raises NodeRegistryError with the reason."""
     address = _address(request.address)
     if address != source:
         # The firewall lets in the address the node claims: it must be the one it speaks from.
-        raise NodeRegistryError(f"claimed address {address} differs from source {source}",
-                                public="the node address must be the address it connects from", status=403)
+        raise NodeRegistryError(
+            f"claimed address {address} differs from source {source}",
+            public="the node address must be the address it connects from",
+            status=403,
+        )
     plan = head_plan(state)
     if address == plan["node_ip"]:
-        raise NodeRegistryError(f"address {address} is the head's own", public="that is the head's address",
-                                status=409)
+        raise NodeRegistryError(f"address {address} is the head's own", public="that is the head's address", status=409)
     public_key = _csr_key(request.csr_pem)
     registry.check_admissible(request.name, address)
     token_id = registry.consume_token(Secret(request.token), used_by=f"{request.name}@{address}")
 
-    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert,
-                                         state.internal_ca_key)
+    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
     spiffe = SpiffeId(config.trust_domain, "node", request.name)
     # Ray's gRPC clients check the server certificate against the IP they dial: the node's address.
-    cert = internal.issue(public_key, spiffe, lifetime=dt.timedelta(days=config.node_cert_days),
-                          server=True, client=True, ip_addresses=(address,))
+    cert = internal.issue(
+        public_key,
+        spiffe,
+        lifetime=dt.timedelta(days=config.node_cert_days),
+        server=True,
+        client=True,
+        ip_addresses=(address,),
+    )
     node_secret = Secret(secrets.token_urlsafe(32))
     peers = [plan["node_ip"], *registry.active_addresses()]
     firewall.add_peer(firewall.table_name(state), address)
-    registry.add_node(name=request.name, spiffe_id=str(spiffe), address=address, serial=serial_hex(cert),
-                      not_after=cert.not_valid_after_utc, ports=request.ports.model_dump(),
-                      node_secret=node_secret, token_id=token_id)
+    registry.add_node(
+        name=request.name,
+        spiffe_id=str(spiffe),
+        address=address,
+        serial=serial_hex(cert),
+        not_after=cert.not_valid_after_utc,
+        ports=request.ports.model_dump(),
+        node_secret=node_secret,
+        token_id=token_id,
+    )
     body = {
         "name": request.name,
         "spiffe_id": str(spiffe),
@@ -108,8 +127,15 @@ def admit(state: StateDir, config: ClusterConfig, registry: NodeRegistry, reques
         "head": plan,
         "peers": sorted(set(peers)),
     }
-    audit = {"event": "node.join", "node": request.name, "node_address": address, "serial": serial_hex(cert),
-             "not_after": cert.not_valid_after_utc.isoformat(), "jti": token_id, "ports": request.ports.model_dump()}
+    audit = {
+        "event": "node.join",
+        "node": request.name,
+        "node_address": address,
+        "serial": serial_hex(cert),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "jti": token_id,
+        "ports": request.ports.model_dump(),
+    }
     return body, audit
 
 
@@ -131,8 +157,9 @@ def _address(text: str) -> str:
     try:
         ip = ipaddress.IPv4Address(text)
     except ValueError:
-        raise NodeRegistryError(f"bad node address {text!r}", public="the node address must be IPv4",
-                                status=400) from None
+        raise NodeRegistryError(
+            f"bad node address {text!r}", public="the node address must be IPv4", status=400
+        ) from None
     if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
         raise NodeRegistryError(f"unusable node address {ip}", public="unusable node address", status=400)
     return str(ip)
@@ -145,9 +172,8 @@ def _csr_key(pem: str) -> ec.EllipticCurvePublicKey:
     except ValueError:
         raise NodeRegistryError("unparseable CSR", public="invalid certificate signing request", status=400) from None
     key = csr.public_key()
-    if not csr.is_signature_valid or not isinstance(key, ec.EllipticCurvePublicKey) \
-            or key.curve.name != "secp256r1":
-        raise NodeRegistryError("CSR signature invalid or key not ECDSA P-256",
-                                public="invalid certificate signing request", status=400)
+    if not csr.is_signature_valid or not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise NodeRegistryError(
+            "CSR signature invalid or key not ECDSA P-256", public="invalid certificate signing request", status=400
+        )
     return key
-

@@ -56,14 +56,29 @@ class FirewallPlan:
     owner_uid: int | None = None
 
     @classmethod
-    def for_ports(cls, table: str, ports: RayPorts | WorkerPorts, *, peers: Iterable[str] = (),
-                  banned: Iterable[str] = (), gateway_port: int | None = None,
-                  extra: Iterable[int] = ()) -> FirewallPlan:
+    def for_ports(
+        cls,
+        table: str,
+        ports: RayPorts | WorkerPorts,
+        *,
+        peers: Iterable[str] = (),
+        banned: Iterable[str] = (),
+        gateway_port: int | None = None,
+        extra: Iterable[int] = (),
+    ) -> FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
-        return cls(table, others, metrics, (ports.min_worker, ports.max_worker),
-                   tuple(sorted(set(peers))), tuple(sorted(set(banned))), gateway_port,
-                   extra=tuple(sorted(set(extra))), owner_uid=os.geteuid())
+        return cls(
+            table,
+            others,
+            metrics,
+            (ports.min_worker, ports.max_worker),
+            tuple(sorted(set(peers))),
+            tuple(sorted(set(banned))),
+            gateway_port,
+            extra=tuple(sorted(set(extra))),
+            owner_uid=os.geteuid(),
+        )
 
 
 def ruleset(plan: FirewallPlan) -> str:
@@ -73,8 +88,11 @@ def ruleset(plan: FirewallPlan) -> str:
 
     lo, hi = plan.worker_range
     ports = [str(p) for p in sorted(set(plan.ray_ports) | set(plan.extra))] + [f"{lo}-{hi}"]
-    banned_rule = (f"    ip saddr @banned tcp dport != {plan.gateway_port} drop\n" if plan.gateway_port
-                   else "    ip saddr @banned drop\n")
+    banned_rule = (
+        f"    ip saddr @banned tcp dport != {plan.gateway_port} drop\n"
+        if plan.gateway_port
+        else "    ip saddr @banned drop\n"
+    )
     # Drop, not reject: an attacker's probe learns nothing, not even that a port is filtered.
     return (
         f"table inet {plan.table} {{\n"
@@ -124,7 +142,7 @@ def require_available(what: str) -> None:
             f"{what} needs nftables rules to keep Ray's ports away from other hosts, and they cannot be "
             f"installed here ({why})",
             hint="run as root with nftables installed (apt-get install nftables); Ray's listeners are never "
-                 "exposed without them",
+            "exposed without them",
         )
 
 
@@ -170,8 +188,9 @@ def add_ports(table: str, ports: Iterable[int]) -> bool:
 def table_exists(table: str) -> bool:
     if available() is not None:
         return False
-    return subprocess.run([_nft_path(), "list", "table", "inet", table], capture_output=True,
-                          check=False).returncode == 0
+    return (
+        subprocess.run([_nft_path(), "list", "table", "inet", table], capture_output=True, check=False).returncode == 0
+    )
 
 
 def remove_table(table: str) -> None:
@@ -195,8 +214,9 @@ def _ipv4(address: str) -> str:
     try:
         return str(ipaddress.IPv4Address(address))
     except ValueError:
-        raise ClusterError(f"{address!r} is not an IPv4 address",
-                           hint="multi-node clusters use IPv4 node addresses") from None
+        raise ClusterError(
+            f"{address!r} is not an IPv4 address", hint="multi-node clusters use IPv4 node addresses"
+        ) from None
 
 
 def nft_path() -> str | None:
@@ -214,14 +234,17 @@ def _nft(args: list[str], *, stdin: str | None = None) -> None:
         # "element does not exist" on delete is not a failure: the end state is the one asked for.
         if args[0] == "delete" and "No such file" in result.stderr:
             return
-        raise ClusterError(f"nft {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}",
-                           hint="check that nftables works here: `nft list ruleset`")
+        raise ClusterError(
+            f"nft {' '.join(args[:2])} failed: {result.stderr.strip()[:300]}",
+            hint="check that nftables works here: `nft list ruleset`",
+        )
 
 
 def _unprotected(exposed: dict[int, str], why: str) -> str:
     if exposed:
         listing = ", ".join(f"{addr}:{port}" for port, addr in sorted(exposed.items()))
-        log.warning("Ray listens on non-loopback addresses (%s) and no firewall rules were installed (%s)",
-                    listing, why)
+        log.warning(
+            "Ray listens on non-loopback addresses (%s) and no firewall rules were installed (%s)", listing, why
+        )
         return f"NOT INSTALLED ({why}); exposed: {listing}"
     return f"not installed ({why}); every Ray listener is on loopback"

@@ -78,8 +78,14 @@ def read_run_state(state: StateDir) -> RunState | None:
         return None
 
 
-def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = None,
-       node_ip: str | None = None, progress: Progress = lambda _: None) -> RunState:
+def up(
+    state: StateDir,
+    *,
+    listen: Listen | None = None,
+    num_cpus: int | None = None,
+    node_ip: str | None = None,
+    progress: Progress = lambda _: None,
+) -> RunState:
     config = state.load_config()
     if node_ip is not None:
         # Checked before anything starts: multi-node mode never runs Ray without its firewall.
@@ -87,8 +93,10 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
         firewall.require_available("multi-node mode (--node-ip)")
     running = read_run_state(state)
     if running is not None and (alive(running.ray_pid) or alive(running.gateway_pid)):
-        raise ClusterError(f"the cluster in {state.root} is already up (gateway on {running.listen})",
-                           hint="`raywarden status` shows it; `raywarden down` stops it")
+        raise ClusterError(
+            f"the cluster in {state.root} is already up (gateway on {running.listen})",
+            hint="`raywarden status` shows it; `raywarden down` stops it",
+        )
     if listen is not None and listen != config.listen:
         config = _change_listen(state, config, listen)
     if node_ip is not None:
@@ -144,15 +152,34 @@ def up(state: StateDir, *, listen: Listen | None = None, num_cpus: int | None = 
         firewall.remove(state)
         raise
     metrics = prometheus.describe(prom_port, metrics_why)
-    run = RunState(ray_pid=head.pid, gateway_pid=gateway_pid, ports=ports, listen=config.listen,
-                   started_at=dt.datetime.now(dt.timezone.utc).isoformat(), firewall=fw, node_ip=node_ip,
-                   prometheus_pid=prom.pid if prom else None, prometheus_port=prom_port, metrics=metrics)
+    run = RunState(
+        ray_pid=head.pid,
+        gateway_pid=gateway_pid,
+        ports=ports,
+        listen=config.listen,
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        firewall=fw,
+        node_ip=node_ip,
+        prometheus_pid=prom.pid if prom else None,
+        prometheus_port=prom_port,
+        metrics=metrics,
+    )
     write_private(_run_file(state), run.model_dump_json(indent=2).encode())
     audit = open_cluster_audit(state, config)
     try:
-        audit.append({"kind": "cluster", "event": "up", "actor": _local_actor(), "listen": str(config.listen),
-                      "firewall": fw, "ray_ports": ports.model_dump(), "node_ip": node_ip, "metrics": metrics,
-                      "prometheus_port": prom_port})
+        audit.append(
+            {
+                "kind": "cluster",
+                "event": "up",
+                "actor": _local_actor(),
+                "listen": str(config.listen),
+                "firewall": fw,
+                "ray_ports": ports.model_dump(),
+                "node_ip": node_ip,
+                "metrics": metrics,
+                "prometheus_port": prom_port,
+            }
+        )
     finally:
         audit.close()
     return run
@@ -194,7 +221,7 @@ def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]
 def _metrics_unavailable(config: ClusterConfig) -> str | None:
     """Why `up` runs no Prometheus, or None when it does."""
     if not config.metrics:
-        return "off (\"metrics\": false in config.json)"
+        return 'off ("metrics": false in config.json)'
     if prometheus.binary() is None:
         return f"not installed: {prometheus.INSTALL_HINT}"
     return None
@@ -217,8 +244,9 @@ def _wait_for_gateway(state: StateDir, config: ClusterConfig, pid: int) -> None:
     while time.monotonic() < deadline:
         code = exit_status(pid)
         if code is not None:
-            raise ClusterError(f"the gateway exited during start-up (exit code {code})",
-                               hint=f"see {state.logs_dir / 'gateway.log'}")
+            raise ClusterError(
+                f"the gateway exited during start-up (exit code {code})", hint=f"see {state.logs_dir / 'gateway.log'}"
+            )
         if _gateway_answers(url, state):
             return
         time.sleep(0.1)
@@ -243,8 +271,9 @@ def _require_free(listen: Listen) -> None:
         try:
             sock.bind((listen.host, listen.port))
         except OSError as exc:
-            raise ClusterError(f"cannot listen on {listen}: {exc.strerror}",
-                               hint="pick another address with --listen HOST:PORT") from None
+            raise ClusterError(
+                f"cannot listen on {listen}: {exc.strerror}", hint="pick another address with --listen HOST:PORT"
+            ) from None
 
 
 def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
@@ -278,22 +307,32 @@ def status(state: StateDir) -> dict[str, Any]:
     if ray_up and run is not None:
         try:
             token = read_private(state.ray_token).decode().strip()
-            resp = requests.get(f"http://{HEAD_ADDRESS}:{run.ports.dashboard}/api/version",
-                                headers={"Authorization": f"Bearer {token}"}, timeout=3)
+            resp = requests.get(
+                f"http://{HEAD_ADDRESS}:{run.ports.dashboard}/api/version",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=3,
+            )
             dashboard_ok = resp.status_code == 200
         except requests.RequestException:
             dashboard_ok = False
     gateway_ok = gateway_up and _gateway_answers(gateway_url(config) + "/api/version", state)
     prom_up = run is not None and run.prometheus_pid is not None and alive(run.prometheus_pid)
-    prom_ok = prom_up and run is not None and run.prometheus_port is not None and \
-        prometheus.is_ready(run.prometheus_port)
+    prom_ok = (
+        prom_up and run is not None and run.prometheus_port is not None and prometheus.is_ready(run.prometheus_port)
+    )
     now = dt.datetime.now(dt.timezone.utc)
     certs = {}
-    for name, path in (("access_ca", state.access_ca_cert), ("internal_ca", state.internal_ca_cert),
-                       ("gateway", state.gateway_cert), ("node", state.node_cert)):
+    for name, path in (
+        ("access_ca", state.access_ca_cert),
+        ("internal_ca", state.internal_ca_cert),
+        ("gateway", state.gateway_cert),
+        ("node", state.node_cert),
+    ):
         cert = load_cert(path)
-        certs[name] = {"not_after": cert.not_valid_after_utc.isoformat(),
-                       "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 2)}
+        certs[name] = {
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 2),
+        }
     exposed = {}
     if ray_up:
         exposed = {str(p): a for p, a in ray_listeners(state).items() if not is_loopback(a)}
@@ -301,19 +340,33 @@ def status(state: StateDir) -> dict[str, Any]:
         "state_dir": str(state.root),
         "trust_domain": config.trust_domain,
         "gateway_url": gateway_url(config),
-        "gateway": {"running": gateway_up, "healthy": gateway_ok, "listen": str(config.listen),
-                    "pid": run.gateway_pid if run else None},
-        "ray": {"running": ray_up, "healthy": dashboard_ok, "pid": run.ray_pid if run else None,
-                "node_ip": run.node_ip if run else None,
-                "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
-                "non_loopback_listeners": exposed, "firewall": run.firewall if run else None},
-        "metrics": {"running": prom_up, "healthy": prom_ok, "pid": run.prometheus_pid if run else None,
-                    "url": prometheus.url(run.prometheus_port) if run and run.prometheus_port else None,
-                    "status": run.metrics if run else None},
-        "fingerprints": {"access_ca": fingerprint(load_cert(state.access_ca_cert)),
-                         "internal_ca": fingerprint(load_cert(state.internal_ca_cert))},
+        "gateway": {
+            "running": gateway_up,
+            "healthy": gateway_ok,
+            "listen": str(config.listen),
+            "pid": run.gateway_pid if run else None,
+        },
+        "ray": {
+            "running": ray_up,
+            "healthy": dashboard_ok,
+            "pid": run.ray_pid if run else None,
+            "node_ip": run.node_ip if run else None,
+            "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
+            "non_loopback_listeners": exposed,
+            "firewall": run.firewall if run else None,
+        },
+        "metrics": {
+            "running": prom_up,
+            "healthy": prom_ok,
+            "pid": run.prometheus_pid if run else None,
+            "url": prometheus.url(run.prometheus_port) if run and run.prometheus_port else None,
+            "status": run.metrics if run else None,
+        },
+        "fingerprints": {
+            "access_ca": fingerprint(load_cert(state.access_ca_cert)),
+            "internal_ca": fingerprint(load_cert(state.internal_ca_cert)),
+        },
         "certificates": certs,
         "audit_public_key": audit_public_key_pem(state.audit_key),
         "tls": {"minimum_version": ssl.TLSVersion.TLSv1_2.name},
     }
-

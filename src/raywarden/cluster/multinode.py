@@ -29,11 +29,15 @@ def check_node_ip(text: str) -> str:
     try:
         ip = ipaddress.IPv4Address(text)
     except ValueError:
-        raise ConfigError(f"--node-ip {text!r} is not an IPv4 address",
-                          hint="the head's address on the network the workers use, e.g. 10.0.0.5") from None
+        raise ConfigError(
+            f"--node-ip {text!r} is not an IPv4 address",
+            hint="the head's address on the network the workers use, e.g. 10.0.0.5",
+        ) from None
     if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
-        raise ConfigError(f"--node-ip {ip} cannot be reached by other hosts",
-                          hint="leave --node-ip out for a single-node cluster on loopback")
+        raise ConfigError(
+            f"--node-ip {ip} cannot be reached by other hosts",
+            hint="leave --node-ip out for a single-node cluster on loopback",
+        )
     return str(ip)
 
 
@@ -41,16 +45,16 @@ def prepare_head(state: StateDir, config: ClusterConfig, node_ip: str) -> Cluste
     """Certificates for a head at ``node_ip``: the node certificate is reissued on every multi-node `up`
     (Ray reads it at start only, so this is also how it is rotated); the gateway's gains the IP if needed."""
     if config.listen.is_loopback:
-        raise ConfigError(f"the gateway listens on {config.listen}, which workers cannot reach",
-                          hint=f"pass --listen 0.0.0.0:{config.listen.port} or --listen {node_ip}:{config.listen.port}")
-    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert,
-                                         state.internal_ca_key)
+        raise ConfigError(
+            f"the gateway listens on {config.listen}, which workers cannot reach",
+            hint=f"pass --listen 0.0.0.0:{config.listen.port} or --listen {node_ip}:{config.listen.port}",
+        )
+    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
     issue_head_node_certificate(state, config, internal, node_ip=node_ip)
     san = load_cert(state.gateway_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if ipaddress.ip_address(node_ip) not in san.get_values_for_type(x509.IPAddress):
         config = config.model_copy(update={"gateway_hosts": [*config.gateway_hosts, node_ip]})
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert,
-                                           state.access_ca_key)
+        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
         issue_gateway_certificate(state, config, access)
         state.save_config(config)
     return config
@@ -59,8 +63,11 @@ def prepare_head(state: StateDir, config: ClusterConfig, node_ip: str) -> Cluste
 def head_plan(state: StateDir, config: ClusterConfig, ports: RayPorts) -> firewall.FirewallPlan:
     registry = NodeRegistry.open(state.identity_db)
     return firewall.FirewallPlan.for_ports(
-        firewall.table_name(state), ports, peers=registry.active_addresses(),
-        banned=registry.revoked_addresses(), gateway_port=config.listen.port,
+        firewall.table_name(state),
+        ports,
+        peers=registry.active_addresses(),
+        banned=registry.revoked_addresses(),
+        gateway_port=config.listen.port,
     )
 
 

@@ -70,7 +70,8 @@ def pids_in_session(sid: int) -> list[int]:
     and workers stay in it, even after they rename themselves (``ray::DashboardAgent``)."""
     me = os.getpid()
     return [
-        int(e.name) for e in Path("/proc").iterdir()
+        int(e.name)
+        for e in Path("/proc").iterdir()
         if e.name.isdigit() and int(e.name) != me and session_of(int(e.name)) == sid and alive(int(e.name))
     ]
 

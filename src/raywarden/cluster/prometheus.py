@@ -64,15 +64,19 @@ def render_config(state: StateDir) -> str:
     """prometheus.yml as JSON (a subset of YAML): Ray's targets through file-based service discovery."""
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [{
-            "job_name": "ray",
-            "file_sd_configs": [{
-                "files": [str(state.ray_temp_dir / DISCOVERY_FILE)],
-                # File changes are watched with inotify on the symlink's folder, which does not see Ray
-                # rewriting the target in its session dir: re-read it as often as Ray writes it.
-                "refresh_interval": "5s",
-            }],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": "ray",
+                "file_sd_configs": [
+                    {
+                        "files": [str(state.ray_temp_dir / DISCOVERY_FILE)],
+                        # File changes are watched with inotify on the symlink's folder, which does not see Ray
+                        # rewriting the target in its session dir: re-read it as often as Ray writes it.
+                        "refresh_interval": "5s",
+                    }
+                ],
+            }
+        ],
     }
     return json.dumps(config, indent=2) + "\n"
 
@@ -153,14 +157,16 @@ def wait_ready(state: StateDir, prom: Prometheus, timeout_s: float) -> None:
     while True:
         code = exit_status(prom.pid)
         if code is not None:
-            raise ClusterError(f"Prometheus exited during start-up (exit code {code})",
-                               hint=f"see {log_path(state)}; to start without Prometheus, set "
-                                    '"metrics": false in config.json')
+            raise ClusterError(
+                f"Prometheus exited during start-up (exit code {code})",
+                hint=f'see {log_path(state)}; to start without Prometheus, set "metrics": false in config.json',
+            )
         if is_ready(prom.port):
             return
         if time.monotonic() >= deadline:
-            raise ClusterError(f"Prometheus did not become ready on {prom.url} within {timeout_s:.0f}s",
-                               hint=f"see {log_path(state)}")
+            raise ClusterError(
+                f"Prometheus did not become ready on {prom.url} within {timeout_s:.0f}s", hint=f"see {log_path(state)}"
+            )
         time.sleep(0.1)
 
 

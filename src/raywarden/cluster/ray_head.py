@@ -26,11 +26,17 @@ HEAD_ADDRESS = "127.0.0.1"
 NO_PROMETHEUS = "http://127.0.0.1:1"
 
 
-def ray_environment(state: StateDir, ports: RayPorts, *, multinode: bool = False,
-                    prometheus_url: str | None = None) -> dict[str, str]:
+def ray_environment(
+    state: StateDir, ports: RayPorts, *, multinode: bool = False, prometheus_url: str | None = None
+) -> dict[str, str]:
     """The environment every Ray process of the head inherits (job drivers included)."""
-    env = node_environment(cert=state.node_cert, key=state.node_key, ca=state.internal_ca_cert,
-                           token=state.ray_token, loopback=not multinode)
+    env = node_environment(
+        cert=state.node_cert,
+        key=state.node_key,
+        ca=state.internal_ca_cert,
+        token=state.ray_token,
+        loopback=not multinode,
+    )
     # These two Prometheus ports are fixed by default (44227, 44217): per-cluster values keep
     # two clusters on one host apart.
     env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
@@ -77,10 +83,14 @@ def ray_binary() -> str:
     return ray
 
 
-def head_command(state: StateDir, ports: RayPorts, num_cpus: int | None = None,
-                 node_ip: str = HEAD_ADDRESS) -> list[str]:
+def head_command(
+    state: StateDir, ports: RayPorts, num_cpus: int | None = None, node_ip: str = HEAD_ADDRESS
+) -> list[str]:
     command = [
-        ray_binary(), "start", "--head", "--block",
+        ray_binary(),
+        "start",
+        "--head",
+        "--block",
         f"--node-ip-address={node_ip}",
         f"--port={ports.gcs}",
         f"--temp-dir={state.ray_temp_dir}",
@@ -113,16 +123,24 @@ class RayHead:
         return f"http://{HEAD_ADDRESS}:{self.ports.dashboard}"
 
 
-def spawn_head(state: StateDir, ports: RayPorts, *, num_cpus: int | None = None,
-               node_ip: str | None = None, prometheus_url: str | None = None) -> RayHead:
+def spawn_head(
+    state: StateDir,
+    ports: RayPorts,
+    *,
+    num_cpus: int | None = None,
+    node_ip: str | None = None,
+    prometheus_url: str | None = None,
+) -> RayHead:
     """Start the head without waiting for it; ``node_ip`` (multi-node mode) replaces loopback."""
     ensure_private_dir(state.ray_temp_dir.parent)  # the 0700 guard around Ray's world-writable temp dir
     temp_dir = ensure_private_dir(state.ray_temp_dir)
     ensure_private_dir(state.logs_dir)
-    pid = spawn_detached(head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
-                         env=ray_environment(state, ports, multinode=node_ip is not None,
-                                             prometheus_url=prometheus_url),
-                         log_path=state.logs_dir / "ray-start.log", cwd=temp_dir)
+    pid = spawn_detached(
+        head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
+        env=ray_environment(state, ports, multinode=node_ip is not None, prometheus_url=prometheus_url),
+        log_path=state.logs_dir / "ray-start.log",
+        cwd=temp_dir,
+    )
     return RayHead(pid, ports)
 
 

@@ -42,14 +42,25 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
     check_name(admin_name, "admin name")
     check_name(profile_name, "profile name")
     if state.exists():
-        raise ConfigError(f"{state.root} already holds a raywarden cluster",
-                          hint="use another --state-dir, or `raywarden down` and remove it to start over")
+        raise ConfigError(
+            f"{state.root} already holds a raywarden cluster",
+            hint="use another --state-dir, or `raywarden down` and remove it to start over",
+        )
     if (profiles_dir() / profile_name / "profile.json").exists():
         existing = load_profile(profile_name)
-        raise ConfigError(f"profile {profile_name!r} already exists (for {existing.gateway_url})",
-                          hint="pass --profile NAME to name this cluster's admin profile differently")
-    for folder in (state.root, state.pki_dir, state.keys_dir, state.audit_dir, state.run_dir, state.logs_dir,
-                   state.policy_dir):
+        raise ConfigError(
+            f"profile {profile_name!r} already exists (for {existing.gateway_url})",
+            hint="pass --profile NAME to name this cluster's admin profile differently",
+        )
+    for folder in (
+        state.root,
+        state.pki_dir,
+        state.keys_dir,
+        state.audit_dir,
+        state.run_dir,
+        state.logs_dir,
+        state.policy_dir,
+    ):
         ensure_private_dir(folder)
 
     td = config.trust_domain
@@ -67,27 +78,58 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
         store = IdentityStore.create(state.identity_db)
         admin = SpiffeId(td, "user", admin_name)
         store.add_principal(admin, [ADMIN_GROUP], created_by="raywarden init")
-        audit.append({"kind": "cluster", "event": "init", "trust_domain": td, "actor": "raywarden init",
-                      "access_ca_fingerprint": fingerprint(access.certificate),
-                      "internal_ca_fingerprint": fingerprint(internal.certificate)})
-        audit.append({"kind": "identity", "event": "user.create", "principal": str(admin), "groups": [ADMIN_GROUP],
-                      "actor": "raywarden init"})
+        audit.append(
+            {
+                "kind": "cluster",
+                "event": "init",
+                "trust_domain": td,
+                "actor": "raywarden init",
+                "access_ca_fingerprint": fingerprint(access.certificate),
+                "internal_ca_fingerprint": fingerprint(internal.certificate),
+            }
+        )
+        audit.append(
+            {
+                "kind": "identity",
+                "event": "user.create",
+                "principal": str(admin),
+                "groups": [ADMIN_GROUP],
+                "actor": "raywarden init",
+            }
+        )
         url = gateway_url(config)
         profile = Profile(profile_name, url, str(admin), str(state.root))
         key = generate_private_key()
         cert = access.issue(key.public_key(), admin, lifetime=dt.timedelta(hours=config.user_cert_hours))
         store.record_certificate(serial_hex(cert), str(admin), cert.not_valid_after_utc)
-        profile.save(key_pem=private_key_pem(key), cert_pem=cert_pem(cert),
-                     ca_pem=access.certificate.public_bytes(serialization.Encoding.PEM))
-        audit.append({"kind": "identity", "event": "cert.issue", "principal": str(admin),
-                      "serial": serial_hex(cert), "not_after": cert.not_valid_after_utc.isoformat(),
-                      "actor": "raywarden init"})
+        profile.save(
+            key_pem=private_key_pem(key),
+            cert_pem=cert_pem(cert),
+            ca_pem=access.certificate.public_bytes(serialization.Encoding.PEM),
+        )
+        audit.append(
+            {
+                "kind": "identity",
+                "event": "cert.issue",
+                "principal": str(admin),
+                "serial": serial_hex(cert),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "actor": "raywarden init",
+            }
+        )
         set_current(profile_name)
         state.save_config(config)  # written last: a state dir with a config is a complete one
     finally:
         audit.close()
-    return InitResult(str(state.root), td, url, profile_name, str(admin),
-                      fingerprint(access.certificate), fingerprint(internal.certificate))
+    return InitResult(
+        str(state.root),
+        td,
+        url,
+        profile_name,
+        str(admin),
+        fingerprint(access.certificate),
+        fingerprint(internal.certificate),
+    )
 
 
 def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> None:
@@ -97,22 +139,35 @@ def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: Ce
             continue
         (ips if _is_ip(host) else dns).append(host)
     key = generate_private_key()
-    cert = access.issue(key.public_key(), SpiffeId(config.trust_domain, "gateway"),
-                        lifetime=dt.timedelta(days=config.gateway_cert_days), server=True, client=False,
-                        dns_names=tuple(dict.fromkeys(dns)), ip_addresses=tuple(dict.fromkeys(ips)))
+    cert = access.issue(
+        key.public_key(),
+        SpiffeId(config.trust_domain, "gateway"),
+        lifetime=dt.timedelta(days=config.gateway_cert_days),
+        server=True,
+        client=False,
+        dns_names=tuple(dict.fromkeys(dns)),
+        ip_addresses=tuple(dict.fromkeys(ips)),
+    )
     write_private(state.gateway_key, private_key_pem(key))
     write_public(state.gateway_cert, cert_pem(cert))
 
 
-def issue_head_node_certificate(state: StateDir, config: ClusterConfig, internal: CertificateAuthority,
-                                node_ip: str | None = None) -> None:
+def issue_head_node_certificate(
+    state: StateDir, config: ClusterConfig, internal: CertificateAuthority, node_ip: str | None = None
+) -> None:
     # Ray's gRPC clients check the server certificate against the address they dial: 127.0.0.1 on a
     # single node, the node IP in multi-node mode (workers dial the head's GCS and raylet there).
     ips = ("127.0.0.1",) if node_ip is None else ("127.0.0.1", node_ip)
     key = generate_private_key()
-    cert = internal.issue(key.public_key(), SpiffeId(config.trust_domain, "node", "head"),
-                          lifetime=dt.timedelta(days=config.node_cert_days), server=True, client=True,
-                          dns_names=("localhost",), ip_addresses=ips)
+    cert = internal.issue(
+        key.public_key(),
+        SpiffeId(config.trust_domain, "node", "head"),
+        lifetime=dt.timedelta(days=config.node_cert_days),
+        server=True,
+        client=True,
+        dns_names=("localhost",),
+        ip_addresses=ips,
+    )
     write_private(state.node_key, private_key_pem(key))
     write_public(state.node_cert, cert_pem(cert))
 

@@ -125,8 +125,10 @@ def normalise_fingerprint(text: str) -> str:
     value = text.strip().lower()
     value = value.removeprefix("sha256:").replace(":", "")
     if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise ConfigError("--ca-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons allowed)",
-                          hint="`raywarden status` on the head prints it as 'access CA SHA-256'")
+        raise ConfigError(
+            "--ca-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons allowed)",
+            hint="`raywarden status` on the head prints it as 'access CA SHA-256'",
+        )
     return value
 
 
@@ -147,21 +149,25 @@ def fetch_pinned_ca(head_url: str, expected: str, dest: Path) -> str:
         resp = conn.getresponse()
         body = resp.read(65536)
     except OSError as exc:
-        raise ClusterError(f"cannot reach the head at {head_url}: {exc}",
-                           hint="check the URL and the network") from None
+        raise ClusterError(
+            f"cannot reach the head at {head_url}: {exc}", hint="check the URL and the network"
+        ) from None
     finally:
         conn.close()
     try:
         pem = json.loads(body)["access_ca_pem"]
         cert = x509.load_pem_x509_certificate(pem.encode())
     except (ValueError, KeyError, TypeError):
-        raise PKIError(f"{head_url} did not answer with a CA certificate (HTTP {resp.status})",
-                       hint="is this a raywarden gateway?") from None
+        raise PKIError(
+            f"{head_url} did not answer with a CA certificate (HTTP {resp.status})", hint="is this a raywarden gateway?"
+        ) from None
     got = fingerprint(cert)
     if not Secret(expected).matches(got):
-        raise PKIError(f"the head's access CA fingerprint is {got}, not the expected {expected}",
-                       hint="someone may be intercepting the connection; nothing was sent. Check the fingerprint "
-                            "with `raywarden status` on the head")
+        raise PKIError(
+            f"the head's access CA fingerprint is {got}, not the expected {expected}",
+            hint="someone may be intercepting the connection; nothing was sent. Check the fingerprint "
+            "with `raywarden status` on the head",
+        )
     ensure_private_dir(dest.parent)
     write_public(dest, pem.encode())
     return got
@@ -182,8 +188,17 @@ def default_name() -> str:
     return name or "worker"
 
 
-def join(head_url: str, token: Secret, ca_fingerprint: str, *, root: Path, name: str | None = None,
-         address: str | None = None, num_cpus: int | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+def join(
+    head_url: str,
+    token: Secret,
+    ca_fingerprint: str,
+    *,
+    root: Path,
+    name: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
     """Enroll this host with the head at ``head_url`` and start its Ray worker. Returns a summary."""
     started = time.monotonic()
     node = NodeState(root)
@@ -193,8 +208,10 @@ def join(head_url: str, token: Secret, ca_fingerprint: str, *, root: Path, name:
     firewall.require_available("joining a cluster")
     ray = ray_binary()
     if node.exists() or StateDir(root).exists():
-        raise ConfigError(f"{root} already holds a raywarden node or cluster",
-                          hint="`raywarden down --state-dir DIR` first, or pass another --state-dir")
+        raise ConfigError(
+            f"{root} already holds a raywarden node or cluster",
+            hint="`raywarden down --state-dir DIR` first, or pass another --state-dir",
+        )
     for folder in (root, node.pki_dir, node.ray_token.parent, node.logs_dir):
         ensure_private_dir(folder)
 
@@ -204,11 +221,19 @@ def join(head_url: str, token: Secret, ca_fingerprint: str, *, root: Path, name:
     address = address or local_address_towards(host, parts.port or 443)
     ports = WorkerPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
     key = generate_private_key()
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .sign(key, hashes.SHA256()))
-    payload = {"token": token.reveal(), "name": name, "address": address, "ports": ports.model_dump(),
-               "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(), "num_cpus": num_cpus}
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .sign(key, hashes.SHA256())
+    )
+    payload = {
+        "token": token.reveal(),
+        "name": name,
+        "address": address,
+        "ports": ports.model_dump(),
+        "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "num_cpus": num_cpus,
+    }
     answer = _post(head_url, "/raywarden/v1/nodes/join", payload, node.access_ca_cert)
     enrolled = time.monotonic()
 
@@ -217,10 +242,19 @@ def join(head_url: str, token: Secret, ca_fingerprint: str, *, root: Path, name:
     write_public(node.internal_ca_cert, answer["internal_ca_pem"].encode())
     write_private(node.ray_token, answer["ray_token"].encode() + b"\n")
     write_private(node.node_secret, answer["node_secret"].encode() + b"\n")
-    config = NodeConfig(head_url=head_url, name=name, spiffe_id=answer["spiffe_id"], address=address,
-                        trust_domain=answer["trust_domain"], gcs_address=answer["gcs_address"],
-                        head_ip=answer["head"]["node_ip"], peers=answer["peers"], ports=ports,
-                        access_ca_fingerprint=expected, joined_at=dt.datetime.now(dt.timezone.utc).isoformat())
+    config = NodeConfig(
+        head_url=head_url,
+        name=name,
+        spiffe_id=answer["spiffe_id"],
+        address=address,
+        trust_domain=answer["trust_domain"],
+        gcs_address=answer["gcs_address"],
+        head_ip=answer["head"]["node_ip"],
+        peers=answer["peers"],
+        ports=ports,
+        access_ca_fingerprint=expected,
+        joined_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+    )
     node.save(config)
     try:
         firewall.install(firewall.FirewallPlan.for_ports(node.table, ports, peers=config.peers))
@@ -228,25 +262,36 @@ def join(head_url: str, token: Secret, ca_fingerprint: str, *, root: Path, name:
         config.ray_pid = pid
         node.save(config)
         _wait_for_worker(node, config, pid, timeout_s)
-        exposed = {p: a for p, a in listening_ports(set(cluster_pids(StateDir(root), pid))).items()
-                   if not is_loopback(a)}
+        exposed = {
+            p: a for p, a in listening_ports(set(cluster_pids(StateDir(root), pid))).items() if not is_loopback(a)
+        }
         config.firewall = multinode.cover_unplanned(node.table, ports, exposed)
         node.save(config)
     except BaseException:
         down(root, reason="join failed")
         raise
-    return {"name": name, "spiffe_id": config.spiffe_id, "address": address, "gcs_address": config.gcs_address,
-            "peers": config.peers, "ray_pid": config.ray_pid, "firewall": config.firewall,
-            "state_dir": str(root), "enroll_seconds": round(enrolled - started, 3),
-            "seconds": round(time.monotonic() - started, 3)}
+    return {
+        "name": name,
+        "spiffe_id": config.spiffe_id,
+        "address": address,
+        "gcs_address": config.gcs_address,
+        "peers": config.peers,
+        "ray_pid": config.ray_pid,
+        "firewall": config.firewall,
+        "state_dir": str(root),
+        "enroll_seconds": round(enrolled - started, 3),
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 def _post(head_url: str, path: str, payload: dict[str, Any], ca: Path) -> dict[str, Any]:
     try:
         resp = requests.post(head_url.rstrip("/") + path, json=payload, verify=str(ca), timeout=60)
     except requests.exceptions.SSLError as exc:
-        raise PKIError(f"TLS with the head failed: {exc}",
-                       hint="the URL's host must be one the gateway certificate names (the head's --node-ip)") from None
+        raise PKIError(
+            f"TLS with the head failed: {exc}",
+            hint="the URL's host must be one the gateway certificate names (the head's --node-ip)",
+        ) from None
     except requests.RequestException as exc:
         raise ClusterError(f"cannot reach the head at {head_url}: {type(exc).__name__}") from None
     try:
@@ -254,15 +299,19 @@ def _post(head_url: str, path: str, payload: dict[str, Any], ca: Path) -> dict[s
     except ValueError:
         body = {"error": resp.text[:300]}
     if resp.status_code != 200:
-        raise ClusterError(f"the head refused ({resp.status_code}): {body.get('error', '')}"
-                           f" (request {body.get('request_id', '?')})", hint=body.get("hint"))
+        raise ClusterError(
+            f"the head refused ({resp.status_code}): {body.get('error', '')} (request {body.get('request_id', '?')})",
+            hint=body.get("hint"),
+        )
     return body
 
 
 def worker_command(node: NodeState, config: NodeConfig, ray: str, num_cpus: int | None) -> list[str]:
     p = config.ports
     command = [
-        ray, "start", "--block",
+        ray,
+        "start",
+        "--block",
         f"--address={config.gcs_address}",
         f"--node-ip-address={config.address}",
         f"--temp-dir={node.ray_temp_dir}",
@@ -283,10 +332,12 @@ def worker_command(node: NodeState, config: NodeConfig, ray: str, num_cpus: int 
 
 def _start_worker(node: NodeState, config: NodeConfig, ray: str, num_cpus: int | None) -> int:
     temp_dir = ensure_private_dir(node.ray_temp_dir)
-    env = node_environment(cert=node.node_cert, key=node.node_key, ca=node.internal_ca_cert,
-                           token=node.ray_token, loopback=False)
-    return spawn_detached(worker_command(node, config, ray, num_cpus), env=env,
-                          log_path=node.logs_dir / "ray-start.log", cwd=temp_dir)
+    env = node_environment(
+        cert=node.node_cert, key=node.node_key, ca=node.internal_ca_cert, token=node.ray_token, loopback=False
+    )
+    return spawn_detached(
+        worker_command(node, config, ray, num_cpus), env=env, log_path=node.logs_dir / "ray-start.log", cwd=temp_dir
+    )
 
 
 def _wait_for_worker(node: NodeState, config: NodeConfig, pid: int, timeout_s: float) -> None:
@@ -296,13 +347,16 @@ def _wait_for_worker(node: NodeState, config: NodeConfig, pid: int, timeout_s: f
     while time.monotonic() < deadline:
         code = exit_status(pid)
         if code is not None:
-            raise ClusterError(f"Ray exited during start-up (exit code {code})",
-                               hint=f"see {log_path} and the logs under {node.ray_temp_dir}")
+            raise ClusterError(
+                f"Ray exited during start-up (exit code {code})",
+                hint=f"see {log_path} and the logs under {node.ray_temp_dir}",
+            )
         if "Ray runtime started" in log_path.read_text(errors="replace"):
             return
         time.sleep(0.3)
-    raise ClusterError(f"the Ray worker did not register with {config.gcs_address} within {timeout_s:.0f}s",
-                       hint=f"see {log_path}")
+    raise ClusterError(
+        f"the Ray worker did not register with {config.gcs_address} within {timeout_s:.0f}s", hint=f"see {log_path}"
+    )
 
 
 def sync(root: Path) -> dict[str, Any]:
@@ -310,8 +364,9 @@ def sync(root: Path) -> dict[str, Any]:
     node = NodeState(root)
     config = node.load()
     secret = read_private(node.node_secret).decode().strip()
-    answer = _post(config.head_url, "/raywarden/v1/nodes/peers", {"name": config.name, "node_secret": secret},
-                   node.access_ca_cert)
+    answer = _post(
+        config.head_url, "/raywarden/v1/nodes/peers", {"name": config.name, "node_secret": secret}, node.access_ca_cert
+    )
     wanted = set(answer["peers"])
     for gone in set(config.peers) - wanted:
         firewall.remove_peer(node.table, gone)
@@ -334,8 +389,12 @@ def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
     if node.node_secret.exists():
         try:
             secret = read_private(node.node_secret).decode().strip()
-            _post(config.head_url, "/raywarden/v1/nodes/leave", {"name": config.name, "node_secret": secret},
-                  node.access_ca_cert)
+            _post(
+                config.head_url,
+                "/raywarden/v1/nodes/leave",
+                {"name": config.name, "node_secret": secret},
+                node.access_ca_cert,
+            )
             head_acknowledged = True
         except (ClusterError, PKIError, ConfigError):
             head_acknowledged = False
@@ -347,5 +406,10 @@ def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
         secret_file.unlink(missing_ok=True)
     node.config_path.unlink(missing_ok=True)
     shutil.rmtree(node.ray_temp_dir, ignore_errors=True)
-    return {"name": config.name, "left": True, "head_acknowledged": head_acknowledged, "reason": reason,
-            "was_running": was_running}
+    return {
+        "name": config.name,
+        "left": True,
+        "head_acknowledged": head_acknowledged,
+        "reason": reason,
+        "was_running": was_running,
+    }

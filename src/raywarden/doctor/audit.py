@@ -27,17 +27,31 @@ def _verify(ctx: DoctorContext) -> Check:
         key = public_key_of(load_audit_key(state.audit_key))
         report = verify_log(state.audit_dir, public_key=key)
     except AuditVerificationError as exc:
-        return failed("audit.verify", f"the audit log does not verify: {exc.message}",
-                      f"{show} names the first bad record; keep the damaged log as evidence and investigate")
+        return failed(
+            "audit.verify",
+            f"the audit log does not verify: {exc.message}",
+            f"{show} names the first bad record; keep the damaged log as evidence and investigate",
+        )
     except RaywardenError as exc:
         return failed("audit.verify", f"cannot verify the audit log: {exc.message}", exc.hint or show)
-    details = {"records": report.records, "checkpoints": report.checkpoints,
-               "unsigned_records": report.unsigned_records}
+    details = {
+        "records": report.records,
+        "checkpoints": report.checkpoints,
+        "unsigned_records": report.unsigned_records,
+    }
     if report.records == 0:
-        return warned("audit.verify", "the audit log is empty", "it is written by `raywarden init`: "
-                      "restore the audit dir from backup", **details)
-    return passed("audit.verify", f"{report.records} records and {report.checkpoints} signed checkpoints verify "
-                  f"({report.unsigned_records} records after the last checkpoint)", **details)
+        return warned(
+            "audit.verify",
+            "the audit log is empty",
+            "it is written by `raywarden init`: restore the audit dir from backup",
+            **details,
+        )
+    return passed(
+        "audit.verify",
+        f"{report.records} records and {report.checkpoints} signed checkpoints verify "
+        f"({report.unsigned_records} records after the last checkpoint)",
+        **details,
+    )
 
 
 def newest_records(ctx: DoctorContext) -> Iterator[dict[str, Any]]:

@@ -18,18 +18,22 @@ from raywarden.pki.spiffe import SpiffeId
 CA_WARN = dt.timedelta(days=14)
 LEAF_WARN = dt.timedelta(days=7)
 
-_CA_FIX = ("a CA cannot be renewed in place yet: create a new cluster (`raywarden init --state-dir NEW_DIR`), "
-           "re-enroll its users and nodes, then retire this one")
+_CA_FIX = (
+    "a CA cannot be renewed in place yet: create a new cluster (`raywarden init --state-dir NEW_DIR`), "
+    "re-enroll its users and nodes, then retire this one"
+)
 
 
 def renew_fix(ctx: DoctorContext, which: str) -> str:
     """Leaf certificates are read at start-up, so renewing one means a restart around the re-issue."""
     root = ctx.state.root
-    return " && ".join([
-        command("raywarden", "down", "--state-dir", root),
-        command("python", "-m", "raywarden.doctor.renew", which, "--state-dir", root),
-        command("raywarden", "up", "--state-dir", root),
-    ])
+    return " && ".join(
+        [
+            command("raywarden", "down", "--state-dir", root),
+            command("python", "-m", "raywarden.doctor.renew", which, "--state-dir", root),
+            command("raywarden", "up", "--state-dir", root),
+        ]
+    )
 
 
 def checks(ctx: DoctorContext) -> list[Check]:
@@ -37,10 +41,30 @@ def checks(ctx: DoctorContext) -> list[Check]:
     access = _ca(ctx, "certs.access-ca", "access CA", state.access_ca_cert)
     internal = _ca(ctx, "certs.internal-ca", "internal CA", state.internal_ca_cert)
     results = [access[0], internal[0]]
-    results.append(_leaf(ctx, "certs.gateway", "gateway certificate", state.gateway_cert, state.gateway_key,
-                         access[1], SpiffeId(ctx.config.trust_domain, "gateway"), renew_fix(ctx, "gateway")))
-    results.append(_leaf(ctx, "certs.node", "head node certificate", state.node_cert, state.node_key,
-                         internal[1], SpiffeId(ctx.config.trust_domain, "node", "head"), renew_fix(ctx, "node")))
+    results.append(
+        _leaf(
+            ctx,
+            "certs.gateway",
+            "gateway certificate",
+            state.gateway_cert,
+            state.gateway_key,
+            access[1],
+            SpiffeId(ctx.config.trust_domain, "gateway"),
+            renew_fix(ctx, "gateway"),
+        )
+    )
+    results.append(
+        _leaf(
+            ctx,
+            "certs.node",
+            "head node certificate",
+            state.node_cert,
+            state.node_key,
+            internal[1],
+            SpiffeId(ctx.config.trust_domain, "node", "head"),
+            renew_fix(ctx, "node"),
+        )
+    )
     for profile in ctx.local_profiles():
         results.append(_profile(ctx, profile.name, profile.cert_path, profile.ca_path, access[1]))
     return results
@@ -59,15 +83,24 @@ def _ca(ctx: DoctorContext, check_id: str, what: str, path: Path) -> tuple[Check
     left = remaining(cert, ctx.now)
     details = {"not_after": cert.not_valid_after_utc.isoformat(), "days_left": round(left.total_seconds() / 86400, 2)}
     if left <= dt.timedelta(0):
-        return failed(check_id, f"the {what} expired {_left(-left)} ago ({cert.not_valid_after_utc:%Y-%m-%d})",
-                      _CA_FIX, **details), cert
+        return failed(
+            check_id, f"the {what} expired {_left(-left)} ago ({cert.not_valid_after_utc:%Y-%m-%d})", _CA_FIX, **details
+        ), cert
     if left < CA_WARN:
         return warned(check_id, f"the {what} expires in {_left(left)}", _CA_FIX, **details), cert
     return passed(check_id, f"the {what} is valid for {_left(left)}", **details), cert
 
 
-def _leaf(ctx: DoctorContext, check_id: str, what: str, path: Path, key_path: Path,
-          issuer: x509.Certificate | None, expected: SpiffeId, fix: str) -> Check:
+def _leaf(
+    ctx: DoctorContext,
+    check_id: str,
+    what: str,
+    path: Path,
+    key_path: Path,
+    issuer: x509.Certificate | None,
+    expected: SpiffeId,
+    fix: str,
+) -> Check:
     try:
         cert = load_cert(path)
     except RaywardenError as exc:
@@ -124,19 +157,29 @@ def _profile(ctx: DoctorContext, name: str, cert_path: Path, ca_path: Path, acce
     except RaywardenError as exc:
         return warned(check_id, f"profile {name!r}: {exc.message}", "re-create the profile")
     if access is not None and pinned != access:
-        return failed(check_id, f"profile {name!r} pins a different access CA than this cluster's",
-                      command("cp", ctx.state.access_ca_cert, ca_path))
+        return failed(
+            check_id,
+            f"profile {name!r} pins a different access CA than this cluster's",
+            command("cp", ctx.state.access_ca_cert, ca_path),
+        )
     if access is not None:
         try:
             cert.verify_directly_issued_by(access)
         except (ValueError, TypeError, InvalidSignature):
-            return failed(check_id, f"profile {name!r} holds a certificate from another CA",
-                          "re-create the profile from this cluster")
+            return failed(
+                check_id,
+                f"profile {name!r} holds a certificate from another CA",
+                "re-create the profile from this cluster",
+            )
     left = remaining(cert, ctx.now)
     details = {"not_after": cert.not_valid_after_utc.isoformat()}
     # The admin profile renews itself on its next use (client/renew.py): expiry here is routine, not a hole.
     renew = command("raywarden", "job", "list", "--profile", name)
     if left <= dt.timedelta(0):
-        return warned(check_id, f"profile {name!r}: client certificate expired {_left(-left)} ago "
-                      "(renewed automatically on next use)", renew, **details)
+        return warned(
+            check_id,
+            f"profile {name!r}: client certificate expired {_left(-left)} ago (renewed automatically on next use)",
+            renew,
+            **details,
+        )
     return passed(check_id, f"profile {name!r}: client certificate valid for {_left(left)}", **details)

@@ -30,12 +30,15 @@ def _against_state(ctx: DoctorContext) -> Check:
         except RaywardenError:
             continue  # certs.* reports the missing file
         if now < not_before:
-            problems.append(f"the system clock ({now:%Y-%m-%d %H:%M:%S} UTC) is before the {name} was created "
-                            f"({not_before:%Y-%m-%d %H:%M:%S} UTC)")
+            problems.append(
+                f"the system clock ({now:%Y-%m-%d %H:%M:%S} UTC) is before the {name} was created "
+                f"({not_before:%Y-%m-%d %H:%M:%S} UTC)"
+            )
     last = _last_record_time(ctx)
     if last is not None and last - now > TOLERANCE:
-        problems.append(f"the system clock is {_ago(last - now)} behind the newest audit record "
-                        f"({last:%Y-%m-%d %H:%M:%S} UTC)")
+        problems.append(
+            f"the system clock is {_ago(last - now)} behind the newest audit record ({last:%Y-%m-%d %H:%M:%S} UTC)"
+        )
     if problems:
         return failed("clock.sanity", "; ".join(problems), _SET_CLOCK)
     shown = f"; newest audit record {_ago(now - last)} ago" if last is not None else ""
@@ -67,14 +70,22 @@ def _ntp() -> Check:
     if tool is None:
         return skipped("clock.ntp", "skipped: timedatectl is not available")
     try:
-        result = subprocess.run([tool, "show", "--property=NTPSynchronized", "--value"],
-                                capture_output=True, text=True, check=False, timeout=5)
+        result = subprocess.run(
+            [tool, "show", "--property=NTPSynchronized", "--value"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return skipped("clock.ntp", "skipped: timedatectl did not answer")
     value = result.stdout.strip()
     if result.returncode != 0 or value not in ("yes", "no"):
         return skipped("clock.ntp", "skipped: timedatectl cannot read the NTP state here (no systemd)")
     if value == "no":
-        return warned("clock.ntp", "the system clock is not NTP-synchronised: certificates and audit times drift",
-                      "timedatectl set-ntp true")
+        return warned(
+            "clock.ntp",
+            "the system clock is not NTP-synchronised: certificates and audit times drift",
+            "timedatectl set-ntp true",
+        )
     return passed("clock.ntp", "the system clock is NTP-synchronised")

@@ -58,8 +58,9 @@ def load_context(state: StateDir, *, now: dt.datetime | None = None) -> DoctorCo
         run = read_run_state(state)
     except (RaywardenError, ValueError) as exc:
         message = exc.message if isinstance(exc, RaywardenError) else str(exc)
-        raise DoctorUnavailable(f"cannot read the cluster state: {message}",
-                                hint="restore config.json / run/cluster.json from backup") from None
+        raise DoctorUnavailable(
+            f"cannot read the cluster state: {message}", hint="restore config.json / run/cluster.json from backup"
+        ) from None
     ray_up = run is not None and alive(run.ray_pid)
     gateway_up = run is not None and alive(run.gateway_pid)
     return DoctorContext(state, config, run, ray_up, gateway_up, now or dt.datetime.now(dt.timezone.utc))

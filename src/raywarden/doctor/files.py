@@ -62,15 +62,26 @@ def _private_files(check_id: str, what: str, paths: list[Path]) -> Check:
             loose.append((path, _mode(st)))
     if loose:
         listing = ", ".join(f"{p} ({m:04o})" for p, m in loose)
-        return failed(check_id, f"{what} readable or writable by other users: {listing}",
-                      command("chmod", "600", *[p for p, _ in loose]), paths=[str(p) for p, _ in loose])
+        return failed(
+            check_id,
+            f"{what} readable or writable by other users: {listing}",
+            command("chmod", "600", *[p for p, _ in loose]),
+            paths=[str(p) for p, _ in loose],
+        )
     if links:
-        return failed(check_id, f"{what} are not regular files: {', '.join(map(str, links))}",
-                      "replace each with the regular file it points to (mode 0600)", paths=[str(p) for p in links])
+        return failed(
+            check_id,
+            f"{what} are not regular files: {', '.join(map(str, links))}",
+            "replace each with the regular file it points to (mode 0600)",
+            paths=[str(p) for p in links],
+        )
     if missing:
-        return failed(check_id, f"{what} missing: {', '.join(map(str, missing))}",
-                      "restore them from a backup of the state dir; without them the cluster cannot start",
-                      paths=[str(p) for p in missing])
+        return failed(
+            check_id,
+            f"{what} missing: {', '.join(map(str, missing))}",
+            "restore them from a backup of the state dir; without them the cluster cannot start",
+            paths=[str(p) for p in missing],
+        )
     return passed(check_id, f"{len(paths)} files are 0600" if len(paths) > 1 else f"{paths[0].name} is 0600")
 
 
@@ -79,8 +90,12 @@ def _folders(ctx: DoctorContext, entries: list[tuple[Path, os.stat_result]]) -> 
     loose = [(p, _mode(st)) for p, st in folders if _mode(st) & 0o077]
     if loose:
         listing = ", ".join(f"{p} ({m:04o})" for p, m in loose)
-        return failed("files.folders", f"folders open to other users: {listing}",
-                      command("chmod", "700", *[p for p, _ in loose]), paths=[str(p) for p, _ in loose])
+        return failed(
+            "files.folders",
+            f"folders open to other users: {listing}",
+            command("chmod", "700", *[p for p, _ in loose]),
+            paths=[str(p) for p, _ in loose],
+        )
     return passed("files.folders", f"{len(folders)} folders in the state dir are 0700")
 
 
@@ -96,8 +111,12 @@ def _ray_temp(ctx: DoctorContext) -> Check:
         st = folder.lstat()
         if st.st_uid == me and not _mode(st) & 0o077 and stat.S_ISDIR(st.st_mode):
             return passed("files.ray-temp", f"Ray's temp dir is inside {folder} (0700, yours)")
-    return failed("files.ray-temp", f"other users can reach Ray's temp dir {temp}: Ray makes it and its "
-                  "sockets and session folders 0777", command("chmod", "700", _temp_guard(ctx)), path=str(temp))
+    return failed(
+        "files.ray-temp",
+        f"other users can reach Ray's temp dir {temp}: Ray makes it and its sockets and session folders 0777",
+        command("chmod", "700", _temp_guard(ctx)),
+        path=str(temp),
+    )
 
 
 def _temp_guard(ctx: DoctorContext) -> Path:
@@ -125,10 +144,16 @@ def _other_files(entries: list[tuple[Path, os.stat_result]], special: set[Path])
         if writable_public:
             fixes.append(command("chmod", "644", *writable_public))
         shown = [*loose_private, *writable_public]
-        return failed("files.state", f"files open to other users: {', '.join(map(str, shown))}",
-                      " && ".join(fixes), paths=[str(p) for p in shown])
-    return passed("files.state", "configuration, identity store, audit log and logs are 0600; "
-                                 "certificates are not writable by others")
+        return failed(
+            "files.state",
+            f"files open to other users: {', '.join(map(str, shown))}",
+            " && ".join(fixes),
+            paths=[str(p) for p in shown],
+        )
+    return passed(
+        "files.state",
+        "configuration, identity store, audit log and logs are 0600; certificates are not writable by others",
+    )
 
 
 def _ownership(ctx: DoctorContext, entries: list[tuple[Path, os.stat_result]]) -> Check:
@@ -139,11 +164,14 @@ def _ownership(ctx: DoctorContext, entries: list[tuple[Path, os.stat_result]]) -
         foreign.append(temp)
     if foreign:
         user = _user_name(me)
-        return failed("files.owner", f"not owned by {user}: {', '.join(map(str, foreign[:10]))}"
-                      + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""),
-                      command("chown", "-R", user, ctx.state.root)
-                      + (f" (and remove {temp}: another user created it)" if temp in foreign else ""),
-                      paths=[str(p) for p in foreign])
+        return failed(
+            "files.owner",
+            f"not owned by {user}: {', '.join(map(str, foreign[:10]))}"
+            + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""),
+            command("chown", "-R", user, ctx.state.root)
+            + (f" (and remove {temp}: another user created it)" if temp in foreign else ""),
+            paths=[str(p) for p in foreign],
+        )
     return passed("files.owner", f"everything is owned by {_user_name(me)}")
 
 
@@ -158,8 +186,11 @@ def _profile(name: str, folder: Path, key: Path) -> Check:
             problems.append(f"{key} is {_mode(key.lstat()):04o}")
             fixes.append(command("chmod", "600", key))
     except FileNotFoundError as exc:
-        return warned(check_id, f"profile {name!r} is incomplete: {exc.filename} is missing",
-                      "re-create the profile (for the admin profile: restore it from backup)")
+        return warned(
+            check_id,
+            f"profile {name!r} is incomplete: {exc.filename} is missing",
+            "re-create the profile (for the admin profile: restore it from backup)",
+        )
     if problems:
         return failed(check_id, f"profile {name!r}: {'; '.join(problems)}", " && ".join(fixes))
     return passed(check_id, f"profile {name!r}: folder 0700, client key 0600")

@@ -23,8 +23,10 @@ def checks(ctx: DoctorContext) -> list[Check]:
 
 def _restart_fix(ctx: DoctorContext) -> str:
     root = ctx.state.root
-    return (f"{command('raywarden', 'down', '--state-dir', root)} && as root, with nftables installed: "
-            f"{command('raywarden', 'up', '--state-dir', root)}")
+    return (
+        f"{command('raywarden', 'down', '--state-dir', root)} && as root, with nftables installed: "
+        f"{command('raywarden', 'up', '--state-dir', root)}"
+    )
 
 
 def _ray(ctx: DoctorContext) -> Check:
@@ -40,16 +42,25 @@ def _ray(ctx: DoctorContext) -> Check:
     table = firewall.table_name(ctx.state)
     rules, why = _firewall_table(table)
     if not run.firewall.startswith("installed") or rules is None:
-        return failed("listeners.ray", f"Ray listens on {listing} with no firewall in front ({why or run.firewall})",
-                      _restart_fix(ctx), exposed=shown)
+        return failed(
+            "listeners.ray",
+            f"Ray listens on {listing} with no firewall in front ({why or run.firewall})",
+            _restart_fix(ctx),
+            exposed=shown,
+        )
     covered, peers = _covered_ports(rules)
     uncovered = sorted(p for p in exposed if p not in covered)
     if uncovered:
-        return failed("listeners.ray", "Ray listens on ports this cluster's firewall table does not cover: "
-                      f"{', '.join(map(str, uncovered))}", _restart_fix(ctx), exposed=shown)
+        return failed(
+            "listeners.ray",
+            f"Ray listens on ports this cluster's firewall table does not cover: {', '.join(map(str, uncovered))}",
+            _restart_fix(ctx),
+            exposed=shown,
+        )
     who = f"only {peers} enrolled node address(es) may connect" if peers else "other hosts are dropped"
-    return passed("listeners.ray", f"Ray listens on {listing}; nftables table {table} covers every one ({who})",
-                  exposed=shown)
+    return passed(
+        "listeners.ray", f"Ray listens on {listing}; nftables table {table} covers every one ({who})", exposed=shown
+    )
 
 
 def _firewall_table(table: str) -> tuple[str | None, str | None]:
@@ -57,8 +68,9 @@ def _firewall_table(table: str) -> tuple[str | None, str | None]:
     nft = firewall.nft_path()
     if nft is None or os.geteuid() != 0:
         return None, "cannot list nftables rules (needs root and nft)"
-    result = subprocess.run([nft, "list", "table", "inet", table],
-                            capture_output=True, text=True, check=False, timeout=10)
+    result = subprocess.run(
+        [nft, "list", "table", "inet", table], capture_output=True, text=True, check=False, timeout=10
+    )
     if result.returncode != 0:
         return None, f"nftables table {table} is not loaded"
     return result.stdout, None
@@ -90,10 +102,14 @@ def _gateway(ctx: DoctorContext) -> Check:
         return skipped("listeners.gateway", "skipped: the gateway is not running")
     found = listening_ports({run.gateway_pid})
     if not found:
-        return failed("listeners.gateway", "the gateway process listens on no TCP port",
-                      f"see {ctx.state.logs_dir / 'gateway.log'}; then "
-                      + command("raywarden", "down", "--state-dir", ctx.state.root) + " && "
-                      + command("raywarden", "up", "--state-dir", ctx.state.root))
+        return failed(
+            "listeners.gateway",
+            "the gateway process listens on no TCP port",
+            f"see {ctx.state.logs_dir / 'gateway.log'}; then "
+            + command("raywarden", "down", "--state-dir", ctx.state.root)
+            + " && "
+            + command("raywarden", "up", "--state-dir", ctx.state.root),
+        )
     problems, seen = [], []
     for port, addr in sorted(found.items()):
         protected, evidence = gateway_refuses_anonymous(ctx, addr, port)
@@ -101,9 +117,13 @@ def _gateway(ctx: DoctorContext) -> Check:
         if not protected:
             problems.append(f"{addr}:{port}: {evidence}")
     if problems:
-        return failed("listeners.gateway", "gateway listener not protected: " + "; ".join(problems),
-                    f"see {ctx.state.logs_dir / 'gateway.log'}; restart: "
-                    + command("raywarden", "down", "--state-dir", ctx.state.root) + " && "
-                    + command("raywarden", "up", "--state-dir", ctx.state.root))
+        return failed(
+            "listeners.gateway",
+            "gateway listener not protected: " + "; ".join(problems),
+            f"see {ctx.state.logs_dir / 'gateway.log'}; restart: "
+            + command("raywarden", "down", "--state-dir", ctx.state.root)
+            + " && "
+            + command("raywarden", "up", "--state-dir", ctx.state.root),
+        )
     where = "loopback only" if all(is_loopback(a) for a in found.values()) else "reachable from the network"
     return passed("listeners.gateway", f"gateway on {', '.join(seen)}; {where}")

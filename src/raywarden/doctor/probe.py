@@ -19,8 +19,12 @@ def gateway_refuses_anonymous(ctx: DoctorContext, host: str, port: int) -> tuple
     dial = "127.0.0.1" if host in ("0.0.0.0", "::", "::ffff:0.0.0.0") else host  # noqa: S104 - comparing
     url_host = f"[{dial}]" if ":" in dial else dial
     try:
-        resp = requests.get(f"https://{url_host}:{port}/api/version", verify=str(ctx.state.access_ca_cert),
-                            timeout=TIMEOUT_S, allow_redirects=False)
+        resp = requests.get(
+            f"https://{url_host}:{port}/api/version",
+            verify=str(ctx.state.access_ca_cert),
+            timeout=TIMEOUT_S,
+            allow_redirects=False,
+        )
     except requests.exceptions.SSLError as exc:
         return False, f"TLS handshake failed: {type(exc).__name__}"
     except requests.RequestException as exc:
@@ -39,5 +43,6 @@ def dashboard_get(ctx: DoctorContext, path: str, *, token: Secret | None) -> req
     if ctx.run is None:
         raise RuntimeError("dashboard_get needs a running cluster")
     headers: dict[str, Any] = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {}
-    return requests.get(f"http://127.0.0.1:{ctx.run.ports.dashboard}{path}", headers=headers, timeout=TIMEOUT_S,
-                        allow_redirects=False)
+    return requests.get(
+        f"http://127.0.0.1:{ctx.run.ports.dashboard}{path}", headers=headers, timeout=TIMEOUT_S, allow_redirects=False
+    )

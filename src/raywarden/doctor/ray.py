@@ -45,23 +45,34 @@ def _version(ctx: DoctorContext) -> Check:
     except (requests.RequestException, RaywardenError) as exc:
         return failed("ray.version", f"Ray's dashboard did not answer: {type(exc).__name__}", _restart(ctx))
     if resp.status_code != 200:
-        return failed("ray.version", f"Ray's dashboard refused raywarden's token (HTTP {resp.status_code})",
-                      _restart(ctx))
+        return failed(
+            "ray.version", f"Ray's dashboard refused raywarden's token (HTTP {resp.status_code})", _restart(ctx)
+        )
     version = str(resp.json().get("ray_version", ""))
     key = parse_version(version)
     if key is None:
-        return warned("ray.version", f"Ray reported an unreadable version {version!r}",
-                      "pip install --upgrade 'ray[default]'")
+        return warned(
+            "ray.version", f"Ray reported an unreadable version {version!r}", "pip install --upgrade 'ray[default]'"
+        )
     minimum = parse_version(MIN_RAY)
     if minimum is not None and key < minimum:
-        return failed("ray.version", f"Ray {version} has no token auth (needs 2.52 or later)",
-                      "pip install --upgrade 'ray[default]>=2.52'", version=version)
+        return failed(
+            "ray.version",
+            f"Ray {version} has no token auth (needs 2.52 or later)",
+            "pip install --upgrade 'ray[default]>=2.52'",
+            version=version,
+        )
     cves = cves_for_version(version)
     known = [c.id for c in cves]
     if known:
         make = failed if any(c.severity in ("critical", "high") for c in cves) else warned
-        return make("ray.version", f"Ray {version} is affected by {', '.join(known)}",
-                      "pip install --upgrade 'ray[default]', then " + _restart(ctx), version=version, cves=known)
+        return make(
+            "ray.version",
+            f"Ray {version} is affected by {', '.join(known)}",
+            "pip install --upgrade 'ray[default]', then " + _restart(ctx),
+            version=version,
+            cves=known,
+        )
     return passed("ray.version", f"Ray {version}, none of the CVEs raywarden knows of", version=version)
 
 
@@ -75,8 +86,9 @@ def _auth(ctx: DoctorContext) -> Check:
     if reported != "token":
         return failed("ray.auth", f"Ray's authentication mode is {reported!r}, not 'token'", _restart(ctx))
     if anonymous.status_code not in (401, 403):
-        return failed("ray.auth", f"Ray answered an anonymous GET /api/jobs/ with HTTP {anonymous.status_code}",
-                      _restart(ctx))
+        return failed(
+            "ray.auth", f"Ray answered an anonymous GET /api/jobs/ with HTTP {anonymous.status_code}", _restart(ctx)
+        )
     return passed("ray.auth", f"token auth is on; an anonymous request to Ray got HTTP {anonymous.status_code}")
 
 
@@ -87,8 +99,11 @@ def _tls(ctx: DoctorContext) -> Check:
     try:
         raw = Path(f"/proc/{ctx.run.ray_pid}/environ").read_bytes()
     except OSError as exc:
-        return warned("ray.tls", f"cannot read the Ray head's environment ({exc.strerror})",
-                      "run doctor as the user that started the cluster")
+        return warned(
+            "ray.tls",
+            f"cannot read the Ray head's environment ({exc.strerror})",
+            "run doctor as the user that started the cluster",
+        )
     env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
     # Only the names checked here are read back; the environment holds paths, never the token itself.
     wrong = [name for name, want in _REQUIRED_ENV.items() if env.get(name.encode(), b"").decode() != want]

@@ -26,23 +26,34 @@ def renew_leaf(state: StateDir, which: Leaf) -> str:
     config = state.load_config()
     run = read_run_state(state)
     if run is not None and (alive(run.ray_pid) or alive(run.gateway_pid)):
-        raise ClusterError("the cluster is running; it reads its certificates at start-up",
-                           hint=f"`raywarden down --state-dir {state.root}` first, then `raywarden up` after")
+        raise ClusterError(
+            "the cluster is running; it reads its certificates at start-up",
+            hint=f"`raywarden down --state-dir {state.root}` first, then `raywarden up` after",
+        )
     if which == "gateway":
         access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
         issue_gateway_certificate(state, config, access)
         path = state.gateway_cert
     else:
-        internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert,
-                                             state.internal_ca_key)
+        internal = CertificateAuthority.load(
+            "internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key
+        )
         issue_head_node_certificate(state, config, internal)
         path = state.node_cert
     cert = load_cert(path)
     audit = open_cluster_audit(state, config)
     try:
-        audit.append({"kind": "cluster", "event": "cert.renew", "certificate": which, "serial": serial_hex(cert),
-                      "sha256": fingerprint(cert), "not_after": cert.not_valid_after_utc.isoformat(),
-                      "actor": f"local:{os.getuid()}"})
+        audit.append(
+            {
+                "kind": "cluster",
+                "event": "cert.renew",
+                "certificate": which,
+                "serial": serial_hex(cert),
+                "sha256": fingerprint(cert),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "actor": f"local:{os.getuid()}",
+            }
+        )
     finally:
         audit.close()
     return f"new {which} certificate {serial_hex(cert)}, valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"

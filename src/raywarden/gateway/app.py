@@ -90,8 +90,13 @@ class Exchange:
         }
 
     def outcome(self, status: int, **fields: Any) -> dict[str, Any]:
-        return {"kind": "outcome", "request_id": self.request_id, "status": status,
-                "latency_ms": self.elapsed_ms(), **fields}
+        return {
+            "kind": "outcome",
+            "request_id": self.request_id,
+            "status": status,
+            "latency_ms": self.elapsed_ms(),
+            **fields,
+        }
 
 
 class GatewayApp:
@@ -175,21 +180,33 @@ class GatewayApp:
         if found is None:
             # An anonymous caller learns nothing about the route table, not even that a route is unknown.
             self._authenticate(scope, ex)
-            raise Refusal(404, "no such route", reason=f"route not in the route table: {method} {path}",
-                          hint="the gateway serves Ray's Jobs API, the dashboard under /dashboard/ and its "
-                               "console under /ui/; see docs/browser.md")
+            raise Refusal(
+                404,
+                "no such route",
+                reason=f"route not in the route table: {method} {path}",
+                hint="the gateway serves Ray's Jobs API, the dashboard under /dashboard/ and its "
+                "console under /ui/; see docs/browser.md",
+            )
         ex.action = found.route.action
         query = scope.get("query_string", b"").decode("latin-1")
         if query:
             names = {part.partition("=")[0] for part in query.split("&") if part}
             unknown = names - found.route.query
             if unknown:
-                raise Refusal(400, f"query parameter not allowed: {sorted(unknown)[0]}",
-                              reason=f"unlisted query parameters {sorted(unknown)}")
+                raise Refusal(
+                    400,
+                    f"query parameter not allowed: {sorted(unknown)[0]}",
+                    reason=f"unlisted query parameters {sorted(unknown)}",
+                )
         return found, query
 
     async def _authorize(
-        self, scope: Scope, ex: Exchange, identity: Identity, found: Match, submission: JobSubmitBody | None,
+        self,
+        scope: Scope,
+        ex: Exchange,
+        identity: Identity,
+        found: Match,
+        submission: JobSubmitBody | None,
         query: str = "",
     ) -> tuple[Viewer, Resource]:
         """Decide; raise the refusal (403, or 404 for a job the caller may not view) when denied."""
@@ -197,8 +214,9 @@ class GatewayApp:
         entity = resource.entity
         ex.resource = f"{entity.type}::{entity.id}"
         engine = self.engine  # one set for the whole request, even if a reload swaps it meanwhile
-        context = context_for(identity, ex.source, scope.get("state", {}).get(PEER_CERT_STATE_KEY),
-                              _header(scope, b"authorization"))
+        context = context_for(
+            identity, ex.source, scope.get("state", {}).get(PEER_CERT_STATE_KEY), _header(scope, b"authorization")
+        )
         if identity.issued_at is not None:
             # A session's credential age is the time since its sign-in.
             context["auth_age_s"] = max(0, int(time.time() - identity.issued_at))
@@ -209,13 +227,20 @@ class GatewayApp:
             decision, entity = await self._driver_log_fallback(viewer, query, decision, entity)
             ex.resource = f"{entity.type}::{entity.id}"
         ex.policy_ids = decision.policy_ids
-        ex.policy_input = {"groups": list(identity.groups), "resource_attrs": entity.attrs,
-                           "context": {k: v for k, v in context.items() if k != "source"}}
+        ex.policy_input = {
+            "groups": list(identity.groups),
+            "resource_attrs": entity.attrs,
+            "context": {k: v for k, v in context.items() if k != "source"},
+        }
         if not decision.allowed:
             if action in JOB_ACTIONS:
                 raise refusal_for_job(viewer, action, entity, decision)
-            raise Refusal(403, "forbidden", reason=decision.reason,
-                          hint="ask an administrator for access; policies decide per action and resource")
+            raise Refusal(
+                403,
+                "forbidden",
+                reason=decision.reason,
+                hint="ask an administrator for access; policies decide per action and resource",
+            )
         return viewer, resource
 
     async def _record_allow(self, ex: Exchange) -> None:
@@ -228,8 +253,9 @@ class GatewayApp:
         )
         if refusal.status == 401 and scope is not None and _browser_navigation(scope):
             # A person opening a page without a session is shown the sign-in page, not a JSON error.
-            return RedirectResponse("/ui/signin", status_code=303, headers={"cache-control": "no-store",
-                                                                              "x-request-id": ex.request_id})
+            return RedirectResponse(
+                "/ui/signin", status_code=303, headers={"cache-control": "no-store", "x-request-id": ex.request_id}
+            )
         return responses.error(refusal.status, refusal.message, ex.request_id, refusal.hint)
 
     def _browser_checks(self, scope: Scope, method: str) -> None:
@@ -238,8 +264,13 @@ class GatewayApp:
             return
         self.guard.check_host(_header(scope, b"host"))
         has_session = session_cookie(_header(scope, b"cookie")) is not None
-        self.guard.check_origin(method, _header(scope, b"origin"), _header(scope, b"sec-fetch-site"),
-                                _header(scope, b"sec-fetch-mode"), has_session)
+        self.guard.check_origin(
+            method,
+            _header(scope, b"origin"),
+            _header(scope, b"sec-fetch-site"),
+            _header(scope, b"sec-fetch-mode"),
+            has_session,
+        )
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -251,8 +282,11 @@ class GatewayApp:
                 found, query = self._match(request.scope, ex, request.method, websocket=False)
                 if found.route.console and found.route.auth == "anonymous":
                     return await self._console_anonymous(request, ex, found, query)
-                identity = (self._authenticate(request.scope, ex, session=found.route.session)
-                            if found.route.auth == "identity" else None)
+                identity = (
+                    self._authenticate(request.scope, ex, session=found.route.session)
+                    if found.route.auth == "identity"
+                    else None
+                )
                 body = await self._read_body(request, found)
                 if found.route.console:
                     assert identity is not None  # noqa: S101 - an identity route
@@ -280,11 +314,23 @@ class GatewayApp:
         except (AuditUnavailable, AuditRecordError) as exc:
             # Principle 6: a request that cannot be recorded is not served.
             log.error("audit log unavailable: %s", exc.message)
-            return responses.error(503, "audit log unavailable; requests are refused until it is writable",
-                                   ex.request_id, "check disk space and permissions of the audit dir")
+            return responses.error(
+                503,
+                "audit log unavailable; requests are refused until it is writable",
+                ex.request_id,
+                "check disk space and permissions of the audit dir",
+            )
 
-    async def _forward(self, request: Request, ex: Exchange, found: Match, query: str, body: bytes | None,
-                       viewer: Viewer, resource: Resource) -> Response:
+    async def _forward(
+        self,
+        request: Request,
+        ex: Exchange,
+        found: Match,
+        query: str,
+        body: bytes | None,
+        viewer: Viewer,
+        resource: Resource,
+    ) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         action = ex.action
         route = found.route
@@ -321,8 +367,7 @@ class GatewayApp:
                 if dict(upstream.headers).get("content-encoding"):
                     raise FilterError("Ray sent an encoded response the gateway cannot filter")
                 if dashboard_filter is not None:
-                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access, query,
-                                                   found.params)
+                    data, shown = filter_dashboard(dashboard_filter, viewer, upstream.body, access, query, found.params)
                 elif action == "jobs.list":
                     data, shown = filter_job_list(viewer, upstream.body)
                 else:
@@ -340,8 +385,9 @@ class GatewayApp:
         await self.audit.append_async(ex.outcome(refusal.status, reason=refusal.reason))
         return responses.error(refusal.status, refusal.message, ex.request_id, refusal.hint)
 
-    async def _driver_log_fallback(self, viewer: Viewer, query: str, denied: Decision,
-                                   entity: Entity) -> tuple[Decision, Entity]:
+    async def _driver_log_fallback(
+        self, viewer: Viewer, query: str, denied: Decision, entity: Entity
+    ) -> tuple[Decision, Entity]:
         """A job's driver log, asked for by the dashboard's job page: decided as "jobs.logs" on that job."""
         sid = driver_log_job(query)
         if sid is None:
@@ -360,26 +406,42 @@ class GatewayApp:
             raise Refusal(404, "no such route", reason="browser access is not configured on this gateway")
         body = await self._read_body(request, found)
         cookie = session_cookie(request.headers.get("cookie"))
-        result = await self.console.anonymous(found.route.action, request.method, found.route.template, query,
-                                              body, cookie, ex.source, host=request.headers.get("host", ""),
-                                              binding=session_cookie(request.headers.get("cookie"), BINDING_COOKIE))
+        result = await self.console.anonymous(
+            found.route.action,
+            request.method,
+            found.route.template,
+            query,
+            body,
+            cookie,
+            ex.source,
+            host=request.headers.get("host", ""),
+            binding=session_cookie(request.headers.get("cookie"), BINDING_COOKIE),
+        )
         if result.audit.get("session_principal"):
             ex.resource = f"Principal::{result.audit['session_principal']}"
-        await self.audit.append_async(ex.record(decision="deny" if result.deny else "allow", status=result.status,
-                                                policy_version=self.engine.version, **result.audit))
+        await self.audit.append_async(
+            ex.record(
+                decision="deny" if result.deny else "allow",
+                status=result.status,
+                policy_version=self.engine.version,
+                **result.audit,
+            )
+        )
         result.response.headers["x-request-id"] = ex.request_id
         return result.response
 
-    async def _console_page(self, request: Request, ex: Exchange, found: Match, query: str,
-                            identity: Identity) -> Response:
+    async def _console_page(
+        self, request: Request, ex: Exchange, found: Match, query: str, identity: Identity
+    ) -> Response:
         if self.console is None:
             raise Refusal(404, "no such route", reason="browser access is not configured on this gateway")
         viewer, _ = await self._authorize(request.scope, ex, identity, found, None)
         await self._record_allow(ex)
         cookie = session_cookie(request.headers.get("cookie"))
         try:
-            result = await self.console.page(found.route.action, found.route.template, query, identity, cookie, viewer,
-                                             found.params)
+            result = await self.console.page(
+                found.route.action, found.route.template, query, identity, cookie, viewer, found.params
+            )
         except Refusal as refusal:
             return await self._refuse_after_allow(ex, refusal)
         except (UpstreamUnavailable, FilterError) as exc:
@@ -389,21 +451,29 @@ class GatewayApp:
         result.response.headers["x-request-id"] = ex.request_id
         return result.response
 
-    async def _control(self, scope: Scope, ex: Exchange, found: Match, identity: Identity | None,
-                       body: bytes | None) -> Response:
+    async def _control(
+        self, scope: Scope, ex: Exchange, found: Match, identity: Identity | None, body: bytes | None
+    ) -> Response:
         if identity is not None:
             await self._authorize(scope, ex, identity, found, None)
             await self._record_allow(ex)
         handler = self.control[found.route.action]
         result = await handler(ControlRequest(ex.request_id, ex.source, found.params, body, identity))
-        record = ex.record(decision="allow" if result.status < 400 else "deny", status=result.status,
-                           policy_version=self.engine.version, **result.audit)
+        record = ex.record(
+            decision="allow" if result.status < 400 else "deny",
+            status=result.status,
+            policy_version=self.engine.version,
+            **result.audit,
+        )
         if identity is None:
             await self.audit.append_async(record)
         else:
             await self.audit.append_async(ex.outcome(result.status, **result.audit))
-        headers = {responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1], "x-request-id": ex.request_id,
-                   "cache-control": "no-store"}
+        headers = {
+            responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1],
+            "x-request-id": ex.request_id,
+            "cache-control": "no-store",
+        }
         return JSONResponse({**result.body, "request_id": ex.request_id}, status_code=result.status, headers=headers)
 
     async def _read_body(self, request: Request, found: Match) -> bytes | None:
@@ -444,9 +514,14 @@ class GatewayApp:
                 upstream_ws = await self.upstream.websocket(encode_path(canonical_path(ws.scope["raw_path"])))
             except (Refusal, UpstreamUnavailable) as exc:
                 refusal = exc if isinstance(exc, Refusal) else _ray_down(exc)
-                await self.audit.append_async(ex.record(decision="deny" if refusal.status != 503 else "error",
-                                                        status=refusal.status, reason=refusal.reason,
-                                                        policy_version=self.engine.version))
+                await self.audit.append_async(
+                    ex.record(
+                        decision="deny" if refusal.status != 503 else "error",
+                        status=refusal.status,
+                        reason=refusal.reason,
+                        policy_version=self.engine.version,
+                    )
+                )
                 await _deny_upgrade(ws, refusal, ex)
                 return
         except (AuditUnavailable, AuditRecordError):
@@ -515,5 +590,9 @@ def _relay(upstream: UpstreamResponse, ex: Exchange) -> Response:
 
 
 def _ray_down(exc: UpstreamUnavailable) -> Refusal:
-    return Refusal(503, "Ray is not reachable behind the gateway", reason=f"upstream unavailable: {exc}",
-                   hint="check `raywarden status`; start the cluster with `raywarden up`")
+    return Refusal(
+        503,
+        "Ray is not reachable behind the gateway",
+        reason=f"upstream unavailable: {exc}",
+        hint="check `raywarden status`; start the cluster with `raywarden up`",
+    )

@@ -42,8 +42,15 @@ class MissingCredential(AuthenticationError):
 
 
 class Authenticator:
-    def __init__(self, trust_domain: str, store: IdentityStore, *, tokens: TokenAuthority | None = None,
-                 oidc: OidcFederation | None = None, sessions: SessionStore | None = None) -> None:
+    def __init__(
+        self,
+        trust_domain: str,
+        store: IdentityStore,
+        *,
+        tokens: TokenAuthority | None = None,
+        oidc: OidcFederation | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self.trust_domain = trust_domain
         self.store = store
         self.tokens = tokens
@@ -52,11 +59,17 @@ class Authenticator:
 
     @classmethod
     def from_state(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> Authenticator:
-        return cls(config.trust_domain, store, tokens=TokenAuthority.for_state(state, config),
-                   oidc=OidcFederation(oidc_config_path(state)), sessions=SessionStore(state.identity_db, store))
+        return cls(
+            config.trust_domain,
+            store,
+            tokens=TokenAuthority.for_state(state, config),
+            oidc=OidcFederation(oidc_config_path(state)),
+            sessions=SessionStore(state.identity_db, store),
+        )
 
-    def authenticate(self, peer_cert_der: bytes | None, authorization: str | None,
-                     session: str | None = None) -> Identity:
+    def authenticate(
+        self, peer_cert_der: bytes | None, authorization: str | None, session: str | None = None
+    ) -> Identity:
         """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only).
         ``session`` is the session cookie's value, passed only on routes that accept sessions."""
         if peer_cert_der:
@@ -114,8 +127,9 @@ class Authenticator:
                 raise AuthenticationError(f"OIDC configuration unusable: {exc.message}") from None
             if issuer is not None:
                 return self._from_id_token(token, header, issuer)
-        raise AuthenticationError(f"token from unknown issuer {str(iss)[:100]!r} with unknown key id "
-                                  f"{str(header.get('kid'))[:64]!r}")
+        raise AuthenticationError(
+            f"token from unknown issuer {str(iss)[:100]!r} with unknown key id {str(header.get('kid'))[:64]!r}"
+        )
 
     def _from_own_token(self, token: str, header: dict[str, Any]) -> Identity:
         assert self.tokens is not None  # noqa: S101 - checked by the caller
@@ -141,8 +155,9 @@ class Authenticator:
         spiffe = SpiffeId(self.trust_domain, "user", found.name)
         principal = self.store.get(str(spiffe))
         if principal is None and not found.allow_unregistered:
-            raise AuthenticationError(f"{spiffe} (from {found.issuer}) is not registered and the issuer "
-                                      "admits registered users only")
+            raise AuthenticationError(
+                f"{spiffe} (from {found.issuer}) is not registered and the issuer admits registered users only"
+            )
         if principal is not None and principal.disabled:
             raise AuthenticationError(f"principal {spiffe} is disabled")
         groups = tuple(sorted(set(found.groups) | set(principal.groups if principal else ())))
@@ -154,7 +169,6 @@ class Authenticator:
         if spiffe.kind not in ("user", "sa"):
             # The gateway's own certificate shares the access CA; it never speaks for a person.
             raise AuthenticationError(f"{spiffe.kind} {what}s do not authenticate callers")
-
 
 
 def _active(found: CredentialState) -> Principal:

@@ -23,12 +23,15 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})
 
 # raywarden's own pages: no script at all, styles from the gateway only, forms post back to it only.
-CONSOLE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-               "base-uri 'none'")
+CONSOLE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 # Ray's dashboard (a React app): its bundle and fonts from the gateway; MUI injects <style> elements.
-DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                 "font-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; "
-                 "form-action 'self'; frame-ancestors 'none'")
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 # Profiling output is HTML/SVG built from user code's function names: rendered without script or origin.
 PROFILE_CSP = "sandbox; frame-ancestors 'none'"
 API_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
@@ -68,28 +71,38 @@ class BrowserGuard:
         # A Host without a port is tolerated (some probes and proxies omit it): rebinding is about the name.
         port_ok = port in (str(self.port), "")
         if host not in self.hosts or not port_ok:
-            raise Refusal(421, "this gateway does not serve that host name",
-                          reason=f"Host header {host_header[:100]!r} not in the gateway's host allowlist "
-                                 "(DNS rebinding or misdirected request)",
-                          hint="use the gateway's own name; add others to gateway_hosts in the cluster config")
+            raise Refusal(
+                421,
+                "this gateway does not serve that host name",
+                reason=f"Host header {host_header[:100]!r} not in the gateway's host allowlist "
+                "(DNS rebinding or misdirected request)",
+                hint="use the gateway's own name; add others to gateway_hosts in the cluster config",
+            )
 
-    def check_origin(self, method: str, origin: str | None, site: str | None, mode: str | None,
-                     has_session: bool) -> None:
+    def check_origin(
+        self, method: str, origin: str | None, site: str | None, mode: str | None, has_session: bool
+    ) -> None:
         """Cross-site requests never change anything; with a session cookie they do not read either."""
         if method in STATE_CHANGING:
             if origin is not None and origin not in self.origins:
-                raise Refusal(403, "cross-origin request refused",
-                              reason=f"{method} with foreign Origin {origin[:100]!r}")
+                raise Refusal(
+                    403, "cross-origin request refused", reason=f"{method} with foreign Origin {origin[:100]!r}"
+                )
             if site is not None and site not in SAME_ORIGIN_SITES:
-                raise Refusal(403, "cross-origin request refused",
-                              reason=f"{method} with Sec-Fetch-Site {site[:30]!r}")
+                raise Refusal(403, "cross-origin request refused", reason=f"{method} with Sec-Fetch-Site {site[:30]!r}")
             if has_session and origin is None and site is None:
-                raise Refusal(403, "cross-origin request refused",
-                              reason=f"{method} with a session cookie but neither Origin nor Sec-Fetch-Site")
+                raise Refusal(
+                    403,
+                    "cross-origin request refused",
+                    reason=f"{method} with a session cookie but neither Origin nor Sec-Fetch-Site",
+                )
         elif has_session and site is not None and site not in SAME_ORIGIN_SITES and mode != "navigate":
             # A foreign page's fetch()/<script>/<img> with the user's cookie (if SameSite ever lets it through).
-            raise Refusal(403, "cross-origin request refused",
-                          reason=f"{method} with a session cookie from Sec-Fetch-Site {site[:30]!r}")
+            raise Refusal(
+                403,
+                "cross-origin request refused",
+                reason=f"{method} with a session cookie from Sec-Fetch-Site {site[:30]!r}",
+            )
 
 
 def session_cookie(cookie_header: str | None, name: str = SESSION_COOKIE) -> str | None:
@@ -106,8 +119,7 @@ def session_cookie(cookie_header: str | None, name: str = SESSION_COOKIE) -> str
 
 
 def set_session_cookie(value: str, max_age_s: int) -> str:
-    return (f"{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; "
-            f"Max-Age={max(0, max_age_s)}")
+    return f"{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max(0, max_age_s)}"
 
 
 def clear_session_cookie() -> str:
@@ -144,8 +156,16 @@ def security_headers(path: str) -> list[tuple[bytes, bytes]]:
     ]
 
 
-_REPLACED = frozenset({b"content-security-policy", b"x-frame-options", b"x-content-type-options",
-                       b"referrer-policy", b"cross-origin-opener-policy", b"cross-origin-resource-policy"})
+_REPLACED = frozenset(
+    {
+        b"content-security-policy",
+        b"x-frame-options",
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"cross-origin-opener-policy",
+        b"cross-origin-resource-policy",
+    }
+)
 
 
 def hardened_send(scope: Scope, send: Send) -> Send:
@@ -154,8 +174,11 @@ def hardened_send(scope: Scope, send: Send) -> Send:
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = [(k, v) for k, v in message.get("headers", [])
-                       if k.lower() not in _REPLACED and not k.lower().startswith(b"access-control-")]
+            headers = [
+                (k, v)
+                for k, v in message.get("headers", [])
+                if k.lower() not in _REPLACED and not k.lower().startswith(b"access-control-")
+            ]
             message = {**message, "headers": headers + security_headers(path)}
         await send(message)
 

@@ -27,13 +27,19 @@ from raywarden.policy.entities import job_entity
 from raywarden.policy.jobattrs import job_entity_id
 
 # Dashboard routes (by their template as Ray knows it) whose answers are lists of entries with a job id.
-STATE_LISTS = {"/api/v0/tasks": "job_id", "/api/v0/actors": "job_id", "/api/v0/jobs": "job_id",
-               "/api/v0/placement_groups": "creator_job_id"}
-PER_JOB_ANSWERS = frozenset({*STATE_LISTS, "/logical/actors", "/logical/actors/{actor_id}", "/events", "/nodes",
-                             "/nodes/{node_id}"})
+STATE_LISTS = {
+    "/api/v0/tasks": "job_id",
+    "/api/v0/actors": "job_id",
+    "/api/v0/jobs": "job_id",
+    "/api/v0/placement_groups": "creator_job_id",
+}
+PER_JOB_ANSWERS = frozenset(
+    {*STATE_LISTS, "/logical/actors", "/logical/actors/{actor_id}", "/events", "/nodes", "/nodes/{node_id}"}
+)
 # Routes whose answer is filtered after Ray answers.
-DASHBOARD_FILTERS = frozenset({*PER_JOB_ANSWERS, "/api/v0/runtime_envs", "/api/profiling_enabled",
-                               "/api/serve/applications/"})
+DASHBOARD_FILTERS = frozenset(
+    {*PER_JOB_ANSWERS, "/api/v0/runtime_envs", "/api/profiling_enabled", "/api/serve/applications/"}
+)
 # Routes scoped to one job (or to all of them) by their path or query: decided before Ray is asked.
 SCOPED = frozenset({"/api/v0/tasks/summarize", "/api/v0/tasks/timeline", "/api/data/datasets/{job_id}", "/events"})
 NEEDS_JOBS = PER_JOB_ANSWERS | SCOPED
@@ -66,8 +72,11 @@ def job_access(viewer: Viewer, ray_jobs_body: bytes) -> JobAccess:
         raise FilterError("Ray's job list is not a list of objects")
     entities = [job_entity(job_entity_id(j, f"(job {i})"), j) for i, j in enumerate(jobs)]
     entities.append(job_entity("(unknown job)", None))
-    requests = [PolicyRequest(viewer.principal, action, entity, viewer.context)
-                for entity in entities for action in ("jobs.read", "jobs.read_env")]
+    requests = [
+        PolicyRequest(viewer.principal, action, entity, viewer.context)
+        for entity in entities
+        for action in ("jobs.read", "jobs.read_env")
+    ]
     decisions = viewer.engine.decide_many(requests)
     access: dict[str, tuple[bool, bool]] = {}
     for index, job in enumerate(jobs):
@@ -88,6 +97,7 @@ async def fetch_job_access(upstream: Upstream, viewer: Viewer) -> JobAccess:
 
 
 # -- before Ray is asked ---------------------------------------------------------------------------------------
+
 
 def scope_refusal(template: str, params: dict[str, str], query: str, access: JobAccess) -> Refusal | None:
     """The refusal for a job-scoped dashboard request the caller may not see, or None."""
@@ -110,16 +120,23 @@ def _one_job(job: str, access: JobAccess) -> Refusal | None:
     if access.of(job)[0]:
         return None
     # The same answer whether the job exists or not, so that it reveals neither.
-    return Refusal(404, "no such job", hint=NOT_FOUND_HINT,
-                   reason=f"dashboard request scoped to job {job}, which the caller may not view (or Ray lacks)")
+    return Refusal(
+        404,
+        "no such job",
+        hint=NOT_FOUND_HINT,
+        reason=f"dashboard request scoped to job {job}, which the caller may not view (or Ray lacks)",
+    )
 
 
 def _every_job(access: JobAccess) -> Refusal | None:
     if access.sees_every_job:
         return None
-    return Refusal(403, "this answer covers every job, and you may not view all of them",
-                   reason="unscoped dashboard summary of all jobs; the caller may not view every job",
-                   hint="open one of your jobs in the dashboard: its page shows that job's tasks and timeline")
+    return Refusal(
+        403,
+        "this answer covers every job, and you may not view all of them",
+        reason="unscoped dashboard summary of all jobs; the caller may not view every job",
+        hint="open one of your jobs in the dashboard: its page shows that job's tasks and timeline",
+    )
 
 
 def _equality_filters(args: dict[str, list[str]], key: str) -> list[str]:
@@ -131,6 +148,7 @@ def _equality_filters(args: dict[str, list[str]], key: str) -> list[str]:
 
 
 # -- after Ray answers -----------------------------------------------------------------------------------------
+
 
 def redact_runtime_envs(value: Any) -> Any:
     """A copy with every env var value (and conda variable) replaced, wherever a runtime env appears:
@@ -203,8 +221,14 @@ class _Counter:
         return {"shown": self.shown, "hidden": self.hidden}
 
 
-def filter_dashboard(template: str, viewer: Viewer, body: bytes, access: JobAccess | None,
-                     query: str = "", params: dict[str, str] | None = None) -> tuple[bytes, dict[str, int]]:
+def filter_dashboard(
+    template: str,
+    viewer: Viewer,
+    body: bytes,
+    access: JobAccess | None,
+    query: str = "",
+    params: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, int]]:
     """Ray's answer for one filtered dashboard route, reduced to what the caller may see."""
     data = load_json(body)
     if not isinstance(data, dict):
@@ -232,8 +256,9 @@ def filter_dashboard(template: str, viewer: Viewer, body: bytes, access: JobAcce
     return json.dumps({**data, "data": inner}).encode(), counter.counts
 
 
-def _filter_inner(template: str, inner: dict[str, Any], counter: _Counter, query: str,
-                  params: dict[str, str]) -> dict[str, Any]:
+def _filter_inner(
+    template: str, inner: dict[str, Any], counter: _Counter, query: str, params: dict[str, str]
+) -> dict[str, Any]:
     if template == "/logical/actors":
         return {**inner, "actors": counter.keep_dict(inner.get("actors"), "jobId")}
     if template == "/logical/actors/{actor_id}":
@@ -340,8 +365,9 @@ def _cluster() -> Entity:
 # The dashboard reads a job's driver log as a worker log file; its owner may read it ("jobs.logs") even
 # without "dashboard.logs", which covers every worker log on every node.
 _DRIVER_LOG = re.compile(r"job-driver-([A-Za-z0-9][A-Za-z0-9_\-.]{0,127})\.log")
-_DRIVER_LOG_QUERY = frozenset({"node_id", "node_ip", "filename", "lines", "filter_ansi_code", "timeout",
-                               "download_filename"})
+_DRIVER_LOG_QUERY = frozenset(
+    {"node_id", "node_ip", "filename", "lines", "filter_ansi_code", "timeout", "download_filename"}
+)
 
 
 def driver_log_job(query: str) -> str | None:

@@ -43,8 +43,12 @@ class Viewer:
 def not_found(decision: Decision) -> Refusal:
     """The refusal for a job the caller may not view: the client sees what a missing job looks like,
     the audit log keeps the real reason."""
-    return Refusal(404, NOT_FOUND_MESSAGE, hint=NOT_FOUND_HINT,
-                   reason=f"{decision.reason}; answered 404 because the caller may not view this job")
+    return Refusal(
+        404,
+        NOT_FOUND_MESSAGE,
+        hint=NOT_FOUND_HINT,
+        reason=f"{decision.reason}; answered 404 because the caller may not view this job",
+    )
 
 
 def unknown_job(job_id: str) -> Refusal:
@@ -56,8 +60,12 @@ def refusal_for_job(viewer: Viewer, action: str, resource: Entity, decision: Dec
     view = decision if action == "jobs.read" else viewer.decide("jobs.read", resource)
     if not view.allowed:
         return not_found(decision)
-    return Refusal(403, "forbidden", reason=decision.reason,
-                   hint="ask an administrator for access; policies decide per action and resource")
+    return Refusal(
+        403,
+        "forbidden",
+        reason=decision.reason,
+        hint="ask an administrator for access; policies decide per action and resource",
+    )
 
 
 def redact_env(job: dict[str, Any]) -> dict[str, Any]:
@@ -91,8 +99,11 @@ def filter_job_list(viewer: Viewer, body: bytes) -> tuple[bytes, dict[str, int]]
     if not jobs:
         return body, {"shown": 0, "hidden": 0}
     entities = [job_entity(job_entity_id(j, f"(job {i})"), j) for i, j in enumerate(jobs)]
-    requests = [PolicyRequest(viewer.principal, action, entity, viewer.context)
-                for entity in entities for action in ("jobs.read", "jobs.read_env")]
+    requests = [
+        PolicyRequest(viewer.principal, action, entity, viewer.context)
+        for entity in entities
+        for action in ("jobs.read", "jobs.read_env")
+    ]
     decisions = viewer.engine.decide_many(requests)
     shown = []
     for index, job in enumerate(jobs):

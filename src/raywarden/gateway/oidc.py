@@ -110,12 +110,14 @@ class _Jwks:
                 return self.keys[kid]
             now = time.monotonic()
             if self.fetched_at is not None and now - self.fetched_at < self.min_refresh_s:
-                raise AuthenticationError(f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} "
-                                          "(JWKS refetch rate-limited)")
+                raise AuthenticationError(
+                    f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} (JWKS refetch rate-limited)"
+                )
             self._fetch(now)
             if kid not in self.keys:
-                raise AuthenticationError(f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} "
-                                          "(not in the refetched JWKS)")
+                raise AuthenticationError(
+                    f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} (not in the refetched JWKS)"
+                )
             return self.keys[kid]
 
     def _fetch(self, now: float) -> None:
@@ -150,8 +152,10 @@ class OidcFederation:
         with self._lock:
             if stamp != self._stamp:
                 config = load_oidc_config(self.path)
-                self._jwks = {i.issuer: _Jwks(i, config.jwks_min_refresh_seconds, config.jwks_timeout_seconds)
-                              for i in config.issuers}
+                self._jwks = {
+                    i.issuer: _Jwks(i, config.jwks_min_refresh_seconds, config.jwks_timeout_seconds)
+                    for i in config.issuers
+                }
                 self._config, self._stamp = config, stamp
             return self._config
 
@@ -173,8 +177,15 @@ class OidcFederation:
             raise AuthenticationError("ID token has no key id")
         key = self.jwks(issuer.issuer).key(kid)
         try:
-            claims = jwt.decode(token, key, algorithms=[str(alg)], audience=issuer.audience, issuer=issuer.issuer,
-                                leeway=30, options={"require": ["iss", "aud", "exp", "iat"]})
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[str(alg)],
+                audience=issuer.audience,
+                issuer=issuer.issuer,
+                leeway=30,
+                options={"require": ["iss", "aud", "exp", "iat"]},
+            )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"ID token from {issuer.issuer}: {jwt_failure(exc)}") from None
         raw_name = claims.get(issuer.username_claim)
@@ -185,8 +196,9 @@ class OidcFederation:
         for value in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
             groups.update(issuer.group_map.get(str(value), []))
         ident = claims.get("jti") if isinstance(claims.get("jti"), str) else hashlib.sha256(token.encode()).hexdigest()
-        return OidcIdentity(issuer.issuer, raw_name.lower(), tuple(sorted(groups)), f"oidc:{str(ident)[:64]}",
-                            issuer.allow_unregistered)
+        return OidcIdentity(
+            issuer.issuer, raw_name.lower(), tuple(sorted(groups)), f"oidc:{str(ident)[:64]}", issuer.allow_unregistered
+        )
 
 
 def load_oidc_config(path: Path) -> OidcConfig:

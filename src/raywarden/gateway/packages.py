@@ -40,7 +40,10 @@ class PackageUploads:
         found = await self._upstream.request("GET", path, "", {}, None)
         if found.status != 200:
             return None
-        return Refusal(409, "this package is already stored; packages cannot be replaced",
-                       reason="upload over an existing package refused (packages are immutable)",
-                       hint="Ray's clients check before uploading and reuse a stored package; to upload "
-                            "different code, change any file in the working_dir or module")
+        return Refusal(
+            409,
+            "this package is already stored; packages cannot be replaced",
+            reason="upload over an existing package refused (packages are immutable)",
+            hint="Ray's clients check before uploading and reuse a stored package; to upload "
+            "different code, change any file in the working_dir or module",
+        )

@@ -48,8 +48,9 @@ def principal_for(identity: Identity) -> Entity:
     return _principal(identity.spiffe_id, identity.kind, identity.name, identity.groups)
 
 
-async def resource_for(found: Match, identity: Identity, submission: JobSubmitBody | None,
-                       upstream: Upstream) -> Resource:
+async def resource_for(
+    found: Match, identity: Identity, submission: JobSubmitBody | None, upstream: Upstream
+) -> Resource:
     kind = found.route.resource
     if kind in ("cluster", "control"):
         return Resource(Entity("Cluster", CLUSTER_ID))
@@ -65,8 +66,9 @@ async def resource_for(found: Match, identity: Identity, submission: JobSubmitBo
     return Resource(job_entity(job_id, info), known=info is not None)
 
 
-def context_for(identity: Identity, source: str, peer_cert_der: bytes | None, authorization: str | None,
-                now: float | None = None) -> dict[str, Any]:
+def context_for(
+    identity: Identity, source: str, peer_cert_der: bytes | None, authorization: str | None, now: float | None = None
+) -> dict[str, Any]:
     moment = time.time() if now is None else now
     issued = _issued_at(identity, peer_cert_der, authorization)
     age = moment - issued if issued is not None else UNKNOWN_AGE_S

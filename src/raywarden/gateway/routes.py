@@ -67,7 +67,7 @@ class Route:
 
     def upstream_path(self, path: str) -> str:
         """The path Ray sees: the matched path without the mount prefix."""
-        return path[len(self.mount):] or "/"
+        return path[len(self.mount) :] or "/"
 
     @property
     def ray_template(self) -> str:
@@ -93,9 +93,16 @@ CONTROL_JSON_LIMIT = 64 * 1024  # CSRs, codes and tokens are small; anonymous ca
 
 
 def _control(method: str, template: str, action: str, *, anonymous: bool, json_body: bool = True) -> Route:
-    return Route(method, template, action, "control" if anonymous else "cluster",
-                 body="json" if json_body else "none", auth="anonymous" if anonymous else "identity",
-                 upstream=False, max_body=CONTROL_JSON_LIMIT if json_body else None)
+    return Route(
+        method,
+        template,
+        action,
+        "control" if anonymous else "cluster",
+        body="json" if json_body else "none",
+        auth="anonymous" if anonymous else "identity",
+        upstream=False,
+        max_body=CONTROL_JSON_LIMIT if json_body else None,
+    )
 
 
 CONTROL_ROUTES: tuple[Route, ...] = (
@@ -113,8 +120,14 @@ CONTROL_ROUTES: tuple[Route, ...] = (
 SERVE_ROUTES: tuple[Route, ...] = (
     Route("PUT", "/api/serve/applications/", "serve.deploy", "cluster", body="json"),
     Route("DELETE", "/api/serve/applications/", "serve.delete", "cluster"),
-    Route("POST", "/api/v1/applications/{app_name}/deployments/{deployment_name}/scale", "serve.scale", "cluster",
-          body="json", max_body=CONTROL_JSON_LIMIT),
+    Route(
+        "POST",
+        "/api/v1/applications/{app_name}/deployments/{deployment_name}/scale",
+        "serve.scale",
+        "cluster",
+        body="json",
+        max_body=CONTROL_JSON_LIMIT,
+    ),
 )
 
 # Ray's dashboard web UI under DASHBOARD_MOUNT (docs/browser.md has the classification). The UI only ever
@@ -126,8 +139,9 @@ _VIEW, _LOGS, _PROFILE = "dashboard.view", "dashboard.logs", "dashboard.profile"
 
 
 def _dash(template: str, action: str, *query: str, resource: ResourceKind = "cluster") -> Route:
-    return Route("GET", DASHBOARD_MOUNT + template, action, resource, query=frozenset(query), session=True,
-                 mount=DASHBOARD_MOUNT)
+    return Route(
+        "GET", DASHBOARD_MOUNT + template, action, resource, query=frozenset(query), session=True, mount=DASHBOARD_MOUNT
+    )
 
 
 DASHBOARD_ROUTES: tuple[Route, ...] = (
@@ -162,33 +176,100 @@ DASHBOARD_ROUTES: tuple[Route, ...] = (
     _dash("/api/profiling_enabled", _VIEW),
     # Logs of any worker on any node: may hold secrets printed by any job.
     _dash("/api/v0/logs", _LOGS, "glob", "node_id", "node_ip", "timeout"),
-    _dash("/api/v0/logs/file", _LOGS, "timeout", "node_id", "node_ip", "filename", "download_filename", "actor_id",
-          "task_id", "submission_id", "pid", "lines", "suffix", "attempt_number", "filter_ansi_code"),
+    _dash(
+        "/api/v0/logs/file",
+        _LOGS,
+        "timeout",
+        "node_id",
+        "node_ip",
+        "filename",
+        "download_filename",
+        "actor_id",
+        "task_id",
+        "submission_id",
+        "pid",
+        "lines",
+        "suffix",
+        "attempt_number",
+        "filter_ansi_code",
+    ),
     # Profiling runs py-spy / memray against processes on the node (any process of Ray's user): admins only.
     _dash("/worker/traceback", _PROFILE, "pid", *_PROFILE_COMMON),
     _dash("/worker/cpu_profile", _PROFILE, "pid", "duration", "format", "idle", *_PROFILE_COMMON),
     _dash("/task/traceback", _PROFILE, "task_id", "attempt_number", *_PROFILE_COMMON),
-    _dash("/task/cpu_profile", _PROFILE, "task_id", "attempt_number", "duration", "format", "idle",
-          *_PROFILE_COMMON),
-    _dash("/memory_profile", _PROFILE, "pid", "task_id", "attempt_number", "format", "duration", "leaks",
-          "trace_python_allocators", *_PROFILE_COMMON),
+    _dash("/task/cpu_profile", _PROFILE, "task_id", "attempt_number", "duration", "format", "idle", *_PROFILE_COMMON),
+    _dash(
+        "/memory_profile",
+        _PROFILE,
+        "pid",
+        "task_id",
+        "attempt_number",
+        "format",
+        "duration",
+        "leaks",
+        "trace_python_allocators",
+        *_PROFILE_COMMON,
+    ),
 )
 
 
 # Grafana's panel URL parameters, and every template variable of Ray's dashboards (a test keeps this in step).
-PANEL_VARIABLES = ("datasource", "SessionName", "Instance", "Cluster", "RayNodeType", "DatasetID", "Operator",
-                   "Application", "HTTP_Route", "gRPC_Method", "Deployment", "Replica", "Route", "vllm_model_name",
-                   "workerid", "deployment", "sglang_model_name", "interval", "window", "TrainRunName", "TrainRunId",
-                   "TrainWorkerWorldRank", "TrainWorkerActorId", "GpuIndex", "GpuDeviceName")
-PANEL_QUERY = ("orgId", "theme", "panelId", "from", "to", "refresh", "timezone", "kiosk",
-               *(f"var-{name}" for name in PANEL_VARIABLES))
+PANEL_VARIABLES = (
+    "datasource",
+    "SessionName",
+    "Instance",
+    "Cluster",
+    "RayNodeType",
+    "DatasetID",
+    "Operator",
+    "Application",
+    "HTTP_Route",
+    "gRPC_Method",
+    "Deployment",
+    "Replica",
+    "Route",
+    "vllm_model_name",
+    "workerid",
+    "deployment",
+    "sglang_model_name",
+    "interval",
+    "window",
+    "TrainRunName",
+    "TrainRunId",
+    "TrainWorkerWorldRank",
+    "TrainWorkerActorId",
+    "GpuIndex",
+    "GpuDeviceName",
+)
+PANEL_QUERY = (
+    "orgId",
+    "theme",
+    "panelId",
+    "from",
+    "to",
+    "refresh",
+    "timezone",
+    "kiosk",
+    *(f"var-{name}" for name in PANEL_VARIABLES),
+)
 
 
-def _console(method: str, template: str, action: str, *query: str, anonymous: bool = False,
-             body: BodyKind = "none") -> Route:
-    return Route(method, template, action, "cluster", body=body, query=frozenset(query),
-                 auth="anonymous" if anonymous else "identity", upstream=False, session=True, console=True,
-                 max_body=CONTROL_JSON_LIMIT if body != "none" else None)
+def _console(
+    method: str, template: str, action: str, *query: str, anonymous: bool = False, body: BodyKind = "none"
+) -> Route:
+    return Route(
+        method,
+        template,
+        action,
+        "cluster",
+        body=body,
+        query=frozenset(query),
+        auth="anonymous" if anonymous else "identity",
+        upstream=False,
+        session=True,
+        console=True,
+        max_body=CONTROL_JSON_LIMIT if body != "none" else None,
+    )
 
 
 # raywarden's own browser pages (gateway/web). Sign-in and sign-out read the cookie or code themselves.
@@ -201,18 +282,30 @@ CONSOLE_ROUTES: tuple[Route, ...] = (
     _console("GET", "/ui/signin", "console.signin", "code", anonymous=True),
     _console("POST", "/ui/signin", "console.signin", anonymous=True, body="form"),
     _console("GET", "/ui/oidc/start", "console.oidc", "issuer", anonymous=True),
-    _console("GET", "/ui/oidc/callback", "console.oidc", "code", "state", "error", "error_description",
-             "session_state", "iss", anonymous=True),
+    _console(
+        "GET",
+        "/ui/oidc/callback",
+        "console.oidc",
+        "code",
+        "state",
+        "error",
+        "error_description",
+        "session_state",
+        "iss",
+        anonymous=True,
+    ),
     _console("POST", "/ui/signout", "console.signout", anonymous=True, body="form"),
     _console("GET", "/ui/", "console.view"),
     _console("GET", "/ui/jobs", "console.view"),
     _console("GET", "/ui/admin/principals", "console.admin"),
-    _console("GET", "/ui/admin/audit", "console.admin", "principal", "action", "decision", "since", "until",
-             "limit"),
+    _console("GET", "/ui/admin/audit", "console.admin", "principal", "action", "decision", "since", "until", "limit"),
     # Ray's Metrics page: the gateway answers the Grafana health check and draws the panels (gateway/metrics).
     _console("GET", "/dashboard/api/grafana_health", _VIEW),
-    *(_console("GET", f"/ui/metrics/{kind}/{{dashboard_uid}}{slug}", _VIEW, *PANEL_QUERY)
-      for kind in ("d-solo", "d") for slug in ("", "/{dashboard_slug}")),
+    *(
+        _console("GET", f"/ui/metrics/{kind}/{{dashboard_uid}}{slug}", _VIEW, *PANEL_QUERY)
+        for kind in ("d-solo", "d")
+        for slug in ("", "/{dashboard_slug}")
+    ),
 )
 
 ROUTES: tuple[Route, ...] = RAY_ROUTES + SERVE_ROUTES + CONTROL_ROUTES + DASHBOARD_ROUTES + CONSOLE_ROUTES

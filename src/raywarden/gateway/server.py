@@ -37,8 +37,15 @@ def build_app(state: StateDir, dashboard_url: str, prometheus_url: str | None = 
         audit.append({"kind": "policy", "event": "load", "accepted": False, "reason": exc.message})
         audit.close()
         raise
-    audit.append({"kind": "policy", "event": "load", "accepted": True, "version": engine.version,
-                  "sources": list(engine.sources)})
+    audit.append(
+        {
+            "kind": "policy",
+            "event": "load",
+            "accepted": True,
+            "version": engine.version,
+            "sources": list(engine.sources),
+        }
+    )
     token = Secret(read_private(state.ray_token).decode().strip())
     store = IdentityStore.open(state.identity_db)
     app = GatewayApp(
@@ -102,8 +109,15 @@ def _reload_policies(app: GatewayApp, state: StateDir, audit: AuditLog) -> None:
         engine = PolicyEngine.for_state(state)
     except RaywardenError as exc:
         log.error("policy reload refused, keeping version %s: %s", app.engine.version, exc.message)
-        audit.append({"kind": "policy", "event": "reload", "accepted": False, "reason": exc.message,
-                      "version": app.engine.version})
+        audit.append(
+            {
+                "kind": "policy",
+                "event": "reload",
+                "accepted": False,
+                "reason": exc.message,
+                "version": app.engine.version,
+            }
+        )
         return
     app.engine = engine
     audit.append({"kind": "policy", "event": "reload", "accepted": True, "version": engine.version})

@@ -43,7 +43,8 @@ def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:
     if not path.exists():
         ensure_private_dir(path.parent)
         pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token-key.")
         try:
             os.fchmod(fd, 0o600)
@@ -97,8 +98,16 @@ class TokenClaims:
 class TokenAuthority:
     """Issues and verifies this cluster's bearer tokens."""
 
-    def __init__(self, key: Ed25519PrivateKey, *, cluster_id: str, trust_domain: str, leeway_s: float,
-                 default_ttl_s: float, max_ttl_s: float) -> None:
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        *,
+        cluster_id: str,
+        trust_domain: str,
+        leeway_s: float,
+        default_ttl_s: float,
+        max_ttl_s: float,
+    ) -> None:
         self._key = key
         self._public = key.public_key()
         self.kid = key_id(self._public)
@@ -115,23 +124,37 @@ class TokenAuthority:
     def for_state(cls, state: StateDir, config: ClusterConfig) -> TokenAuthority:
         # The access CA's fingerprint identifies the cluster: trust domains can repeat between clusters.
         cluster_id = fingerprint(load_cert(state.access_ca_cert))[:32]
-        return cls(load_or_create_token_key(token_key_path(state)), cluster_id=cluster_id,
-                   trust_domain=config.trust_domain, leeway_s=config.token_leeway_seconds,
-                   default_ttl_s=config.token_default_minutes * 60, max_ttl_s=config.token_max_minutes * 60)
+        return cls(
+            load_or_create_token_key(token_key_path(state)),
+            cluster_id=cluster_id,
+            trust_domain=config.trust_domain,
+            leeway_s=config.token_leeway_seconds,
+            default_ttl_s=config.token_default_minutes * 60,
+            max_ttl_s=config.token_max_minutes * 60,
+        )
 
     def check_ttl(self, ttl_s: float | None) -> float:
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if not 0 < ttl <= self.max_ttl_s:
-            raise UsageError(f"token lifetime {ttl:.0f}s is outside 1s..{self.max_ttl_s:.0f}s",
-                             hint="the maximum is token_max_minutes in the cluster config")
+            raise UsageError(
+                f"token lifetime {ttl:.0f}s is outside 1s..{self.max_ttl_s:.0f}s",
+                hint="the maximum is token_max_minutes in the cluster config",
+            )
         return ttl
 
     def issue(self, subject: str, ttl_s: float | None = None, now: float | None = None) -> IssuedToken:
         ttl = self.check_ttl(ttl_s)
         issued = int(time.time() if now is None else now)
         jti = secrets.token_hex(16)
-        claims = {"iss": self.issuer, "sub": subject, "aud": self.audience, "iat": issued, "nbf": issued,
-                  "exp": issued + int(ttl), "jti": jti}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.audience,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + int(ttl),
+            "jti": jti,
+        }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
         return IssuedToken(Secret(token), jti, subject, float(issued + int(ttl)))
 
@@ -147,9 +170,15 @@ class TokenAuthority:
         if header.get("kid") != self.kid:
             raise AuthenticationError(f"unknown token key id {str(header.get('kid'))[:64]!r}")
         try:
-            claims = jwt.decode(token, self._public, algorithms=[ALGORITHM], audience=self.audience,
-                                issuer=self.issuer, leeway=self.leeway_s,
-                                options={"require": list(REQUIRED_CLAIMS), "strict_aud": True})
+            claims = jwt.decode(
+                token,
+                self._public,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
+            )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(jwt_failure(exc)) from None
         if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("jti"), str):

@@ -64,9 +64,7 @@ class Upstream:
         forwarded.update(self._auth())
         url = self.base_url + path + (f"?{query}" if query else "")
         try:
-            async with self.session.request(
-                method, url, headers=forwarded, data=body, allow_redirects=False
-            ) as resp:
+            async with self.session.request(method, url, headers=forwarded, data=body, allow_redirects=False) as resp:
                 # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
                 buffer = bytearray()
                 async for chunk in resp.content.iter_chunked(1 << 16):

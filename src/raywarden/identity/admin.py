@@ -84,8 +84,9 @@ class IdentityAdmin:
 
     def _new_code(self, principal: Principal, ttl: float) -> NewCode:
         code, expires = create_code(self.store, principal, ttl_s=ttl, created_by=self.actor)
-        self._audit("enrollment.create", principal.spiffe_id, enrollment_id=code.code_id,
-                    expires_at=expires_iso(expires))
+        self._audit(
+            "enrollment.create", principal.spiffe_id, enrollment_id=code.code_id, expires_at=expires_iso(expires)
+        )
         return NewCode(principal, code, expires)
 
     def disable(self, kind: Kind, name: str) -> dict[str, int]:
@@ -105,8 +106,13 @@ class IdentityAdmin:
         for group in [*add, *remove]:
             check_name(group, "group name")
         principal = self.store.change_groups(self.get(kind, name).spiffe_id, add, remove)
-        self._audit("groups.change", principal.spiffe_id, added=sorted(add), removed=sorted(remove),
-                    groups=list(principal.groups))
+        self._audit(
+            "groups.change",
+            principal.spiffe_id,
+            added=sorted(add),
+            removed=sorted(remove),
+            groups=list(principal.groups),
+        )
         return principal
 
     def sa_token(self, name: str, ttl_s: float | None) -> IssuedToken:
@@ -123,8 +129,10 @@ class IdentityAdmin:
         serial = serial.strip().lower().removeprefix("0x").replace(":", "")
         owner = self.store.certificate_owner(serial)
         if owner is None:
-            raise IdentityError(f"no certificate with serial {serial} was issued by this cluster",
-                                hint="serials are hex, as shown by `raywarden user show NAME`")
+            raise IdentityError(
+                f"no certificate with serial {serial} was issued by this cluster",
+                hint="serials are hex, as shown by `raywarden user show NAME`",
+            )
         if not self.store.revoke_certificate(serial, reason):
             raise IdentityError(f"certificate {serial} is already revoked")
         self._audit("revoke.cert", owner[0], serial=serial, reason=reason)
@@ -133,8 +141,10 @@ class IdentityAdmin:
     def revoke_token(self, jti: str, reason: str) -> str:
         owner = self.store.token_owner(jti.strip())
         if owner is None:
-            raise IdentityError(f"no token with id {jti} was issued by this cluster",
-                                hint="token ids are the `jti` shown by `raywarden token --json` or `user show`")
+            raise IdentityError(
+                f"no token with id {jti} was issued by this cluster",
+                hint="token ids are the `jti` shown by `raywarden token --json` or `user show`",
+            )
         if not self.store.revoke_token(jti.strip(), reason):
             raise IdentityError(f"token {jti} is already revoked")
         self._audit("revoke.token", owner[0], jti=jti.strip(), reason=reason)
@@ -146,12 +156,26 @@ class IdentityAdmin:
         tokens = self.store.tokens_of(principal.spiffe_id)
         codes = self.store.enrollments_of(principal.spiffe_id)
         return {
-            "name": principal.name, "kind": principal.kind, "spiffe_id": principal.spiffe_id,
-            "groups": list(principal.groups), "disabled": principal.disabled,
+            "name": principal.name,
+            "kind": principal.kind,
+            "spiffe_id": principal.spiffe_id,
+            "groups": list(principal.groups),
+            "disabled": principal.disabled,
             "certificates": certs,
-            "tokens": [{**t, "expires_at": expires_iso(float(t["expires_at"] or 0))} for t in tokens
-                       if t["revoked_at"] or float(t["expires_at"] or 0) > now - 86400],
-            "enrollments": [{"enrollment_id": c["code_id"], "created_at": c["created_at"],
-                             "expires_at": expires_iso(float(c["expires_at"] or 0)), "used_at": c["used_at"],
-                             "revoked_at": c["revoked_at"], "failures": c["failures"]} for c in codes],
+            "tokens": [
+                {**t, "expires_at": expires_iso(float(t["expires_at"] or 0))}
+                for t in tokens
+                if t["revoked_at"] or float(t["expires_at"] or 0) > now - 86400
+            ],
+            "enrollments": [
+                {
+                    "enrollment_id": c["code_id"],
+                    "created_at": c["created_at"],
+                    "expires_at": expires_iso(float(c["expires_at"] or 0)),
+                    "used_at": c["used_at"],
+                    "revoked_at": c["revoked_at"],
+                    "failures": c["failures"],
+                }
+                for c in codes
+            ],
         }

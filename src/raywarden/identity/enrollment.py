@@ -50,8 +50,10 @@ class EnrollmentRefused(RaywardenError):
 def parse_code(text: str) -> EnrollmentCode:
     parts = text.strip().split(":")
     if len(parts) != 4 or parts[0] not in ("user", "sa") or not parts[2] or not parts[3]:
-        raise UsageError("this is not a raywarden enrollment code",
-                         hint="codes look like user:NAME:ID:SECRET, as printed by `raywarden user add`")
+        raise UsageError(
+            "this is not a raywarden enrollment code",
+            hint="codes look like user:NAME:ID:SECRET, as printed by `raywarden user add`",
+        )
     check_name(parts[1])
     return EnrollmentCode(parts[0], parts[1], parts[2], Secret(parts[3]))
 
@@ -60,8 +62,9 @@ def hash_secret(secret: Secret) -> str:
     return hashlib.sha256(b"raywarden-enrollment-v1\0" + secret.reveal().encode()).hexdigest()
 
 
-def create_code(store: IdentityStore, principal: Principal, *, ttl_s: float, created_by: str) -> tuple[
-        EnrollmentCode, float]:
+def create_code(
+    store: IdentityStore, principal: Principal, *, ttl_s: float, created_by: str
+) -> tuple[EnrollmentCode, float]:
     """A fresh code for ``principal``; returns it (shown once, never stored) and its expiry (epoch s)."""
     if principal.disabled:
         raise UsageError(f"{principal.name} is disabled", hint=f"`raywarden user enable {principal.name}` first")

@@ -63,8 +63,9 @@ MAX_TOKEN_FAILURES = 5
 class NodeRegistryError(RaywardenError):
     """A node operation was refused. ``reason`` is precise and for the audit log; ``public`` for the caller."""
 
-    def __init__(self, reason: str, *, public: str = "join refused", status: int = 403,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, public: str = "join refused", status: int = 403, hint: str | None = None
+    ) -> None:
         super().__init__(reason, hint=hint)
         self.reason = reason
         self.public = public
@@ -91,9 +92,17 @@ class Node:
     changed_at: str
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "spiffe_id": self.spiffe_id, "address": self.address, "serial": self.serial,
-                "not_after": self.not_after, "ports": self.ports, "status": self.status,
-                "joined_at": self.joined_at, "changed_at": self.changed_at}
+        return {
+            "name": self.name,
+            "spiffe_id": self.spiffe_id,
+            "address": self.address,
+            "serial": self.serial,
+            "not_after": self.not_after,
+            "ports": self.ports,
+            "status": self.status,
+            "joined_at": self.joined_at,
+            "changed_at": self.changed_at,
+        }
 
 
 def _now() -> dt.datetime:
@@ -166,8 +175,10 @@ class NodeRegistry:
                     raise NodeRegistryError(f"join token {token_id} is burnt after {failures} wrong secrets")
                 if dt.datetime.fromisoformat(expires_at) <= _now():
                     raise NodeRegistryError(f"join token {token_id} expired at {expires_at}")
-                db.execute("UPDATE node_join_tokens SET used_at = ?, used_by = ? WHERE token_id = ?",
-                           (_now().isoformat(), used_by, token_id))
+                db.execute(
+                    "UPDATE node_join_tokens SET used_at = ?, used_by = ? WHERE token_id = ?",
+                    (_now().isoformat(), used_by, token_id),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -180,52 +191,82 @@ class NodeRegistry:
     def check_admissible(self, name: str, address: str) -> None:
         """Refuse a revoked name or address, and a name that is already an active node."""
         with self._connect() as db:
-            revoked = db.execute("SELECT name, address FROM node_revocations WHERE name = ? OR address = ?",
-                                 (name, address)).fetchone()
-            active = db.execute("SELECT address FROM nodes WHERE name = ? AND status = 'active'",
-                                (name,)).fetchone()
-            taken = db.execute("SELECT name FROM nodes WHERE address = ? AND status = 'active'",
-                               (address,)).fetchone()
+            revoked = db.execute(
+                "SELECT name, address FROM node_revocations WHERE name = ? OR address = ?", (name, address)
+            ).fetchone()
+            active = db.execute("SELECT address FROM nodes WHERE name = ? AND status = 'active'", (name,)).fetchone()
+            taken = db.execute("SELECT name FROM nodes WHERE address = ? AND status = 'active'", (address,)).fetchone()
         if revoked is not None:
-            raise NodeRegistryError(f"node {revoked[0]} at {revoked[1]} is revoked", public="this node is revoked",
-                                    status=403)
+            raise NodeRegistryError(
+                f"node {revoked[0]} at {revoked[1]} is revoked", public="this node is revoked", status=403
+            )
         if active is not None:
-            raise NodeRegistryError(f"node {name} is already active at {active[0]}",
-                                    public=f"a node named {name} is already in the cluster", status=409,
-                                    hint="pick another --name, or `raywarden down` on that node first")
+            raise NodeRegistryError(
+                f"node {name} is already active at {active[0]}",
+                public=f"a node named {name} is already in the cluster",
+                status=409,
+                hint="pick another --name, or `raywarden down` on that node first",
+            )
         if taken is not None:
-            raise NodeRegistryError(f"address {address} already belongs to active node {taken[0]}",
-                                    public="this address already belongs to a node of the cluster", status=409)
+            raise NodeRegistryError(
+                f"address {address} already belongs to active node {taken[0]}",
+                public="this address already belongs to a node of the cluster",
+                status=409,
+            )
 
-    def add_node(self, *, name: str, spiffe_id: str, address: str, serial: str, not_after: dt.datetime,
-                 ports: dict[str, Any], node_secret: Secret, token_id: str) -> None:
+    def add_node(
+        self,
+        *,
+        name: str,
+        spiffe_id: str,
+        address: str,
+        serial: str,
+        not_after: dt.datetime,
+        ports: dict[str, Any],
+        node_secret: Secret,
+        token_id: str,
+    ) -> None:
         now = _now().isoformat()
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO nodes (name, spiffe_id, address, serial, not_after, ports, secret_hash, "
                 "status, joined_at, token_id, changed_at) VALUES (?,?,?,?,?,?,?, 'active', ?,?,?)",
-                (name, spiffe_id, address, serial, not_after.isoformat(), json.dumps(ports),
-                 _hash(node_secret.reveal()), now, token_id, now),
+                (
+                    name,
+                    spiffe_id,
+                    address,
+                    serial,
+                    not_after.isoformat(),
+                    json.dumps(ports),
+                    _hash(node_secret.reveal()),
+                    now,
+                    token_id,
+                    now,
+                ),
             )
 
     def authenticate_node(self, name: str, node_secret: Secret) -> Node:
         """The node secret handed out at join: how a worker proves itself to the gateway (leave, peers)."""
         with self._connect() as db:
-            row = db.execute("SELECT secret_hash FROM nodes WHERE name = ? AND status = 'active'",
-                             (name,)).fetchone()
+            row = db.execute("SELECT secret_hash FROM nodes WHERE name = ? AND status = 'active'", (name,)).fetchone()
         # Compare against a dummy hash when the node is unknown, so both paths do the same work.
         stored = row[0] if row else _hash(secrets.token_hex(16))
         if not Secret(stored).matches(_hash(node_secret.reveal())) or row is None:
-            raise NodeRegistryError(f"node {name}: unknown, not active, or wrong node secret",
-                                    public="node authentication failed", status=401)
+            raise NodeRegistryError(
+                f"node {name}: unknown, not active, or wrong node secret",
+                public="node authentication failed",
+                status=401,
+            )
         node = self.get(name)
         assert node is not None  # noqa: S101 - read above
         return node
 
     def mark_left(self, name: str) -> Node:
         with self._connect() as db:
-            db.execute("UPDATE nodes SET status = 'left', changed_at = ? WHERE name = ? AND status = 'active'",
-                       (_now().isoformat(), name))
+            db.execute(
+                "UPDATE nodes SET status = 'left', changed_at = ? WHERE name = ? AND status = 'active'",
+                (_now().isoformat(), name),
+            )
         node = self.get(name)
         if node is None:
             raise NodeRegistryError(f"no node named {name}", public="no such node", status=404)
@@ -234,14 +275,21 @@ class NodeRegistry:
     def revoke(self, name: str, *, revoked_by: str, reason: str) -> Node:
         node = self.get(name)
         if node is None:
-            raise NodeRegistryError(f"no node named {name}", public="no such node", status=404,
-                                    hint="`raywarden node list` shows the enrolled nodes")
+            raise NodeRegistryError(
+                f"no node named {name}",
+                public="no such node",
+                status=404,
+                hint="`raywarden node list` shows the enrolled nodes",
+            )
         now = _now().isoformat()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("UPDATE nodes SET status = 'revoked', changed_at = ? WHERE name = ?", (now, name))
-            db.execute("INSERT INTO node_revocations (name, address, serial, revoked_at, revoked_by, reason) "
-                       "VALUES (?,?,?,?,?,?)", (name, node.address, node.serial, now, revoked_by, reason))
+            db.execute(
+                "INSERT INTO node_revocations (name, address, serial, revoked_at, revoked_by, reason) "
+                "VALUES (?,?,?,?,?,?)",
+                (name, node.address, node.serial, now, revoked_by, reason),
+            )
             db.execute("COMMIT")
         revoked = self.get(name)
         assert revoked is not None  # noqa: S101 - updated above
@@ -263,7 +311,9 @@ class NodeRegistry:
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Node]:
         with self._connect() as db:
-            query = ("SELECT name, spiffe_id, address, serial, not_after, ports, status, joined_at, changed_at "
-                     "FROM nodes " + where)  # `where` is always a constant from this module
+            query = (
+                "SELECT name, spiffe_id, address, serial, not_after, ports, status, joined_at, changed_at "
+                "FROM nodes " + where
+            )  # `where` is always a constant from this module
             rows = db.execute(query, args).fetchall()
         return [Node(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8]) for r in rows]

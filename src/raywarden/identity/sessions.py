@@ -129,15 +129,18 @@ class SessionStore:
 
     # -- sign-in links ------------------------------------------------------------------------------
 
-    def create_link(self, spiffe_id: str, via_method: str, via_id: str, ttl_s: float,
-                    now: float | None = None) -> tuple[str, Secret, float]:
+    def create_link(
+        self, spiffe_id: str, via_method: str, via_id: str, ttl_s: float, now: float | None = None
+    ) -> tuple[str, Secret, float]:
         """A one-time sign-in code ``CODE_ID.SECRET``; returns (code_id, code, expiry)."""
         moment = time.time() if now is None else now
         code_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
         with self._db.connect() as db:
-            db.execute("INSERT INTO signin_links (code_id, code_hash, spiffe_id, via_method, via_id, created_at, "
-                       "expires_at) VALUES (?,?,?,?,?,?,?)",
-                       (code_id, _digest("signin", secret), spiffe_id, via_method, via_id, moment, moment + ttl_s))
+            db.execute(
+                "INSERT INTO signin_links (code_id, code_hash, spiffe_id, via_method, via_id, created_at, "
+                "expires_at) VALUES (?,?,?,?,?,?,?)",
+                (code_id, _digest("signin", secret), spiffe_id, via_method, via_id, moment, moment + ttl_s),
+            )
         return code_id, Secret(f"{code_id}.{secret}"), moment + ttl_s
 
     def redeem_link(self, code: str, now: float | None = None) -> tuple[str, str, str, str]:
@@ -147,8 +150,11 @@ class SessionStore:
         if not code_id or not secret or len(code) > 200:
             raise SessionRefused("malformed sign-in code")
         with self._db.connect() as db:
-            row = db.execute("SELECT code_hash, spiffe_id, via_method, via_id, expires_at, used_at FROM signin_links "
-                             "WHERE code_id = ?", (code_id,)).fetchone()
+            row = db.execute(
+                "SELECT code_hash, spiffe_id, via_method, via_id, expires_at, used_at FROM signin_links "
+                "WHERE code_id = ?",
+                (code_id,),
+            ).fetchone()
             if row is None:
                 raise SessionRefused(f"unknown sign-in code id {code_id[:32]!r}")
             if not hmac.compare_digest(row[0], _digest("signin", secret)):
@@ -157,8 +163,9 @@ class SessionStore:
                 raise SessionRefused(f"sign-in code {code_id} was already used (replay)")
             if moment >= row[4]:
                 raise SessionRefused(f"sign-in code {code_id} expired")
-            cur = db.execute("UPDATE signin_links SET used_at = ? WHERE code_id = ? AND used_at IS NULL",
-                             (moment, code_id))
+            cur = db.execute(
+                "UPDATE signin_links SET used_at = ? WHERE code_id = ? AND used_at IS NULL", (moment, code_id)
+            )
             if cur.rowcount != 1:
                 raise SessionRefused(f"sign-in code {code_id} was already used (concurrent replay)")
             # Used and expired links are of no further use; keep the table as small as the TTL window.
@@ -167,17 +174,31 @@ class SessionStore:
 
     # -- OIDC authorization-code flows (state, nonce and PKCE verifier, bound to the browser) -------------
 
-    def begin_oidc(self, issuer: str, redirect_uri: str, ttl_s: float = 600.0,
-                   now: float | None = None) -> OidcFlow:
+    def begin_oidc(self, issuer: str, redirect_uri: str, ttl_s: float = 600.0, now: float | None = None) -> OidcFlow:
         moment = time.time() if now is None else now
-        flow = OidcFlow(secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(24),
-                        secrets.token_urlsafe(48), issuer, redirect_uri)
+        flow = OidcFlow(
+            secrets.token_urlsafe(32),
+            secrets.token_urlsafe(32),
+            secrets.token_urlsafe(24),
+            secrets.token_urlsafe(48),
+            issuer,
+            redirect_uri,
+        )
         with self._db.connect() as db:
             db.execute("DELETE FROM oidc_flows WHERE expires_at < ?", (moment,))
-            db.execute("INSERT INTO oidc_flows (state_hash, binding_hash, issuer, nonce, verifier, redirect_uri, "
-                       "expires_at) VALUES (?,?,?,?,?,?,?)",
-                       (_digest("oidc-state", flow.state), _digest("oidc-binding", flow.binding), issuer, flow.nonce,
-                        flow.verifier, redirect_uri, moment + ttl_s))
+            db.execute(
+                "INSERT INTO oidc_flows (state_hash, binding_hash, issuer, nonce, verifier, redirect_uri, "
+                "expires_at) VALUES (?,?,?,?,?,?,?)",
+                (
+                    _digest("oidc-state", flow.state),
+                    _digest("oidc-binding", flow.binding),
+                    issuer,
+                    flow.nonce,
+                    flow.verifier,
+                    redirect_uri,
+                    moment + ttl_s,
+                ),
+            )
         return flow
 
     def finish_oidc(self, state: str, binding: str | None, now: float | None = None) -> OidcFlow:
@@ -185,8 +206,11 @@ class SessionStore:
         moment = time.time() if now is None else now
         hashed = _digest("oidc-state", state)
         with self._db.connect() as db:
-            row = db.execute("SELECT binding_hash, issuer, nonce, verifier, redirect_uri, expires_at, used_at "
-                             "FROM oidc_flows WHERE state_hash = ?", (hashed,)).fetchone()
+            row = db.execute(
+                "SELECT binding_hash, issuer, nonce, verifier, redirect_uri, expires_at, used_at "
+                "FROM oidc_flows WHERE state_hash = ?",
+                (hashed,),
+            ).fetchone()
             if row is None:
                 raise SessionRefused("unknown OIDC state")
             if not binding or not hmac.compare_digest(row[0], _digest("oidc-binding", binding)):
@@ -195,24 +219,47 @@ class SessionStore:
                 raise SessionRefused("OIDC state already used (replay)")
             if moment >= row[5]:
                 raise SessionRefused("OIDC flow expired")
-            cur = db.execute("UPDATE oidc_flows SET used_at = ? WHERE state_hash = ? AND used_at IS NULL",
-                             (moment, hashed))
+            cur = db.execute(
+                "UPDATE oidc_flows SET used_at = ? WHERE state_hash = ? AND used_at IS NULL", (moment, hashed)
+            )
             if cur.rowcount != 1:
                 raise SessionRefused("OIDC state already used (concurrent replay)")
         return OidcFlow(state, binding, row[2], row[3], row[1], row[4])
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    def create(self, spiffe_id: str, via_method: str, via_id: str, *, source: str, idle_s: float, max_s: float,
-               extra_groups: tuple[str, ...] = (), now: float | None = None) -> NewSession:
+    def create(
+        self,
+        spiffe_id: str,
+        via_method: str,
+        via_id: str,
+        *,
+        source: str,
+        idle_s: float,
+        max_s: float,
+        extra_groups: tuple[str, ...] = (),
+        now: float | None = None,
+    ) -> NewSession:
         moment = time.time() if now is None else now
         session_id = secrets.token_urlsafe(32)
         hashed = _digest("session", session_id)
         with self._db.connect() as db:
-            db.execute("INSERT INTO sessions (session_hash, spiffe_id, via_method, via_id, extra_groups, source, "
-                       "created_at, last_seen, expires_at, idle_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (hashed, spiffe_id, via_method, via_id, json.dumps(sorted(extra_groups)), source, moment,
-                        moment, moment + max_s, idle_s))
+            db.execute(
+                "INSERT INTO sessions (session_hash, spiffe_id, via_method, via_id, extra_groups, source, "
+                "created_at, last_seen, expires_at, idle_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    hashed,
+                    spiffe_id,
+                    via_method,
+                    via_id,
+                    json.dumps(sorted(extra_groups)),
+                    source,
+                    moment,
+                    moment,
+                    moment + max_s,
+                    idle_s,
+                ),
+            )
         return NewSession(Secret(session_id), self.resolve(session_id, now=moment))
 
     def resolve(self, session_id: str, now: float | None = None) -> SessionInfo:
@@ -222,8 +269,11 @@ class SessionStore:
             raise SessionRefused("malformed session cookie")
         hashed = _digest("session", session_id)
         with self._db.connect() as db:
-            row = db.execute("SELECT spiffe_id, via_method, via_id, extra_groups, created_at, last_seen, expires_at, "
-                             "idle_s, ended_at, end_reason FROM sessions WHERE session_hash = ?", (hashed,)).fetchone()
+            row = db.execute(
+                "SELECT spiffe_id, via_method, via_id, extra_groups, created_at, last_seen, expires_at, "
+                "idle_s, ended_at, end_reason FROM sessions WHERE session_hash = ?",
+                (hashed,),
+            ).fetchone()
         if row is None:
             raise SessionRefused("unknown session")
         spiffe_id, via_method, via_id, extra, created, last_seen, expires, idle_s, ended, why = row
@@ -247,8 +297,9 @@ class SessionStore:
             kind, name = principal.kind, principal.name
         return SessionInfo(ref, spiffe_id, kind, name, tuple(sorted(groups)), via_method, via_id, created, expires)
 
-    def _holder(self, hashed: str, ref: str, spiffe_id: str, via_method: str, via_id: str,
-                now: float) -> Principal | None:
+    def _holder(
+        self, hashed: str, ref: str, spiffe_id: str, via_method: str, via_id: str, now: float
+    ) -> Principal | None:
         """The session's principal, re-read now; ends the session if it or its credential is gone."""
         if via_method == "certificate":
             found = lookup_credential(self.store, "certificates", via_id)
@@ -273,21 +324,28 @@ class SessionStore:
 
     def _end(self, hashed: str, reason: str, now: float) -> bool:
         with self._db.connect() as db:
-            cur = db.execute("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_hash = ? "
-                             "AND ended_at IS NULL", (now, reason, hashed))
+            cur = db.execute(
+                "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE session_hash = ? AND ended_at IS NULL",
+                (now, reason, hashed),
+            )
         return cur.rowcount == 1
 
     def end_all(self, spiffe_id: str, reason: str, now: float | None = None) -> int:
         with self._db.connect() as db:
-            cur = db.execute("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE spiffe_id = ? "
-                             "AND ended_at IS NULL", (time.time() if now is None else now, reason, spiffe_id))
+            cur = db.execute(
+                "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE spiffe_id = ? AND ended_at IS NULL",
+                (time.time() if now is None else now, reason, spiffe_id),
+            )
         return int(cur.rowcount)
 
     def details(self, ref: str, spiffe_id: str) -> dict[str, Any] | None:
         """What the console shows about a session, found by its (non-secret) ref."""
         with self._db.connect() as db:
-            row = db.execute("SELECT created_at, expires_at, via_method, via_id FROM sessions "
-                             "WHERE substr(session_hash, 1, 16) = ? AND spiffe_id = ?", (ref, spiffe_id)).fetchone()
+            row = db.execute(
+                "SELECT created_at, expires_at, via_method, via_id FROM sessions "
+                "WHERE substr(session_hash, 1, 16) = ? AND spiffe_id = ?",
+                (ref, spiffe_id),
+            ).fetchone()
         if row is None:
             return None
         return {"created_at": row[0], "expires_at": row[1], "via_method": row[2], "via_id": row[3]}
@@ -295,6 +353,8 @@ class SessionStore:
     def live_count(self, spiffe_id: str, now: float | None = None) -> int:
         moment = time.time() if now is None else now
         with self._db.connect() as db:
-            row = db.execute("SELECT COUNT(*) FROM sessions WHERE spiffe_id = ? AND ended_at IS NULL "
-                             "AND expires_at > ?", (spiffe_id, moment)).fetchone()
+            row = db.execute(
+                "SELECT COUNT(*) FROM sessions WHERE spiffe_id = ? AND ended_at IS NULL AND expires_at > ?",
+                (spiffe_id, moment),
+            ).fetchone()
         return int(row[0])

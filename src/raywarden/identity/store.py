@@ -152,7 +152,8 @@ class IdentityStore:
             if row is None:
                 return None
             groups = tuple(
-                g for (g,) in db.execute(
+                g
+                for (g,) in db.execute(
                     "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (spiffe_id,)
                 )
             )
@@ -201,10 +202,12 @@ class IdentityStore:
             if db.execute("SELECT 1 FROM principals WHERE spiffe_id = ?", (spiffe_id,)).fetchone() is None:
                 db.execute("ROLLBACK")
                 raise IdentityError(f"no such principal {spiffe_id}")
-            db.executemany("DELETE FROM memberships WHERE spiffe_id = ? AND group_name = ?",
-                           [(spiffe_id, g) for g in remove])
-            db.executemany("INSERT OR IGNORE INTO memberships (spiffe_id, group_name) VALUES (?, ?)",
-                           [(spiffe_id, g) for g in add])
+            db.executemany(
+                "DELETE FROM memberships WHERE spiffe_id = ? AND group_name = ?", [(spiffe_id, g) for g in remove]
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO memberships (spiffe_id, group_name) VALUES (?, ?)", [(spiffe_id, g) for g in add]
+            )
             db.execute("COMMIT")
         found = self.get(spiffe_id)
         assert found is not None  # noqa: S101 - checked in the transaction above
@@ -222,13 +225,16 @@ class IdentityStore:
                 raise IdentityError(f"no such principal {spiffe_id}")
             certs = db.execute(
                 "UPDATE certificates SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id)).rowcount
+                (now, reason, spiffe_id),
+            ).rowcount
             tokens = db.execute(
                 "UPDATE tokens SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id)).rowcount
+                (now, reason, spiffe_id),
+            ).rowcount
             codes = db.execute(
                 "UPDATE enrollments SET revoked_at = ? WHERE spiffe_id = ? AND used_at IS NULL AND revoked_at IS NULL",
-                (now, spiffe_id)).rowcount
+                (now, spiffe_id),
+            ).rowcount
             db.execute("COMMIT")
         return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes}
 
@@ -242,13 +248,17 @@ class IdentityStore:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT serial, not_after, issued_at, revoked_at FROM certificates WHERE spiffe_id = ? "
-                "ORDER BY issued_at", (spiffe_id,)).fetchall()
+                "ORDER BY issued_at",
+                (spiffe_id,),
+            ).fetchall()
         return [{"serial": r[0], "not_after": r[1], "issued_at": r[2], "revoked_at": r[3]} for r in rows]
 
     def record_token(self, jti: str, spiffe_id: str, expires_at: float, *, issued_by: str) -> None:
         with self._connect() as db:
-            db.execute("INSERT INTO tokens (jti, spiffe_id, issued_at, expires_at, issued_by) VALUES (?,?,?,?,?)",
-                       (jti, spiffe_id, _now(), expires_at, issued_by))
+            db.execute(
+                "INSERT INTO tokens (jti, spiffe_id, issued_at, expires_at, issued_by) VALUES (?,?,?,?,?)",
+                (jti, spiffe_id, _now(), expires_at, issued_by),
+            )
 
     def token_owner(self, jti: str) -> tuple[str, bool] | None:
         """(SPIFFE ID, revoked) of an issued token id, or None if the store never recorded it."""
@@ -258,34 +268,48 @@ class IdentityStore:
 
     def revoke_token(self, jti: str, reason: str) -> bool:
         with self._connect() as db:
-            cur = db.execute("UPDATE tokens SET revoked_at = ?, reason = ? WHERE jti = ? AND revoked_at IS NULL",
-                             (_now(), reason, jti))
+            cur = db.execute(
+                "UPDATE tokens SET revoked_at = ?, reason = ? WHERE jti = ? AND revoked_at IS NULL",
+                (_now(), reason, jti),
+            )
         return cur.rowcount == 1
 
     def tokens_of(self, spiffe_id: str) -> list[dict[str, str | float | None]]:
         with self._connect() as db:
-            rows = db.execute("SELECT jti, issued_at, expires_at, revoked_at FROM tokens WHERE spiffe_id = ? "
-                              "ORDER BY issued_at", (spiffe_id,)).fetchall()
+            rows = db.execute(
+                "SELECT jti, issued_at, expires_at, revoked_at FROM tokens WHERE spiffe_id = ? ORDER BY issued_at",
+                (spiffe_id,),
+            ).fetchall()
         return [{"jti": r[0], "issued_at": r[1], "expires_at": r[2], "revoked_at": r[3]} for r in rows]
 
-    def add_enrollment(self, code_id: str, code_hash: str, spiffe_id: str, expires_at: float, *,
-                       created_by: str) -> None:
+    def add_enrollment(
+        self, code_id: str, code_hash: str, spiffe_id: str, expires_at: float, *, created_by: str
+    ) -> None:
         with self._connect() as db:
-            db.execute("INSERT INTO enrollments (code_id, code_hash, spiffe_id, created_at, created_by, expires_at) "
-                       "VALUES (?,?,?,?,?,?)", (code_id, code_hash, spiffe_id, _now(), created_by, expires_at))
+            db.execute(
+                "INSERT INTO enrollments (code_id, code_hash, spiffe_id, created_at, created_by, expires_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (code_id, code_hash, spiffe_id, _now(), created_by, expires_at),
+            )
 
     def enrollment(self, code_id: str) -> Enrollment | None:
         with self._connect() as db:
-            row = db.execute("SELECT code_id, code_hash, spiffe_id, expires_at, used_at, revoked_at, failures "
-                             "FROM enrollments WHERE code_id = ?", (code_id,)).fetchone()
+            row = db.execute(
+                "SELECT code_id, code_hash, spiffe_id, expires_at, used_at, revoked_at, failures "
+                "FROM enrollments WHERE code_id = ?",
+                (code_id,),
+            ).fetchone()
         if row is None:
             return None
         return Enrollment(row[0], row[1], row[2], row[3], row[4] is not None, row[5] is not None, row[6])
 
     def enrollments_of(self, spiffe_id: str) -> list[dict[str, str | float | int | None]]:
         with self._connect() as db:
-            rows = db.execute("SELECT code_id, created_at, expires_at, used_at, revoked_at, failures "
-                              "FROM enrollments WHERE spiffe_id = ? ORDER BY created_at", (spiffe_id,)).fetchall()
+            rows = db.execute(
+                "SELECT code_id, created_at, expires_at, used_at, revoked_at, failures "
+                "FROM enrollments WHERE spiffe_id = ? ORDER BY created_at",
+                (spiffe_id,),
+            ).fetchall()
         keys = ("code_id", "created_at", "expires_at", "used_at", "revoked_at", "failures")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
@@ -299,8 +323,10 @@ class IdentityStore:
     def consume_enrollment(self, code_id: str) -> bool:
         """Mark a code used. Exactly one of any number of concurrent callers gets True (single use)."""
         with self._connect() as db:
-            cur = db.execute("UPDATE enrollments SET used_at = ? WHERE code_id = ? AND used_at IS NULL "
-                             "AND revoked_at IS NULL", (_now(), code_id))
+            cur = db.execute(
+                "UPDATE enrollments SET used_at = ? WHERE code_id = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (_now(), code_id),
+            )
         return cur.rowcount == 1
 
     def record_failure(self, scope: str, now: float) -> None:
@@ -311,8 +337,9 @@ class IdentityStore:
         with self._connect() as db:
             # Old rows are pruned here, so the table stays as small as the window.
             db.execute("DELETE FROM failed_attempts WHERE at < ?", (since - 3600,))
-            row = db.execute("SELECT COUNT(*) FROM failed_attempts WHERE scope = ? AND at >= ?",
-                             (scope, since)).fetchone()
+            row = db.execute(
+                "SELECT COUNT(*) FROM failed_attempts WHERE scope = ? AND at >= ?", (scope, since)
+            ).fetchone()
         return int(row[0])
 
 
@@ -340,12 +367,18 @@ def lookup_credential(store: IdentityStore, table: str, ident: str) -> Credentia
     """``table`` is "certificates" (by serial) or "tokens" (by jti); None if this cluster never issued it."""
     column = {"certificates": "serial", "tokens": "jti"}[table]
     with store._connect() as db:
-        row = db.execute(f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
-                         f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
-                         (ident,)).fetchone()
+        row = db.execute(
+            f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
+            f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
+            (ident,),
+        ).fetchone()
         if row is None:
             return None
-        groups = tuple(g for (g,) in db.execute(
-            "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],)))
+        groups = tuple(
+            g
+            for (g,) in db.execute(
+                "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],)
+            )
+        )
     principal = None if row[2] is None else Principal(row[0], row[2], row[3], groups, bool(row[4]))
     return CredentialState(row[0], row[1] is not None, principal)

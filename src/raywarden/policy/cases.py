@@ -72,9 +72,14 @@ class CaseResult:
     problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.case.name or f"{self.case.principal} {self.case.action}", "passed": self.passed,
-                "expected": self.case.expect, "decision": "allow" if self.decision.allowed else "deny",
-                "policy_ids": list(self.decision.policy_ids), "problems": self.problems}
+        return {
+            "name": self.case.name or f"{self.case.principal} {self.case.action}",
+            "passed": self.passed,
+            "expected": self.case.expect,
+            "decision": "allow" if self.decision.allowed else "deny",
+            "policy_ids": list(self.decision.policy_ids),
+            "problems": self.problems,
+        }
 
 
 def load_cases(path: Path) -> CaseFile:
@@ -108,10 +113,12 @@ def build_request(case: Case, trust_domain: str) -> PolicyRequest:
     principal_id = spiffe_of(case.principal, case.kind, trust_domain)
     name = principal_id.rsplit("/", 1)[-1]
     principal = principal_entity(principal_id, case.kind, name, tuple(case.groups))
-    return PolicyRequest(principal, case.action, resource_entity(case.action, case.resource, principal_id,
-                                                                 trust_domain),
-                         request_context(case.context.auth_method, case.context.source, case.context.auth_age_s,
-                                         case.context.time))
+    return PolicyRequest(
+        principal,
+        case.action,
+        resource_entity(case.action, case.resource, principal_id, trust_domain),
+        request_context(case.context.auth_method, case.context.source, case.context.auth_age_s, case.context.time),
+    )
 
 
 def resource_entity(action: str, attrs: dict[str, Any], principal_id: str, trust_domain: str) -> Entity:
@@ -142,8 +149,9 @@ def run_cases(engine: PolicyEngine, cases: CaseFile, trust_domain: str) -> list[
             continue
         problems = []
         if decision.allowed != (case.expect == "allow"):
-            problems.append(f"expected {case.expect}, got {'allow' if decision.allowed else 'deny'} "
-                            f"({decision.reason})")
+            problems.append(
+                f"expected {case.expect}, got {'allow' if decision.allowed else 'deny'} ({decision.reason})"
+            )
         if case.policies is not None and sorted(case.policies) != list(decision.policy_ids):
             problems.append(f"expected policies {sorted(case.policies)}, got {list(decision.policy_ids)}")
         results.append(CaseResult(case, decision, not problems, problems))

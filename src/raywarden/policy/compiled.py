@@ -176,8 +176,15 @@ class Env:
 
     __slots__ = ("action", "context", "context_cache", "principal", "resource", "store")
 
-    def __init__(self, principal: Uid, action: Uid, resource: Uid, context: Mapping[str, Any],
-                 store: dict[Uid, Node], given: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        principal: Uid,
+        action: Uid,
+        resource: Uid,
+        context: Mapping[str, Any],
+        store: dict[Uid, Node],
+        given: Iterable[str] | None = None,
+    ) -> None:
         """``given``: the context fields Cedar would be given (all when None), converted now as in Node."""
         self.principal, self.action, self.resource = principal, action, resource
         self.context = context
@@ -186,8 +193,9 @@ class Env:
             if any((above := store.get(parent)) is not None and above.parents for parent in node.parents):
                 _refuse_cycles(store)
                 break
-        self.context_cache = {name: value(context[name]) for name in (context if given is None else given)
-                              if name in context}
+        self.context_cache = {
+            name: value(context[name]) for name in (context if given is None else given) if name in context
+        }
 
     def ancestors(self, uid: Uid) -> frozenset[Uid]:
         node = self.store.get(uid)
@@ -240,6 +248,7 @@ def _refuse_cycles(store: Mapping[Uid, Node]) -> None:
 
 
 # ---- operations, each raising Undecided where Cedar raises an evaluation error ----
+
 
 def equal(a: Any, b: Any) -> bool:
     cls = type(a)
@@ -353,7 +362,10 @@ def in_range(a: Any, b: Any) -> bool:
 # ---- compiling expressions ----
 
 _COMPARE: dict[str, Callable[[int, int], bool]] = {
-    "<": int.__lt__, "<=": int.__le__, ">": int.__gt__, ">=": int.__ge__,
+    "<": int.__lt__,
+    "<=": int.__le__,
+    ">": int.__gt__,
+    ">=": int.__ge__,
 }
 _ARITHMETIC: dict[str, Callable[[int, int], int]] = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
 
@@ -367,6 +379,7 @@ _FIXED: ContextVar[Mapping[Uid, Node] | None] = ContextVar("fixed_entities", def
 def _constant(v: Any) -> Fn:
     def constant(env: Env) -> Any:
         return v
+
     constant.value = v  # type: ignore[attr-defined]
     return constant
 
@@ -388,7 +401,7 @@ def _folded(known: Any, name: str, op: str) -> Any:
 def compile_expr(node: Any) -> Fn:
     if type(node) is not dict or len(node) != 1:
         raise Unsupported(f"not an expression: {node!r:.80}")
-    (op, arg), = node.items()
+    ((op, arg),) = node.items()
     if op == "Value":
         try:
             return _constant(value(arg))
@@ -477,6 +490,7 @@ def _logic(op: str, node: dict[str, Any]) -> Fn:
             if result is not go_on:
                 raise Undecided("not a Boolean")
         return go_on
+
     return chain
 
 
@@ -522,6 +536,7 @@ def _is(arg: dict[str, Any]) -> Fn:
     def is_in(env: Env) -> bool:
         uid = _entity(left(env))
         return uid[0] == entity_type and in_entity(env, uid, within(env))
+
     return is_in
 
 
@@ -541,6 +556,7 @@ def _like(arg: dict[str, Any]) -> Fn:
         if type(found) is not str:
             raise Undecided("like needs a string")
         return matches(found, chunks)
+
     return like
 
 
@@ -586,10 +602,12 @@ def _ip_call(op: str, args: Any) -> Fn:
         if type(address) not in _IP_TYPES:
             raise Undecided(f"{op} needs an ip value")
         return address.version == version  # type: ignore[no-any-return]
+
     return is_version
 
 
 # ---- policies and sets ----
+
 
 def _scope(variable: str, scope: Any) -> Fn | None:
     """The scope constraint on ``variable`` as a test, or None when it admits everything."""
@@ -644,8 +662,15 @@ def _compile_policy(policy: Mapping[str, Any]) -> Fn:
     action = policy.get("action")
     if type(action) is not dict or action.get("op") not in ("All", "==", "in"):
         raise Unsupported("an action scope other than ==, in or none")  # as Cedar's own parser
-    tests = [test for test in (_scope("principal", policy.get("principal")), _scope("action", action),
-                               _scope("resource", policy.get("resource"))) if test is not None]
+    tests = [
+        test
+        for test in (
+            _scope("principal", policy.get("principal")),
+            _scope("action", action),
+            _scope("resource", policy.get("resource")),
+        )
+        if test is not None
+    ]
     conditions = []
     for condition in policy.get("conditions") or ():
         kind = condition.get("kind") if type(condition) is dict else None
@@ -661,6 +686,7 @@ def _compile_policy(policy: Mapping[str, Any]) -> Fn:
             if _boolean(body(env)) is not wanted:
                 return False
         return True
+
     return satisfied
 
 

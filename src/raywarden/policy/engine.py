@@ -139,8 +139,10 @@ def _parse_file(name: str, body: str, schema_text: str) -> dict[str, Any]:
         result = cedarpy.validate_policies(body, schema_text)
         if not result.validation_passed:
             problems = "; ".join(str(e) for e in result.errors)
-            raise PolicyError(f"{name}: does not match the schema: {problems}",
-                              hint="see docs/policy.md for entity attributes and actions; nothing was loaded")
+            raise PolicyError(
+                f"{name}: does not match the schema: {problems}",
+                hint="see docs/policy.md for entity attributes and actions; nothing was loaded",
+            )
     return parsed
 
 
@@ -228,8 +230,10 @@ def _entity_json(entity: Entity, names: frozenset[str]) -> str:
             _parents_json[entity.parents] = parents
     attrs = {k: v for k, v in entity.attrs.items() if k in names}
     # Strings escaped as the encoder escapes them, without its set-up cost for a two-key object.
-    return (f'[{{"uid":{{"type":{_json_string(f"{NAMESPACE}::{entity.type}")},"id":{_json_string(entity.id)}}},'
-            f'"attrs":{_encode(attrs)},"parents":{parents}}}]')
+    return (
+        f'[{{"uid":{{"type":{_json_string(f"{NAMESPACE}::{entity.type}")},"id":{_json_string(entity.id)}}},'
+        f'"attrs":{_encode(attrs)},"parents":{parents}}}]'
+    )
 
 
 _decoder = json.JSONDecoder()
@@ -255,8 +259,9 @@ def _decision(raw: str) -> Decision:
         verdict, diagnostics = answer.get("decision"), answer.get("diagnostics")
     if not isinstance(diagnostics, dict):
         diagnostics = {}
-    return Decision(verdict == "Allow", tuple(sorted(diagnostics.get("reason") or ())),
-                    tuple(diagnostics.get("errors") or ()))
+    return Decision(
+        verdict == "Allow", tuple(sorted(diagnostics.get("reason") or ())), tuple(diagnostics.get("errors") or ())
+    )
 
 
 @dataclass(frozen=True)
@@ -312,8 +317,9 @@ def _cluster_node(cluster: Entity) -> tuple[tuple[str, str], Node] | None:
         return None
 
 
-def _compile_each(combined: dict[str, Any], scoped: bool,
-                  cluster: tuple[tuple[str, str], Node] | None) -> dict[str, tuple[str, Fn] | None]:
+def _compile_each(
+    combined: dict[str, Any], scoped: bool, cluster: tuple[tuple[str, str], Node] | None
+) -> dict[str, tuple[str, Fn] | None]:
     """Each policy's effect and test (with its action scope, or without when ``scoped`` is False), or None."""
     tests: dict[str, tuple[str, Fn] | None] = dict.fromkeys(combined)
     if cluster is None:  # no compiled view of the cluster: Cedar decides everything
@@ -321,15 +327,18 @@ def _compile_each(combined: dict[str, Any], scoped: bool,
     fixed = dict([cluster])
     for pid, policy in combined.items():
         try:
-            tests[pid] = (str(policy.get("effect")),
-                          compile_policy(policy if scoped else {**policy, "action": {"op": "All"}}, fixed))
+            tests[pid] = (
+                str(policy.get("effect")),
+                compile_policy(policy if scoped else {**policy, "action": {"op": "All"}}, fixed),
+            )
         except (Unsupported, Undecided, KeyError, TypeError, ValueError):  # anything unexpected: Cedar decides
             tests[pid] = None
     return tests
 
 
-def _slices(combined: dict[str, Any], cluster: Entity,
-            cluster_node: tuple[tuple[str, str], Node] | None) -> dict[str, _Slice]:
+def _slices(
+    combined: dict[str, Any], cluster: Entity, cluster_node: tuple[tuple[str, str], Node] | None
+) -> dict[str, _Slice]:
     """One policy set per action of the schema, holding only the policies whose scope admits that action.
 
     A policy whose action scope does not match is never satisfied and never evaluates its conditions (Cedar
@@ -343,10 +352,14 @@ def _slices(combined: dict[str, Any], cluster: Entity,
     for action in sorted(schema_actions()):
         # Within the slice the request's action is always one the scope admits, so the scope itself is true
         # and goes: Cedar would otherwise build the set of `action in [...]` on every evaluation.
-        chosen = {pid: {**policy, "action": {"op": "All"}} for pid, policy in combined.items()
-                  if (scope := scopes[pid]) is None or action in scope}
+        chosen = {
+            pid: {**policy, "action": {"op": "All"}}
+            for pid, policy in combined.items()
+            if (scope := scopes[pid]) is None or action in scope
+        }
         policy_set = cedarpy.PolicySet.from_json_str(
-            json.dumps({"staticPolicies": chosen, "templates": {}, "templateLinks": []}))
+            json.dumps({"staticPolicies": chosen, "templates": {}, "templateLinks": []})
+        )
         refs = _references(list(chosen.values()))
         base_json = _entity_json(cluster, refs.names)
         if base_json not in bases:  # a few distinct ones: most actions read nothing of the cluster
@@ -358,10 +371,19 @@ def _slices(combined: dict[str, Any], cluster: Entity,
 class PolicyEngine:
     """A validated, pre-parsed policy set. Immutable: reload builds a new engine."""
 
-    def __init__(self, policy_set: Any, schema: Any, version: str, sources: tuple[str, ...],
-                 policies: tuple[PolicyInfo, ...], base_entities: Any, references: _References,
-                 slices: dict[str, _Slice] | None = None,
-                 cluster: tuple[tuple[str, str], Node] | None = None, compiled: CompiledSet | None = None) -> None:
+    def __init__(
+        self,
+        policy_set: Any,
+        schema: Any,
+        version: str,
+        sources: tuple[str, ...],
+        policies: tuple[PolicyInfo, ...],
+        base_entities: Any,
+        references: _References,
+        slices: dict[str, _Slice] | None = None,
+        cluster: tuple[tuple[str, str], Node] | None = None,
+        compiled: CompiledSet | None = None,
+    ) -> None:
         self._policy_set = policy_set
         self._schema = schema
         self._base = base_entities
@@ -395,8 +417,9 @@ class PolicyEngine:
         return cls.load(state.policy_dir, cluster_entity(state.load_config()))
 
     @classmethod
-    def from_sources(cls, files: list[tuple[str, str]], cluster: Entity | None = None, *,
-                     compiled: bool = True) -> PolicyEngine:
+    def from_sources(
+        cls, files: list[tuple[str, str]], cluster: Entity | None = None, *, compiled: bool = True
+    ) -> PolicyEngine:
         """``compiled=False``: every decision through Cedar (cedarpy), as bench/policy_bench.py compares."""
         from raywarden.policy.entities import cluster_entity
 
@@ -412,8 +435,10 @@ class PolicyEngine:
                 pid = str((policy.get("annotations") or {}).get("id") or f"{name}#{index}")
                 if pid in combined:
                     where = next(i.source for i in infos if i.id == pid)
-                    raise PolicyError(f"{name}: policy id {pid!r} is already used in {where}",
-                                      hint="every @id must be unique: decisions are explained by it")
+                    raise PolicyError(
+                        f"{name}: policy id {pid!r} is already used in {where}",
+                        hint="every @id must be unique: decisions are explained by it",
+                    )
                 combined[pid] = policy
                 infos.append(PolicyInfo(pid, name, str(policy.get("effect"))))
         if not combined:
@@ -433,9 +458,18 @@ class PolicyEngine:
             json.dumps({"staticPolicies": combined, "templates": {}, "templateLinks": []})
         )
         node = _cluster_node(cluster) if compiled else None
-        return cls(policy_set, schema, digest.hexdigest()[:16], tuple(n for n, _ in files), tuple(infos), base,
-                   _references(list(combined.values())), _slices(combined, cluster, node), node,
-                   _compiled(_compile_each(combined, True, node), list(combined)))
+        return cls(
+            policy_set,
+            schema,
+            digest.hexdigest()[:16],
+            tuple(n for n, _ in files),
+            tuple(infos),
+            base,
+            _references(list(combined.values())),
+            _slices(combined, cluster, node),
+            node,
+            _compiled(_compile_each(combined, True, node), list(combined)),
+        )
 
     def _principal_base(self, principal_json: str) -> Any:
         found = self._principal_bases.get(principal_json)
@@ -445,12 +479,17 @@ class PolicyEngine:
             found = self._principal_bases[principal_json] = self._base.with_added_json_str(principal_json)
         return found
 
-    def decide(self, request: PolicyRequest, extra_entities: tuple[Entity, ...] = (), *,
-               strict: bool = False) -> Decision:
+    def decide(
+        self, request: PolicyRequest, extra_entities: tuple[Entity, ...] = (), *, strict: bool = False
+    ) -> Decision:
         """One decision. ``strict`` also checks the request and entities against the schema (tests, explain)."""
         principal, resource = request.principal, request.resource
-        if (strict or extra_entities or _native_is_authorized is None
-                or (resource.type == principal.type and resource.id == principal.id)):
+        if (
+            strict
+            or extra_entities
+            or _native_is_authorized is None
+            or (resource.type == principal.type and resource.id == principal.id)
+        ):
             return self.decide_many([request], extra_entities, strict=strict)[0]
         part = self._slices.get(request.action, self._full)
         if part.compiled is not None and self._cluster is not None:
@@ -471,7 +510,8 @@ class PolicyEngine:
             except ValueError as exc:
                 return Decision(False, (), (f"bad entities: {exc}",))
         cedar_request: dict[str, Any] = {
-            "principal": principal_uid, "action": {"type": _ACTION_TYPE, "id": request.action},
+            "principal": principal_uid,
+            "action": {"type": _ACTION_TYPE, "id": request.action},
             "resource": {"type": f"{NAMESPACE}::{resource.type}", "id": resource.id},
         }
         context = request.context
@@ -497,14 +537,25 @@ class PolicyEngine:
         store[principal_uid] = Node(principal.attrs, _parent_uids(principal), self._refs.names)
         if resource.type != "Cluster":  # the cluster, with its limits, is the engine's, as on Cedar's path
             store[resource_uid] = Node(resource.attrs, _parent_uids(resource), refs.names)
-        return Env(principal_uid, (_ACTION_TYPE, request.action), resource_uid, request.context, store,
-                   None if refs.whole_context else refs.context_names)
+        return Env(
+            principal_uid,
+            (_ACTION_TYPE, request.action),
+            resource_uid,
+            request.context,
+            store,
+            None if refs.whole_context else refs.context_names,
+        )
 
     def _principal_entry(self, principal: Entity, part: _Slice) -> tuple[Any, dict[str, str]]:
         """The slice's base set with ``principal`` added (native handle), and its uid; parsed once per principal
         (and per distinct base: a few per policy set)."""
-        key: tuple[Any, ...] | None = (part.base_json, principal.type, principal.id, principal.parents,
-                                       tuple(principal.attrs.items()))
+        key: tuple[Any, ...] | None = (
+            part.base_json,
+            principal.type,
+            principal.id,
+            principal.parents,
+            tuple(principal.attrs.items()),
+        )
         try:
             found = self._principals.get(key) if key is not None else None  # hashing checks every value
         except TypeError:  # an unhashable attribute value: not a principal the gateway builds
@@ -517,8 +568,9 @@ class PolicyEngine:
                 self._principals[key] = found
         return found
 
-    def decide_many(self, requests: Sequence[PolicyRequest], extra_entities: tuple[Entity, ...] = (), *,
-                    strict: bool = False) -> list[Decision]:
+    def decide_many(
+        self, requests: Sequence[PolicyRequest], extra_entities: tuple[Entity, ...] = (), *, strict: bool = False
+    ) -> list[Decision]:
         """Several decisions over one entity set (a job list: one request per job, one Cedar call)."""
         if not requests:
             return []
@@ -551,8 +603,11 @@ class PolicyEngine:
                 "principal": r.principal.uid(),
                 "action": {"type": _ACTION_TYPE, "id": r.action},
                 "resource": r.resource.uid(),
-                "context": json.dumps(r.context if names is None or part.refs.whole_context
-                                      else {k: r.context[k] for k in part.refs.context_names if k in r.context}),
+                "context": json.dumps(
+                    r.context
+                    if names is None or part.refs.whole_context
+                    else {k: r.context[k] for k in part.refs.context_names if k in r.context}
+                ),
             }
             for r in requests
         ]
@@ -568,13 +623,19 @@ class PolicyEngine:
             if strict:
                 raise PolicyError(f"entities do not match the schema: {exc}") from None
             return [Decision(False, (), (f"bad entities: {exc}",)) for _ in requests]
-        results = cedarpy.is_authorized_batch(cedar_requests, part.policy_set, entities,
-                                              self._schema if strict else None)
+        results = cedarpy.is_authorized_batch(
+            cedar_requests, part.policy_set, entities, self._schema if strict else None
+        )
         decisions = []
         for result in results:
             diagnostics = result.diagnostics
             if strict and result.decision == cedarpy.Decision.NoDecision:
                 raise PolicyError(f"request does not match the schema: {'; '.join(diagnostics.errors)}")
-            decisions.append(Decision(result.decision == cedarpy.Decision.Allow,
-                                      tuple(sorted(diagnostics.reasons)), tuple(diagnostics.errors)))
+            decisions.append(
+                Decision(
+                    result.decision == cedarpy.Decision.Allow,
+                    tuple(sorted(diagnostics.reasons)),
+                    tuple(diagnostics.errors),
+                )
+            )
         return decisions

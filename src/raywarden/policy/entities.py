@@ -20,8 +20,9 @@ PRINCIPAL_TYPES = {"user": "User", "sa": "ServiceAccount"}
 
 
 def principal_entity(spiffe_id: str, kind: str, name: str, groups: tuple[str, ...] | list[str]) -> Entity:
-    return Entity(PRINCIPAL_TYPES[kind], spiffe_id, {"name": name, "spiffe_id": spiffe_id},
-                  tuple(("Group", g) for g in groups))
+    return Entity(
+        PRINCIPAL_TYPES[kind], spiffe_id, {"name": name, "spiffe_id": spiffe_id}, tuple(("Group", g) for g in groups)
+    )
 
 
 # What the default pack lets developers put in a runtime_env (``developers-submit``), as runtime_env_facts
@@ -30,16 +31,47 @@ def principal_entity(spiffe_id: str, kind: str, name: str, groups: tuple[str, ..
 # field or a plugin, a container, another option, a direct reference, a spec file from the node's disk, a
 # conda channel or option, code from another URL or a node path.
 DEVELOPER_RUNTIME_ENV_FACTS = (
-    "key:working_dir", "key:py_modules", "key:pip", "key:uv", "key:conda", "key:env_vars", "key:excludes",
-    "key:config", "key:worker_process_setup_hook", "key:_ray_commit",
-    "pip_option:--no-cache", "pip_option:--no-cache-dir", "pip_option:--disable-pip-version-check",
+    "key:working_dir",
+    "key:py_modules",
+    "key:pip",
+    "key:uv",
+    "key:conda",
+    "key:env_vars",
+    "key:excludes",
+    "key:config",
+    "key:worker_process_setup_hook",
+    "key:_ray_commit",
+    "pip_option:--no-cache",
+    "pip_option:--no-cache-dir",
+    "pip_option:--disable-pip-version-check",
     "uri_scheme:gcs",
 )
 # Environment variable prefixes (the part of the name before the first "_") that steer installers, the
 # loader, proxies or Ray itself: Ray passes env_vars to pip, so PIP_INDEX_URL is an index.
 DENIED_ENV_VAR_PREFIXES = (
-    "PIP", "UV", "CONDA", "MAMBA", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "LD", "GIT",
-    "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL", "SSL", "HOME", "XDG", "NETRC", "VIRTUAL", "PATH", "RAY",
+    "PIP",
+    "UV",
+    "CONDA",
+    "MAMBA",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "LD",
+    "GIT",
+    "HTTP",
+    "HTTPS",
+    "ALL",
+    "NO",
+    "REQUESTS",
+    "CURL",
+    "SSL",
+    "HOME",
+    "XDG",
+    "NETRC",
+    "VIRTUAL",
+    "PATH",
+    "RAY",
 )
 
 
@@ -51,19 +83,23 @@ def cluster_entity(config: ClusterConfig | None) -> Entity:
     and the cluster entity is parsed once per policy set.
     """
     config = config or ClusterConfig()
-    return Entity("Cluster", CLUSTER_ID, {
-        "developer_runtime_env": {
-            "allowed_facts": sorted(DEVELOPER_RUNTIME_ENV_FACTS),
-            "denied_env_var_prefixes": sorted(DENIED_ENV_VAR_PREFIXES),
+    return Entity(
+        "Cluster",
+        CLUSTER_ID,
+        {
+            "developer_runtime_env": {
+                "allowed_facts": sorted(DEVELOPER_RUNTIME_ENV_FACTS),
+                "denied_env_var_prefixes": sorted(DENIED_ENV_VAR_PREFIXES),
+            },
+            "developer_limits": {
+                "milli_cpus": milli(config.developer_max_cpus),
+                "milli_gpus": milli(config.developer_max_gpus),
+                "memory": config.developer_max_memory_bytes,
+                "resources": sorted(config.developer_resources),
+                "milli_resource_amount": milli(config.developer_max_resource_amount),
+            },
         },
-        "developer_limits": {
-            "milli_cpus": milli(config.developer_max_cpus),
-            "milli_gpus": milli(config.developer_max_gpus),
-            "memory": config.developer_max_memory_bytes,
-            "resources": sorted(config.developer_resources),
-            "milli_resource_amount": milli(config.developer_max_resource_amount),
-        }
-    })
+    )
 
 
 def new_job_entity(body: Mapping[str, Any], owner: str) -> Entity:
@@ -79,8 +115,7 @@ def package_entity(name: str) -> Entity:
     return Entity("Package", name, {"name": name}, IN_CLUSTER)
 
 
-def request_context(auth_method: str, source: str, auth_age_s: float,
-                    now: dt.datetime | None = None) -> dict[str, Any]:
+def request_context(auth_method: str, source: str, auth_age_s: float, now: dt.datetime | None = None) -> dict[str, Any]:
     """The ``RequestContext`` of the schema. Times are plain Longs: every extension value in the context
     costs Cedar about as much as the rest of the decision (bench/policy_bench.py), and the source address
     is the one worth it (``context.source.isInRange(ip("10.0.0.0/8"))``). An unparseable source address

@@ -17,14 +17,32 @@ from packaging.requirements import InvalidRequirement, Requirement
 OWNER_KEY = "raywarden.owner"
 
 # Ray 2.60 RuntimeEnv.known_fields (ray/runtime_env/runtime_env.py); anything else is a runtime_env plugin.
-RAY_RUNTIME_ENV_FIELDS = frozenset({
-    "py_modules", "py_executable", "java_jars", "working_dir", "conda", "pip", "uv", "container", "excludes",
-    "env_vars", "_ray_release", "_ray_commit", "_inject_current_ray", "config", "worker_process_setup_hook",
-    "_nsight", "_rocprof_sys", "image_uri",
-})
+RAY_RUNTIME_ENV_FIELDS = frozenset(
+    {
+        "py_modules",
+        "py_executable",
+        "java_jars",
+        "working_dir",
+        "conda",
+        "pip",
+        "uv",
+        "container",
+        "excludes",
+        "env_vars",
+        "_ray_release",
+        "_ray_commit",
+        "_inject_current_ray",
+        "config",
+        "worker_process_setup_hook",
+        "_nsight",
+        "_rocprof_sys",
+        "image_uri",
+    }
+)
 _PIP_DICT_KEYS = {"pip": ("pip_install_options", "pip_version"), "uv": ("uv_pip_install_options", "uv_version")}
-_PIP_DICT_KNOWN = {installer: frozenset({"packages", *keys, f"{installer}_check"})
-                   for installer, keys in _PIP_DICT_KEYS.items()}
+_PIP_DICT_KNOWN = {
+    installer: frozenset({"packages", *keys, f"{installer}_check"}) for installer, keys in _PIP_DICT_KEYS.items()
+}
 # Amounts in thousandths as a Cedar Long. Fractions are rounded up and huge or non-finite requests are
 # clamped to the largest Long: both only ever make a request look bigger than it is.
 _LONG_MAX = 2**63 - 1
@@ -126,9 +144,21 @@ def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
     # Every field starts empty and only the parts present are read: a submission uses a few of them, and the
     # gateway builds this record on every submission.
     attrs: dict[str, Any] = {
-        "keys": sorted(map(str, env)), "plugins": [], "pip_packages": [], "pip_options": [], "pip_direct_refs": [],
-        "spec_files": [], "conda_channels": [], "conda_packages": [], "conda_options": [], "working_dir": "",
-        "py_modules": [], "uri_schemes": [], "env_var_names": [], "env_var_prefixes": [], "container": False,
+        "keys": sorted(map(str, env)),
+        "plugins": [],
+        "pip_packages": [],
+        "pip_options": [],
+        "pip_direct_refs": [],
+        "spec_files": [],
+        "conda_channels": [],
+        "conda_packages": [],
+        "conda_options": [],
+        "working_dir": "",
+        "py_modules": [],
+        "uri_schemes": [],
+        "env_var_names": [],
+        "env_var_prefixes": [],
+        "container": False,
         "image": "",
     }
     if not env:
@@ -155,7 +185,8 @@ def runtime_env_attrs(env: Mapping[str, Any] | None) -> dict[str, Any]:
     env_vars = env.get("env_vars")
     if env_vars:
         names = attrs["env_var_names"] = sorted(
-            set(map(str, env_vars)) if isinstance(env_vars, dict) else {"(not a mapping)"})
+            set(map(str, env_vars)) if isinstance(env_vars, dict) else {"(not a mapping)"}
+        )
         attrs["env_var_prefixes"] = sorted({n.split("_", 1)[0].upper() for n in names})
     container = env.get("container")
     image_uri = env.get("image_uri")
@@ -183,8 +214,9 @@ def _installers(env: Mapping[str, Any], attrs: dict[str, Any]) -> None:
             options_key, version_key = _PIP_DICT_KEYS[installer]
             options = spec.get(options_key)
             if options:  # none at all is the usual case
-                packages.add_lines(" ".join(str(o) for o in options).split("\n") if isinstance(options, list)
-                                   else [str(options)])
+                packages.add_lines(
+                    " ".join(str(o) for o in options).split("\n") if isinstance(options, list) else [str(options)]
+                )
             if spec.get(version_key):
                 # Ray installs f"pip{pip_version}": a version pin is a requirement like any other.
                 packages.options.add(version_key)
@@ -226,18 +258,30 @@ def _installers(env: Mapping[str, Any], attrs: dict[str, Any]) -> None:
         conda_options.add(repr(conda)[:200])
     if env.get("_ray_release"):
         packages.direct.add(str(env["_ray_release"])[:200])  # a Ray wheel fetched from a URL
-    for name, found in (("pip_packages", packages.names), ("pip_options", packages.options),
-                        ("pip_direct_refs", packages.direct), ("spec_files", spec_files),
-                        ("conda_channels", conda_channels), ("conda_packages", conda_packages),
-                        ("conda_options", conda_options)):
+    for name, found in (
+        ("pip_packages", packages.names),
+        ("pip_options", packages.options),
+        ("pip_direct_refs", packages.direct),
+        ("spec_files", spec_files),
+        ("conda_channels", conda_channels),
+        ("conda_packages", conda_packages),
+        ("conda_options", conda_options),
+    ):
         if found:
             attrs[name] = sorted(found)
 
 
 # The sets of the RuntimeEnv record that runtime_env_facts flattens, with the tag of their facts.
-_FACT_SETS = (("key", "keys"), ("plugin", "plugins"), ("pip_option", "pip_options"),
-              ("pip_direct_ref", "pip_direct_refs"), ("spec_file", "spec_files"), ("conda_channel", "conda_channels"),
-              ("conda_option", "conda_options"), ("uri_scheme", "uri_schemes"))
+_FACT_SETS = (
+    ("key", "keys"),
+    ("plugin", "plugins"),
+    ("pip_option", "pip_options"),
+    ("pip_direct_ref", "pip_direct_refs"),
+    ("spec_file", "spec_files"),
+    ("conda_channel", "conda_channels"),
+    ("conda_option", "conda_options"),
+    ("uri_scheme", "uri_schemes"),
+)
 
 
 def runtime_env_facts(env: Mapping[str, Any]) -> list[str]:

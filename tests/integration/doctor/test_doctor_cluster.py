@@ -10,8 +10,16 @@ from tests.support import Cluster, run_cli
 
 pytestmark = pytest.mark.integration
 
-RUNNING_CHECKS = ("listeners.ray", "listeners.gateway", "ray.processes", "ray.version", "ray.auth", "ray.tls",
-                  "policy.loaded", "files.ray-temp")
+RUNNING_CHECKS = (
+    "listeners.ray",
+    "listeners.gateway",
+    "ray.processes",
+    "ray.version",
+    "ray.auth",
+    "ray.tls",
+    "policy.loaded",
+    "files.ray-temp",
+)
 
 
 def test_healthy_running_cluster_passes(cluster: Cluster) -> None:

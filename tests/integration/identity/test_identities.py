@@ -36,9 +36,11 @@ pytestmark = pytest.mark.integration
 
 # -- helpers ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(autouse=True)
 def _clean_source_counters(cluster: Cluster) -> Iterator[None]:
     """Refusal tests count failures against 127.0.0.1; start and leave every test with a clean slate."""
+
     def clean() -> None:
         with sqlite3.connect(cluster.state.identity_db) as db:
             db.execute("DELETE FROM failed_attempts")
@@ -70,18 +72,35 @@ def _person_env(home: Path) -> dict[str, str]:
 
 
 def _as(home: Path, *args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "raywarden.cli.main", *args], env=_person_env(home),
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "raywarden.cli.main", *args],
+        env=_person_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     result.stderr = " ".join(result.stderr.split())  # Rich wraps long messages at the terminal width
     if check and result.returncode != 0:
-        raise AssertionError(f"raywarden {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n"
-                             f"{result.stderr}")
+        raise AssertionError(
+            f"raywarden {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
 def _login(cluster: Cluster, home: Path, added: dict[str, Any]) -> Path:
-    _as(home, "login", cluster.url, "--code", added["code"], "--ca-fingerprint", added["ca_fingerprint"],
-        "--profile", "work", check=True)
+    _as(
+        home,
+        "login",
+        cluster.url,
+        "--code",
+        added["code"],
+        "--ca-fingerprint",
+        added["ca_fingerprint"],
+        "--profile",
+        "work",
+        check=True,
+    )
     return home / "profiles" / "work"
 
 
@@ -104,16 +123,17 @@ def _events(cluster: Cluster, principal: str) -> list[dict[str, Any]]:
 
 def _enroll(cluster: Cluster, code: str, spiffe: str) -> requests.Response:
     csr = build_csr(generate_private_key(), SpiffeId.parse(spiffe)).decode()
-    return requests.post(cluster.url + "/raywarden/v1/enroll", json={"code": code, "csr": csr}, verify=cluster.ca,
-                         timeout=30)
+    return requests.post(
+        cluster.url + "/raywarden/v1/enroll", json={"code": code, "csr": csr}, verify=cluster.ca, timeout=30
+    )
 
 
 def _bearer(cluster: Cluster, token: str, path: str = "/api/jobs/") -> requests.Response:
-    return requests.get(cluster.url + path, headers={"Authorization": f"Bearer {token}"}, verify=cluster.ca,
-                        timeout=30)
+    return requests.get(cluster.url + path, headers={"Authorization": f"Bearer {token}"}, verify=cluster.ca, timeout=30)
 
 
 # -- the done criterion ------------------------------------------------------------------------------------------
+
 
 def test_second_person_enrolls_submits_with_both_clis_and_loses_access(cluster: Cluster, tmp_path: Path) -> None:
     added = _add(cluster, "bob")
@@ -124,8 +144,11 @@ def test_second_person_enrolls_submits_with_both_clis_and_loses_access(cluster: 
     wrong = _as(home, "login", cluster.url, "--code", added["code"], "--ca-fingerprint", "ab" * 32)
     assert wrong.returncode != 0 and "not the pinned" in wrong.stderr and "nothing was sent" in wrong.stderr
     assert _store(cluster).enrollments_of(bob)[0]["used_at"] is None
-    assert not [r for r in cluster.audit_records() if r.get("path") == "/raywarden/v1/enroll"
-                and r.get("enrollment_id") == added["enrollment_id"]]
+    assert not [
+        r
+        for r in cluster.audit_records()
+        if r.get("path") == "/raywarden/v1/enroll" and r.get("enrollment_id") == added["enrollment_id"]
+    ]
 
     profile = _login(cluster, home, added)
     assert (profile / "client.key").stat().st_mode & 0o777 == 0o600
@@ -142,16 +165,36 @@ def test_second_person_enrolls_submits_with_both_clis_and_loses_access(cluster: 
     ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
     stock = subprocess.run(
-        [ray, "job", "submit", "--address", cluster.url, "--headers", json.dumps({"Authorization": f"Bearer {token}"}),
-         "--verify", str(profile / "access-ca.crt"), "--", "python", "-c", "print('stock ray ok')"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        [
+            ray,
+            "job",
+            "submit",
+            "--address",
+            cluster.url,
+            "--headers",
+            json.dumps({"Authorization": f"Bearer {token}"}),
+            "--verify",
+            str(profile / "access-ca.crt"),
+            "--",
+            "python",
+            "-c",
+            "print('stock ray ok')",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert stock.returncode == 0, stock.stdout + stock.stderr
     assert "stock ray ok" in stock.stdout
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(cluster.url, headers={"Authorization": f"Bearer {token}"},
-                                 verify=str(profile / "access-ca.crt"))
+    client = JobSubmissionClient(
+        cluster.url, headers={"Authorization": f"Bearer {token}"}, verify=str(profile / "access-ca.crt")
+    )
     job = client.submit_job(entrypoint="python -c \"print('sdk ok')\"")
     deadline = time.monotonic() + 120
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -177,6 +220,7 @@ def test_second_person_enrolls_submits_with_both_clis_and_loses_access(cluster: 
 
 # -- enrollment refusals -----------------------------------------------------------------------------------------
 
+
 def _refused(cluster: Cluster, resp: requests.Response, status: int, reason: str, spiffe: str) -> None:
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == "enrollment refused"
@@ -199,8 +243,7 @@ def test_enrollment_refusals(cluster: Cluster) -> None:
 
     erin = _add(cluster, "erin")
     _store(cluster).set_disabled(erin["spiffe_id"], True)  # disabled, code not (yet) revoked
-    _refused(cluster, _enroll(cluster, erin["code"], erin["spiffe_id"]), 401, "disabled principal",
-             erin["spiffe_id"])
+    _refused(cluster, _enroll(cluster, erin["code"], erin["spiffe_id"]), 401, "disabled principal", erin["spiffe_id"])
     run_cli(cluster, "user", "disable", "erin", check=True)  # the command also revokes the code
     _refused(cluster, _enroll(cluster, erin["code"], erin["spiffe_id"]), 401, "revoked", erin["spiffe_id"])
 
@@ -209,12 +252,14 @@ def test_enrollment_refusals(cluster: Cluster) -> None:
     resp = _enroll(cluster, frank["code"], other)
     _refused(cluster, resp, 403, "CSR asks for", frank["spiffe_id"])
     assert not _store(cluster).certificates_of(other)[-1:] or all(
-        c["issued_at"] < frank["expires_at"] for c in _store(cluster).certificates_of(other))
+        c["issued_at"] < frank["expires_at"] for c in _store(cluster).certificates_of(other)
+    )
     assert _enroll(cluster, frank["code"], frank["spiffe_id"]).status_code == 200  # the code was not burnt
 
     secret_swapped = frank["code"].rsplit(":", 1)[0] + ":" + "A" * 32
-    _refused(cluster, _enroll(cluster, secret_swapped, frank["spiffe_id"]), 401, "wrong secret", _spiffe(
-        cluster, "nobody"))
+    _refused(
+        cluster, _enroll(cluster, secret_swapped, frank["spiffe_id"]), 401, "wrong secret", _spiffe(cluster, "nobody")
+    )
 
 
 def test_enrollment_failures_limited_per_source(cluster: Cluster) -> None:
@@ -227,6 +272,7 @@ def test_enrollment_failures_limited_per_source(cluster: Cluster) -> None:
 
 
 # -- renewal, revocation, expiry -----------------------------------------------------------------------------
+
 
 def test_renewal_revocation_and_expiry(cluster: Cluster, tmp_path: Path) -> None:
     added = _add(cluster, "heidi")
@@ -272,18 +318,29 @@ def test_bearer_cannot_mint_or_renew(cluster: Cluster) -> None:
     token = run_cli(cluster, "sa", "token", "ivan", "--ttl", "10m", check=True).stdout.strip()
     assert _bearer(cluster, token).status_code == 200
     before = len(_store(cluster).tokens_of(_spiffe(cluster, "ivan", "sa")))
-    minted = requests.post(cluster.url + "/raywarden/v1/token", json={}, verify=cluster.ca, timeout=30,
-                           headers={"Authorization": f"Bearer {token}"})
+    minted = requests.post(
+        cluster.url + "/raywarden/v1/token",
+        json={},
+        verify=cluster.ca,
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert minted.status_code == 403 and "token" not in minted.json()
     csr = build_csr(generate_private_key(), SpiffeId.parse(_spiffe(cluster, "ivan", "sa"))).decode()
-    renewed = requests.post(cluster.url + "/raywarden/v1/renew", json={"csr": csr}, verify=cluster.ca, timeout=30,
-                            headers={"Authorization": f"Bearer {token}"})
+    renewed = requests.post(
+        cluster.url + "/raywarden/v1/renew",
+        json={"csr": csr},
+        verify=cluster.ca,
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert renewed.status_code == 403 and "certificate_pem" not in renewed.json()
     assert len(_store(cluster).tokens_of(_spiffe(cluster, "ivan", "sa"))) == before
     assert not _store(cluster).certificates_of(_spiffe(cluster, "ivan", "sa"))
 
 
 # -- bad bearer tokens at the gateway ---------------------------------------------------------------------------
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -294,8 +351,9 @@ def _forged(cluster: Cluster, **change: Any) -> str:
     claims = jwt.decode(good, options={"verify_signature": False})
     claims.update(change)
     kid = TokenAuthority.for_state(cluster.state, cluster.state.load_config()).kid
-    return jwt.encode(claims, load_or_create_token_key(token_key_path(cluster.state)), algorithm="EdDSA",
-                      headers={"kid": kid})
+    return jwt.encode(
+        claims, load_or_create_token_key(token_key_path(cluster.state)), algorithm="EdDSA", headers={"kid": kid}
+    )
 
 
 def test_bad_tokens_get_generic_401_and_precise_audit(cluster: Cluster) -> None:
@@ -325,6 +383,7 @@ def test_bad_tokens_get_generic_401_and_precise_audit(cluster: Cluster) -> None:
 
 # -- two trust roots -----------------------------------------------------------------------------------------------
 
+
 def test_user_certificate_useless_against_ray_grpc(cluster: Cluster, tmp_path: Path) -> None:
     import grpc
 
@@ -353,8 +412,12 @@ def test_user_certificate_useless_against_ray_grpc(cluster: Cluster, tmp_path: P
 def test_node_certificate_never_authenticates_a_person(cluster: Cluster) -> None:
     before = len(cluster.audit_records())
     with pytest.raises(requests.exceptions.RequestException):
-        requests.get(cluster.url + "/api/jobs/", cert=(str(cluster.state.node_cert), str(cluster.state.node_key)),
-                     verify=cluster.ca, timeout=30).raise_for_status()
+        requests.get(
+            cluster.url + "/api/jobs/",
+            cert=(str(cluster.state.node_cert), str(cluster.state.node_key)),
+            verify=cluster.ca,
+            timeout=30,
+        ).raise_for_status()
     deadline = time.monotonic() + 5
     while not any(r.get("kind") == "tls" for r in cluster.audit_records()[before:]):
         assert time.monotonic() < deadline, "refused handshake not audited"
@@ -362,6 +425,7 @@ def test_node_certificate_never_authenticates_a_person(cluster: Cluster) -> None
 
 
 # -- OIDC through the gateway -------------------------------------------------------------------------------------
+
 
 def test_oidc_id_token_through_the_gateway(cluster: Cluster) -> None:
     path = oidc_config_path(cluster.state)
@@ -381,13 +445,17 @@ def test_oidc_id_token_through_the_gateway(cluster: Cluster) -> None:
 
 # -- administration commands ---------------------------------------------------------------------------------------
 
+
 def test_admin_commands(cluster: Cluster, tmp_path: Path) -> None:
     added = _add(cluster, "kim")
     assert added["code"].startswith("user:kim:") and added["login_command"].startswith("raywarden login https://")
     users = json.loads(run_cli(cluster, "user", "list", "--json", check=True).stdout)
     assert any(u["name"] == "kim" and u["groups"] == ["developers"] for u in users)
-    changed = json.loads(run_cli(cluster, "user", "groups", "kim", "--add", "viewers", "--remove", "developers",
-                                 "--json", check=True).stdout)
+    changed = json.loads(
+        run_cli(
+            cluster, "user", "groups", "kim", "--add", "viewers", "--remove", "developers", "--json", check=True
+        ).stdout
+    )
     assert changed["groups"] == ["viewers"]
     shown = json.loads(run_cli(cluster, "user", "show", "kim", "--json", check=True).stdout)
     assert shown["enrollments"][0]["used_at"] is None and "code" not in json.dumps(shown["enrollments"])

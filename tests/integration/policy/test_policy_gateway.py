@@ -33,9 +33,16 @@ def tail_status(cluster: Cluster, cert: tuple[str, str], job_id: str) -> int:
     host, port = cluster.url.removeprefix("https://").rsplit(":", 1)
     conn = http.client.HTTPSConnection(host, int(port), context=tls_context(cluster, cert), timeout=30)
     try:
-        conn.request("GET", f"/api/jobs/{job_id}/logs/tail", headers={
-            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+        conn.request(
+            "GET",
+            f"/api/jobs/{job_id}/logs/tail",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            },
+        )
         return conn.getresponse().status
     finally:
         conn.close()
@@ -83,8 +90,12 @@ def test_ownership_across_two_developers(cluster: Cluster) -> None:
         assert all(j["metadata"].get("raywarden.owner", "").endswith(f"bob-{suffix}") for j in listed)
         missing = call(cluster, bob, "GET", "/api/jobs/raysubmit_doesnotexist1")
         assert missing.status_code == 404
-        for method, path in (("GET", f"/api/jobs/{job_id}"), ("GET", f"/api/jobs/{job_id}/logs"),
-                             ("POST", f"/api/jobs/{job_id}/stop"), ("DELETE", f"/api/jobs/{job_id}")):
+        for method, path in (
+            ("GET", f"/api/jobs/{job_id}"),
+            ("GET", f"/api/jobs/{job_id}/logs"),
+            ("POST", f"/api/jobs/{job_id}/stop"),
+            ("DELETE", f"/api/jobs/{job_id}"),
+        ):
             hidden = call(cluster, bob, method, path)
             same_error(hidden, missing)
             [record] = [r for r in records_for(cluster, hidden.json()["request_id"]) if r["kind"] == "request"]
@@ -121,13 +132,17 @@ def test_ownership_across_two_developers(cluster: Cluster) -> None:
         call(cluster, cluster.admin_cert, "POST", f"/api/jobs/{job_id}/stop")
 
 
-@pytest.mark.parametrize("runtime_env", [
-    {"pip": ["requests", "--index-url https://evil.example/simple"]},
-    {"pip": ["git+https://github.com/evil/pkg.git"]},
-    {"conda": {"channels": ["evil"], "dependencies": ["numpy"]}},
-    {"image_uri": "docker.io/evil/image"},
-    {"env_vars": {"PIP_INDEX_URL": "https://evil.example/simple"}},
-], ids=["index-url", "git", "conda-channel", "image", "env-pip-index"])
+@pytest.mark.parametrize(
+    "runtime_env",
+    [
+        {"pip": ["requests", "--index-url https://evil.example/simple"]},
+        {"pip": ["git+https://github.com/evil/pkg.git"]},
+        {"conda": {"channels": ["evil"], "dependencies": ["numpy"]}},
+        {"image_uri": "docker.io/evil/image"},
+        {"env_vars": {"PIP_INDEX_URL": "https://evil.example/simple"}},
+    ],
+    ids=["index-url", "git", "conda-channel", "image", "env-pip-index"],
+)
 def test_runtime_env_escapes_are_refused_and_nothing_reaches_ray(cluster: Cluster, runtime_env: dict[str, Any]) -> None:
     dev = cluster.issue(f"esc-{uuid.uuid4().hex[:6]}", groups=("developers",))
     submission_id = f"escape-{uuid.uuid4().hex[:8]}"

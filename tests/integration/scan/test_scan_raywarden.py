@@ -68,8 +68,13 @@ def test_gateway_port_has_no_finding_above_info_and_exits_0(cluster: Cluster) ->
 
 def test_ray_grpc_ports_demand_client_certificates(cluster: Cluster) -> None:
     run = _run(cluster)
-    grpc = [run.ports.gcs, run.ports.node_manager, run.ports.object_manager, run.ports.client_server,
-            run.ports.dashboard_agent_grpc]
+    grpc = [
+        run.ports.gcs,
+        run.ports.node_manager,
+        run.ports.object_manager,
+        run.ports.client_server,
+        run.ports.dashboard_agent_grpc,
+    ]
     result = scan_targets(["127.0.0.1"], ports=grpc, timeout=5.0, concurrency=8)
     assert result.errors == []
     assert {(f.id, f.port) for f in result.findings} == {("RW-TLS-CLIENT-CERT-REQUIRED", p) for p in grpc}

@@ -18,8 +18,10 @@ def where() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-ran_on = ray.get([
-    where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
-    for node_id in nodes
-])
+ran_on = ray.get(
+    [
+        where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+        for node_id in nodes
+    ]
+)
 print("PINNED " + json.dumps({"nodes": nodes, "ran_on": ran_on}))

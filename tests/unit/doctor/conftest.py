@@ -18,6 +18,10 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StateDir:
     monkeypatch.delenv("RAYWARDEN_PROFILE", raising=False)
     monkeypatch.delenv("RAYWARDEN_STATE_DIR", raising=False)
     target = StateDir(tmp_path / "state")
-    init_state(target, ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=18443)),
-               admin_name="admin", profile_name="doc")
+    init_state(
+        target,
+        ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=18443)),
+        admin_name="admin",
+        profile_name="doc",
+    )
     return target

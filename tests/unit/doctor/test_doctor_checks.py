@@ -31,8 +31,15 @@ CLUSTER_CHECKS = ("listeners.ray", "listeners.gateway", "ray.processes", "ray.ve
 def _write_gateway_cert(state: StateDir, lifetime: dt.timedelta, *, ca: CertificateAuthority | None = None) -> None:
     authority = ca or CertificateAuthority.load("access", TD, state.access_ca_cert, state.access_ca_key)
     key = generate_private_key()
-    cert = authority.issue(key.public_key(), SpiffeId(TD, "gateway"), lifetime=lifetime, server=True, client=False,
-                           dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+    cert = authority.issue(
+        key.public_key(),
+        SpiffeId(TD, "gateway"),
+        lifetime=lifetime,
+        server=True,
+        client=False,
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
+    )
     write_private(state.gateway_key, private_key_pem(key))
     write_public(state.gateway_cert, cert_pem(cert))
 
@@ -45,9 +52,22 @@ def test_a_healthy_state_dir_passes(state: StateDir) -> None:
     for check_id in CLUSTER_CHECKS:
         assert report.get(check_id).status == "skip"
     assert report.get("ray.version").message == "skipped: cluster is down"
-    for check_id in ("files.keys", "files.ray-token", "files.folders", "files.state", "files.owner",
-                     "files.profile.doc", "certs.access-ca", "certs.internal-ca", "certs.gateway", "certs.node",
-                     "certs.profile.doc", "policy.valid", "audit.verify", "clock.sanity"):
+    for check_id in (
+        "files.keys",
+        "files.ray-token",
+        "files.folders",
+        "files.state",
+        "files.owner",
+        "files.profile.doc",
+        "certs.access-ca",
+        "certs.internal-ca",
+        "certs.gateway",
+        "certs.node",
+        "certs.profile.doc",
+        "policy.valid",
+        "audit.verify",
+        "clock.sanity",
+    ):
         assert report.get(check_id).status == "pass", report.get(check_id)
 
 
@@ -119,7 +139,7 @@ def test_expired_gateway_certificate_fails_and_renew_fixes_it(state: StateDir) -
     assert "new gateway certificate" in message
     after = run_doctor(state)
     assert after.get("certs.gateway").status == "pass" and after.get("audit.verify").status == "pass"
-    new = _audit_records(state)[len(records_before):]
+    new = _audit_records(state)[len(records_before) :]
     assert [r["event"] for r in new] == ["cert.renew"] and new[0]["certificate"] == "gateway"
 
 
@@ -190,9 +210,14 @@ def test_no_state_dir_means_doctor_cannot_run(tmp_path: Path) -> None:
 def test_renew_is_refused_while_the_cluster_runs(state: StateDir) -> None:
     # A run file naming live processes (this test's own pid) is what a running cluster looks like to renew.
     ports = RayPorts.allocate()
-    run = RunState(ray_pid=os.getpid(), gateway_pid=os.getpid(), ports=ports,
-                   listen=Listen(host="127.0.0.1", port=18443), started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-                   firewall="installed")
+    run = RunState(
+        ray_pid=os.getpid(),
+        gateway_pid=os.getpid(),
+        ports=ports,
+        listen=Listen(host="127.0.0.1", port=18443),
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        firewall="installed",
+    )
     write_private(state.run_dir / "cluster.json", run.model_dump_json().encode())
     before = state.gateway_cert.read_bytes()
     records_before = len(_audit_records(state))
@@ -202,5 +227,9 @@ def test_renew_is_refused_while_the_cluster_runs(state: StateDir) -> None:
 
 
 def _audit_records(state: StateDir) -> list[dict[str, object]]:
-    return [json.loads(line) for p in sorted(state.audit_dir.glob("audit-*.jsonl"))
-            for line in p.read_text().splitlines() if line]
+    return [
+        json.loads(line)
+        for p in sorted(state.audit_dir.glob("audit-*.jsonl"))
+        for line in p.read_text().splitlines()
+        if line
+    ]

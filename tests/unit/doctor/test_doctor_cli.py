@@ -48,8 +48,14 @@ def test_healthy_json_exits_0(state: StateDir) -> None:
     assert data["ok"] is True and data["summary"]["fail"] == 0 and data["cluster_running"] is False
     by_id = {c["id"]: c for c in data["checks"]}
     assert by_id["files.keys"]["status"] == "pass" and by_id["files.keys"]["group"] == "files"
-    assert by_id["listeners.ray"] == {"group": "listeners", "id": "listeners.ray", "status": "skip",
-                                      "message": "skipped: cluster is down", "fix": None, "details": {}}
+    assert by_id["listeners.ray"] == {
+        "group": "listeners",
+        "id": "listeners.ray",
+        "status": "skip",
+        "message": "skipped: cluster is down",
+        "fix": None,
+        "details": {},
+    }
 
 
 def test_failure_exits_1_and_prints_the_fix(state: StateDir) -> None:
@@ -62,8 +68,14 @@ def test_failure_exits_1_and_prints_the_fix(state: StateDir) -> None:
 def test_warning_passes_unless_strict(state: StateDir) -> None:
     access = CertificateAuthority.load("access", "doctor.test", state.access_ca_cert, state.access_ca_key)
     key = generate_private_key()
-    cert = access.issue(key.public_key(), SpiffeId("doctor.test", "gateway"), lifetime=dt.timedelta(days=2),
-                        server=True, client=False, ip_addresses=("127.0.0.1",))
+    cert = access.issue(
+        key.public_key(),
+        SpiffeId("doctor.test", "gateway"),
+        lifetime=dt.timedelta(days=2),
+        server=True,
+        client=False,
+        ip_addresses=("127.0.0.1",),
+    )
     write_private(state.gateway_key, private_key_pem(key))
     write_public(state.gateway_cert, cert_pem(cert))
     assert _invoke("--state-dir", str(state.root))[0] == 0

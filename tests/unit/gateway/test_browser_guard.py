@@ -17,18 +17,34 @@ from raywarden.gateway.responses import Refusal
 from raywarden.state import ClusterConfig, Listen
 
 pytestmark = pytest.mark.unit
-GUARD = BrowserGuard(ClusterConfig(listen=Listen(host="0.0.0.0", port=8443),  # noqa: S104 - a wildcard listen
-                                   gateway_hosts=["ray.example.org"]))
+GUARD = BrowserGuard(
+    ClusterConfig(
+        listen=Listen(host="0.0.0.0", port=8443),  # noqa: S104 - a wildcard listen
+        gateway_hosts=["ray.example.org"],
+    )
+)
 
 
-@pytest.mark.parametrize("host", ["localhost:8443", "127.0.0.1:8443", "[::1]:8443", "RAY.example.org:8443", "localhost",
-                                  "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["localhost:8443", "127.0.0.1:8443", "[::1]:8443", "RAY.example.org:8443", "localhost", "[::1]"]
+)
 def test_known_hosts_pass(host: str) -> None:
     GUARD.check_host(host)
 
 
-@pytest.mark.parametrize("host", [None, "evil.example:8443", "127.0.0.1:8444", "0.0.0.0:8443",
-                                  "ray.example.org.evil:8443", "[::2]:8443", "127.0.0.1:8443:1", "127.0.0.1 :8443"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "evil.example:8443",
+        "127.0.0.1:8444",
+        "0.0.0.0:8443",
+        "ray.example.org.evil:8443",
+        "[::2]:8443",
+        "127.0.0.1:8443:1",
+        "127.0.0.1 :8443",
+    ],
+)
 def test_rebinding_and_misdirected_hosts_are_refused(host: str | None) -> None:
     with pytest.raises(Refusal) as caught:
         GUARD.check_host(host)
@@ -39,10 +55,15 @@ def test_rebinding_and_misdirected_hosts_are_refused(host: str | None) -> None:
 def test_state_changing_requests_need_the_gateways_own_origin(method: str) -> None:
     GUARD.check_origin(method, "https://localhost:8443", "same-origin", "cors", True)
     GUARD.check_origin(method, None, None, None, False)  # API clients: no Origin, no cookie
-    for origin, site, cookie in (("https://evil.example", None, False), ("null", None, True),
-                                 ("http://localhost:8443", None, True), (None, "cross-site", False),
-                                 (None, "same-site", True), (None, None, True),
-                                 ("https://localhost:8443", "cross-site", True)):
+    for origin, site, cookie in (
+        ("https://evil.example", None, False),
+        ("null", None, True),
+        ("http://localhost:8443", None, True),
+        (None, "cross-site", False),
+        (None, "same-site", True),
+        (None, None, True),
+        ("https://localhost:8443", "cross-site", True),
+    ):
         with pytest.raises(Refusal) as caught:
             GUARD.check_origin(method, origin, site, "cors", cookie)
         assert caught.value.status == 403

@@ -21,12 +21,27 @@ pytestmark = pytest.mark.unit
 ENGINE = engine()
 CONTEXT = request_context("session", "127.0.0.1", 10)
 SECRET = "hunter2"
-RAY_JOBS = json.dumps([
-    {"submission_id": "s-alice", "job_id": "01000000", "status": "RUNNING", "entrypoint": "x", "type": "SUBMISSION",
-     "metadata": {"raywarden.owner": spiffe("alice")}, "runtime_env": {"env_vars": {"K": SECRET}}},
-    {"submission_id": "s-bob", "job_id": "02000000", "status": "RUNNING", "entrypoint": "x", "type": "SUBMISSION",
-     "metadata": {"raywarden.owner": spiffe("bob")}},
-]).encode()
+RAY_JOBS = json.dumps(
+    [
+        {
+            "submission_id": "s-alice",
+            "job_id": "01000000",
+            "status": "RUNNING",
+            "entrypoint": "x",
+            "type": "SUBMISSION",
+            "metadata": {"raywarden.owner": spiffe("alice")},
+            "runtime_env": {"env_vars": {"K": SECRET}},
+        },
+        {
+            "submission_id": "s-bob",
+            "job_id": "02000000",
+            "status": "RUNNING",
+            "entrypoint": "x",
+            "type": "SUBMISSION",
+            "metadata": {"raywarden.owner": spiffe("bob")},
+        },
+    ]
+).encode()
 
 
 def _viewer(*groups: str, name: str = "alice") -> Viewer:
@@ -35,11 +50,18 @@ def _viewer(*groups: str, name: str = "alice") -> Viewer:
 
 def _tasks() -> bytes:
     env = json.dumps({"env_vars": {"K": SECRET}, "pip": ["x"]})
-    tasks = [{"task_id": "t1", "job_id": "01000000", "runtime_env_info": {"serialized_runtime_env": env}},
-             {"task_id": "t2", "job_id": "02000000", "runtime_env_info": {"serialized_runtime_env": env}},
-             {"task_id": "t3", "job_id": "03000000"}]
-    return json.dumps({"result": True, "msg": "", "data": {"result": {
-        "total": 3, "num_after_truncation": 3, "num_filtered": 3, "result": tasks}}}).encode()
+    tasks = [
+        {"task_id": "t1", "job_id": "01000000", "runtime_env_info": {"serialized_runtime_env": env}},
+        {"task_id": "t2", "job_id": "02000000", "runtime_env_info": {"serialized_runtime_env": env}},
+        {"task_id": "t3", "job_id": "03000000"},
+    ]
+    return json.dumps(
+        {
+            "result": True,
+            "msg": "",
+            "data": {"result": {"total": 3, "num_after_truncation": 3, "num_filtered": 3, "result": tasks}},
+        }
+    ).encode()
 
 
 def test_a_developer_sees_only_tasks_of_own_jobs_with_values() -> None:
@@ -60,12 +82,17 @@ def test_a_viewer_sees_every_task_without_values() -> None:
 
 
 def test_actor_table_and_runtime_envs() -> None:
-    actors = {"result": True, "data": {"actors": {
-        "a1": {"jobId": "01000000", "runtimeEnv": {"env_vars": {"K": SECRET}}},
-        "a2": {"jobId": "02000000"}}}}
+    actors = {
+        "result": True,
+        "data": {
+            "actors": {
+                "a1": {"jobId": "01000000", "runtimeEnv": {"env_vars": {"K": SECRET}}},
+                "a2": {"jobId": "02000000"},
+            }
+        },
+    }
     viewer = _viewer("developers", name="bob")
-    body, shown = filter_dashboard("/logical/actors", viewer, json.dumps(actors).encode(),
-                                   job_access(viewer, RAY_JOBS))
+    body, shown = filter_dashboard("/logical/actors", viewer, json.dumps(actors).encode(), job_access(viewer, RAY_JOBS))
     assert list(json.loads(body)["data"]["actors"]) == ["a2"] and shown == {"shown": 1, "hidden": 1}
     envs = {"data": {"result": {"result": [{"runtime_env": {"env_vars": {"K": SECRET}}}]}}}
     admin_body, _ = filter_dashboard("/api/v0/runtime_envs", _viewer("admins"), json.dumps(envs).encode(), None)
@@ -81,8 +108,10 @@ def test_profiling_flag_follows_the_policy() -> None:
 
 
 def test_redaction_reaches_nested_and_unreadable_envs() -> None:
-    value = {"a": [{"runtime_env": {"env_vars": {"X": "1"}, "conda": {"variables": {"Y": "2"}}}}],
-             "serialized_runtime_env": "{not json"}
+    value = {
+        "a": [{"runtime_env": {"env_vars": {"X": "1"}, "conda": {"variables": {"Y": "2"}}}}],
+        "serialized_runtime_env": "{not json",
+    }
     out = redact_runtime_envs(value)
     assert out["a"][0]["runtime_env"]["env_vars"] == {"X": REDACTED}
     assert out["a"][0]["runtime_env"]["conda"]["variables"] == {"Y": REDACTED}
@@ -90,10 +119,18 @@ def test_redaction_reaches_nested_and_unreadable_envs() -> None:
 
 
 def test_driver_log_requests_name_exactly_one_job() -> None:
-    assert driver_log_job("node_id=ab&filename=job-driver-raysubmit_1.log&lines=50000&filter_ansi_code=true") == \
-        "raysubmit_1"
-    for query in ("filename=job-driver-x.log&actor_id=a", "filename=../job-driver-x.log", "filename=worker-1.out",
-                  "filename=job-driver-x.log&filename=job-driver-y.log", "filename=job-driver-a/b.log", ""):
+    assert (
+        driver_log_job("node_id=ab&filename=job-driver-raysubmit_1.log&lines=50000&filter_ansi_code=true")
+        == "raysubmit_1"
+    )
+    for query in (
+        "filename=job-driver-x.log&actor_id=a",
+        "filename=../job-driver-x.log",
+        "filename=worker-1.out",
+        "filename=job-driver-x.log&filename=job-driver-y.log",
+        "filename=job-driver-a/b.log",
+        "",
+    ):
         assert driver_log_job(query) is None, query
 
 
@@ -102,19 +139,29 @@ def _answer(**data: object) -> bytes:
 
 
 def test_events_keep_cluster_events_and_the_callers_jobs() -> None:
-    events = {"global": [{"message": "node added"},
-                         {"message": "Started a ray job s-alice.", "customFields": {"submissionId": "s-alice"}},
-                         {"message": "Started a ray job s-bob.", "customFields": {"submission_id": "s-bob"}}],
-              "01000000": [{"message": "alice's job"}],
-              "02000000": [{"message": "bob's job"}], "03000000": [{"message": "a job no one owns"}]}
+    events = {
+        "global": [
+            {"message": "node added"},
+            {"message": "Started a ray job s-alice.", "customFields": {"submissionId": "s-alice"}},
+            {"message": "Started a ray job s-bob.", "customFields": {"submission_id": "s-bob"}},
+        ],
+        "01000000": [{"message": "alice's job"}],
+        "02000000": [{"message": "bob's job"}],
+        "03000000": [{"message": "a job no one owns"}],
+    }
     viewer = _viewer("developers", name="bob")
     body, shown = filter_dashboard("/events", viewer, _answer(events=events), job_access(viewer, RAY_JOBS))
     shown_events = json.loads(body)["data"]["events"]
     assert set(shown_events) == {"global", "02000000"}
     assert [e["message"] for e in shown_events["global"]] == ["node added", "Started a ray job s-bob."]
     assert shown == {"shown": 2, "hidden": 3}
-    cluster_only, _ = filter_dashboard("/events", viewer, _answer(job_id="global", events=events["global"]),
-                                       job_access(viewer, RAY_JOBS), "job_id=global")
+    cluster_only, _ = filter_dashboard(
+        "/events",
+        viewer,
+        _answer(job_id="global", events=events["global"]),
+        job_access(viewer, RAY_JOBS),
+        "job_id=global",
+    )
     assert "s-alice" not in cluster_only.decode() and "s-bob" in cluster_only.decode()
     admin = _viewer("admins", name="ada")
     body, _ = filter_dashboard("/events", admin, _answer(events=events), job_access(admin, RAY_JOBS))
@@ -132,12 +179,20 @@ def test_actor_details_of_another_users_job_read_like_an_unknown_actor() -> None
 
 
 def test_node_pages_show_only_workers_and_actors_of_viewable_jobs() -> None:
-    workers = [{"pid": 1, "jobId": "01000000", "cmdline": ["ray::alice_task"]},
-               {"pid": 2, "jobId": "02000000", "cmdline": ["ray::bob_task"]}]
-    stats = [{"pid": 1, "jobId": "01000000", "currentTaskName": "alice_task"},
-             {"pid": 2, "jobId": "02000000", "currentTaskName": "bob_task"}]
-    detail = {"hostname": "h", "workers": workers, "actors": {"a1": {"jobId": "01000000"}, "a2": {"jobId": "02000000"}},
-              "raylet": {"nodeId": "n", "coreWorkersStats": stats}}
+    workers = [
+        {"pid": 1, "jobId": "01000000", "cmdline": ["ray::alice_task"]},
+        {"pid": 2, "jobId": "02000000", "cmdline": ["ray::bob_task"]},
+    ]
+    stats = [
+        {"pid": 1, "jobId": "01000000", "currentTaskName": "alice_task"},
+        {"pid": 2, "jobId": "02000000", "currentTaskName": "bob_task"},
+    ]
+    detail = {
+        "hostname": "h",
+        "workers": workers,
+        "actors": {"a1": {"jobId": "01000000"}, "a2": {"jobId": "02000000"}},
+        "raylet": {"nodeId": "n", "coreWorkersStats": stats},
+    }
     alice = _viewer("developers")
     access = job_access(alice, RAY_JOBS)
     body, shown = filter_dashboard("/nodes/{node_id}", alice, _answer(detail=detail), access)
@@ -153,34 +208,46 @@ def test_node_pages_show_only_workers_and_actors_of_viewable_jobs() -> None:
 
 def test_serve_application_env_values_only_for_those_who_may_deploy() -> None:
     apps = {"applications": {"app": {"deployed_app_config": {"runtime_env": {"env_vars": {"K": SECRET}}}}}}
-    viewer_body, _ = filter_dashboard("/api/serve/applications/", _viewer("viewers", name="vera"),
-                                      json.dumps(apps).encode(), None)
-    admin_body, _ = filter_dashboard("/api/serve/applications/", _viewer("admins", name="ada"),
-                                     json.dumps(apps).encode(), None)
+    viewer_body, _ = filter_dashboard(
+        "/api/serve/applications/", _viewer("viewers", name="vera"), json.dumps(apps).encode(), None
+    )
+    admin_body, _ = filter_dashboard(
+        "/api/serve/applications/", _viewer("admins", name="ada"), json.dumps(apps).encode(), None
+    )
     assert SECRET not in viewer_body.decode() and SECRET in admin_body.decode()
 
 
-@pytest.mark.parametrize(("template", "params", "query"), [
-    ("/api/v0/tasks/summarize", {}, "filter_keys=job_id&filter_predicates=%3D&filter_values=01000000"),
-    ("/api/v0/tasks/timeline", {}, "download=1&job_id=01000000"),
-    ("/api/data/datasets/{job_id}", {"job_id": "01000000"}, ""),
-    ("/api/data/datasets/{job_id}", {"job_id": "s-alice"}, ""),
-    ("/events", {}, "job_id=01000000"),
-])
+@pytest.mark.parametrize(
+    ("template", "params", "query"),
+    [
+        ("/api/v0/tasks/summarize", {}, "filter_keys=job_id&filter_predicates=%3D&filter_values=01000000"),
+        ("/api/v0/tasks/timeline", {}, "download=1&job_id=01000000"),
+        ("/api/data/datasets/{job_id}", {"job_id": "01000000"}, ""),
+        ("/api/data/datasets/{job_id}", {"job_id": "s-alice"}, ""),
+        ("/events", {}, "job_id=01000000"),
+    ],
+)
 def test_answers_about_one_job_need_that_job(template: str, params: dict[str, str], query: str) -> None:
     alice, bob = _viewer("developers"), _viewer("developers", name="bob")
     assert scope_refusal(template, params, query, job_access(alice, RAY_JOBS)) is None
     refusal = scope_refusal(template, params, query, job_access(bob, RAY_JOBS))
     assert refusal is not None and (refusal.status, refusal.message) == (404, "no such job")
     # A job Ray does not know gets the very same answer: no existence oracle.
-    missing = scope_refusal(template, {k: "0f000000" for k in params}, query.replace("01000000", "0f000000"),
-                            job_access(bob, RAY_JOBS))
+    missing = scope_refusal(
+        template, {k: "0f000000" for k in params}, query.replace("01000000", "0f000000"), job_access(bob, RAY_JOBS)
+    )
     assert missing is not None and (missing.status, missing.message) == (404, "no such job")
 
 
-@pytest.mark.parametrize("query", ["", "filter_keys=job_id&filter_predicates=%21%3D&filter_values=02000000",
-                                   "filter_keys=state&filter_predicates=%3D&filter_values=RUNNING",
-                                   "filter_keys=job_id&filter_keys=x&filter_predicates=%3D&filter_values=02000000"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "filter_keys=job_id&filter_predicates=%21%3D&filter_values=02000000",
+        "filter_keys=state&filter_predicates=%3D&filter_values=RUNNING",
+        "filter_keys=job_id&filter_keys=x&filter_predicates=%3D&filter_values=02000000",
+    ],
+)
 def test_summaries_of_every_job_need_every_job(query: str) -> None:
     bob = _viewer("developers", name="bob")
     refusal = scope_refusal("/api/v0/tasks/summarize", {}, query, job_access(bob, RAY_JOBS))
@@ -198,15 +265,36 @@ def test_cluster_events_need_no_job() -> None:
 
 
 def test_an_actor_reported_without_its_job_belongs_to_the_job_in_its_id() -> None:
-    actors = {"result": True, "data": {"actors": {
-        "83eef5c1bb180283fc3daf4801000000": {"actorId": "ffffffffffffffffffffffffffffffff", "jobId": "ffffffff"},
-        "93eef5c1bb180283fc3daf4802000000": {"actorId": "93eef5c1bb180283fc3daf4802000000", "jobId": "ffffffff"},
-        "a3eef5c1bb180283fc3daf48ffffffff": {"actorId": "a3eef5c1bb180283fc3daf48ffffffff", "jobId": "ffffffff"}}}}
+    actors = {
+        "result": True,
+        "data": {
+            "actors": {
+                "83eef5c1bb180283fc3daf4801000000": {
+                    "actorId": "ffffffffffffffffffffffffffffffff",
+                    "jobId": "ffffffff",
+                },
+                "93eef5c1bb180283fc3daf4802000000": {
+                    "actorId": "93eef5c1bb180283fc3daf4802000000",
+                    "jobId": "ffffffff",
+                },
+                "a3eef5c1bb180283fc3daf48ffffffff": {
+                    "actorId": "a3eef5c1bb180283fc3daf48ffffffff",
+                    "jobId": "ffffffff",
+                },
+            }
+        },
+    }
     alice = _viewer("developers")
     body, shown = filter_dashboard("/logical/actors", alice, json.dumps(actors).encode(), job_access(alice, RAY_JOBS))
     assert list(json.loads(body)["data"]["actors"]) == ["83eef5c1bb180283fc3daf4801000000"]
     assert shown == {"shown": 1, "hidden": 2}
     detail = {"result": True, "data": {"detail": {"actorId": "f" * 32, "jobId": "ffffffff", "name": "mine"}}}
-    body, _ = filter_dashboard("/logical/actors/{actor_id}", alice, json.dumps(detail).encode(),
-                               job_access(alice, RAY_JOBS), "", {"actor_id": "83eef5c1bb180283fc3daf4801000000"})
+    body, _ = filter_dashboard(
+        "/logical/actors/{actor_id}",
+        alice,
+        json.dumps(detail).encode(),
+        job_access(alice, RAY_JOBS),
+        "",
+        {"actor_id": "83eef5c1bb180283fc3daf4801000000"},
+    )
     assert json.loads(body)["data"]["detail"]["name"] == "mine"

@@ -25,17 +25,34 @@ def test_the_dashboard_is_read_only_and_mounted() -> None:
         assert route.method == "GET" and route.template.startswith(f"{DASHBOARD_MOUNT}/") and route.session
         assert route.action.startswith(("dashboard.", "jobs.", "cluster."))
     profiling = {r.ray_template for r in DASHBOARD_ROUTES if r.action == "dashboard.profile"}
-    assert profiling == {"/worker/traceback", "/worker/cpu_profile", "/task/traceback", "/task/cpu_profile",
-                         "/memory_profile"}
+    assert profiling == {
+        "/worker/traceback",
+        "/worker/cpu_profile",
+        "/task/traceback",
+        "/task/cpu_profile",
+        "/memory_profile",
+    }
     assert {r.action for r in SERVE_ROUTES} == {"serve.deploy", "serve.delete", "serve.scale"}
 
 
-@pytest.mark.parametrize("path", ["/dashboard/api/authenticate", "/dashboard/log_proxy", "/dashboard/test/dump",
-                                  "/dashboard/api/v0/delay/5", "/dashboard/api/prometheus/sd",
-                                  "/dashboard/usage_stats_enabled", "/dashboard/api/v0/logs/stream",
-                                  "/dashboard/worker/gpu_profile", "/dashboard/api/task_events",
-                                  "/dashboard/report_events", "/dashboard/static/js/main.84605326.js.map",
-                                  "/dashboard/static/../../etc/passwd", "/dashboard/api/actors/kill"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/api/authenticate",
+        "/dashboard/log_proxy",
+        "/dashboard/test/dump",
+        "/dashboard/api/v0/delay/5",
+        "/dashboard/api/prometheus/sd",
+        "/dashboard/usage_stats_enabled",
+        "/dashboard/api/v0/logs/stream",
+        "/dashboard/worker/gpu_profile",
+        "/dashboard/api/task_events",
+        "/dashboard/report_events",
+        "/dashboard/static/js/main.84605326.js.map",
+        "/dashboard/static/../../etc/passwd",
+        "/dashboard/api/actors/kill",
+    ],
+)
 def test_dangerous_or_unused_dashboard_routes_are_not_routed(path: str) -> None:
     for method in ("GET", "POST", "PUT", "DELETE"):
         assert match(method, path) is None, (method, path)

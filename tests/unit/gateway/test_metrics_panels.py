@@ -72,7 +72,7 @@ def test_grafana_time_ranges() -> None:
 
 
 def test_rate_interval_and_range_follow_the_window() -> None:
-    expr = "rate(x[$__rate_interval]) + y[${__range}] + z{a=~\"$Unknown\"}"
+    expr = 'rate(x[$__rate_interval]) + y[${__range}] + z{a=~"$Unknown"}'
     assert expand(expr, {}, WINDOW) == 'rate(x[40s]) + y[3600s] + z{a=~".*"}'
 
 
@@ -83,7 +83,7 @@ def test_series_names_are_escaped_and_units_formatted() -> None:
     assert "<polyline" in html and 'role="img"' in html
     assert "No data" in render("Tasks", [], WINDOW, "tasks")
     assert legend_name("", Series({"__name__": "m", "a": "1"}, ())) == '{a="1"}'
-    assert format_value(3 * 1024 ** 3, "bytes") == "3.0 GiB"
+    assert format_value(3 * 1024**3, "bytes") == "3.0 GiB"
     assert format_value(2048, "Bps") == "2.0 KiB/s"
     assert format_value(0.25, "percentunit") == "25.0%"
     assert format_value(12.345, "%") == "12.3%"

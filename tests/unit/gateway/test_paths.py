@@ -51,17 +51,31 @@ def test_ambiguous_paths_are_refused(raw: bytes) -> None:
 
 
 def test_exploit_paths_match_no_route() -> None:
-    for raw in (b"/log_proxy", b"/worker/cpu_profile", b"/api/v0/logs/file", b"/api/job_agent/jobs/",
-                b"/static/../../../../etc/passwd", b"/api/jobs/x/../../v0/logs/file"):
+    for raw in (
+        b"/log_proxy",
+        b"/worker/cpu_profile",
+        b"/api/v0/logs/file",
+        b"/api/job_agent/jobs/",
+        b"/static/../../../../etc/passwd",
+        b"/api/jobs/x/../../v0/logs/file",
+    ):
         for method in ("GET", "POST"):
             assert match(method, canonical_path(raw)) is None, raw
 
 
 def test_every_route_matches_its_own_example() -> None:
-    examples = {"job_id": "raysubmit_abc123", "protocol": "gcs", "package_name": "_ray_pkg_0123abcd.zip",
-                "static_path": "js/main.84605326.js", "node_id": "0123abcd" * 7, "actor_id": "0123abcd" * 4,
-                "app_name": "app1", "deployment_name": "dep1", "dashboard_uid": "rayDefaultDashboard",
-                "dashboard_slug": "default-dashboard"}
+    examples = {
+        "job_id": "raysubmit_abc123",
+        "protocol": "gcs",
+        "package_name": "_ray_pkg_0123abcd.zip",
+        "static_path": "js/main.84605326.js",
+        "node_id": "0123abcd" * 7,
+        "actor_id": "0123abcd" * 4,
+        "app_name": "app1",
+        "deployment_name": "dep1",
+        "dashboard_uid": "rayDefaultDashboard",
+        "dashboard_slug": "default-dashboard",
+    }
     for route in ROUTES:
         path = route.template.format(**examples)
         found = match(route.method, path, websocket=route.websocket)

@@ -26,8 +26,9 @@ def stores(tmp_path: Path) -> tuple[IdentityStore, SessionStore]:
 
 
 def _session(sessions: SessionStore, now: float = 1000.0, idle: float = 60.0, max_s: float = 600.0) -> str:
-    return sessions.create(ALICE, "certificate", SERIAL, source="127.0.0.1", idle_s=idle, max_s=max_s,
-                           now=now).session_id.reveal()
+    return sessions.create(
+        ALICE, "certificate", SERIAL, source="127.0.0.1", idle_s=idle, max_s=max_s, now=now
+    ).session_id.reveal()
 
 
 def test_a_signin_link_works_once_and_expires(stores: tuple[IdentityStore, SessionStore]) -> None:

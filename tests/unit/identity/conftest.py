@@ -20,8 +20,12 @@ def state(tmp_path: Path) -> Iterator[StateDir]:
     os.environ["RAYWARDEN_HOME"] = str(tmp_path / "home")
     try:
         target = StateDir(tmp_path / "state")
-        init_state(target, ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=1)),
-                   admin_name="admin", profile_name="unit")
+        init_state(
+            target,
+            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=1)),
+            admin_name="admin",
+            profile_name="unit",
+        )
         yield target
     finally:
         if before is None:

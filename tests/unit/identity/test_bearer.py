@@ -34,8 +34,14 @@ def _sa_token(state: StateDir, name: str = "ci-bot") -> tuple[str, str]:
     return issued.token.reveal(), issued.jti
 
 
-def _forge(state: StateDir, claims_change: dict[str, object], *, key: Ed25519PrivateKey | None = None,
-           headers: dict[str, object] | None = None, alg: str = "EdDSA") -> str:
+def _forge(
+    state: StateDir,
+    claims_change: dict[str, object],
+    *,
+    key: Ed25519PrivateKey | None = None,
+    headers: dict[str, object] | None = None,
+    alg: str = "EdDSA",
+) -> str:
     authority = TokenAuthority.for_state(state, state.load_config())
     good, _ = _sa_token(state)
     claims = jwt.decode(good, options={"verify_signature": False})
@@ -82,8 +88,11 @@ def _alg_none(state: StateDir) -> str:
 def _hmac_with_public_key(state: StateDir) -> str:
     good, _ = _sa_token(state)
     claims = jwt.decode(good, options={"verify_signature": False})
-    public = load_or_create_token_key(token_key_path(state)).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = (
+        load_or_create_token_key(token_key_path(state))
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     header = {"alg": "HS256", "typ": "JWT", "kid": TokenAuthority.for_state(state, state.load_config()).kid}
     signing_input = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
     import hashlib

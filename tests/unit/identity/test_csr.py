@@ -19,7 +19,8 @@ ALICE = SpiffeId("td", "user", "alice")
 
 def _csr(key: ec.EllipticCurvePrivateKey, sans: list[x509.GeneralName] | None) -> bytes:
     builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    )
     if sans is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
@@ -31,15 +32,20 @@ def test_roundtrip() -> None:
     assert spiffe == ALICE and public.public_numbers() == key.public_key().public_numbers()
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: b"not a csr", "not a PEM"),
-    (lambda: _csr(ec.generate_private_key(ec.SECP384R1()), [x509.UniformResourceIdentifier(str(ALICE))]), "P-256"),
-    (lambda: _csr(generate_private_key(), None), "no subject alternative name"),
-    (lambda: _csr(generate_private_key(), [x509.UniformResourceIdentifier(str(ALICE)), x509.DNSName("evil")]),
-     "exactly one"),
-    (lambda: _csr(generate_private_key(), [x509.UniformResourceIdentifier("https://evil")]), "SPIFFE"),
-    (lambda: b"x" * 20000, "too large"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: b"not a csr", "not a PEM"),
+        (lambda: _csr(ec.generate_private_key(ec.SECP384R1()), [x509.UniformResourceIdentifier(str(ALICE))]), "P-256"),
+        (lambda: _csr(generate_private_key(), None), "no subject alternative name"),
+        (
+            lambda: _csr(generate_private_key(), [x509.UniformResourceIdentifier(str(ALICE)), x509.DNSName("evil")]),
+            "exactly one",
+        ),
+        (lambda: _csr(generate_private_key(), [x509.UniformResourceIdentifier("https://evil")]), "SPIFFE"),
+        (lambda: b"x" * 20000, "too large"),
+    ],
+)
 def test_refusals(make: object, message: str) -> None:
     with pytest.raises(PKIError, match=message):
         read_csr(make())  # type: ignore[operator]

@@ -77,8 +77,16 @@ def test_world_readable_key_is_refused(tmp_path: Path, access: CertificateAuthor
 
 @pytest.mark.parametrize(
     "uri",
-    ["spiffe://td/user/Alice", "spiffe://td/user/", "spiffe://td/admin/x", "https://td/user/a",
-     "spiffe://td/user/a/b", "spiffe://td/gateway/x", "spiffe://TD/user/a", "spiffe://td/user/a?x=1"],
+    [
+        "spiffe://td/user/Alice",
+        "spiffe://td/user/",
+        "spiffe://td/admin/x",
+        "https://td/user/a",
+        "spiffe://td/user/a/b",
+        "spiffe://td/gateway/x",
+        "spiffe://TD/user/a",
+        "spiffe://td/user/a?x=1",
+    ],
 )
 def test_bad_spiffe_ids_are_refused(uri: str) -> None:
     with pytest.raises(PKIError):

@@ -30,8 +30,17 @@ def principal(name: str, *groups: str, kind: str = "user") -> Entity:
 
 def job(owner: str | None, job_id: str = "raysubmit_1", status: str = "RUNNING") -> Entity:
     metadata = {OWNER_KEY: spiffe(owner)} if owner else {}
-    return job_entity(job_id, {"submission_id": job_id, "job_id": "02000000", "status": status,
-                               "entrypoint": "python x.py", "type": "SUBMISSION", "metadata": metadata})
+    return job_entity(
+        job_id,
+        {
+            "submission_id": job_id,
+            "job_id": "02000000",
+            "status": status,
+            "entrypoint": "python x.py",
+            "type": "SUBMISSION",
+            "metadata": metadata,
+        },
+    )
 
 
 def submission(submitter: str, **body: Any) -> Entity:
@@ -48,16 +57,19 @@ def resource_for(action: str, owner: str | None = "alice") -> Entity:
     return job(owner)
 
 
-def engine(config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None,
-           compiled: bool = True) -> PolicyEngine:
+def engine(
+    config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None, compiled: bool = True
+) -> PolicyEngine:
     """``compiled=False``: the gateway's path decides through Cedar only (raywarden.policy.compiled steps aside)."""
     from raywarden.policy.engine import default_policy_files
 
-    return PolicyEngine.from_sources([*default_policy_files(), *(extra or [])], cluster_entity(config),
-                                     compiled=compiled)
+    return PolicyEngine.from_sources(
+        [*default_policy_files(), *(extra or [])], cluster_entity(config), compiled=compiled
+    )
 
 
-def decide(eng: PolicyEngine, who: Entity, action: str, resource: Entity,
-           context: dict[str, Any] | None = None) -> Decision:
+def decide(
+    eng: PolicyEngine, who: Entity, action: str, resource: Entity, context: dict[str, Any] | None = None
+) -> Decision:
     # strict: the entities and context must also match the schema, as the gateway's would.
     return eng.decide(PolicyRequest(who, action, resource, context or CONTEXT), strict=True)

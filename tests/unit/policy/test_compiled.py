@@ -31,14 +31,53 @@ UIDS = [USER, JOB, CLUSTER, (GROUP, "g1"), (GROUP, "g2"), (f"{NS}::Job", "j2"), 
 TYPES = [f"{NS}::User", f"{NS}::Job", f"{NS}::Cluster", GROUP, f"{NS}::Action"]
 LONGS = [0, 1, -1, 2, 7, 100, 2**63 - 1, -(2**63)]
 STRINGS = ["", "a", "ab", "abc", "a*c", "*", "\u00e4", "A", "a\nb", "alice"]
-IPS = ["10.0.0.1", "10.0.0.0/8", "10.1.2.3/16", "192.168.0.1/32", "0.0.0.0/0", "127.0.0.1", "::1", "::/0",
-       "fe80::1/64", "2001:db8::/32", "1:2:3:4:5:6:7:8", "::ffff:10.0.0.1", "010.0.0.1", "10.0.0.1/33",
-       "10.0.0.1/08", "fe80::1%eth0", "1.2.3", "", "10.0.0.256", "::ffff:a00:1", "0::0/0"]
-PATTERNS = [[{"Literal": "a"}, "Wildcard"], ["Wildcard"], [{"Literal": "a*c"}], [{"Literal": "a"}, "Wildcard",
-            {"Literal": "c"}], [], ["Wildcard", {"Literal": "\u00e4"}], [{"Literal": "a"}, "Wildcard", "Wildcard"],
-            [{"Literal": "a."}, "Wildcard"], [{"Literal": "a\nb"}]]
-ATTRS = {"n": "Long", "s": "String", "b": "Bool", "ss": "SetString", "ns": "SetLong", "bs": "SetBool",
-         "e": "Entity", "es": "SetEntity", "ip": "Ip", "r": "Record", "m": "Any"}
+IPS = [
+    "10.0.0.1",
+    "10.0.0.0/8",
+    "10.1.2.3/16",
+    "192.168.0.1/32",
+    "0.0.0.0/0",
+    "127.0.0.1",
+    "::1",
+    "::/0",
+    "fe80::1/64",
+    "2001:db8::/32",
+    "1:2:3:4:5:6:7:8",
+    "::ffff:10.0.0.1",
+    "010.0.0.1",
+    "10.0.0.1/33",
+    "10.0.0.1/08",
+    "fe80::1%eth0",
+    "1.2.3",
+    "",
+    "10.0.0.256",
+    "::ffff:a00:1",
+    "0::0/0",
+]
+PATTERNS = [
+    [{"Literal": "a"}, "Wildcard"],
+    ["Wildcard"],
+    [{"Literal": "a*c"}],
+    [{"Literal": "a"}, "Wildcard", {"Literal": "c"}],
+    [],
+    ["Wildcard", {"Literal": "\u00e4"}],
+    [{"Literal": "a"}, "Wildcard", "Wildcard"],
+    [{"Literal": "a."}, "Wildcard"],
+    [{"Literal": "a\nb"}],
+]
+ATTRS = {
+    "n": "Long",
+    "s": "String",
+    "b": "Bool",
+    "ss": "SetString",
+    "ns": "SetLong",
+    "bs": "SetBool",
+    "e": "Entity",
+    "es": "SetEntity",
+    "ip": "Ip",
+    "r": "Record",
+    "m": "Any",
+}
 SIMPLE = ["Long", "String", "Bool", "Entity", "Ip"]
 
 
@@ -84,10 +123,16 @@ class Gen:
         groups = [{"type": GROUP, "id": g} for g in ("g1", "g2") if self.chance(0.5)]
         found = [
             {"uid": {"type": USER[0], "id": USER[1]}, "attrs": self.attrs(), "parents": groups},
-            {"uid": {"type": JOB[0], "id": JOB[1]}, "attrs": self.attrs(),
-             "parents": [{"type": CLUSTER[0], "id": CLUSTER[1]}] if self.chance(0.8) else []},
-            {"uid": {"type": CLUSTER[0], "id": CLUSTER[1]}, "attrs": self.attrs(),
-             "parents": [{"type": GROUP, "id": "g2"}] if self.chance(0.3) else []},
+            {
+                "uid": {"type": JOB[0], "id": JOB[1]},
+                "attrs": self.attrs(),
+                "parents": [{"type": CLUSTER[0], "id": CLUSTER[1]}] if self.chance(0.8) else [],
+            },
+            {
+                "uid": {"type": CLUSTER[0], "id": CLUSTER[1]},
+                "attrs": self.attrs(),
+                "parents": [{"type": GROUP, "id": "g2"}] if self.chance(0.3) else [],
+            },
         ]
         if self.chance(0.3):  # a group in a group: ancestors are transitive
             found.append({"uid": {"type": GROUP, "id": "g1"}, "attrs": {}, "parents": [{"type": GROUP, "id": "g2"}]})
@@ -108,8 +153,13 @@ class Gen:
             if op == "neg":
                 return {"neg": {"arg": self.expr("Long", depth - 1)}}
             if op == "if-then-else":
-                return {op: {"if": self.expr("Bool", depth - 1), "then": self.expr("Long", depth - 1),
-                             "else": self.expr("Long", depth - 1)}}
+                return {
+                    op: {
+                        "if": self.expr("Bool", depth - 1),
+                        "then": self.expr("Long", depth - 1),
+                        "else": self.expr("Long", depth - 1),
+                    }
+                }
             return {op: {"left": self.expr("Long", depth - 1), "right": self.expr("Long", depth - 1)}}
         if kind.startswith("Set") and self.chance(0.4):
             return {"Set": [self.expr(kind[3:] or "Long", depth - 1) for _ in range(r.randint(0, 3))]}
@@ -118,8 +168,14 @@ class Gen:
         if kind == "Ip" and self.chance(0.4):
             return {"ip": [{"Value": r.choice(IPS[:11])}] if self.chance(0.8) else [self.expr("String", depth - 1)]}
         if kind == "Entity" and self.chance(0.6):
-            return r.choice([{"Var": "principal"}, {"Var": "resource"}, {"Var": "action"},
-                             {"Value": {"__entity": _ref(r.choice(UIDS))}}])
+            return r.choice(
+                [
+                    {"Var": "principal"},
+                    {"Var": "resource"},
+                    {"Var": "action"},
+                    {"Value": {"__entity": _ref(r.choice(UIDS))}},
+                ]
+            )
         if kind == "Record" and self.chance(0.3):
             return {"Var": "context"}
         if self.chance(0.55):  # an attribute of an entity, the context or a record
@@ -130,15 +186,44 @@ class Gen:
     def holder(self, depth: int) -> dict[str, Any]:
         r = self.rng
         if self.chance(0.8):
-            return r.choice([{"Var": "principal"}, {"Var": "resource"}, {"Var": "context"},
-                             {"Value": {"__entity": _ref(r.choice(UIDS))}}])
+            return r.choice(
+                [
+                    {"Var": "principal"},
+                    {"Var": "resource"},
+                    {"Var": "context"},
+                    {"Value": {"__entity": _ref(r.choice(UIDS))}},
+                ]
+            )
         return self.expr("Record" if self.chance(0.5) else "Entity", depth)
 
     def boolean(self, depth: int) -> dict[str, Any]:
         r = self.rng
-        op = r.choice(["==", "!=", "<", "<=", ">", ">=", "&&", "||", "!", "in", "is", "like", "contains",
-                       "containsAll", "containsAny", "isEmpty", "has", "isInRange", "isIpv4", "isIpv6",
-                       "if-then-else", "attr"])
+        op = r.choice(
+            [
+                "==",
+                "!=",
+                "<",
+                "<=",
+                ">",
+                ">=",
+                "&&",
+                "||",
+                "!",
+                "in",
+                "is",
+                "like",
+                "contains",
+                "containsAll",
+                "containsAny",
+                "isEmpty",
+                "has",
+                "isInRange",
+                "isIpv4",
+                "isIpv6",
+                "if-then-else",
+                "attr",
+            ]
+        )
         if op in ("==", "!="):
             kind = r.choice([*SIMPLE, "SetString", "SetLong", "SetBool", "Record"])
             other = kind if self.chance(0.8) else r.choice(SIMPLE)
@@ -174,14 +259,14 @@ class Gen:
         if op in ("isIpv4", "isIpv6"):
             return {op: [self.expr("Ip", depth)]}
         if op == "if-then-else":
-            return {op: {"if": self.expr("Bool", depth), "then": self.expr("Bool", depth),
-                         "else": self.expr("Bool", depth)}}
+            return {
+                op: {"if": self.expr("Bool", depth), "then": self.expr("Bool", depth), "else": self.expr("Bool", depth)}
+            }
         return {".": {"left": self.holder(depth), "attr": "b"}}
 
     def scope(self, variable: str) -> dict[str, Any]:
         r = self.rng
-        uid = {"type": r.choice(UIDS)[0], "id": r.choice(UIDS)[1]} if self.chance(0.2) else \
-            _ref(r.choice(UIDS))
+        uid = {"type": r.choice(UIDS)[0], "id": r.choice(UIDS)[1]} if self.chance(0.2) else _ref(r.choice(UIDS))
         if variable == "action":
             op = r.choice(["All", "All", "==", "in", "ins"])
             uid = _ref(r.choice([ACTION, (ACTION[0], "jobs.stop")]))
@@ -192,20 +277,27 @@ class Gen:
         if op in ("==", "in"):
             return {"op": op, "entity": uid}
         if op == "ins":
-            return {"op": "in", "entities": [{"type": ACTION[0], "id": r.choice(["jobs.read", "jobs.stop"])}
-                                             for _ in range(2)]}
+            return {
+                "op": "in",
+                "entities": [{"type": ACTION[0], "id": r.choice(["jobs.read", "jobs.stop"])} for _ in range(2)],
+            }
         found: dict[str, Any] = {"op": "is", "entity_type": r.choice(TYPES)}
         if op == "isin":
             found["in"] = {"entity": uid}
         return found
 
     def policy(self) -> dict[str, Any]:
-        return {"effect": self.rng.choice(["permit", "permit", "permit", "forbid"]),
-                "principal": self.scope("principal"), "action": self.scope("action"),
-                "resource": self.scope("resource"),
-                "conditions": [{"kind": self.rng.choice(["when", "when", "unless"]), "body": self.boolean(3)}
-                               for _ in range(self.rng.choice([0, 1, 1, 2]))],
-                "annotations": {}}
+        return {
+            "effect": self.rng.choice(["permit", "permit", "permit", "forbid"]),
+            "principal": self.scope("principal"),
+            "action": self.scope("action"),
+            "resource": self.scope("resource"),
+            "conditions": [
+                {"kind": self.rng.choice(["when", "when", "unless"]), "body": self.boolean(3)}
+                for _ in range(self.rng.choice([0, 1, 1, 2]))
+            ],
+            "annotations": {},
+        }
 
 
 def _operations(node: Any, found: set[str]) -> None:
@@ -213,9 +305,31 @@ def _operations(node: Any, found: set[str]) -> None:
         for key, item in node.items():
             if key == "in" and isinstance(item, dict) and "left" in item:  # the operation, not `is ... in`
                 found.add(key)
-            if key not in ("left", "right", "arg", "if", "then", "else", "attr", "pattern", "in", "entity_type",
-                           "Value", "Var", "body", "kind", "annotations", "effect", "principal", "action",
-                           "resource", "conditions", "op", "entity", "entities"):
+            if key not in (
+                "left",
+                "right",
+                "arg",
+                "if",
+                "then",
+                "else",
+                "attr",
+                "pattern",
+                "in",
+                "entity_type",
+                "Value",
+                "Var",
+                "body",
+                "kind",
+                "annotations",
+                "effect",
+                "principal",
+                "action",
+                "resource",
+                "conditions",
+                "op",
+                "entity",
+                "entities",
+            ):
                 found.add(key)
             if key != "Value":
                 _operations(item, found)
@@ -224,26 +338,31 @@ def _operations(node: Any, found: set[str]) -> None:
             _operations(item, found)
 
 
-def cedar_decides(policies: dict[str, Any], entities: list[dict[str, Any]],
-                  context: dict[str, Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]] | None:
+def cedar_decides(
+    policies: dict[str, Any], entities: list[dict[str, Any]], context: dict[str, Any]
+) -> tuple[bool, tuple[str, ...], tuple[str, ...]] | None:
     """Cedar's decision, reasons and errors, or None when Cedar refuses the policies or the entities."""
     try:
         policy_set = cedarpy.PolicySet.from_json_str(
-            json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []}))
+            json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []})
+        )
         store = cedarpy.Entities.from_json_str(json.dumps(entities))
     except ValueError:
         return None
-    request = {"principal": _ref(USER), "action": _ref(ACTION),
-               "resource": _ref(JOB), "context": context}
+    request = {"principal": _ref(USER), "action": _ref(ACTION), "resource": _ref(JOB), "context": context}
     result = cedarpy.is_authorized(request, policy_set, store)
     if result.decision == cedarpy.Decision.NoDecision:
         return None
-    return (result.decision == cedarpy.Decision.Allow, tuple(sorted(result.diagnostics.reasons)),
-            tuple(result.diagnostics.errors))
+    return (
+        result.decision == cedarpy.Decision.Allow,
+        tuple(sorted(result.diagnostics.reasons)),
+        tuple(result.diagnostics.errors),
+    )
 
 
-def compiled_decides(policies: dict[str, Any], entities: list[dict[str, Any]],
-                     context: dict[str, Any]) -> tuple[bool, tuple[str, ...]] | str:
+def compiled_decides(
+    policies: dict[str, Any], entities: list[dict[str, Any]], context: dict[str, Any]
+) -> tuple[bool, tuple[str, ...]] | str:
     """The compiled path's decision and reasons, or why it stepped aside."""
     from raywarden.policy.compiled import CompiledSet
 
@@ -252,16 +371,46 @@ def compiled_decides(policies: dict[str, Any], entities: list[dict[str, Any]],
     except Unsupported:
         return "unsupported"
     try:
-        store = {(e["uid"]["type"], e["uid"]["id"]): Node(e["attrs"], tuple((p["type"], p["id"]) for p in e["parents"]))
-                 for e in entities}
+        store = {
+            (e["uid"]["type"], e["uid"]["id"]): Node(e["attrs"], tuple((p["type"], p["id"]) for p in e["parents"]))
+            for e in entities
+        }
         return compiled.decide(Env(USER, ACTION, JOB, context, store))
     except Undecided:
         return "undecided"
 
 
-OPERATIONS = {"==", "!=", "<", "<=", ">", ">=", "&&", "||", "!", "in", "is", "like", "contains", "containsAll",
-              "containsAny", "isEmpty", "has", ".", "isInRange", "isIpv4", "isIpv6", "if-then-else", "+", "-", "*",
-              "neg", "Set", "Record", "ip"}
+OPERATIONS = {
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "&&",
+    "||",
+    "!",
+    "in",
+    "is",
+    "like",
+    "contains",
+    "containsAll",
+    "containsAny",
+    "isEmpty",
+    "has",
+    ".",
+    "isInRange",
+    "isIpv4",
+    "isIpv6",
+    "if-then-else",
+    "+",
+    "-",
+    "*",
+    "neg",
+    "Set",
+    "Record",
+    "ip",
+}
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -290,17 +439,32 @@ def test_random_policies_decide_as_cedar(seed: int) -> None:
     assert compared >= OPERATIONS, f"never compared in a decided case: {OPERATIONS - compared}"
 
 
-@pytest.mark.parametrize(("body", "allowed"), [
-    ("[true] == [1]", False), ("[1].contains(true)", False), ("[1, 2].containsAll([true])", False),
-    ("[1, 2].containsAny([true, 2])", None), ("{a: true} == {a: 1}", False), ("[[1]] == [[true]]", None),
-    ('"a\\nb" like "a*"', True), ('"ab" like "a\\*"', False), ('"a*" like "a\\*"', True),
-    ("ip(\"10.1.2.3/16\") == ip(\"10.1.0.0/16\")", False), ("ip(\"10.1.2.3\").isInRange(ip(\"10.1.0.0/16\"))", True),
-    ("ip(\"::1\").isInRange(ip(\"0.0.0.0/0\"))", False), ("9223372036854775807 + 1 > 0", None),
-    ("-(-9223372036854775807 - 1) > 0", None), ('context.source.isInRange(ip("10.0.0.0/8"))', None),
-    # Wildcards against a long subject: a backtracking matcher takes minutes here, Cedar's (and ours) no time.
-    (f'"{"a" * 400}" like "*a*a*a*a*b"', False), (f'"{"a" * 400}b" like "*a*a*a*a*b"', True),
-    ('"abcabc" like "a*c*c"', True), ('"abc" like "a*bc*c"', False), ('"ab" like "ab**"', True),
-])
+@pytest.mark.parametrize(
+    ("body", "allowed"),
+    [
+        ("[true] == [1]", False),
+        ("[1].contains(true)", False),
+        ("[1, 2].containsAll([true])", False),
+        ("[1, 2].containsAny([true, 2])", None),
+        ("{a: true} == {a: 1}", False),
+        ("[[1]] == [[true]]", None),
+        ('"a\\nb" like "a*"', True),
+        ('"ab" like "a\\*"', False),
+        ('"a*" like "a\\*"', True),
+        ('ip("10.1.2.3/16") == ip("10.1.0.0/16")', False),
+        ('ip("10.1.2.3").isInRange(ip("10.1.0.0/16"))', True),
+        ('ip("::1").isInRange(ip("0.0.0.0/0"))', False),
+        ("9223372036854775807 + 1 > 0", None),
+        ("-(-9223372036854775807 - 1) > 0", None),
+        ('context.source.isInRange(ip("10.0.0.0/8"))', None),
+        # Wildcards against a long subject: a backtracking matcher takes minutes here, Cedar's (and ours) no time.
+        (f'"{"a" * 400}" like "*a*a*a*a*b"', False),
+        (f'"{"a" * 400}b" like "*a*a*a*a*b"', True),
+        ('"abcabc" like "a*c*c"', True),
+        ('"abc" like "a*bc*c"', False),
+        ('"ab" like "ab**"', True),
+    ],
+)
 def test_tricky_cases(body: str, allowed: bool | None) -> None:
     """Python's own ``True == 1`` and friends are not Cedar's; None: the compiled path must step aside."""
     try:
@@ -319,23 +483,47 @@ def test_tricky_cases(body: str, allowed: bool | None) -> None:
 
 
 def test_values_outside_the_subset_are_left_to_cedar() -> None:
-    for raw in (1.5, None, [True, 1], [[1]], [{"a": 1}], {"type": "T", "id": "x"}, 2**63,
-                {"__extn": {"fn": "decimal", "arg": "1.0"}}, {"__entity": {"type": "1bad", "id": "x"}},
-                # Cedar's JSON parser refuses lone surrogates, which Python's reads, and reserved identifiers.
-                "\ud800", ["ok", "\udc80"], {"\udc80": 1}, {1: "x"}, {"__entity": {"type": "T", "id": "\ud800"}},
-                {"__entity": {"type": "in", "id": "a"}}, {"__entity": {"type": "__cedar::X", "id": "a"}}):
+    for raw in (
+        1.5,
+        None,
+        [True, 1],
+        [[1]],
+        [{"a": 1}],
+        {"type": "T", "id": "x"},
+        2**63,
+        {"__extn": {"fn": "decimal", "arg": "1.0"}},
+        {"__entity": {"type": "1bad", "id": "x"}},
+        # Cedar's JSON parser refuses lone surrogates, which Python's reads, and reserved identifiers.
+        "\ud800",
+        ["ok", "\udc80"],
+        {"\udc80": 1},
+        {1: "x"},
+        {"__entity": {"type": "T", "id": "\ud800"}},
+        {"__entity": {"type": "in", "id": "a"}},
+        {"__entity": {"type": "__cedar::X", "id": "a"}},
+    ):
         with pytest.raises(Undecided):
             value(raw)
     assert value(["caf\u00e9", "x"]) == {"caf\u00e9", "x"}
 
 
 def test_a_cycle_among_parents_is_left_to_cedar() -> None:
-    policies = {"p": {"effect": "permit", "principal": {"op": "All"}, "action": {"op": "All"},
-                      "resource": {"op": "in", "entity": _ref(JOB)}, "conditions": [], "annotations": {}}}
+    policies = {
+        "p": {
+            "effect": "permit",
+            "principal": {"op": "All"},
+            "action": {"op": "All"},
+            "resource": {"op": "in", "entity": _ref(JOB)},
+            "conditions": [],
+            "annotations": {},
+        }
+    }
     for parents in ([_ref(JOB)], [_ref(CLUSTER)]):
-        entities: list[dict[str, Any]] = [{"uid": _ref(USER), "attrs": {}, "parents": []},
-                    {"uid": _ref(JOB), "attrs": {}, "parents": parents},
-                    {"uid": _ref(CLUSTER), "attrs": {}, "parents": [_ref(JOB)]}]
+        entities: list[dict[str, Any]] = [
+            {"uid": _ref(USER), "attrs": {}, "parents": []},
+            {"uid": _ref(JOB), "attrs": {}, "parents": parents},
+            {"uid": _ref(CLUSTER), "attrs": {}, "parents": [_ref(JOB)]},
+        ]
         assert compiled_decides(policies, entities, {}) == "undecided"
         assert cedar_decides(policies, entities, {}) is None  # Cedar refuses the entity set
 
@@ -360,8 +548,10 @@ def test_two_jobs_with_one_id_are_decided_each_on_its_own(compiled: bool) -> Non
     other, so each is decided with its own attributes."""
     engine = PolicyEngine.from_sources(default_policy_files(), cluster_entity(None), compiled=compiled)
     alice = principal("alice", "developers")
-    requests = [PolicyRequest(alice, "jobs.read", job("alice", "same"), CONTEXT),
-                PolicyRequest(alice, "jobs.read", job("bob", "same"), CONTEXT)]
+    requests = [
+        PolicyRequest(alice, "jobs.read", job("alice", "same"), CONTEXT),
+        PolicyRequest(alice, "jobs.read", job("bob", "same"), CONTEXT),
+    ]
     assert [d.allowed for d in engine.decide_many(requests)] == [True, False]
     assert [d.allowed for d in engine.decide_many(requests[::-1])] == [False, True]
 
@@ -369,10 +559,15 @@ def test_two_jobs_with_one_id_are_decided_each_on_its_own(compiled: bool) -> Non
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
 def test_a_record_compared_whole_keeps_all_its_fields(compiled: bool) -> None:
     """Only whole attributes nobody names are left out for Cedar: fields of a record may be compared whole."""
-    extra = [("ops/limits.cedar", '@id("ops-default-limits")\npermit (principal in Raywarden::Group::"ops", '
-              'action == Raywarden::Action::"jobs.list", resource) when { Raywarden::Cluster::"ray".developer_limits '
-              '== {milli_cpus: 4000, milli_gpus: 0, memory: 8589934592, resources: ["TPU"], '
-              'milli_resource_amount: 0} };')]
+    extra = [
+        (
+            "ops/limits.cedar",
+            '@id("ops-default-limits")\npermit (principal in Raywarden::Group::"ops", '
+            'action == Raywarden::Action::"jobs.list", resource) when { Raywarden::Cluster::"ray".developer_limits '
+            '== {milli_cpus: 4000, milli_gpus: 0, memory: 8589934592, resources: ["TPU"], '
+            "milli_resource_amount: 0} };",
+        )
+    ]
     cluster = cluster_entity(ClusterConfig(developer_resources=["TPU"]))
     engine = PolicyEngine.from_sources([*default_policy_files(), *extra], cluster, compiled=compiled)
     request = PolicyRequest(principal("olga", "ops"), "jobs.list", Entity("Cluster", "ray"), CONTEXT)
@@ -383,8 +578,14 @@ def test_a_record_compared_whole_keeps_all_its_fields(compiled: bool) -> None:
 def test_policies_outside_the_subset_compile_to_nothing_and_cedar_decides() -> None:
     """A decimal comparison is Cedar's to evaluate: that action's slice has no compiled set, decisions still
     come out right, and every other action keeps its compiled set."""
-    files = [*default_policy_files(), ("ops.cedar", '@id("ops-decimal")\nforbid (principal, action == '
-             'Raywarden::Action::"jobs.stop", resource) when { decimal("1.5").lessThan(decimal("2.0")) };')]
+    files = [
+        *default_policy_files(),
+        (
+            "ops.cedar",
+            '@id("ops-decimal")\nforbid (principal, action == '
+            'Raywarden::Action::"jobs.stop", resource) when { decimal("1.5").lessThan(decimal("2.0")) };',
+        ),
+    ]
     engine = PolicyEngine.from_sources(files, cluster_entity(None))
     assert engine._slices["jobs.stop"].compiled is None
     assert engine._slices["jobs.read"].compiled is not None
@@ -403,4 +604,3 @@ def test_an_evaluation_error_is_decided_and_explained_by_cedar() -> None:
     assert not decision.allowed and decision.policy_ids == ()
     assert any("owner" in error for error in decision.errors), decision.errors
     assert engine.decided_by_cedar == before + 1
-

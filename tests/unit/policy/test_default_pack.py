@@ -14,8 +14,7 @@ ACTIONS = sorted({r.action for r in RAY_ROUTES} | {"jobs.read_env"})
 OWN_JOB_ACTIONS = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
 ALLOWED = {
     "admins": set(ACTIONS),
-    "developers": {"cluster.version", "jobs.list", "jobs.submit", "packages.read", "packages.upload"}
-    | OWN_JOB_ACTIONS,
+    "developers": {"cluster.version", "jobs.list", "jobs.submit", "packages.read", "packages.upload"} | OWN_JOB_ACTIONS,
     "viewers": {"cluster.version", "jobs.list", "jobs.read", "jobs.logs", "jobs.logs_tail"},
     "nobody": set(),
 }
@@ -46,8 +45,7 @@ def test_developers_never_touch_other_peoples_jobs(action: str) -> None:
     # A job without an owner (a driver job, or one submitted to Ray directly) belongs to nobody.
     assert not decide(ENGINE, alice, action, job(None)).allowed
     # Viewers see everyone's jobs but never their env values; admins everything.
-    assert decide(ENGINE, principal("vera", "viewers"), action, job("bob")).allowed is (
-        action in ALLOWED["viewers"])
+    assert decide(ENGINE, principal("vera", "viewers"), action, job("bob")).allowed is (action in ALLOWED["viewers"])
     assert decide(ENGINE, principal("root", "admins"), action, job("bob")).allowed
 
 
@@ -63,28 +61,41 @@ def test_decisions_do_not_depend_on_context_unless_a_policy_says_so() -> None:
 
 
 def test_operator_forbid_wins_over_the_default_permit() -> None:
-    extra = [("ops/no-tokens.cedar",
-              '@id("no-stop-by-token")\nforbid (principal, action == Raywarden::Action::"jobs.stop", resource)\n'
-              'when { context.auth_method != "certificate" };\n'
-              '@id("office-only")\nforbid (principal in Raywarden::Group::"developers", action, resource)\n'
-              'unless { context.source.isInRange(ip("10.0.0.0/8")) || context.source.isLoopback() };')]
+    extra = [
+        (
+            "ops/no-tokens.cedar",
+            '@id("no-stop-by-token")\nforbid (principal, action == Raywarden::Action::"jobs.stop", resource)\n'
+            'when { context.auth_method != "certificate" };\n'
+            '@id("office-only")\nforbid (principal in Raywarden::Group::"developers", action, resource)\n'
+            'unless { context.source.isInRange(ip("10.0.0.0/8")) || context.source.isLoopback() };',
+        )
+    ]
     eng = engine(extra=extra)
     admin = principal("root", "admins")
     assert decide(eng, admin, "jobs.stop", job("bob")).allowed
     by_token = decide(eng, admin, "jobs.stop", job("bob"), request_context("token", "127.0.0.1", 5))
     assert not by_token.allowed and by_token.policy_ids == ("no-stop-by-token",)
-    outside = decide(eng, principal("alice", "developers"), "jobs.read", job("alice"),
-                     request_context("certificate", "198.51.100.7", 5))
+    outside = decide(
+        eng,
+        principal("alice", "developers"),
+        "jobs.read",
+        job("alice"),
+        request_context("certificate", "198.51.100.7", 5),
+    )
     assert not outside.allowed and outside.policy_ids == ("office-only",)
 
 
 def test_operator_permit_widens_the_pack() -> None:
-    extra = [("ops/mirror.cedar",
-              '@id("developers-mirror")\npermit (principal in Raywarden::Group::"developers",\n'
-              '  action == Raywarden::Action::"jobs.submit", resource is Raywarden::NewJob)\n'
-              'when { resource.runtime_env.keys == ["pip"] &&\n'
-              '  resource.runtime_env.pip_options == ["--index-url"] &&\n'
-              '  resource.runtime_env.pip_direct_refs == ["https://pypi.internal/simple"] };')]
+    extra = [
+        (
+            "ops/mirror.cedar",
+            '@id("developers-mirror")\npermit (principal in Raywarden::Group::"developers",\n'
+            '  action == Raywarden::Action::"jobs.submit", resource is Raywarden::NewJob)\n'
+            'when { resource.runtime_env.keys == ["pip"] &&\n'
+            '  resource.runtime_env.pip_options == ["--index-url"] &&\n'
+            '  resource.runtime_env.pip_direct_refs == ["https://pypi.internal/simple"] };',
+        )
+    ]
     eng = engine(extra=extra)
     body = {"runtime_env": {"pip": ["torch", "--index-url https://pypi.internal/simple"]}}
     decision = decide(eng, principal("alice", "developers"), "jobs.submit", submission("alice", **body))
@@ -98,14 +109,18 @@ def test_operator_permit_widens_the_pack() -> None:
 PLAIN = {
     "no runtime_env": {},
     "pip list": {"runtime_env": {"pip": ["requests==2.32.3", "numpy>=1.26; python_version >= '3.9'"]}},
-    "pip dict from Ray's SDK": {"runtime_env": {"pip": {"packages": ["requests"], "pip_check": False},
-                                                "_ray_commit": "b7f4259e"}},
-    "uv with the SDK's default option": {"runtime_env": {"uv": {"packages": ["requests"], "uv_check": False,
-                                                                "uv_pip_install_options": ["--no-cache"]}}},
-    "conda default channels": {"runtime_env": {"conda": {"dependencies": ["python=3.11", "numpy",
-                                                                         {"pip": ["requests"]}]}}},
-    "uploaded working_dir and py_modules": {"runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip",
-                                                            "py_modules": ["gcs://_ray_pkg_b.zip"]}},
+    "pip dict from Ray's SDK": {
+        "runtime_env": {"pip": {"packages": ["requests"], "pip_check": False}, "_ray_commit": "b7f4259e"}
+    },
+    "uv with the SDK's default option": {
+        "runtime_env": {"uv": {"packages": ["requests"], "uv_check": False, "uv_pip_install_options": ["--no-cache"]}}
+    },
+    "conda default channels": {
+        "runtime_env": {"conda": {"dependencies": ["python=3.11", "numpy", {"pip": ["requests"]}]}}
+    },
+    "uploaded working_dir and py_modules": {
+        "runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_b.zip"]}
+    },
     "harmless env vars": {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "4", "WANDB_MODE": "offline"}}},
     "within limits": {"entrypoint_num_cpus": 4, "entrypoint_num_gpus": 0, "entrypoint_memory": 8 * 1024**3},
     "fractional cpus": {"entrypoint_num_cpus": 0.5},
@@ -124,20 +139,24 @@ ESCAPES = {
     "pip PEP 508 direct URL": {"runtime_env": {"pip": ["pkg @ https://evil/pkg-1.0-py3-none-any.whl"]}},
     "pip local wheel path": {"runtime_env": {"pip": ["/tmp/pkg-1.0-py3-none-any.whl"]}},
     "pip env var expansion": {"runtime_env": {"pip": ["${EVIL}"]}},
-    "pip_install_options": {"runtime_env": {"pip": {"packages": ["requests"],
-                                                    "pip_install_options": ["--index-url", "https://e"]}}},
+    "pip_install_options": {
+        "runtime_env": {"pip": {"packages": ["requests"], "pip_install_options": ["--index-url", "https://e"]}}
+    },
     "pip_version direct URL": {"runtime_env": {"pip": {"packages": ["x"], "pip_version": " @ https://e/pip.whl"}}},
     "pip requirements file on the node": {"runtime_env": {"pip": "/etc/requirements.txt"}},
-    "uv --index-url option": {"runtime_env": {"uv": {"packages": ["x"],
-                                                     "uv_pip_install_options": ["--index-url", "https://e"]}}},
+    "uv --index-url option": {
+        "runtime_env": {"uv": {"packages": ["x"], "uv_pip_install_options": ["--index-url", "https://e"]}}
+    },
     "uv git+ URL": {"runtime_env": {"uv": ["git+https://github.com/evil/pkg.git"]}},
     "conda with channels": {"runtime_env": {"conda": {"channels": ["evil-channel"], "dependencies": ["numpy"]}}},
     "conda channel-qualified package": {"runtime_env": {"conda": {"dependencies": ["evil::numpy"]}}},
     "conda package URL": {"runtime_env": {"conda": {"dependencies": ["https://evil/numpy.tar.bz2"]}}},
-    "conda pip list with index": {"runtime_env": {"conda": {"dependencies": [
-        {"pip": ["--index-url https://evil/simple", "x"]}]}}},
-    "conda variables": {"runtime_env": {"conda": {"dependencies": ["numpy"],
-                                                  "variables": {"PIP_INDEX_URL": "https://evil"}}}},
+    "conda pip list with index": {
+        "runtime_env": {"conda": {"dependencies": [{"pip": ["--index-url https://evil/simple", "x"]}]}}
+    },
+    "conda variables": {
+        "runtime_env": {"conda": {"dependencies": ["numpy"], "variables": {"PIP_INDEX_URL": "https://evil"}}}
+    },
     "conda named env on the node": {"runtime_env": {"conda": "base"}},
     "container": {"runtime_env": {"container": {"image": "docker.io/evil/img"}}},
     "image_uri": {"runtime_env": {"image_uri": "docker.io/evil/img"}},
@@ -178,12 +197,21 @@ def test_every_runtime_env_escape_is_refused_for_developers(name: str) -> None:
 
 
 def test_resource_limits_come_from_the_cluster_config() -> None:
-    config = ClusterConfig(developer_max_cpus=16, developer_max_gpus=1, developer_max_memory_bytes=64 * 1024**3,
-                           developer_resources=["TPU"], developer_max_resource_amount=2)
+    config = ClusterConfig(
+        developer_max_cpus=16,
+        developer_max_gpus=1,
+        developer_max_memory_bytes=64 * 1024**3,
+        developer_resources=["TPU"],
+        developer_max_resource_amount=2,
+    )
     eng = engine(config)
     alice = principal("alice", "developers")
-    assert decide(eng, alice, "jobs.submit", submission("alice", entrypoint_num_cpus=16, entrypoint_num_gpus=1,
-                                                        entrypoint_memory=64 * 1024**3)).allowed
+    assert decide(
+        eng,
+        alice,
+        "jobs.submit",
+        submission("alice", entrypoint_num_cpus=16, entrypoint_num_gpus=1, entrypoint_memory=64 * 1024**3),
+    ).allowed
     assert decide(eng, alice, "jobs.submit", submission("alice", entrypoint_resources={"TPU": 2})).allowed
     assert not decide(eng, alice, "jobs.submit", submission("alice", entrypoint_resources={"TPU": 2.5})).allowed
     assert not decide(eng, alice, "jobs.submit", submission("alice", entrypoint_resources={"FPGA": 1})).allowed
@@ -196,7 +224,7 @@ def test_resource_limits_come_from_the_cluster_config() -> None:
 # The conditions of developers-submit before the pack read runtime_env_facts (one flat set, cheaper for Cedar),
 # kept as the reference the flat form must agree with on every plain job and every escape. (The optional
 # amounts are read as the pack reads them; test_absent_amounts_decide_as_explicit_zeros covers that reading.)
-NESTED_SUBMIT = '''@id("nested-submit")
+NESTED_SUBMIT = """@id("nested-submit")
 permit (principal in Raywarden::Group::"nested", action == Raywarden::Action::"jobs.submit",
         resource is Raywarden::NewJob)
 when {
@@ -225,7 +253,7 @@ when {
    else true) &&
   (if resource has entrypoint_resources_max_milli then resource.entrypoint_resources_max_milli else 0)
     <= Raywarden::Cluster::"ray".developer_limits.milli_resource_amount
-};'''
+};"""
 MORE_BODIES = {
     "allowed pip options": {"runtime_env": {"pip": {"packages": ["x"], "pip_install_options": ["--no-cache-dir"]}}},
     "plugin and container": {"runtime_env": {"x_plugin": 1, "container": {"image": "i"}}},
@@ -245,20 +273,32 @@ def test_flat_submit_conditions_decide_as_the_nested_ones(name: str) -> None:
 
 # Submissions that ask for GPUs, memory or custom resources, at and around the limits of LIMITS below.
 AMOUNT_BODIES = {
-    "gpus at the limit": {"entrypoint_num_gpus": 1}, "gpus over": {"entrypoint_num_gpus": 1.001},
-    "memory at the limit": {"entrypoint_memory": 2**30}, "memory over": {"entrypoint_memory": 2**30 + 1},
-    "allowed resource": {"entrypoint_resources": {"TPU": 2}}, "too much of it": {"entrypoint_resources": {"TPU": 3}},
-    "zero of a resource": {"entrypoint_resources": {"TPU": 0}}, "zero of another": {"entrypoint_resources": {"X": 0}},
+    "gpus at the limit": {"entrypoint_num_gpus": 1},
+    "gpus over": {"entrypoint_num_gpus": 1.001},
+    "memory at the limit": {"entrypoint_memory": 2**30},
+    "memory over": {"entrypoint_memory": 2**30 + 1},
+    "allowed resource": {"entrypoint_resources": {"TPU": 2}},
+    "too much of it": {"entrypoint_resources": {"TPU": 3}},
+    "zero of a resource": {"entrypoint_resources": {"TPU": 0}},
+    "zero of another": {"entrypoint_resources": {"X": 0}},
     "zero everything": {"entrypoint_num_gpus": 0, "entrypoint_memory": 0, "entrypoint_resources": {}},
 }
-LIMITS = ClusterConfig(developer_max_gpus=1, developer_max_memory_bytes=2**30, developer_resources=["TPU"],
-                       developer_max_resource_amount=2)
-NEUTRAL = {"entrypoint_milli_gpus": 0, "entrypoint_memory": 0, "entrypoint_resources": [],
-           "entrypoint_resources_max_milli": 0}
+LIMITS = ClusterConfig(
+    developer_max_gpus=1, developer_max_memory_bytes=2**30, developer_resources=["TPU"], developer_max_resource_amount=2
+)
+NEUTRAL = {
+    "entrypoint_milli_gpus": 0,
+    "entrypoint_memory": 0,
+    "entrypoint_resources": [],
+    "entrypoint_resources_max_milli": 0,
+}
 
 
-@pytest.mark.parametrize("config", [None, LIMITS, ClusterConfig(developer_max_cpus=0, developer_max_memory_bytes=0)],
-                         ids=["default", "limits", "zero"])
+@pytest.mark.parametrize(
+    "config",
+    [None, LIMITS, ClusterConfig(developer_max_cpus=0, developer_max_memory_bytes=0)],
+    ids=["default", "limits", "zero"],
+)
 @pytest.mark.parametrize("name", sorted({**PLAIN, **ESCAPES, **MORE_BODIES, **AMOUNT_BODIES}))
 def test_absent_amounts_decide_as_explicit_zeros(name: str, config: ClusterConfig | None) -> None:
     """A submission leaves out the amounts it does not ask for; the pack reads them as 0 (or none), exactly as it
@@ -287,8 +327,10 @@ def test_amounts_nobody_asks_for_are_left_out() -> None:
 def test_policies_must_read_the_optional_amounts_behind_has() -> None:
     from raywarden.errors import PolicyError
 
-    unguarded = ('forbid (principal, action == Raywarden::Action::"jobs.submit", resource is Raywarden::NewJob) '
-                 "when { resource.entrypoint_milli_gpus > 1000 };")
+    unguarded = (
+        'forbid (principal, action == Raywarden::Action::"jobs.submit", resource is Raywarden::NewJob) '
+        "when { resource.entrypoint_milli_gpus > 1000 };"
+    )
     with pytest.raises(PolicyError, match="entrypoint_milli_gpus"):
         engine(extra=[("ops/gpus.cedar", unguarded)])
     guarded = unguarded.replace("resource.entrypoint", "resource has entrypoint_milli_gpus && resource.entrypoint")

@@ -13,13 +13,16 @@ from tests.unit.policy.policy_support import CONTEXT, decide, engine, job, princ
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize(("body", "match"), [
-    ('permit(principal, action == Raywarden::Action::"nope", resource);', r"bad\.cedar: does not match the schema"),
-    ("permit(", r"bad\.cedar"),
-    ('permit(principal, action, resource) when { resource.no_such_attr == "x" };', "does not match the schema"),
-    ('@id("admins-all")\npermit(principal, action, resource);', "already used in default/admins.cedar"),
-    ("permit(principal == ?principal, action, resource);", "templates are not supported"),
-])
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ('permit(principal, action == Raywarden::Action::"nope", resource);', r"bad\.cedar: does not match the schema"),
+        ("permit(", r"bad\.cedar"),
+        ('permit(principal, action, resource) when { resource.no_such_attr == "x" };', "does not match the schema"),
+        ('@id("admins-all")\npermit(principal, action, resource);', "already used in default/admins.cedar"),
+        ("permit(principal == ?principal, action, resource);", "templates are not supported"),
+    ],
+)
 def test_invalid_policy_is_refused_whole(body: str, match: str) -> None:
     with pytest.raises(PolicyError, match=match):
         PolicyEngine.from_sources([*default_policy_files(), ("bad.cedar", body)])
@@ -69,10 +72,21 @@ def test_batch_decisions_match_single_ones(compiled: bool) -> None:
 
 
 def test_submission_entity_matches_the_schema() -> None:
-    body = {"submission_id": "mine-1", "entrypoint_num_cpus": 1, "entrypoint_resources": {"TPU": 1},
-            "entrypoint_label_selector": {"zone": "a"}, "metadata": {"team": "x"},
-            "runtime_env": {"pip": ["requests"], "conda": {"dependencies": ["x"]}, "env_vars": {"A": "1"},
-                            "container": {"image": "i"}, "working_dir": "gcs://_ray_pkg_x.zip", "plugin_x": 1}}
+    body = {
+        "submission_id": "mine-1",
+        "entrypoint_num_cpus": 1,
+        "entrypoint_resources": {"TPU": 1},
+        "entrypoint_label_selector": {"zone": "a"},
+        "metadata": {"team": "x"},
+        "runtime_env": {
+            "pip": ["requests"],
+            "conda": {"dependencies": ["x"]},
+            "env_vars": {"A": "1"},
+            "container": {"image": "i"},
+            "working_dir": "gcs://_ray_pkg_x.zip",
+            "plugin_x": 1,
+        },
+    }
     decision = decide(engine(), principal("root", "admins"), "jobs.submit", submission("root", **body))
     assert decision.allowed
 
@@ -82,15 +96,25 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
     """The fast path leaves out attributes no policy reads and caches principals; neither may change a decision."""
     from tests.unit.policy.test_default_pack import ESCAPES, PLAIN
 
-    extra = [("ops/ctx.cedar", '@id("ctx-all")\nforbid (principal in Raywarden::Group::"ctx", action, resource)\n'
-                               'when { context has source_ip && context.hour_utc >= 0 };\n'
-                               '@id("ops-status")\npermit (principal in Raywarden::Group::"ops", '
-                               'action == Raywarden::Action::"jobs.read", resource is Raywarden::Job) '
-                               'when { resource.status == "RUNNING" };')]
+    extra = [
+        (
+            "ops/ctx.cedar",
+            '@id("ctx-all")\nforbid (principal in Raywarden::Group::"ctx", action, resource)\n'
+            "when { context has source_ip && context.hour_utc >= 0 };\n"
+            '@id("ops-status")\npermit (principal in Raywarden::Group::"ops", '
+            'action == Raywarden::Action::"jobs.read", resource is Raywarden::Job) '
+            'when { resource.status == "RUNNING" };',
+        )
+    ]
     for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
-        people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
-                  principal("olga", "ops"), principal("carl", "ctx", "admins"),
-                  principal("ci", "developers", kind="sa")]
+        people = [
+            principal("alice", "developers"),
+            principal("vera", "viewers"),
+            principal("root", "admins"),
+            principal("olga", "ops"),
+            principal("carl", "ctx", "admins"),
+            principal("ci", "developers", kind="sa"),
+        ]
         resources = [job("alice"), job("bob", status="STOPPED"), job(None)]
         resources += [submission("alice", **body) for body in [*PLAIN.values(), *ESCAPES.values()]]
         for who in people:
@@ -104,8 +128,16 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
 def test_attribute_references_are_collected_from_the_policies() -> None:
     from raywarden.policy.engine import _references
 
-    refs = _references([{"conditions": [{"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
-                                        {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}}]}])
+    refs = _references(
+        [
+            {
+                "conditions": [
+                    {"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
+                    {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}},
+                ]
+            }
+        ]
+    )
     assert refs.names == {"a", "b"} and not refs.whole_context
     assert refs.context_names == ("a",)  # only fields read from the context itself are given to Cedar
     whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
@@ -120,27 +152,35 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -
     from raywarden.policy.entities import request_context
     from tests.unit.policy.policy_support import resource_for
 
-    extra = [("ops/shapes.cedar",
-              '@id("office")\nforbid (principal in Raywarden::Group::"developers", action, resource)\n'
-              'unless { context.source.isInRange(ip("10.0.0.0/8")) };\n'
-              '@id("fresh-stop")\nforbid (principal, action in [Raywarden::Action::"jobs.stop", '
-              'Raywarden::Action::"jobs.delete"], resource) when { context.auth_age_s > 3600 };\n'
-              '@id("token-reads")\npermit (principal, action in Raywarden::Action::"jobs.read", resource) '
-              'when { context.auth_method == "token" && resource has owner && resource.owner == "" };\n'
-              '@id("console")\nforbid (principal is Raywarden::ServiceAccount, '
-              'action == Raywarden::Action::"console.view", resource);\n'
-              'permit (principal, action, resource) when { context.hour_utc == 25 };')]
+    extra = [
+        (
+            "ops/shapes.cedar",
+            '@id("office")\nforbid (principal in Raywarden::Group::"developers", action, resource)\n'
+            'unless { context.source.isInRange(ip("10.0.0.0/8")) };\n'
+            '@id("fresh-stop")\nforbid (principal, action in [Raywarden::Action::"jobs.stop", '
+            'Raywarden::Action::"jobs.delete"], resource) when { context.auth_age_s > 3600 };\n'
+            '@id("token-reads")\npermit (principal, action in Raywarden::Action::"jobs.read", resource) '
+            'when { context.auth_method == "token" && resource has owner && resource.owner == "" };\n'
+            '@id("console")\nforbid (principal is Raywarden::ServiceAccount, '
+            'action == Raywarden::Action::"console.view", resource);\n'
+            "permit (principal, action, resource) when { context.hour_utc == 25 };",
+        )
+    ]
     contexts = [request_context("certificate", "10.1.2.3", 60), request_context("token", "192.0.2.1", 7200)]
-    people = [principal("alice", "developers"), principal("vera", "viewers"), principal("root", "admins"),
-              principal("ci", "developers", kind="sa"), principal("nobody")]
+    people = [
+        principal("alice", "developers"),
+        principal("vera", "viewers"),
+        principal("root", "admins"),
+        principal("ci", "developers", kind="sa"),
+        principal("nobody"),
+    ]
     job_actions = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
     for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
         for action in sorted(schema_actions()):
             for who in people:
                 for owner in ("alice", None):
                     for context in contexts:
-                        on_job = action in job_actions or action in ("jobs.submit", "packages.read",
-                                                                     "packages.upload")
+                        on_job = action in job_actions or action in ("jobs.submit", "packages.read", "packages.upload")
                         resource = resource_for(action, owner) if on_job else Entity("Cluster", CLUSTER_ID)
                         request = PolicyRequest(who, action, resource, context)
                         assert eng.decide(request) == eng.decide(request, strict=True), (who.id, action, owner)
@@ -169,9 +209,12 @@ def test_cedar_answers_are_read_whatever_their_layout() -> None:
     from raywarden.policy.engine import Decision, _decision
 
     expected = Decision(True, ("a", "b"), ("oops",))
-    usual = ('{"decision":"Allow","correlation_id":null,"diagnostics":{"reason":["b","a"],'
-             '"id_annotations_by_reason":{},"errors":["oops"]},"metrics":{"authz_duration_micros":3}}')
+    usual = (
+        '{"decision":"Allow","correlation_id":null,"diagnostics":{"reason":["b","a"],'
+        '"id_annotations_by_reason":{},"errors":["oops"]},"metrics":{"authz_duration_micros":3}}'
+    )
     assert _decision(usual) == expected
     assert _decision('{"metrics":{},"diagnostics":{"reason":["b","a"],"errors":["oops"]},"decision":"Allow"}') == (
-        expected)
+        expected
+    )
     assert _decision('{"decision":"NoDecision","diagnostics":{"errors":["bad"]}}') == Decision(False, (), ("bad",))

@@ -53,8 +53,14 @@ cases:
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
     env["RAYWARDEN_HOME"] = str(tmp_path / "home")
-    return subprocess.run([sys.executable, "-m", "raywarden.cli.main", *args, "--state-dir", str(tmp_path / "none")],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "raywarden.cli.main", *args, "--state-dir", str(tmp_path / "none")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_validate_lists_policies_and_refuses_a_broken_dir(tmp_path: Path) -> None:
@@ -85,14 +91,37 @@ def test_cases_pass_and_a_mismatch_fails(tmp_path: Path) -> None:
 
 
 def test_explain_names_the_deciding_policy(tmp_path: Path) -> None:
-    out = cli(tmp_path, "policy", "explain", "--principal", "alice", "--group", "developers", "--action",
-              "jobs.delete", "--owner", "alice", "--json")
+    out = cli(
+        tmp_path,
+        "policy",
+        "explain",
+        "--principal",
+        "alice",
+        "--group",
+        "developers",
+        "--action",
+        "jobs.delete",
+        "--owner",
+        "alice",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["decision"] == "allow" and data["policy_ids"] == ["developers-own-jobs"]
     assert data["policies"][0]["source"] == "default/developers.cedar"
-    denied = cli(tmp_path, "policy", "explain", "--principal", "alice", "--group", "developers", "--action",
-                 "jobs.submit", "--resource-json", '{"runtime_env": {"image_uri": "evil"}}')
+    denied = cli(
+        tmp_path,
+        "policy",
+        "explain",
+        "--principal",
+        "alice",
+        "--group",
+        "developers",
+        "--action",
+        "jobs.submit",
+        "--resource-json",
+        '{"runtime_env": {"image_uri": "evil"}}',
+    )
     assert denied.returncode == 0 and "deny: no policy permits this" in denied.stdout
     assert cli(tmp_path, "policy", "explain", "--action", "jobs.read").returncode == 2
 
@@ -106,12 +135,35 @@ def test_explain_replays_submissions_recorded_before_the_flat_runtime_env_facts(
     eng = engine()
     for pip, expected in ((["requests"], True), (["--index-url https://evil/simple", "requests"], False)):
         env = runtime_env_attrs({"pip": pip})
-        attrs = {"submission_id": "s", "owner": spiffe("alice"), "entrypoint": "python x.py",
-                 "entrypoint_milli_cpus": 0, "entrypoint_milli_gpus": 0, "entrypoint_memory": 0,
-                 "entrypoint_resources": [], "entrypoint_resources_max_milli": 0, "label_selector_keys": [],
-                 "metadata_keys": [], "runtime_env": env}
-        record = {"request_id": "r", "principal": spiffe("alice"), "action": "jobs.submit", "resource": "NewJob::s",
-                  "policy_input": {"groups": ["developers"], "resource_attrs": attrs,
-                                   "context": {"auth_method": "certificate", "source_ip": "127.0.0.1",
-                                               "auth_age_s": 10, "time": 0, "hour_utc": 0, "weekday_utc": 3}}}
+        attrs = {
+            "submission_id": "s",
+            "owner": spiffe("alice"),
+            "entrypoint": "python x.py",
+            "entrypoint_milli_cpus": 0,
+            "entrypoint_milli_gpus": 0,
+            "entrypoint_memory": 0,
+            "entrypoint_resources": [],
+            "entrypoint_resources_max_milli": 0,
+            "label_selector_keys": [],
+            "metadata_keys": [],
+            "runtime_env": env,
+        }
+        record = {
+            "request_id": "r",
+            "principal": spiffe("alice"),
+            "action": "jobs.submit",
+            "resource": "NewJob::s",
+            "policy_input": {
+                "groups": ["developers"],
+                "resource_attrs": attrs,
+                "context": {
+                    "auth_method": "certificate",
+                    "source_ip": "127.0.0.1",
+                    "auth_age_s": 10,
+                    "time": 0,
+                    "hour_utc": 0,
+                    "weekday_utc": 3,
+                },
+            },
+        }
         assert eng.decide(_request_from_record(record), strict=True).allowed is expected

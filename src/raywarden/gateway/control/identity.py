@@ -39,8 +39,9 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         return cert
 
     async def event(name: str, principal: str, actor: str, source: str, **fields: Any) -> None:
-        await audit.append_async({"kind": "identity", "event": name, "principal": principal, "actor": actor,
-                                  "source": source, **fields})
+        await audit.append_async(
+            {"kind": "identity", "event": name, "principal": principal, "actor": actor, "source": source, **fields}
+        )
 
     async def enroll(req: ControlRequest) -> ControlResponse:
         body = _json(req.body)
@@ -58,29 +59,50 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         try:
             spiffe, public_key = read_csr(csr_text)
         except PKIError as exc:
-            return _refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}",
-                           enrollment_id=code.code_id)
+            return _refuse(
+                400,
+                f"unusable certificate signing request: {exc.message}",
+                f"bad CSR: {exc.message}",
+                enrollment_id=code.code_id,
+            )
         if str(spiffe) != principal.spiffe_id:
             store.record_failure(f"enroll-source:{req.source}", _now())
-            return _refuse(403, "enrollment refused", f"CSR asks for {spiffe} but the code enrolls "
-                           f"{principal.spiffe_id}", "request the identity the code was made for",
-                           enrollment_id=code.code_id)
+            return _refuse(
+                403,
+                "enrollment refused",
+                f"CSR asks for {spiffe} but the code enrolls {principal.spiffe_id}",
+                "request the identity the code was made for",
+                enrollment_id=code.code_id,
+            )
         try:
             consume(store, code)
         except EnrollmentRefused as exc:
             return _refuse(401, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
         cert = issue(public_key, spiffe)
-        await event("enroll", str(spiffe), str(spiffe), req.source, enrollment_id=code.code_id,
-                    serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
-        return ControlResponse(200, _cert_body(cert, str(spiffe)),
-                               {"enrolled": str(spiffe), "enrollment_id": code.code_id, "serial": serial_hex(cert)})
+        await event(
+            "enroll",
+            str(spiffe),
+            str(spiffe),
+            req.source,
+            enrollment_id=code.code_id,
+            serial=serial_hex(cert),
+            not_after=cert.not_valid_after_utc.isoformat(),
+        )
+        return ControlResponse(
+            200,
+            _cert_body(cert, str(spiffe)),
+            {"enrolled": str(spiffe), "enrollment_id": code.code_id, "serial": serial_hex(cert)},
+        )
 
     async def renew(req: ControlRequest) -> ControlResponse:
         identity = req.identity
         assert identity is not None  # noqa: S101 - an identity route (routes.py)
         if identity.auth_method != "certificate":
-            return _refuse(403, "renewal requires your current client certificate",
-                           f"renewal attempted with {identity.auth_method} authentication")
+            return _refuse(
+                403,
+                "renewal requires your current client certificate",
+                f"renewal attempted with {identity.auth_method} authentication",
+            )
         csr_text = _json(req.body).get("csr")
         if not isinstance(csr_text, str):
             return _refuse(400, "a renewal needs a csr", "renewal body without csr")
@@ -89,21 +111,35 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         except PKIError as exc:
             return _refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}")
         if str(spiffe) != identity.spiffe_id:
-            return _refuse(403, "a certificate can only be renewed for its own identity",
-                           f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}")
+            return _refuse(
+                403,
+                "a certificate can only be renewed for its own identity",
+                f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}",
+            )
         cert = issue(public_key, spiffe)
-        await event("cert.renew", str(spiffe), identity.spiffe_id, req.source, previous_serial=identity.credential_id,
-                    serial=serial_hex(cert), not_after=cert.not_valid_after_utc.isoformat())
-        return ControlResponse(200, _cert_body(cert, str(spiffe)),
-                               {"serial": serial_hex(cert), "previous_serial": identity.credential_id})
+        await event(
+            "cert.renew",
+            str(spiffe),
+            identity.spiffe_id,
+            req.source,
+            previous_serial=identity.credential_id,
+            serial=serial_hex(cert),
+            not_after=cert.not_valid_after_utc.isoformat(),
+        )
+        return ControlResponse(
+            200, _cert_body(cert, str(spiffe)), {"serial": serial_hex(cert), "previous_serial": identity.credential_id}
+        )
 
     async def token(req: ControlRequest) -> ControlResponse:
         identity = req.identity
         assert identity is not None  # noqa: S101 - an identity route (routes.py)
         if identity.auth_method != "certificate":
             # A bearer token that could mint bearer tokens would never expire.
-            return _refuse(403, "tokens are issued to certificate holders only",
-                           f"token requested with {identity.auth_method} authentication")
+            return _refuse(
+                403,
+                "tokens are issued to certificate holders only",
+                f"token requested with {identity.auth_method} authentication",
+            )
         ttl = _json(req.body).get("ttl_seconds")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
             return _refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
@@ -112,11 +148,24 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         except UsageError as exc:
             return _refuse(400, exc.message, f"token lifetime refused: {exc.message}")
         store.record_token(issued.jti, identity.spiffe_id, issued.expires_at, issued_by=identity.spiffe_id)
-        await event("token.issue", identity.spiffe_id, identity.spiffe_id, req.source, jti=issued.jti,
-                    expires_at=expires_iso(issued.expires_at))
-        return ControlResponse(200, {"token": issued.token.reveal(), "jti": issued.jti,
-                                     "expires_at": expires_iso(issued.expires_at), "token_type": "Bearer"},
-                               {"jti": issued.jti})
+        await event(
+            "token.issue",
+            identity.spiffe_id,
+            identity.spiffe_id,
+            req.source,
+            jti=issued.jti,
+            expires_at=expires_iso(issued.expires_at),
+        )
+        return ControlResponse(
+            200,
+            {
+                "token": issued.token.reveal(),
+                "jti": issued.jti,
+                "expires_at": expires_iso(issued.expires_at),
+                "token_type": "Bearer",
+            },
+            {"jti": issued.jti},
+        )
 
     return {"identity.enroll": enroll, "identity.renew": renew, "identity.token": token}
 
@@ -137,8 +186,12 @@ def _refuse(status: int, message: str, reason: str, hint: str | None = None, **a
 
 
 def _cert_body(cert: Any, spiffe_id: str) -> dict[str, Any]:
-    return {"certificate_pem": cert_pem(cert).decode(), "identity": spiffe_id, "serial": serial_hex(cert),
-            "not_after": cert.not_valid_after_utc.isoformat()}
+    return {
+        "certificate_pem": cert_pem(cert).decode(),
+        "identity": spiffe_id,
+        "serial": serial_hex(cert),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }
 
 
 def _now() -> float:

@@ -50,11 +50,15 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     # One enrollment change at a time: the registry and the firewall sets move together.
     lock = asyncio.Lock()
 
-    async def guarded(request: ControlRequest, event: str,
-                      work: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> ControlResponse:
+    async def guarded(
+        request: ControlRequest, event: str, work: Callable[[], tuple[dict[str, Any], dict[str, Any]]]
+    ) -> ControlResponse:
         if limiter.blocked(request.source):
-            return ControlResponse(429, {"error": "too many failed attempts from this address; try later"},
-                                   {"event": event, "reason": f"rate limited: {request.source}"})
+            return ControlResponse(
+                429,
+                {"error": "too many failed attempts from this address; try later"},
+                {"event": event, "reason": f"rate limited: {request.source}"},
+            )
         try:
             async with lock:
                 body, audit = await asyncio.to_thread(work)
@@ -66,10 +70,14 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             return ControlResponse(exc.status, answer, {"event": event, "reason": exc.reason})
         except RaywardenError as exc:
             log.error("%s failed: %s", event, exc.diagnostics())
-            return ControlResponse(500, {"error": f"{event} failed on the head; see its gateway log"},
-                                   {"event": event, "reason": exc.message})
-        await services.audit.append_async({"kind": "node", **audit, "source": request.source,
-                                           "request_id": request.request_id})
+            return ControlResponse(
+                500,
+                {"error": f"{event} failed on the head; see its gateway log"},
+                {"event": event, "reason": exc.message},
+            )
+        await services.audit.append_async(
+            {"kind": "node", **audit, "source": request.source, "request_id": request.request_id}
+        )
         return ControlResponse(200, body, {"event": event, "node": audit.get("node")})
 
     async def join(request: ControlRequest) -> ControlResponse:

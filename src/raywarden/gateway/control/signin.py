@@ -23,19 +23,40 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         identity = req.identity
         assert identity is not None  # noqa: S101 - an identity route (routes.py)
         if identity.auth_method != "certificate":
-            return ControlResponse(403, {"error": "sign-in links are issued to certificate holders only"},
-                                   {"reason": f"sign-in link requested with {identity.auth_method} authentication"})
+            return ControlResponse(
+                403,
+                {"error": "sign-in links are issued to certificate holders only"},
+                {"reason": f"sign-in link requested with {identity.auth_method} authentication"},
+            )
         if identity.kind != "user":
             # Service accounts are for automation; even an admin one gets no browser session.
-            return ControlResponse(403, {"error": "sign-in links are issued to people only"},
-                                   {"reason": f"sign-in link requested by {identity.kind} {identity.name}"})
+            return ControlResponse(
+                403,
+                {"error": "sign-in links are issued to people only"},
+                {"reason": f"sign-in link requested by {identity.kind} {identity.name}"},
+            )
         code_id, code, expires = sessions.create_link(identity.spiffe_id, "certificate", identity.credential_id, ttl)
-        await services.audit.append_async({"kind": "identity", "event": "signin_link.issue",
-                                           "principal": identity.spiffe_id, "actor": identity.spiffe_id,
-                                           "source": req.source, "code_id": code_id,
-                                           "serial": identity.credential_id, "expires_at": expires_iso(expires)})
-        return ControlResponse(200, {"path": f"/ui/signin?code={quote(code.reveal(), safe='.')}",
-                                     "code_id": code_id, "expires_at": expires_iso(expires),
-                                     "identity": identity.spiffe_id}, {"code_id": code_id})
+        await services.audit.append_async(
+            {
+                "kind": "identity",
+                "event": "signin_link.issue",
+                "principal": identity.spiffe_id,
+                "actor": identity.spiffe_id,
+                "source": req.source,
+                "code_id": code_id,
+                "serial": identity.credential_id,
+                "expires_at": expires_iso(expires),
+            }
+        )
+        return ControlResponse(
+            200,
+            {
+                "path": f"/ui/signin?code={quote(code.reveal(), safe='.')}",
+                "code_id": code_id,
+                "expires_at": expires_iso(expires),
+                "identity": identity.spiffe_id,
+            },
+            {"code_id": code_id},
+        )
 
     return {"identity.signin_link": signin_link}

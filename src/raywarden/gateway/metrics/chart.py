@@ -14,8 +14,7 @@ from raywarden.gateway.metrics.query import TimeRange
 
 WIDTH, HEIGHT = 720, 240
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 24
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MAX_LINES = 30
 
 
@@ -74,19 +73,27 @@ def render(title: str, lines: Sequence[Line], window: TimeRange, unit: str) -> s
     def y(value: float) -> float:
         return TOP + (1 - (value - low) / (high - low)) * plot_h
 
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
-             f"<title>{escape(title)}</title>"]
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+    ]
     for fraction in (0.0, 0.5, 1.0):
         value = low + fraction * (high - low)
-        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-                     'stroke="#ddd" stroke-width="1"/>')
-        parts.append(f'<text x="{LEFT - 4}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11" '
-                     f'fill="#555">{escape(format_value(value, unit))}</text>')
+        parts.append(
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+            'stroke="#ddd" stroke-width="1"/>'
+        )
+        parts.append(
+            f'<text x="{LEFT - 4}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#555">{escape(format_value(value, unit))}</text>'
+        )
     for fraction, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
         stamp = window.start + fraction * (window.end - window.start)
         label = dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%H:%M:%S")
-        parts.append(f'<text x="{x(stamp):.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}" font-size="11" '
-                     f'fill="#555">{label}</text>')
+        parts.append(
+            f'<text x="{x(stamp):.1f}" y="{HEIGHT - 6}" text-anchor="{anchor}" font-size="11" '
+            f'fill="#555">{label}</text>'
+        )
     for index, line in enumerate(lines):
         color = PALETTE[index % len(PALETTE)]
         points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in line.series.points)
@@ -99,10 +106,16 @@ def render(title: str, lines: Sequence[Line], window: TimeRange, unit: str) -> s
         color = PALETTE[index % len(PALETTE)]
         current = line.series.points[-1][1]
         peak = max(v for _, v in line.series.points)
-        swatch = (f'<svg class="swatch" viewBox="0 0 10 10" aria-hidden="true"><rect width="10" height="10" '
-                  f'fill="{color}"/></svg>')
-        rows.append(f"<tr><td>{swatch} {escape(line.name)}</td><td>{escape(format_value(current, unit))}</td>"
-                    f"<td>{escape(format_value(peak, unit))}</td></tr>")
-    legend = ('<table class="legend"><thead><tr><th scope="col">Series</th><th scope="col">Current</th>'
-              f'<th scope="col">Max</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        swatch = (
+            f'<svg class="swatch" viewBox="0 0 10 10" aria-hidden="true"><rect width="10" height="10" '
+            f'fill="{color}"/></svg>'
+        )
+        rows.append(
+            f"<tr><td>{swatch} {escape(line.name)}</td><td>{escape(format_value(current, unit))}</td>"
+            f"<td>{escape(format_value(peak, unit))}</td></tr>"
+        )
+    legend = (
+        '<table class="legend"><thead><tr><th scope="col">Series</th><th scope="col">Current</th>'
+        f'<th scope="col">Max</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
     return "".join(parts) + legend

@@ -87,10 +87,19 @@ def _parse(uid: str, key: str, data: dict[str, Any]) -> Dashboard:
         if raw.get("type") == "row":
             items.append(Row(str(raw.get("title", ""))))
             continue
-        targets = tuple(Target(str(t["expr"]), str(t.get("legendFormat") or ""))
-                        for t in raw.get("targets", []) if t.get("expr"))
-        items.append(Panel(int(raw["id"]), str(raw.get("title", "")), str(raw.get("description") or ""),
-                           _unit(raw), targets, bool(raw.get("stack"))))
+        targets = tuple(
+            Target(str(t["expr"]), str(t.get("legendFormat") or "")) for t in raw.get("targets", []) if t.get("expr")
+        )
+        items.append(
+            Panel(
+                int(raw["id"]),
+                str(raw.get("title", "")),
+                str(raw.get("description") or ""),
+                _unit(raw),
+                targets,
+                bool(raw.get("stack")),
+            )
+        )
     return Dashboard(uid, key, str(data.get("title", uid)), tuple(items), _defaults(data))
 
 

@@ -63,8 +63,11 @@ def variables(params: dict[str, str], defaults: dict[str, str]) -> dict[str, str
         if value in ("", "$__all", "All"):
             continue  # Grafana's "All": the default
         if not _VALUE.fullmatch(value):
-            raise Refusal(400, f"invalid value for template variable {name[:40]}",
-                          hint="values are label values: letters, digits and . _ - : / only")
+            raise Refusal(
+                400,
+                f"invalid value for template variable {name[:40]}",
+                hint="values are label values: letters, digits and . _ - : / only",
+            )
         if name in values:
             # Used as is inside a quoted PromQL matcher: the alphabet above has no quote or backslash.
             values[name] = value

@@ -39,9 +39,18 @@ def grafana_health(configured: bool, may_see_every_job: bool, session_name: str)
         return {"result": False, "msg": "Grafana healthcheck failed", "data": {}}
     if not may_see_every_job:
         return {"result": True, "msg": "Grafana disabled", "data": {"grafanaHost": "DISABLED"}}
-    return {"result": True, "msg": "Grafana running", "data": {
-        "grafanaHost": GRAFANA_HOST, "grafanaOrgId": "1", "sessionName": session_name,
-        "dashboardUids": dashboard_uids(), "dashboardDatasource": DATASOURCE, "grafanaClusterFilter": None}}
+    return {
+        "result": True,
+        "msg": "Grafana running",
+        "data": {
+            "grafanaHost": GRAFANA_HOST,
+            "grafanaOrgId": "1",
+            "sessionName": session_name,
+            "dashboardUids": dashboard_uids(),
+            "dashboardDatasource": DATASOURCE,
+            "grafanaClusterFilter": None,
+        },
+    }
 
 
 class MetricsViews:
@@ -54,8 +63,12 @@ class MetricsViews:
         panel_id = params.get("panelId", "")
         panel = board.panel(int(panel_id)) if panel_id.isdigit() else None
         if panel is None:
-            raise Refusal(404, "no such panel", reason=f"panel {panel_id[:20]!r} not in dashboard {uid}",
-                          hint="panels are those of Ray's own dashboards")
+            raise Refusal(
+                404,
+                "no such panel",
+                reason=f"panel {panel_id[:20]!r} not in dashboard {uid}",
+                hint="panels are those of Ray's own dashboards",
+            )
         window, values = time_range(params), variables(params, board.defaults)
         body = await self._draw(panel, window, values)
         return View(panel.title, body, refresh_s=_refresh(params), audit={"dashboard": uid, "panel": panel.id})
@@ -64,8 +77,13 @@ class MetricsViews:
         board = _dashboard(uid)
         window, values = time_range(params), variables(params, board.defaults)
         panels = [item for item in board.items if isinstance(item, Panel)]
-        drawn = dict(zip((p.id for p in panels),
-                         await asyncio.gather(*(self._draw(p, window, values) for p in panels)), strict=True))
+        drawn = dict(
+            zip(
+                (p.id for p in panels),
+                await asyncio.gather(*(self._draw(p, window, values) for p in panels)),
+                strict=True,
+            )
+        )
         parts = []
         for item in board.items:
             if isinstance(item, Row):
@@ -76,12 +94,16 @@ class MetricsViews:
 
     async def _draw(self, panel: Panel, window: TimeRange, values: dict[str, str]) -> str:
         try:
-            results = await asyncio.gather(*(self.prometheus.query_range(expand(t.expr, values, window), window)
-                                             for t in panel.targets))
+            results = await asyncio.gather(
+                *(self.prometheus.query_range(expand(t.expr, values, window), window) for t in panel.targets)
+            )
         except PrometheusUnavailable as exc:
             return f'<p class="error" role="alert">{escape(str(exc))}</p>'
-        lines = [Line(legend_name(target.legend, series), series)
-                 for target, found in zip(panel.targets, results, strict=True) for series in found]
+        lines = [
+            Line(legend_name(target.legend, series), series)
+            for target, found in zip(panel.targets, results, strict=True)
+            for series in found
+        ]
         described = f'<p class="muted">{escape(panel.description)}</p>' if panel.description else ""
         return described + render(panel.title, lines, window, panel.unit)
 
@@ -89,8 +111,12 @@ class MetricsViews:
 def _dashboard(uid: str) -> Dashboard:
     board = dashboards().get(uid)
     if board is None:
-        raise Refusal(404, "no such dashboard", reason=f"dashboard uid {uid[:64]!r} is not one of Ray's",
-                      hint="the dashboards are Ray's own: " + ", ".join(sorted(dashboards())))
+        raise Refusal(
+            404,
+            "no such dashboard",
+            reason=f"dashboard uid {uid[:64]!r} is not one of Ray's",
+            hint="the dashboards are Ray's own: " + ", ".join(sorted(dashboards())),
+        )
     return board
 
 

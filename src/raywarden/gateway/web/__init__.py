@@ -53,12 +53,18 @@ class WebServices:
     metrics: MetricsViews | None = None
 
     @classmethod
-    def for_gateway(cls, state: StateDir, config: ClusterConfig, store: IdentityStore,
-                    prometheus_url: str | None = None) -> WebServices:
-        metrics = (MetricsViews(Prometheus(prometheus_url), lambda: ray_session_name(state))
-                   if prometheus_url else None)
-        return cls(state, config, store, SessionStore(state.identity_db, store),
-                   OidcFederation(oidc_config_path(state)), metrics)
+    def for_gateway(
+        cls, state: StateDir, config: ClusterConfig, store: IdentityStore, prometheus_url: str | None = None
+    ) -> WebServices:
+        metrics = MetricsViews(Prometheus(prometheus_url), lambda: ray_session_name(state)) if prometheus_url else None
+        return cls(
+            state,
+            config,
+            store,
+            SessionStore(state.identity_db, store),
+            OidcFederation(oidc_config_path(state)),
+            metrics,
+        )
 
 
 def ray_session_name(state: StateDir) -> str:
@@ -105,8 +111,19 @@ class Console:
 
     # -- anonymous routes ------------------------------------------------------------------------
 
-    async def anonymous(self, action: str, method: str, path: str, query: str, body: bytes | None,
-                        cookie: str | None, source: str, *, host: str = "", binding: str | None = None) -> PageResult:
+    async def anonymous(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes | None,
+        cookie: str | None,
+        source: str,
+        *,
+        host: str = "",
+        binding: str | None = None,
+    ) -> PageResult:
         if action == "console.home":
             target = "/dashboard/" if path == "/dashboard" else "/ui/"
             return PageResult(RedirectResponse(target, status_code=308), 308)
@@ -117,8 +134,9 @@ class Console:
         if action == "console.asset" and path == "/favicon.ico":
             return PageResult(Response(status_code=204, headers={"cache-control": "max-age=86400"}), 204)
         if action == "console.asset":
-            return PageResult(Response(CONSOLE_CSS, media_type="text/css",
-                                       headers={"cache-control": "max-age=3600"}), 200)
+            return PageResult(
+                Response(CONSOLE_CSS, media_type="text/css", headers={"cache-control": "max-age=3600"}), 200
+            )
         if action == "console.signin":
             if method == "GET":
                 return PageResult(_html(pages.signin_page(_params(query).get("code"), self._issuers())), 200)
@@ -160,13 +178,15 @@ class Console:
             return self._oidc_refused(502, exc.reason, "The sign-on provider cannot be reached.")
         # The Host header passed the allowlist (gateway/browser.py), so the redirect URI is one of ours.
         flow = self.sessions.begin_oidc(issuer.issuer, f"https://{host}/ui/oidc/callback")
-        response = RedirectResponse(oidc_flow.authorization_url(issuer, endpoints, flow), status_code=303,
-                                    headers=NO_STORE)
+        response = RedirectResponse(
+            oidc_flow.authorization_url(issuer, endpoints, flow), status_code=303, headers=NO_STORE
+        )
         response.headers.append("set-cookie", oidc_flow.binding_cookie(flow.binding))
         return PageResult(response, 303, {"event": "oidc.start", "oidc_issuer": issuer.issuer})
 
-    async def _oidc_callback(self, params: dict[str, str], binding: str | None, cookie: str | None,
-                             source: str) -> PageResult:
+    async def _oidc_callback(
+        self, params: dict[str, str], binding: str | None, cookie: str | None, source: str
+    ) -> PageResult:
         failed = "Single sign-on did not complete. Try again."
         if params.get("error"):
             return self._oidc_refused(401, f"issuer returned error {params['error'][:60]!r}", failed)
@@ -184,17 +204,28 @@ class Console:
         spiffe = f"spiffe://{self.web.config.trust_domain}/user/{found.name}"
         principal = self.web.store.get(spiffe)
         if principal is None and not found.allow_unregistered:
-            return self._oidc_refused(403, f"{spiffe} is not registered and {issuer.issuer} admits registered users "
-                                      "only", failed)
+            return self._oidc_refused(
+                403, f"{spiffe} is not registered and {issuer.issuer} admits registered users only", failed
+            )
         if principal is not None and principal.disabled:
             return self._oidc_refused(403, f"principal {spiffe} is disabled", failed)
         config, now = self.web.config, time.time()
-        new = self.sessions.create(spiffe, "oidc", found.credential_id, source=source,
-                                   idle_s=config.session_idle_minutes * 60, max_s=config.session_max_hours * 3600,
-                                   extra_groups=found.groups, now=now)
-        result = self._session_started(new, cookie, now, {"session_principal": spiffe, "via": "oidc",
-                                                          "oidc_issuer": issuer.issuer,
-                                                          "oidc_ref": found.credential_id})
+        new = self.sessions.create(
+            spiffe,
+            "oidc",
+            found.credential_id,
+            source=source,
+            idle_s=config.session_idle_minutes * 60,
+            max_s=config.session_max_hours * 3600,
+            extra_groups=found.groups,
+            now=now,
+        )
+        result = self._session_started(
+            new,
+            cookie,
+            now,
+            {"session_principal": spiffe, "via": "oidc", "oidc_issuer": issuer.issuer, "oidc_ref": found.credential_id},
+        )
         result.response.headers.append("set-cookie", oidc_flow.clear_binding_cookie())
         return result
 
@@ -212,14 +243,20 @@ class Console:
             return self._signin_refused(401, exc.reason, source, now)
         config = self.web.config
         try:
-            new = self.sessions.create(spiffe_id, via_method, via_id, source=source,
-                                       idle_s=config.session_idle_minutes * 60,
-                                       max_s=config.session_max_hours * 3600, now=now)
+            new = self.sessions.create(
+                spiffe_id,
+                via_method,
+                via_id,
+                source=source,
+                idle_s=config.session_idle_minutes * 60,
+                max_s=config.session_max_hours * 3600,
+                now=now,
+            )
         except SessionRefused as exc:
-            return self._signin_refused(403, f"sign-in code {code_id}: {exc.reason}", source, now,
-                                        code_id=code_id)
-        return self._session_started(new, cookie, now, {"code_id": code_id, "session_principal": spiffe_id,
-                                                        "via": via_method})
+            return self._signin_refused(403, f"sign-in code {code_id}: {exc.reason}", source, now, code_id=code_id)
+        return self._session_started(
+            new, cookie, now, {"code_id": code_id, "session_principal": spiffe_id, "via": via_method}
+        )
 
     def _session_started(self, new: NewSession, cookie: str | None, now: float, fields: dict[str, Any]) -> PageResult:
         """Every sign-in ends here: the browser's previous session ends (session ids are rotated at sign-in),
@@ -230,19 +267,25 @@ class Console:
             if ended:
                 fields["replaced_session_ref"] = ended
         response = RedirectResponse("/ui/", status_code=303, headers=NO_STORE)
-        response.headers.append("set-cookie", set_session_cookie(new.session_id.reveal(),
-                                                                 int(new.info.expires_at - now)))
+        response.headers.append(
+            "set-cookie", set_session_cookie(new.session_id.reveal(), int(new.info.expires_at - now))
+        )
         return PageResult(response, 303, fields)
 
-    def _signin_refused(self, status: int, reason: str, source: str, now: float, *, count: bool = True,
-                        **fields: Any) -> PageResult:
+    def _signin_refused(
+        self, status: int, reason: str, source: str, now: float, *, count: bool = True, **fields: Any
+    ) -> PageResult:
         if count:
             self.web.store.record_failure(f"signin-source:{source}", now)
-        text = ("Too many failed sign-ins from this address; wait a few minutes." if status == 429 else
-                "This sign-in link is invalid, expired or already used. Run `raywarden ui` for a new one.")
+        text = (
+            "Too many failed sign-ins from this address; wait a few minutes."
+            if status == 429
+            else "This sign-in link is invalid, expired or already used. Run `raywarden ui` for a new one."
+        )
         body = pages.signin_page(None, self._issuers(), text)
-        return PageResult(_html(body, status), status, {"event": "session.refused", "reason": reason, **fields},
-                          deny=True)
+        return PageResult(
+            _html(body, status), status, {"event": "session.refused", "reason": reason, **fields}, deny=True
+        )
 
     def _signout(self, body: bytes | None, cookie: str | None) -> PageResult:
         response = RedirectResponse("/ui/signin", status_code=303, headers=NO_STORE)
@@ -250,10 +293,12 @@ class Console:
         if not cookie:
             return PageResult(response, 303, {"event": "session.end", "reason": "no session cookie"})
         if not csrf_matches(cookie, _form(body).get("csrf", "")):
-            page = pages.message_page("Sign-out refused", "The sign-out form was not this session's own.",
-                                      link=("/ui/", "Back"))
-            return PageResult(_html(page, 403), 403, {"reason": "sign-out without this session's CSRF token"},
-                              deny=True)
+            page = pages.message_page(
+                "Sign-out refused", "The sign-out form was not this session's own.", link=("/ui/", "Back")
+            )
+            return PageResult(
+                _html(page, 403), 403, {"reason": "sign-out without this session's CSRF token"}, deny=True
+            )
         ended = self.sessions.end(cookie, "signed out")
         return PageResult(response, 303, {"event": "session.end", "session_ref": ended})
 
@@ -263,8 +308,16 @@ class Console:
         if self.web.metrics is not None:
             await self.web.metrics.prometheus.close()
 
-    async def page(self, action: str, path: str, query: str, identity: Identity, cookie: str | None,
-                   viewer: Viewer, params: dict[str, str] | None = None) -> PageResult:
+    async def page(
+        self,
+        action: str,
+        path: str,
+        query: str,
+        identity: Identity,
+        cookie: str | None,
+        viewer: Viewer,
+        params: dict[str, str] | None = None,
+    ) -> PageResult:
         if path == "/dashboard/api/grafana_health" or path.startswith("/ui/metrics/"):
             return await self._metrics(path, query, viewer, params or {})
         admin = viewer.decide("console.admin", Entity("Cluster", CLUSTER_ID)).allowed
@@ -291,14 +344,19 @@ class Console:
             body = grafana_health(metrics is not None, every_job, session)
             return PageResult(JSONResponse(body, headers=NO_STORE), 200, {"metrics": body["msg"]})
         if metrics is None:
-            raise Refusal(404, "metrics are not available on this cluster",
-                          reason="no Prometheus configured for this gateway",
-                          hint="install Prometheus (apt-get install prometheus) and restart: `raywarden down; "
-                               "raywarden up`")
+            raise Refusal(
+                404,
+                "metrics are not available on this cluster",
+                reason="no Prometheus configured for this gateway",
+                hint="install Prometheus (apt-get install prometheus) and restart: `raywarden down; raywarden up`",
+            )
         if not every_job:
-            raise Refusal(403, "metrics cover every job, and you may not view all of them",
-                          reason="metrics panels need the caller to view every job",
-                          hint="ask an administrator; your own jobs' tasks are on their pages in the dashboard")
+            raise Refusal(
+                403,
+                "metrics cover every job, and you may not view all of them",
+                reason="metrics panels need the caller to view every job",
+                hint="ask an administrator; your own jobs' tasks are on their pages in the dashboard",
+            )
         # Grafana's "refresh" comes without a value: keep blank parameters.
         request = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True, max_num_fields=40).items()}
         uid = params.get("dashboard_uid", "")
@@ -315,10 +373,13 @@ class Console:
 
     def _whoami(self, identity: Identity) -> str:
         e = pages.e
-        items = [("Identity", f"<code>{e(identity.spiffe_id)}</code>"), ("Name", e(identity.name)),
-                 ("Kind", "user" if identity.kind == "user" else "service account"),
-                 ("Groups", e(", ".join(identity.groups) or "none")),
-                 ("Signed in with", e(identity.auth_method))]
+        items = [
+            ("Identity", f"<code>{e(identity.spiffe_id)}</code>"),
+            ("Name", e(identity.name)),
+            ("Kind", "user" if identity.kind == "user" else "service account"),
+            ("Groups", e(", ".join(identity.groups) or "none")),
+            ("Signed in with", e(identity.auth_method)),
+        ]
         if identity.auth_method == "session":
             info = self._session_info(identity)
             if info is not None:
@@ -340,8 +401,11 @@ class Console:
         if resp.status != 200:
             return '<p class="error" role="alert">Ray did not answer the job list.</p>', {"upstream": resp.status}
         data, shown = filter_job_list(viewer, resp.body)
-        mine = [j for j in json.loads(data) if job_attrs(str(j.get("submission_id") or ""), j).get("owner")
-                == identity.spiffe_id]
+        mine = [
+            j
+            for j in json.loads(data)
+            if job_attrs(str(j.get("submission_id") or ""), j).get("owner") == identity.spiffe_id
+        ]
         mine.sort(key=lambda j: j.get("start_time") or 0, reverse=True)
         e = pages.e
         rows = []
@@ -349,21 +413,38 @@ class Console:
             sid = str(job.get("submission_id") or job.get("job_id") or "")
             link = f'<a href="/dashboard/#/jobs/{e(sid)}">{e(sid)}</a>'
             started = job.get("start_time")
-            rows.append([link, e(job.get("status")), f"<code>{e(job.get('entrypoint'))}</code>",
-                         e(pages.when(started / 1000 if isinstance(started, int | float) else None))])
-        body = pages.table("Jobs you submitted", ["Submission", "Status", "Entrypoint", "Started"], rows,
-                           empty="You have no jobs on this cluster.")
+            rows.append(
+                [
+                    link,
+                    e(job.get("status")),
+                    f"<code>{e(job.get('entrypoint'))}</code>",
+                    e(pages.when(started / 1000 if isinstance(started, int | float) else None)),
+                ]
+            )
+        body = pages.table(
+            "Jobs you submitted",
+            ["Submission", "Status", "Entrypoint", "Started"],
+            rows,
+            empty="You have no jobs on this cluster.",
+        )
         return body, {**shown, "mine": len(mine)}
 
     def _principals(self) -> str:
         e = pages.e
         rows = []
         for p in self.web.store.list_principals():
-            rows.append([e(p.name), "user" if p.kind == "user" else "service account", e(", ".join(p.groups)),
-                         '<span class="error">disabled</span>' if p.disabled else '<span class="ok">active</span>',
-                         e(self.sessions.live_count(p.spiffe_id))])
-        return pages.table("Principals", ["Name", "Kind", "Groups", "Status", "Open sessions"], rows,
-                           empty="No principals.")
+            rows.append(
+                [
+                    e(p.name),
+                    "user" if p.kind == "user" else "service account",
+                    e(", ".join(p.groups)),
+                    '<span class="error">disabled</span>' if p.disabled else '<span class="ok">active</span>',
+                    e(self.sessions.live_count(p.spiffe_id)),
+                ]
+            )
+        return pages.table(
+            "Principals", ["Name", "Kind", "Groups", "Status", "Open sessions"], rows, empty="No principals."
+        )
 
     def _audit(self, params: dict[str, str]) -> tuple[str, int]:
         e = pages.e
@@ -381,28 +462,55 @@ class Console:
         decision = params.get("decision") or None
         if decision not in (None, "allow", "deny", "error"):
             decision, error = None, "decision must be allow, deny or error"
-        flt = RecordFilter(principal=params.get("principal") or None, action=params.get("action") or None,
-                           decision=decision, since=since, until=until)
+        flt = RecordFilter(
+            principal=params.get("principal") or None,
+            action=params.get("action") or None,
+            decision=decision,
+            since=since,
+            until=until,
+        )
         entries = [] if error else last_records(self.web.state.audit_dir, flt, limit)
-        fields = [("principal", "Principal (SPIFFE ID)", "text"), ("action", "Action (glob, e.g. jobs.*)", "text"),
-                  ("since", "Since (e.g. 1h or RFC 3339)", "text"), ("until", "Until", "text"),
-                  ("limit", "Rows", "number")]
-        inputs = "".join(f'<label for="f-{n}">{e(label)}<input id="f-{n}" name="{n}" type="{t}" '
-                         f'value="{e(params.get(n, ""))}"></label>' for n, label, t in fields)
-        options = "".join(f'<option value="{v}"{" selected" if v == (decision or "") else ""}>{e(v or "any")}</option>'
-                          for v in ("", "allow", "deny", "error"))
-        form = (f'<form class="filters" method="get" action="/ui/admin/audit" role="search">{inputs}'
-                f'<label for="f-decision">Decision<select id="f-decision" name="decision">{options}</select></label>'
-                '<button type="submit">Filter</button></form>')
+        fields = [
+            ("principal", "Principal (SPIFFE ID)", "text"),
+            ("action", "Action (glob, e.g. jobs.*)", "text"),
+            ("since", "Since (e.g. 1h or RFC 3339)", "text"),
+            ("until", "Until", "text"),
+            ("limit", "Rows", "number"),
+        ]
+        inputs = "".join(
+            f'<label for="f-{n}">{e(label)}<input id="f-{n}" name="{n}" type="{t}" '
+            f'value="{e(params.get(n, ""))}"></label>'
+            for n, label, t in fields
+        )
+        options = "".join(
+            f'<option value="{v}"{" selected" if v == (decision or "") else ""}>{e(v or "any")}</option>'
+            for v in ("", "allow", "deny", "error")
+        )
+        form = (
+            f'<form class="filters" method="get" action="/ui/admin/audit" role="search">{inputs}'
+            f'<label for="f-decision">Decision<select id="f-decision" name="decision">{options}</select></label>'
+            '<button type="submit">Filter</button></form>'
+        )
         if error:
             return form + f'<p class="error" role="alert">{e(error)}</p>', 400
         rows = []
         for _, record in reversed(entries):
-            rows.append([e(record.get("time")), e(record.get("kind")),
-                         e(record.get("principal") or record.get("actor")), e(record.get("auth_method")),
-                         e(record.get("action") or record.get("event")), e(record.get("decision")),
-                         e(record.get("status")), f"<code>{e(record.get('method'))} {e(record.get('path'))}</code>"
-                         if record.get("path") else "", e(record.get("reason"))])
-        return form + pages.table(f"Newest {len(rows)} matching records", [
-            "Time", "Kind", "Principal", "Auth", "Action or event", "Decision", "Status", "Request", "Reason"],
-            rows, empty="No matching records."), 200
+            rows.append(
+                [
+                    e(record.get("time")),
+                    e(record.get("kind")),
+                    e(record.get("principal") or record.get("actor")),
+                    e(record.get("auth_method")),
+                    e(record.get("action") or record.get("event")),
+                    e(record.get("decision")),
+                    e(record.get("status")),
+                    f"<code>{e(record.get('method'))} {e(record.get('path'))}</code>" if record.get("path") else "",
+                    e(record.get("reason")),
+                ]
+            )
+        return form + pages.table(
+            f"Newest {len(rows)} matching records",
+            ["Time", "Kind", "Principal", "Auth", "Action or event", "Decision", "Status", "Request", "Reason"],
+            rows,
+            empty="No matching records.",
+        ), 200

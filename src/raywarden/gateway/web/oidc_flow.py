@@ -62,8 +62,9 @@ def discover(issuer: OidcIssuer) -> Endpoints:
         raise OidcFlowError(f"discovery of {issuer.issuer} failed: {type(exc).__name__}") from None
     if not isinstance(doc, dict) or doc.get("issuer") != issuer.issuer:
         raise OidcFlowError("discovery document names another issuer")
-    return Endpoints(_https_or_loopback(doc.get("authorization_endpoint")),
-                     _https_or_loopback(doc.get("token_endpoint")))
+    return Endpoints(
+        _https_or_loopback(doc.get("authorization_endpoint")), _https_or_loopback(doc.get("token_endpoint"))
+    )
 
 
 def challenge(verifier: str) -> str:
@@ -71,10 +72,16 @@ def challenge(verifier: str) -> str:
 
 
 def authorization_url(issuer: OidcIssuer, endpoints: Endpoints, flow: OidcFlow) -> str:
-    query = {"response_type": "code", "client_id": issuer.audience, "redirect_uri": flow.redirect_uri,
-             "scope": "openid profile email" + (" groups" if issuer.groups_claim == "groups" else ""),
-             "state": flow.state, "nonce": flow.nonce, "code_challenge": challenge(flow.verifier),
-             "code_challenge_method": "S256"}
+    query = {
+        "response_type": "code",
+        "client_id": issuer.audience,
+        "redirect_uri": flow.redirect_uri,
+        "scope": "openid profile email" + (" groups" if issuer.groups_claim == "groups" else ""),
+        "state": flow.state,
+        "nonce": flow.nonce,
+        "code_challenge": challenge(flow.verifier),
+        "code_challenge_method": "S256",
+    }
     separator = "&" if urlsplit(endpoints.authorization).query else "?"
     return endpoints.authorization + separator + urlencode(query)
 
@@ -82,9 +89,18 @@ def authorization_url(issuer: OidcIssuer, endpoints: Endpoints, flow: OidcFlow) 
 def _exchange(issuer: OidcIssuer, flow: OidcFlow, code: str) -> str:
     endpoints = discover(issuer)
     try:
-        resp = requests.post(endpoints.token, data={
-            "grant_type": "authorization_code", "code": code, "redirect_uri": flow.redirect_uri,
-            "client_id": issuer.audience, "code_verifier": flow.verifier}, timeout=TIMEOUT_S, allow_redirects=False)
+        resp = requests.post(
+            endpoints.token,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": flow.redirect_uri,
+                "client_id": issuer.audience,
+                "code_verifier": flow.verifier,
+            },
+            timeout=TIMEOUT_S,
+            allow_redirects=False,
+        )
         answer = resp.json()
     except (requests.RequestException, ValueError) as exc:
         raise OidcFlowError(f"token endpoint of {issuer.issuer} failed: {type(exc).__name__}") from None

@@ -38,10 +38,12 @@ def navigation(name: str, csrf: str | None, *, admin: bool) -> str:
     items = "".join(f'<li><a href="{href}">{e(text)}</a></li>' for href, text in links)
     signout = ""
     if csrf is not None:
-        signout = ('<form method="post" action="/ui/signout">'
-                   f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-                   f'<span class="muted">{e(name)}</span> <button type="submit">Sign out</button></form>')
-    return (f'<nav aria-label="Main"><span class="brand">raywarden</span><ul>{items}</ul>{signout}</nav>')
+        signout = (
+            '<form method="post" action="/ui/signout">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<span class="muted">{e(name)}</span> <button type="submit">Sign out</button></form>'
+        )
+    return f'<nav aria-label="Main"><span class="brand">raywarden</span><ul>{items}</ul>{signout}</nav>'
 
 
 def table(caption: str, headers: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str) -> str:
@@ -67,13 +69,17 @@ def signin_page(code: str | None, issuers: Sequence[tuple[int, str]], message: s
             '<form method="post" action="/ui/signin">'
             f'<input type="hidden" name="code" value="{e(code)}">'
             "<p>This one-time link signs this browser in. It works once and for a few minutes only.</p>"
-            '<button class="primary" type="submit">Sign in</button></form>')
+            '<button class="primary" type="submit">Sign in</button></form>'
+        )
     else:
-        parts.append("<p>Run <code>raywarden ui</code> on a machine where your raywarden profile lives: it prints a "
-                     "one-time sign-in link for your identity. Open it in this browser.</p>")
+        parts.append(
+            "<p>Run <code>raywarden ui</code> on a machine where your raywarden profile lives: it prints a "
+            "one-time sign-in link for your identity. Open it in this browser.</p>"
+        )
     if issuers:
-        links = "".join(f'<li><a href="/ui/oidc/start?issuer={index}">Sign in with {e(name)}</a></li>'
-                        for index, name in issuers)
+        links = "".join(
+            f'<li><a href="/ui/oidc/start?issuer={index}">Sign in with {e(name)}</a></li>' for index, name in issuers
+        )
         parts.append(f"<h2>Single sign-on</h2><ul>{links}</ul>")
     return page("Sign in", "".join(parts))
 
