@@ -19,7 +19,7 @@ from raywarden.client.renew import ensure_fresh
 from raywarden.errors import ClusterError, GatewayRequestError, UsageError
 
 
-class GatewayJobClient(JobSubmissionClient):  # type: ignore[misc]
+class GatewayJobClient(JobSubmissionClient):
     def __init__(self, profile: Profile) -> None:
         self._client_cert = (str(profile.cert_path), str(profile.key_path))
         try:

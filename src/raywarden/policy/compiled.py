@@ -257,7 +257,7 @@ def equal(a: Any, b: Any) -> bool:
     if cls is CedarSet:
         if a.kind is not None and b.kind is not None and a.kind is not b.kind:
             return False
-        return frozenset.__eq__(a, b)  # type: ignore[no-any-return]
+        return frozenset.__eq__(a, b)
     if cls is dict:
         return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
     return a == b  # type: ignore[no-any-return]
@@ -290,7 +290,7 @@ def _set(v: Any) -> CedarSet:
 def _entity(v: Any) -> Uid:
     if type(v) is not tuple:
         raise Undecided("not an entity")
-    return v  # type: ignore[no-any-return]
+    return v
 
 
 def contains(s: CedarSet, item: Any) -> bool:
