@@ -104,9 +104,14 @@ def _upgrade(db: sqlite3.Connection, path: Path, migrations: Sequence[Migration]
         try:
             done = _migrate_locked(db, path, migrations, target)
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # the lock, the copy and the migrations raise SchemaError
+                raise SchemaError(
+                    f"upgrading {path} failed: {exc}; the database is unchanged",
+                    hint="check free space and permissions in the state dir, then retry",
+                ) from exc
             raise
     finally:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
