@@ -21,40 +21,6 @@ from raywarden.errors import ConfigError, RaywardenError
 from raywarden.identity.db import Database
 from raywarden.secret import Secret
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS node_join_tokens (
-    token_id     TEXT PRIMARY KEY,
-    secret_hash  TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    created_by   TEXT NOT NULL,
-    expires_at   TEXT NOT NULL,
-    used_at      TEXT,
-    used_by      TEXT,
-    failures     INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS nodes (
-    name         TEXT PRIMARY KEY,
-    spiffe_id    TEXT NOT NULL,
-    address      TEXT NOT NULL,
-    serial       TEXT NOT NULL,
-    not_after    TEXT NOT NULL,
-    ports        TEXT NOT NULL,
-    secret_hash  TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('active', 'left', 'revoked')),
-    joined_at    TEXT NOT NULL,
-    token_id     TEXT NOT NULL,
-    changed_at   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS node_revocations (
-    name         TEXT NOT NULL,
-    address      TEXT NOT NULL,
-    serial       TEXT NOT NULL,
-    revoked_at   TEXT NOT NULL,
-    revoked_by   TEXT NOT NULL,
-    reason       TEXT NOT NULL
-);
-"""
-
 TOKEN_PREFIX = "rwj"  # noqa: S105 - a label, not a secret
 # A token whose secret was guessed wrong this many times is burnt, even before it expires.
 MAX_TOKEN_FAILURES = 5
@@ -131,8 +97,7 @@ class NodeRegistry:
         if not path.is_file():
             raise ConfigError(f"identity store {path} is missing", hint="run `raywarden init`")
         registry = cls(path)
-        with registry._connect() as db:
-            db.executescript(SCHEMA)
+        registry._db.check()
         return registry
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:

@@ -21,43 +21,6 @@ from raywarden.identity.db import Database
 from raywarden.identity.store import IdentityStore, Principal, lookup_credential
 from raywarden.secret import Secret
 
-SESSION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session_hash TEXT PRIMARY KEY,
-    spiffe_id    TEXT NOT NULL,
-    via_method   TEXT NOT NULL,
-    via_id       TEXT NOT NULL,
-    extra_groups TEXT NOT NULL DEFAULT '[]',
-    source       TEXT NOT NULL,
-    created_at   REAL NOT NULL,
-    last_seen    REAL NOT NULL,
-    expires_at   REAL NOT NULL,
-    idle_s       REAL NOT NULL,
-    ended_at     REAL,
-    end_reason   TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_by_principal ON sessions(spiffe_id);
-CREATE TABLE IF NOT EXISTS signin_links (
-    code_id    TEXT PRIMARY KEY,
-    code_hash  TEXT NOT NULL,
-    spiffe_id  TEXT NOT NULL,
-    via_method TEXT NOT NULL,
-    via_id     TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    used_at    REAL
-);
-CREATE TABLE IF NOT EXISTS oidc_flows (
-    state_hash   TEXT PRIMARY KEY,
-    binding_hash TEXT NOT NULL,
-    issuer       TEXT NOT NULL,
-    nonce        TEXT NOT NULL,
-    verifier     TEXT NOT NULL,
-    redirect_uri TEXT NOT NULL,
-    expires_at   REAL NOT NULL,
-    used_at      REAL
-);
-"""
 # last_seen is written at most this often: the dashboard polls every 4 s, the idle timeout is in minutes.
 TOUCH_EVERY_S = 15.0
 
@@ -124,8 +87,7 @@ class SessionStore:
     def __init__(self, path: Path, store: IdentityStore) -> None:
         self._db = Database(path)
         self.store = store
-        with self._db.connect() as db:
-            db.executescript(SESSION_SCHEMA)
+        self._db.check()
 
     # -- sign-in links ------------------------------------------------------------------------------
 

@@ -13,63 +13,6 @@ from raywarden.errors import ConfigError, RaywardenError
 from raywarden.identity.db import Database
 from raywarden.pki.spiffe import SpiffeId
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS principals (
-    spiffe_id   TEXT PRIMARY KEY,
-    kind        TEXT NOT NULL CHECK (kind IN ('user', 'sa')),
-    name        TEXT NOT NULL,
-    disabled    INTEGER NOT NULL DEFAULT 0,
-    created_at  TEXT NOT NULL,
-    created_by  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS memberships (
-    spiffe_id   TEXT NOT NULL REFERENCES principals(spiffe_id) ON DELETE CASCADE,
-    group_name  TEXT NOT NULL,
-    PRIMARY KEY (spiffe_id, group_name)
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial      TEXT PRIMARY KEY,
-    spiffe_id   TEXT NOT NULL,
-    not_after   TEXT NOT NULL,
-    issued_at   TEXT NOT NULL,
-    revoked_at  TEXT,
-    reason      TEXT
-);
-CREATE INDEX IF NOT EXISTS certificates_by_principal ON certificates(spiffe_id);
-"""
-
-# Enrollment codes, bearer token ids and failed-attempt counters (identities issue). Separate from SCHEMA so
-# that a store created before them gains the tables when it is next opened.
-IDENTITY_SCHEMA = """
-CREATE TABLE IF NOT EXISTS enrollments (
-    code_id     TEXT PRIMARY KEY,
-    code_hash   TEXT NOT NULL,
-    spiffe_id   TEXT NOT NULL REFERENCES principals(spiffe_id) ON DELETE CASCADE,
-    created_at  TEXT NOT NULL,
-    created_by  TEXT NOT NULL,
-    expires_at  REAL NOT NULL,
-    used_at     TEXT,
-    revoked_at  TEXT,
-    failures    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS enrollments_by_principal ON enrollments(spiffe_id);
-CREATE TABLE IF NOT EXISTS tokens (
-    jti         TEXT PRIMARY KEY,
-    spiffe_id   TEXT NOT NULL,
-    issued_at   TEXT NOT NULL,
-    expires_at  REAL NOT NULL,
-    issued_by   TEXT NOT NULL,
-    revoked_at  TEXT,
-    reason      TEXT
-);
-CREATE INDEX IF NOT EXISTS tokens_by_principal ON tokens(spiffe_id);
-CREATE TABLE IF NOT EXISTS failed_attempts (
-    scope       TEXT NOT NULL,
-    at          REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS failed_attempts_by_scope ON failed_attempts(scope, at);
-"""
-
 
 class IdentityError(RaywardenError):
     """An identity operation was refused (unknown, duplicate or disabled principal)."""
@@ -95,29 +38,22 @@ class IdentityStore:
 
     @classmethod
     def create(cls, path: Path) -> IdentityStore:
+        """A new store at the current schema version (an existing one is opened, and upgraded if behind)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         store = cls(path)
-        with store._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            db.executescript(IDENTITY_SCHEMA)
+        store._db.check()
         return store
 
     @classmethod
     def open(cls, path: Path) -> IdentityStore:
+        """The store at ``path``, upgraded first if its schema is behind (schema.py); a newer one is refused."""
         if not path.is_file():
             raise ConfigError(f"identity store {path} is missing", hint="run `raywarden init`")
         store = cls(path)
-        store._migrate()
+        store._db.check()
         return store
-
-    def _migrate(self) -> None:
-        with self._connect() as db:
-            present = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not {"enrollments", "tokens", "failed_attempts"} <= present:
-                db.executescript(IDENTITY_SCHEMA)
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._db.connect()
