@@ -233,15 +233,19 @@ when {
   resource.runtime_env.plugins.isEmpty() &&
   !resource.runtime_env.container &&
   resource.runtime_env.pip_direct_refs.isEmpty() &&
-  ["--no-cache", "--no-cache-dir", "--disable-pip-version-check"].containsAll(resource.runtime_env.pip_options) &&
+  ["--no-cache", "--no-cache-dir", "--disable-pip-version-check", "--hash"]
+    .containsAll(resource.runtime_env.pip_options) &&
   resource.runtime_env.spec_files.isEmpty() &&
-  resource.runtime_env.conda_channels.isEmpty() &&
+  ["defaults"].containsAll(resource.runtime_env.conda_channels) &&
   resource.runtime_env.conda_options.isEmpty() &&
   ["gcs"].containsAll(resource.runtime_env.uri_schemes) &&
+  !(resource.runtime_env has conda_envs) &&
+  !(resource.runtime_env has log_files) &&
+  !(resource.runtime_env has unsupported) &&
   !resource.runtime_env.env_var_prefixes.containsAny(
-    ["PIP", "UV", "CONDA", "MAMBA", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-     "LD", "GIT", "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL", "SSL", "HOME", "XDG", "NETRC",
-     "VIRTUAL", "PATH", "RAY"]
+    ["PIP", "UV", "CONDA", "CONDARC", "MAMBA", "PYTHON", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+     "PYTHONUSERBASE", "PYTHONPLATLIBDIR", "LD", "DYLD", "GIT", "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL",
+     "SSL", "HOME", "XDG", "NETRC", "VIRTUAL", "PATH", "RAY"]
   ) &&
   resource.entrypoint_milli_cpus <= Raywarden::Cluster::"ray".developer_limits.milli_cpus &&
   (if resource has entrypoint_milli_gpus then resource.entrypoint_milli_gpus else 0)
