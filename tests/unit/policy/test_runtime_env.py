@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 from pip._internal.req import req_file
@@ -54,6 +55,24 @@ def test_archive_names_and_paths_are_direct_references(entry: str, fact: str) ->
     for env in ({"pip": [entry]}, {"uv": [entry]}, {"conda": {"dependencies": [{"pip": [entry]}]}}):
         assert fact in facts(env), env
     assert fact in facts({"pip": {"packages": ["x"], "pip_install_options": [entry]}})
+
+
+@pytest.mark.parametrize("name", ["evil-1.0-py3-none-any.whl", "evil.tar.gz", "evil.zip", "EVIL-1.0.TGZ"])
+def test_pip_itself_installs_an_archive_name_from_a_file(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Section 6 of the review, confirmed with pip's own reading of a requirement line: an archive name is a
+    file in pip's working directory (which an earlier job can write), not a project on the index."""
+    import warnings
+
+    from pip._internal.req.constructors import install_req_from_line
+
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        link = install_req_from_line(name).link
+    assert link is not None and link.url.startswith("file://"), link
+    assert f"pip_direct_ref:{name}" in facts({"pip": [name]})
 
 
 def test_a_plain_name_that_only_contains_an_archive_suffix_is_still_a_name() -> None:
