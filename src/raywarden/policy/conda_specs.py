@@ -41,13 +41,15 @@ class CondaEnv:
                 if type(value) is not str:
                     self.packages.unsupported.add("conda.name")
             elif key == "channels":
-                if isinstance(value, list) and all(type(c) is str for c in value):
+                if isinstance(value, list) and len(value) <= MAX_SPEC and all(type(c) is str for c in value):
                     self.channels.update(shown(c) for c in value)
                 else:
                     self.packages.unsupported.add("conda.channels")
             elif key == "dependencies":
                 if isinstance(value, list):
                     for dep in value:
+                        if self.packages.budget < 0:
+                            return
                         self._add_dependency(dep)
                 else:
                     self.packages.unsupported.add("conda.dependencies")
@@ -71,6 +73,8 @@ class CondaEnv:
 
     def add_spec(self, spec: str) -> None:
         """One match spec: ``(channel(/subdir)::)name(version(build))([key=value,...])``."""
+        if not self.packages.spend(1):
+            return
         if spec.endswith("@"):  # a "feature@" spec selects packages by feature, from anywhere
             self.options.add("match_spec.track_features")
             return

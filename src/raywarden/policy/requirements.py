@@ -11,13 +11,18 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-# Longer lines are direct references without parsing: no requirement needs one.
-MAX_LINE = 4096
+# Longer lines are direct references without reading them further (a hashed requirement of a package with
+# many wheels runs to a few KiB once its continuations are joined).
+MAX_LINE = 64 * 1024
 # PEP 508 parsing (packaging) costs up to milliseconds on long or deeply nested input: a requirement longer than
-# this, or with more parentheses or commas than a real one has, is a direct reference without parsing; and one
-# runtime_env gets at most MAX_REQUIREMENTS parses, after which its package lists are "unsupported".
+# this, or with more parentheses or commas than a real one has, is a direct reference without parsing.
 MAX_REQUIREMENT = 256
-MAX_REQUIREMENTS = 1000
+# The work one runtime_env may cost, whatever the size of the body: a requirement counts REQUIREMENT_COST, any
+# other line, word or conda spec one. Past it nothing more is read, and "unsupported:runtime_env.size" refuses it
+# (about 1000 requirements, or 20000 words of options and hashes).
+WORK_BUDGET = 20_000
+REQUIREMENT_COST = 20
+TOO_LARGE = "runtime_env.size"
 # Values in facts are cut to this length; a cut value ends with a mark, so it never equals an uncut one.
 MAX_SHOWN = 200
 # pip's archive extensions (pip._internal.utils.filetypes) and uv's: a requirement named like an archive
@@ -45,7 +50,7 @@ ARCHIVE_SUFFIXES = (
 _USERINFO = re.compile(r"(?<=://)[A-Za-z0-9\-._~%!$&'()*+,;=:]*@")
 _TOKEN = re.compile(r"\S+")
 # The value of a per-requirement --hash: ALGORITHM:HEXDIGEST, which only narrows what pip accepts.
-_HASH_VALUE = re.compile(r"^(sha256|sha384|sha512):[0-9a-fA-F]+$")
+_HASH_VALUE = re.compile(r"(sha256|sha384|sha512):[0-9a-fA-F]+")
 # First characters of a package list entry that need the full line reading (the empty string included).
 _NOT_PLAIN = ("", "#", "-")
 
@@ -67,7 +72,15 @@ class Packages:
         self.options: set[str] = set()
         self.direct: set[str] = set()
         self.unsupported: set[str] = set()
-        self.budget = MAX_REQUIREMENTS
+        self.budget = WORK_BUDGET
+
+    def spend(self, units: int) -> bool:
+        """Charges the work budget; False (and the runtime_env unsupported) once it is spent."""
+        self.budget -= units
+        if self.budget >= 0:
+            return True
+        self.unsupported.add(TOO_LARGE)
+        return False
 
     def add_requirements(self, entries: list[Any], where: str) -> None:
         """A package list: Ray writes it into a requirements file, one entry per line (dependency_utils)."""
@@ -81,6 +94,8 @@ class Packages:
             self._add_file(text)
             return
         for entry in entries:
+            if self.budget < 0:
+                return
             # The usual entry, one plain word ("torch==2.4.0"): printable (so no line break of any kind) and
             # without a space, it is one line of one word, which _add_line would classify as it stands.
             if " " not in entry and entry.isprintable() and entry[:1] not in _NOT_PLAIN:
@@ -92,6 +107,8 @@ class Packages:
     def add_install_options(self, options: list[Any], where: str) -> None:
         """``pip_install_options`` / ``uv_pip_install_options``: each item is one argv item after ``-r FILE``."""
         for item in options:
+            if not self.spend(1):
+                return
             if type(item) is not str:
                 self.unsupported.add(where)
             elif item.startswith("-"):
@@ -110,12 +127,16 @@ class Packages:
         # pip joins a line ending in "\" with the next one after stripping the backslashes (req_file.join_lines);
         # uv reads the pair as one line with whitespace between. Both readings are judged.
         lines = text.splitlines()
+        if not self.spend(len(lines)):
+            return
         for line in _pip_joined(lines):
             self._add_line(line)
         for line in _space_joined(lines):
             self._add_line(line)
 
     def _add_line(self, line: str) -> None:
+        if not self.spend(1):
+            return
         if len(line) > MAX_LINE:
             self.direct.add(shown(line))
             return
@@ -131,6 +152,8 @@ class Packages:
         # options (req_file.break_args_options, split on spaces); splitting on all whitespace finds every
         # option word either installer could see.
         tokens = list(_TOKEN.finditer(text))
+        if not self.spend(len(tokens)):
+            return
         first = next((i for i, t in enumerate(tokens) if t.group().startswith("-")), len(tokens))
         if first:
             end = tokens[first].start() if first < len(tokens) else len(text)
@@ -157,14 +180,12 @@ class Packages:
         return name
 
     def _option_value(self, option: str | None, value: str) -> None:
-        if option == "--hash" and _HASH_VALUE.match(value):
+        if option == "--hash" and _HASH_VALUE.fullmatch(value):
             return
         self.direct.add(shown(value))
 
     def _requirement(self, text: str) -> None:
-        self.budget -= 1
-        if self.budget < 0:
-            self.unsupported.add("requirements.count")
+        if not self.spend(REQUIREMENT_COST):
             return
         name = plain_requirement(text)
         if name is None:

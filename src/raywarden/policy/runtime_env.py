@@ -44,6 +44,8 @@ _INSTALLER_KEYS = {
     "pip": {"check": "pip_check", "version": "pip_version", "options": "pip_install_options"},
     "uv": {"check": "uv_check", "version": "uv_version", "options": "uv_pip_install_options"},
 }
+# Lists and maps longer than this (env vars, modules, log files, excludes) are not read: "unsupported".
+MAX_ITEMS = 1000
 # RuntimeEnvConfig.setup_timeout_seconds is an int32 in Ray's protocol: -1 (no timeout) or a positive count.
 _INT32_MAX = 2**31 - 1
 # The sets that runtime_env_facts flattens, with the tag of their facts.
@@ -258,7 +260,7 @@ def _read_working_dir(value: Any, reading: _Reading) -> None:
 
 def _read_uri_list(field: str) -> Callable[[Any, _Reading], None]:
     def read(value: Any, reading: _Reading) -> None:
-        if not isinstance(value, list):
+        if not isinstance(value, list) or len(value) > MAX_ITEMS:
             reading.unsupported(field)
             return
         for uri in value:
@@ -273,7 +275,7 @@ def _read_uri_list(field: str) -> Callable[[Any, _Reading], None]:
 
 
 def _read_env_vars(value: Any, reading: _Reading) -> None:
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or len(value) > MAX_ITEMS:
         reading.unsupported("env_vars")
         return
     for name in value:
@@ -297,7 +299,7 @@ def _read_config(value: Any, reading: _Reading) -> None:
         elif key == "log_files":
             # Files Ray's runtime-env agent appends its setup log to, os.path.join(log_dir, name): an absolute
             # path or ".." writes outside the log directory, and any name can be another job's log file.
-            if isinstance(item, list) and all(type(f) is str for f in item):
+            if isinstance(item, list) and len(item) <= MAX_ITEMS and all(type(f) is str for f in item):
                 for name in item:
                     reading.add("log_files", shown(name))
             elif item is not None:
@@ -316,7 +318,7 @@ def _read_string_field(field: str) -> Callable[[Any, _Reading], None]:
 
 def _read_excludes(value: Any, reading: _Reading) -> None:
     # Patterns of files the client leaves out of its upload: nothing the cluster installs or reads.
-    if not isinstance(value, list) or not all(type(p) is str for p in value):
+    if not isinstance(value, list) or len(value) > MAX_ITEMS or not all(type(p) is str for p in value):
         reading.unsupported("excludes")
 
 

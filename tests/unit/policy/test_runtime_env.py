@@ -12,8 +12,10 @@ from pip._internal.req import req_file
 
 from raywarden.policy.conda_specs import MAX_SPEC, CondaEnv, _section
 from raywarden.policy.requirements import (
-    MAX_REQUIREMENTS,
     MAX_SHOWN,
+    REQUIREMENT_COST,
+    TOO_LARGE,
+    WORK_BUDGET,
     Packages,
     _pip_joined,
     plain_requirement,
@@ -268,14 +270,18 @@ def test_values_are_shown_without_credentials_and_cut_recognisably() -> None:
 
 
 def test_parsing_is_bounded() -> None:
-    """Long or deeply nested requirements are not handed to the PEP 508 parser, and one runtime_env gets a
-    bounded number of parses; what is not parsed is refused, never let through."""
+    """Long or deeply nested requirements are not handed to the PEP 508 parser, and one runtime_env costs a
+    bounded amount of work whatever its size; what is not read is refused, never let through."""
     assert plain_requirement("a" * 300) is None
     assert plain_requirement("a ; " + "(" * 5 + "python_version>'3'" + ")" * 5) is None
     assert plain_requirement("a[" + ",".join("b" * 18) + "]") is None
+    most = WORK_BUDGET // REQUIREMENT_COST
     many = Packages()
-    many.add_requirements([f"p{i}" for i in range(MAX_REQUIREMENTS + 5)], "pip")
-    assert len(many.names) == MAX_REQUIREMENTS and many.unsupported == {"requirements.count"}
+    many.add_requirements([f"p{i}" for i in range(most + 5)], "pip")
+    assert len(many.names) == most and many.unsupported == {TOO_LARGE}
+    assert "unsupported:runtime_env.size" in facts({"pip": ["--pre"] * WORK_BUDGET})
+    assert "unsupported:runtime_env.size" in facts({"conda": {"dependencies": ["numpy"] * (WORK_BUDGET + 1)}})
+    assert "unsupported:env_vars" in facts({"env_vars": {f"V{i}": "1" for i in range(1001)}})
     huge = Packages()
     huge.add_requirements(["a" + " " * 10000 + "b", "--pre " * 2000], "pip")
     assert not huge.names and huge.direct
