@@ -185,7 +185,9 @@ class Packages:
         self.direct.add(shown(value))
 
     def _requirement(self, text: str) -> None:
-        if not self.spend(REQUIREMENT_COST):
+        self.budget -= REQUIREMENT_COST
+        if self.budget < 0:
+            self.unsupported.add(TOO_LARGE)
             return
         name = plain_requirement(text)
         if name is None:
@@ -239,14 +241,14 @@ def _space_joined(lines: Iterable[str]) -> list[str]:
 
 def plain_requirement(text: str) -> str | None:
     """The normalised project name of a PEP 508 requirement from an index, or None for anything else."""
-    if len(text) > MAX_REQUIREMENT or text.count("(") > 4 or text.count(",") > 16:
-        return None
-    return _plain_requirement_cached(text)
+    return None if len(text) > MAX_REQUIREMENT else _plain_requirement_cached(text)
 
 
 def _plain_requirement(text: str) -> str | None:
     if "$" in text or "/" in text or "\\" in text or ":" in text.split(";", 1)[0]:
         return None  # env var expansion, paths, URLs, VCS references
+    if text.count("(") > 4 or text.count(",") > 16:
+        return None  # deeper or longer than real requirements, and slow to parse
     try:
         req = Requirement(text)
     except ValueError:  # InvalidRequirement, and whatever else packaging refuses a string with
