@@ -22,7 +22,6 @@ MAX_METADATA_VALUE = 16 * 1024
 
 _Amount = Annotated[int | float, Field(ge=0, le=MAX_AMOUNT)]
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
-_Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")]
 
 
 class JobSubmitBody(BaseModel):
@@ -32,8 +31,8 @@ class JobSubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     entrypoint: str = Field(min_length=1, max_length=64 * 1024)
-    submission_id: _Id | None = None
-    job_id: _Id | None = None
+    submission_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
+    job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
     runtime_env: dict[str, Any] | None = None
     metadata: (
         Annotated[
