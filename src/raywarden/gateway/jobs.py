@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from raywarden.policy.jobattrs import OWNER_KEY
 
 __all__ = ["OWNER_KEY", "BadJobBody", "JobSubmitBody", "parse_submission", "stamp_owner"]
 
+# Bounds of a submission: far above what any cluster offers one entrypoint, far below what overflows Ray (which
+# keeps resource amounts as int64 ten-thousandths) or the policy's Longs (amounts in thousandths).
+MAX_AMOUNT = 1_000_000  # CPUs, GPUs, or one custom resource
+MAX_MEMORY_BYTES = 2**49  # 512 TiB
+MAX_ENTRIES = 64  # custom resources, label selectors, metadata entries
+MAX_NAME = 256  # a resource name, label key, or metadata key
+MAX_LABEL_VALUE = 1024
+MAX_METADATA_VALUE = 16 * 1024
+
+_Amount = Annotated[int | float, Field(ge=0, le=MAX_AMOUNT)]
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+
 
 class JobSubmitBody(BaseModel):
-    """Ray 2.60's JobSubmitRequest (dashboard/modules/job/common.py). Unknown fields are refused."""
+    """Ray 2.60's JobSubmitRequest (dashboard/modules/job/common.py). Unknown fields are refused, and amounts and
+    maps are bounded (MAX_*): anything beyond is a 400 that says which field and which bound."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -21,12 +34,26 @@ class JobSubmitBody(BaseModel):
     submission_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
     job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]{0,127}$")
     runtime_env: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
-    entrypoint_num_cpus: int | float | None = Field(default=None, ge=0)
-    entrypoint_num_gpus: int | float | None = Field(default=None, ge=0)
-    entrypoint_memory: int | None = Field(default=None, ge=0)
-    entrypoint_resources: dict[str, float] | None = None
-    entrypoint_label_selector: dict[str, str] | None = None
+    metadata: (
+        Annotated[
+            dict[
+                Annotated[str, StringConstraints(max_length=MAX_NAME)],
+                Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)],
+            ],
+            Field(max_length=MAX_ENTRIES),
+        ]
+        | None
+    ) = None
+    entrypoint_num_cpus: _Amount | None = None
+    entrypoint_num_gpus: _Amount | None = None
+    entrypoint_memory: Annotated[int, Field(ge=0, le=MAX_MEMORY_BYTES)] | None = None
+    entrypoint_resources: Annotated[dict[_Name, _Amount], Field(max_length=MAX_ENTRIES)] | None = None
+    entrypoint_label_selector: (
+        Annotated[
+            dict[_Name, Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE)]], Field(max_length=MAX_ENTRIES)
+        ]
+        | None
+    ) = None
 
 
 class BadJobBody(ValueError):

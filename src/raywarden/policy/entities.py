@@ -26,10 +26,11 @@ def principal_entity(spiffe_id: str, kind: str, name: str, groups: tuple[str, ..
 
 
 # What the default pack lets developers put in a runtime_env (``developers-submit``), as runtime_env_facts
-# (raywarden.policy.jobattrs): these fields (Ray's SDK adds _ray_commit itself), the pip / uv options Ray's SDK
-# sets by default, and code from packages uploaded through this gateway. Any other fact refuses: another
-# field or a plugin, a container, another option, a direct reference, a spec file from the node's disk, a
-# conda channel or option, code from another URL or a node path.
+# (raywarden.policy.runtime_env): these fields (Ray's SDK adds _ray_commit itself), the pip / uv options Ray's SDK
+# sets by default, per-requirement hashes (they only narrow what pip accepts), conda's default channels, and code
+# from packages uploaded through this gateway. Any other fact refuses: another field or a plugin, a container,
+# another option, a direct reference, a spec file or conda env from the node's disk, another conda channel or
+# setting, code from another URL or a node path, a log file, a form the analysis does not model.
 DEVELOPER_RUNTIME_ENV_FACTS = (
     "key:working_dir",
     "key:py_modules",
@@ -44,20 +45,27 @@ DEVELOPER_RUNTIME_ENV_FACTS = (
     "pip_option:--no-cache",
     "pip_option:--no-cache-dir",
     "pip_option:--disable-pip-version-check",
+    "pip_option:--hash",
+    "conda_channel:defaults",
     "uri_scheme:gcs",
 )
-# Environment variable prefixes (the part of the name before the first "_") that steer installers, the
-# loader, proxies or Ray itself: Ray passes env_vars to pip, so PIP_INDEX_URL is an index.
+# Environment variable prefixes (raywarden.policy.runtime_env.env_var_prefix: the part of the name before the
+# first "_" after leading ones, upper-cased) that steer installers, the loader, proxies or Ray itself: Ray passes
+# env_vars to pip and uv, so PIP_INDEX_URL is an index, and PYTHON_KEYRING_BACKEND a class pip imports.
 DENIED_ENV_VAR_PREFIXES = (
     "PIP",
     "UV",
     "CONDA",
+    "CONDARC",
     "MAMBA",
+    "PYTHON",
     "PYTHONPATH",
     "PYTHONHOME",
     "PYTHONSTARTUP",
     "PYTHONUSERBASE",
+    "PYTHONPLATLIBDIR",
     "LD",
+    "DYLD",
     "GIT",
     "HTTP",
     "HTTPS",

@@ -122,6 +122,14 @@ PLAIN = {
         "runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_b.zip"]}
     },
     "harmless env vars": {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": "4", "WANDB_MODE": "offline"}}},
+    "hashed requirements": {"runtime_env": {"pip": ["requests==2.32.3 \\", "    --hash=sha256:" + "0" * 64]}},
+    "conda defaults channel": {
+        "runtime_env": {"conda": {"channels": ["defaults"], "dependencies": ["defaults::numpy", "scipy=1.11"]}}
+    },
+    "pip_version pin": {"runtime_env": {"pip": {"packages": ["x"], "pip_version": "==23.0"}}},
+    "config from Ray's SDK": {
+        "runtime_env": {"config": {"setup_timeout_seconds": 600, "eager_install": True, "log_files": []}}
+    },
     "within limits": {"entrypoint_num_cpus": 4, "entrypoint_num_gpus": 0, "entrypoint_memory": 8 * 1024**3},
     "fractional cpus": {"entrypoint_num_cpus": 0.5},
 }
@@ -144,6 +152,17 @@ ESCAPES = {
     },
     "pip_version direct URL": {"runtime_env": {"pip": {"packages": ["x"], "pip_version": " @ https://e/pip.whl"}}},
     "pip requirements file on the node": {"runtime_env": {"pip": "/etc/requirements.txt"}},
+    "review: pip packages as a file on the node": {"runtime_env": {"pip": {"packages": "ray_current_cluster"}}},
+    "pip archive name": {"runtime_env": {"pip": ["./evil.whl"]}},
+    "pip bare archive name": {"runtime_env": {"pip": ["evil.whl"]}},
+    "pip abbreviated option": {"runtime_env": {"pip": {"packages": ["x"], "pip_install_options": ["--ind=https://e"]}}},
+    "review: conda bracket channel": {"runtime_env": {"conda": {"dependencies": ["numpy[channel=evilchan]"]}}},
+    "conda bracket url": {"runtime_env": {"conda": {"dependencies": ["numpy[url=https://evil/numpy-1-0.conda]"]}}},
+    "conda YAML file on the node": {"runtime_env": {"conda": "/tmp/ray/env.yaml"}},
+    "log_files absolute": {"runtime_env": {"config": {"log_files": ["/home/ray/.bashrc"]}}},
+    "log_files dot-dot": {"runtime_env": {"config": {"log_files": ["../../session_latest/logs/raylet.out"]}}},
+    "env var with a leading underscore": {"runtime_env": {"env_vars": {"_PIP_STANDALONE_CERT": "/tmp/ca.pem"}}},
+    "unsupported form": {"runtime_env": {"working_dir": ["gcs://_ray_pkg_a.zip"]}},
     "uv --index-url option": {
         "runtime_env": {"uv": {"packages": ["x"], "uv_pip_install_options": ["--index-url", "https://e"]}}
     },
@@ -233,15 +252,19 @@ when {
   resource.runtime_env.plugins.isEmpty() &&
   !resource.runtime_env.container &&
   resource.runtime_env.pip_direct_refs.isEmpty() &&
-  ["--no-cache", "--no-cache-dir", "--disable-pip-version-check"].containsAll(resource.runtime_env.pip_options) &&
+  ["--no-cache", "--no-cache-dir", "--disable-pip-version-check", "--hash"]
+    .containsAll(resource.runtime_env.pip_options) &&
   resource.runtime_env.spec_files.isEmpty() &&
-  resource.runtime_env.conda_channels.isEmpty() &&
+  ["defaults"].containsAll(resource.runtime_env.conda_channels) &&
   resource.runtime_env.conda_options.isEmpty() &&
   ["gcs"].containsAll(resource.runtime_env.uri_schemes) &&
+  !(resource.runtime_env has conda_envs) &&
+  !(resource.runtime_env has log_files) &&
+  !(resource.runtime_env has unsupported) &&
   !resource.runtime_env.env_var_prefixes.containsAny(
-    ["PIP", "UV", "CONDA", "MAMBA", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-     "LD", "GIT", "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL", "SSL", "HOME", "XDG", "NETRC",
-     "VIRTUAL", "PATH", "RAY"]
+    ["PIP", "UV", "CONDA", "CONDARC", "MAMBA", "PYTHON", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+     "PYTHONUSERBASE", "PYTHONPLATLIBDIR", "LD", "DYLD", "GIT", "HTTP", "HTTPS", "ALL", "NO", "REQUESTS", "CURL",
+     "SSL", "HOME", "XDG", "NETRC", "VIRTUAL", "PATH", "RAY"]
   ) &&
   resource.entrypoint_milli_cpus <= Raywarden::Cluster::"ray".developer_limits.milli_cpus &&
   (if resource has entrypoint_milli_gpus then resource.entrypoint_milli_gpus else 0)
@@ -338,3 +361,23 @@ def test_policies_must_read_the_optional_amounts_behind_has() -> None:
     alice = principal("alice", "admins")
     assert decide(eng, alice, "jobs.submit", submission("alice")).allowed
     assert not decide(eng, alice, "jobs.submit", submission("alice", entrypoint_num_gpus=2)).allowed
+
+
+def test_the_ml_mirror_example_of_the_docs() -> None:
+    """docs/policy.md's allowlist example loads, lets its group use the mirror, and nothing beyond it."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "policy.md").read_text()
+    [block] = [b for b in docs.split("```cedar")[1:] if '@id("ml-mirror")' in b]
+    example = block.split("```")[0]
+    eng = engine(extra=[("ops/examples.cedar", example)])
+    ml = principal("mia", "ml")
+    mirror = {"pip": ["torch", "--index-url https://pypi.internal/simple"], "working_dir": "gcs://_ray_pkg_a.zip"}
+    assert decide(eng, ml, "jobs.submit", submission("mia", runtime_env=mirror)).policy_ids == ("ml-mirror",)
+    for beyond in (
+        {"pip": ["torch", "--index-url https://evil.example/simple"]},
+        {**mirror, "config": {"log_files": ["/etc/x"]}},
+        {**mirror, "env_vars": {"PIP_EXTRA_INDEX_URL": "https://evil.example/simple"}},
+        {**mirror, "image_uri": "docker.io/evil/img"},
+    ):
+        assert not decide(eng, ml, "jobs.submit", submission("mia", runtime_env=beyond)).allowed, beyond

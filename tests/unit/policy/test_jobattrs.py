@@ -43,7 +43,8 @@ def test_sources_and_files() -> None:
     )
     assert attrs["uri_schemes"] == ["gcs", "local", "s3"]
     assert attrs["env_var_prefixes"] == ["HTTP", "PIP", "PYTHONPATH"]
-    assert runtime_env_attrs({"pip": "reqs.txt", "conda": "env"})["spec_files"] == ["conda", "pip"]
+    assert runtime_env_attrs({"pip": "reqs.txt", "conda": "env.yml"})["spec_files"] == ["conda", "pip"]
+    assert runtime_env_attrs({"conda": "env"})["conda_envs"] == ["env"]
     assert runtime_env_attrs({"image_uri": "img"})["container"] is True
     assert runtime_env_attrs({"x_plugin": {}})["plugins"] == ["x_plugin"]
 
@@ -168,16 +169,15 @@ def test_request_context_reads_the_clock_and_address_as_before() -> None:
         "x\x85-ihttps://e",
         "x\xa0--pre",
         "x\t-f",
-        "x\\\n-e",
         "x\x1c--pre",
     ],
 )
 def test_plain_entries_read_as_whole_lines_would(entry: str) -> None:
     """Single-word entries skip the line splitting; anything that could hold a second line or word does not."""
-    from raywarden.policy.jobattrs import _Packages
+    from raywarden.policy.requirements import Packages
 
-    fast, lines = _Packages(), _Packages()
-    fast.add_lines([entry])
-    for line in entry.replace("\\\r\n", " ").replace("\\\n", " ").splitlines():
+    fast, lines = Packages(), Packages()
+    fast.add_requirements([entry], "pip")
+    for line in entry.splitlines():
         lines._add_line(line)
     assert (fast.names, fast.options, fast.direct) == (lines.names, lines.options, lines.direct)
