@@ -1,9 +1,10 @@
 """One Prometheus server per cluster, on loopback, scraping Ray so that the dashboard's metrics pages have data.
 
-Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the cluster's
-user, listens on 127.0.0.1 only (behind the cluster's nftables table when there is one), keeps one day of
-data next to Ray's temp dir (inside the same 0700 folder: metrics are not state worth keeping), creates
-everything private (umask 077), and is started without the admin or lifecycle APIs (off unless asked for).
+Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the control plane's
+user (never as Ray's: a job could then rewrite what the gateway's metrics pages show), listens on 127.0.0.1
+only (behind the cluster's nftables table when there is one), keeps one day of data in the cluster's runtime
+folder beside Ray's (state.py runtime_dir: metrics are not state worth keeping), creates everything private
+(umask 077), and is started without the admin or lifecycle APIs (off unless asked for).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def config_path(state: StateDir) -> Path:
 
 
 def data_dir(state: StateDir) -> Path:
-    return state.ray_temp_dir.parent / "prometheus"
+    return state.runtime_dir / "prometheus"
 
 
 def log_path(state: StateDir) -> Path:
@@ -128,7 +129,8 @@ def spawn(state: StateDir, port: int) -> Prometheus:
     if prometheus is None:
         raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
     ensure_private_dir(folder(state))
-    ensure_private_dir(state.ray_temp_dir.parent)
+    if not state.separated:
+        ensure_private_dir(state.runtime_dir)  # separated: root's 0711 folder, made by raydir.prepare
     ensure_private_dir(data_dir(state))
     ensure_private_dir(state.logs_dir)
     write_private(config_path(state), render_config(state).encode())
