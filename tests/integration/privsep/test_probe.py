@@ -67,21 +67,21 @@ def targets(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def _package(cluster: Cluster) -> bytes:
+def _package(asked: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("probe_job.py", PROBE.read_text())
-        archive.writestr("targets.json", json.dumps(targets(cluster)))
+        archive.writestr("targets.json", json.dumps(asked))
     return buffer.getvalue()
 
 
-def run_probe(cluster: Cluster) -> list[str]:
+def run_probe(cluster: Cluster, asked: dict[str, Any]) -> list[str]:
     """Submit the probe as a developer through the gateway; return its PROBE lines."""
     tag = secrets.token_hex(3)
     developer = cluster.issue(f"probe-dev-{tag}", groups=("developers",))
     name = f"_ray_pkg_{secrets.token_hex(8)}.zip"
     stored = requests.put(
-        f"{cluster.url}/api/packages/gcs/{name}", data=_package(cluster), cert=developer, verify=cluster.ca, timeout=60
+        f"{cluster.url}/api/packages/gcs/{name}", data=_package(asked), cert=developer, verify=cluster.ca, timeout=60
     )
     assert stored.status_code == 200, stored.text
     sid = f"probe-{tag}"
@@ -110,14 +110,16 @@ def _secrets(cluster: Cluster) -> list[str]:
 
 
 def test_a_developers_job_cannot_touch_the_control_plane(cluster: Cluster) -> None:
-    lines = run_probe(cluster)
+    asked = targets(cluster)
+    lines = run_probe(cluster, asked)
     config = cluster.state.load_config()
     assert config.ray_user, "tests run as root: Ray must run as its own user"
     ray_user = pwd.getpwnam(config.ray_user)
     assert lines[0].startswith(f"PROBE uid={ray_user.pw_uid} euid={ray_user.pw_uid} gid={ray_user.pw_gid} ")
     assert ray_user.pw_uid != os.geteuid()
     attempts = [line for line in lines[1:] if not line.startswith("PROBE env ")]
-    assert len(attempts) > 100, attempts
+    expected = sum(len(asked[k]) for k in ("list", "read", "create_in", "append")) + 6 * len(asked["proc"])
+    assert len(attempts) == expected > 40, attempts
     allowed = []
     for line in attempts:
         entry = line.split(":", 1)[0].rsplit("/", 1)[-1]
@@ -129,8 +131,6 @@ def test_a_developers_job_cannot_touch_the_control_plane(cluster: Cluster) -> No
     # Nothing secret in what a job can see: its own environment, and the command lines it may read.
     environment = "\n".join(line for line in lines if line.startswith("PROBE env "))
     assert "RAY_AUTH_TOKEN_PATH=" in environment
-    visible = environment + "".join(
-        Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in targets(cluster)["proc"]
-    )
+    visible = environment + "".join(Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in asked["proc"])
     for secret in [*_secrets(cluster), cluster.ray_token()]:
         assert secret not in visible
