@@ -132,10 +132,10 @@ def up(
     prom: prometheus.Prometheus | None = None
     try:
         prom_url = prometheus.url(prom_port) if prom_port is not None else None
-        # Prometheus, Ray and the gateway start side by side; Prometheus reads Ray's target list from a
-        # file that Ray (re)writes, so it needs nothing from Ray to start.
+        # Prometheus, Ray and the gateway start side by side: Prometheus scrapes Ray's metrics ports, which
+        # raywarden chose, and needs nothing from Ray to start.
         if prom_port is not None:
-            prom = prometheus.spawn(state, prom_port)
+            prom = prometheus.spawn(state, prom_port, ports.metrics())
         head = spawn_head(state, ports, files, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.

@@ -30,10 +30,10 @@ SCRAPE_INTERVAL = "5s"
 RETENTION_TIME = "1d"
 # A bound on disk use besides the time limit: a busy cluster's one day must not fill the state dir's disk.
 RETENTION_SIZE = "1GB"
-# Ray 2.60 rewrites this file every 5 s in its session dir and keeps a symlink to it in its temp dir
-# (ray/_private/metrics_agent.py PrometheusServiceDiscoveryWriter); the symlink's path is stable across
-# sessions, so it is the one Prometheus reads.
-DISCOVERY_FILE = "prom_metrics_service_discovery.json"
+# Ray writes the targets it wants scraped to a file in its temp dir (ray/_private/metrics_agent.py
+# PrometheusServiceDiscoveryWriter). That file is Ray's user's, so a job could point Prometheus (the control
+# plane's) at any address; Prometheus scrapes the ports raywarden gave Ray instead. They are the same: Ray's
+# metrics ports of this node, the only ones the firewall lets anyone reach (loopback only, even for nodes).
 INSTALL_HINT = "apt-get install --no-install-recommends prometheus"
 
 
@@ -61,21 +61,14 @@ def url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def render_config(state: StateDir) -> str:
-    """prometheus.yml as JSON (a subset of YAML): Ray's targets through file-based service discovery."""
+def render_config(targets: list[int]) -> str:
+    """prometheus.yml as JSON (a subset of YAML): Ray's metrics ports on loopback, named in the file."""
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
                 "job_name": "ray",
-                "file_sd_configs": [
-                    {
-                        "files": [str(state.ray_temp_dir / DISCOVERY_FILE)],
-                        # File changes are watched with inotify on the symlink's folder, which does not see Ray
-                        # rewriting the target in its session dir: re-read it as often as Ray writes it.
-                        "refresh_interval": "5s",
-                    }
-                ],
+                "static_configs": [{"targets": [f"{HOST}:{port}" for port in targets], "labels": {"job": "ray"}}],
             }
         ],
     }
@@ -123,8 +116,9 @@ class Prometheus:
         return url(self.port)
 
 
-def spawn(state: StateDir, port: int) -> Prometheus:
-    """Write the config and start Prometheus detached, without waiting for it."""
+def spawn(state: StateDir, port: int, targets: list[int]) -> Prometheus:
+    """Write the config (scraping Ray's metrics ports ``targets``) and start Prometheus detached, without
+    waiting for it."""
     prometheus = binary()
     if prometheus is None:
         raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
@@ -133,7 +127,7 @@ def spawn(state: StateDir, port: int) -> Prometheus:
         ensure_private_dir(state.runtime_dir)  # separated: root's 0711 folder, made by raydir.prepare
     ensure_private_dir(data_dir(state))
     ensure_private_dir(state.logs_dir)
-    write_private(config_path(state), render_config(state).encode())
+    write_private(config_path(state), render_config(targets).encode())
     # A Prometheus left over from a crashed `up` holds the data dir's lock; it belongs to this state dir only.
     stop(state, None)
     # Nothing from the CLI's environment: Prometheus needs no secret and no Ray setting.

@@ -73,6 +73,8 @@ def _ray_user(ctx: DoctorContext) -> tuple[RayUser | None, str | None]:
 
 
 def _mode(ctx: DoctorContext, user: RayUser | None, problem: str | None) -> Check:
+    if user is None and not ctx.running:
+        return passed("separation.mode", f"Ray will run as {ctx.config.ray_user}, which `up` creates as root")
     if user is None:
         return failed("separation.mode", problem or "Ray's user is missing", _restart_as_root(ctx))
     if not user.is_current:
@@ -105,7 +107,9 @@ def _ray_folder(ctx: DoctorContext, user: RayUser) -> Check:
         st = folder.lstat()
         parent = folder.parent.lstat()
     except FileNotFoundError:
-        return warned("separation.ray-folder", f"Ray's folder {folder} does not exist yet", fix)
+        if ctx.running:
+            return failed("separation.ray-folder", f"Ray's folder {folder} is missing", fix)
+        return skipped("separation.ray-folder", f"skipped: Ray's folder {folder} does not exist yet (`up` makes it)")
     problems = []
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != user.uid or stat.S_IMODE(st.st_mode) & 0o077:
         problems.append(
