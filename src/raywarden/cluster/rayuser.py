@@ -115,13 +115,14 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
-def check_interpreter(user: RayUser) -> None:
+def check_interpreter(user: RayUser, python: str | None = None) -> None:
     """Ray starts from this interpreter and virtualenv: the Ray user must be able to run them and import Ray.
 
     Checked before anything starts: a venv under a 0700 home is the usual reason it cannot."""
     if user.is_current:
         return
-    probe = [sys.executable, "-c", "import ray"]
+    python = python or sys.executable
+    probe = [python, "-c", "import ray"]
     try:
         result = subprocess.run(
             probe,
@@ -137,15 +138,13 @@ def check_interpreter(user: RayUser) -> None:
         )
         failure = None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["no output"])[-1]
     except PermissionError as exc:
-        failure = f"{exc.strerror}: {exc.filename or sys.executable}"
+        failure = f"{exc.strerror}: {exc.filename or python}"
     if failure is None:
         return
-    blocked = _first_closed_folder(Path(sys.executable), user) or _first_closed_folder(
-        Path(sys.executable).resolve(), user
-    )
+    blocked = _first_closed_folder(Path(python), user) or _first_closed_folder(Path(python).resolve(), user)
     where = f"; {blocked} is closed to it" if blocked else ""
     raise ClusterError(
-        f"Ray's user {user.name!r} cannot run {sys.executable} with Ray ({failure[:200]}){where}",
+        f"Ray's user {user.name!r} cannot run {python} with Ray ({failure[:200]}){where}",
         hint="install raywarden in a virtualenv every user can read and enter (for example under /opt), or give "
         "the folders on the way search permission for others (chmod o+x FOLDER); nothing was started",
     )

@@ -18,7 +18,7 @@ import pytest
 
 from raywarden.cluster import privsep, rayuser
 from raywarden.cluster.setup import init_state
-from raywarden.errors import ConfigError, UsageError
+from raywarden.errors import ClusterError, ConfigError, UsageError
 from raywarden.identity.admin import IdentityAdmin
 from raywarden.state import ClusterConfig, Listen, StateDir
 
@@ -194,3 +194,19 @@ def test_cli_without_root_admits_one_admin(unprivileged: tuple[Path, pwd.struct_
     assert [p["name"] for p in json.loads(listed.stdout)] == ["admin"]
     up = _cli_as(nobody, home, "up", "--ray-user", "daemon")
     assert up.returncode == 2 and "--ray-user needs root" in up.stderr
+
+
+def test_an_interpreter_rays_user_cannot_run_stops_up_before_anything() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as Ray's user")
+    user = rayuser.ensure_ray_user(rayuser.DEFAULT_RAY_USER)
+    rayuser.check_interpreter(user)  # this checkout's venv: CI gives its folders o+x
+    home = Path(tempfile.mkdtemp(prefix="rwhome-"))  # 0700, like a venv under a private home
+    try:
+        (home / "python").symlink_to(sys.executable)
+        with pytest.raises(ClusterError) as refused:
+            rayuser.check_interpreter(user, str(home / "python"))
+    finally:
+        shutil.rmtree(home)
+    assert f"{home} is closed to it" in refused.value.message
+    assert "chmod o+x" in (refused.value.hint or "") and "nothing was started" in (refused.value.hint or "")
