@@ -70,9 +70,10 @@ def ensure_ray_user(name: str) -> RayUser:
             return RayUser.lookup(name)  # raises with a hint: a user named on the command line must exist
         _create_system_user(name)
     user = RayUser.lookup(name)
-    if user.uid == 0 or user.is_current:
+    if user.uid == 0 or user.is_current or user.gid in (0, os.getegid()):
         raise UsageError(
-            f"Ray cannot run as {name!r} (uid {user.uid}): that is the control plane's own user",
+            f"Ray cannot run as {name!r} (uid {user.uid}, gid {user.gid}): that is the control plane's own user "
+            "or group",
             hint=f"pick an unprivileged user of its own with --ray-user, or leave it out for {DEFAULT_RAY_USER}",
         )
     return user
