@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -194,6 +195,28 @@ def ban(table: str, address: str) -> bool:
 def add_ports(table: str, ports: Iterable[int]) -> bool:
     values = [str(int(p)) for p in ports]
     return bool(values) and _element("add", table, "ray_ports", ", ".join(values))
+
+
+_TABLE = re.compile(r"^table inet (raywarden_\w+) \{\n(.*?)^\}", re.DOTALL | re.MULTILINE)
+_PORT_SET = re.compile(r"set (ray_ports|metrics_ports) \{[^}]*?elements = \{([^}]*)\}", re.DOTALL)
+
+
+def claimed_ports(except_table: str | None = None) -> frozenset[int]:
+    """Ports in the sets of every other raywarden table on this host. Another cluster's owner rules refuse
+    every user but its own there, so a port of ours among them would refuse our Ray's user."""
+    if available() is not None:
+        return frozenset()
+    listed = subprocess.run([_nft_path(), "list", "ruleset"], capture_output=True, text=True, check=False)
+    claimed: set[int] = set()
+    for table, body in _TABLE.findall(listed.stdout):
+        if table == except_table:
+            continue
+        for _, elements in _PORT_SET.findall(body):
+            for item in elements.replace("\n", " ").split(","):
+                low, _, high = item.strip().partition("-")
+                if low.isdigit() and (not high or high.isdigit()):
+                    claimed.update(range(int(low), int(high or low) + 1))
+    return frozenset(claimed)
 
 
 def table_exists(table: str) -> bool:

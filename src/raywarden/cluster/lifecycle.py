@@ -116,13 +116,14 @@ def up(
     owners = firewall.owner_uids(user.uid)
 
     metrics_why = _metrics_unavailable(config)
+    claimed = firewall.claimed_ports(firewall.table_name(state))
     if node_ip is None:
         progress("starting Ray head (mutual TLS, token auth, loopback only) and the gateway")
-        ports = RayPorts.allocate(HEAD_ADDRESS)
+        ports = RayPorts.allocate(HEAD_ADDRESS, avoid=claimed)
     else:
         progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
-        ports = RayPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
-    prom_port = prometheus.allocate_port(ports) if metrics_why is None else None
+        ports = RayPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
+    prom_port = prometheus.allocate_port(ports, claimed) if metrics_why is None else None
     if node_ip is not None:
         multinode.install_head_firewall(state, config, ports, owners)
         if prom_port is not None:

@@ -75,9 +75,10 @@ def render_config(targets: list[int]) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def allocate_port(ray_ports: RayPorts) -> int:
-    """A free loopback port that is none of Ray's (the kernel may hand back a port Ray's plan just took)."""
-    taken = set(ray_ports.all_fixed())
+def allocate_port(ray_ports: RayPorts, avoid: frozenset[int] = frozenset()) -> int:
+    """A free loopback port that is none of Ray's (the kernel may hand back a port Ray's plan just took), nor
+    one ``avoid`` names (another cluster's firewall)."""
+    taken = set(ray_ports.all_fixed()) | avoid
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))

@@ -231,7 +231,8 @@ def join(
     parts = urlsplit(head_url)
     host = parts.hostname or ""
     address = address or local_address_towards(host, parts.port or 443)
-    ports = WorkerPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
+    claimed = firewall.claimed_ports(node.table)
+    ports = WorkerPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
     key = generate_private_key()
     csr = (
         x509.CertificateSigningRequestBuilder()
