@@ -148,6 +148,9 @@ def terminate(pids: list[int], *, grace_s: float) -> list[int]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(alive(p) for p in killed):
         time.sleep(0.05)
+    for pid in pids:
+        if pid in _CHILDREN:
+            exit_status(pid)  # reap a child of ours, so that it is no zombie and its Popen is done
     return killed
 
 
