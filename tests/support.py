@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def stop_cluster(root: Path) -> None:
     state = StateDir(root / "state")
     if state.exists():
         lifecycle.down(state)
+        # `down` keeps Ray's sessions and Prometheus's data (/var/lib/raywarden/ID as root); a test's go with it.
+        shutil.rmtree(state.runtime_dir, ignore_errors=True)
 
 
 def run_cli(

@@ -22,10 +22,13 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE, owner: tuple[int, int] | None = None
+) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename.
 
     The temp file is created with ``mode`` from the start, so a secret is never briefly world-readable.
+    ``owner`` (uid, gid) hands the file to another user through its descriptor, never through a path.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,6 +38,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> N
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -19,6 +19,22 @@ from raywarden.files import ensure_private_dir, write_private
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 DEFAULT_TRUST_DOMAIN = "raywarden.local"
+# Where clusters whose Ray runs as a user of its own keep that user's folder (docs/threat-model.md): not /tmp,
+# whose files systemd-tmpfiles may age out on a long-running host, and not the state dir, which Ray must never
+# reach. Fixed and short: Ray's unix socket paths below it must stay under 108 bytes.
+SEPARATED_RUNTIME_ROOT = Path("/var/lib/raywarden")
+
+
+def runtime_dir_for(root: Path, *, separated: bool) -> Path:
+    """The per-cluster folder outside the state dir for what runs: Ray's own folder and Prometheus's data.
+
+    Separated: ``/var/lib/raywarden/ID`` (root's, 0711). Shared: ``/tmp/rw-ID`` (the operator's, 0700), as
+    without root nothing else is writable; its short path keeps Ray's socket paths in bounds.
+    """
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    if separated:
+        return SEPARATED_RUNTIME_ROOT / digest
+    return Path("/tmp") / f"rw-{digest}"  # noqa: S108 - created 0700 and owned by the cluster's user
 
 
 def raywarden_home() -> Path:
@@ -102,6 +118,23 @@ class ClusterConfig(BaseModel):
     signin_link_seconds: float = Field(default=300.0, gt=0, le=3600)
     # `up` runs a loopback Prometheus for Ray's metrics pages when the `prometheus` command exists (docs/metrics.md).
     metrics: bool = True
+    # Privilege separation (docs/threat-model.md). The OS user Ray, and so every job, runs as; None: the control
+    # plane's own user (no root to switch users). Recorded by `init` and `up` as root.
+    ray_user: str | None = None
+    # `up --shared-os-user`: without root, the operator accepted that Ray shares the control plane's user,
+    # and with it that any job can read the control plane's keys. Only then may a second principal exist.
+    shared_os_user: bool = False
+
+    @property
+    def separated(self) -> bool:
+        """Ray runs as a user of its own: jobs cannot read or write the control plane's state."""
+        return self.ray_user is not None
+
+    @property
+    def admits_principals(self) -> bool:
+        """More than one principal may exist: jobs are separated from the control plane, or the operator
+        accepted that they are not."""
+        return self.separated or self.shared_os_user
 
     @field_validator("trust_domain")
     @classmethod
@@ -193,13 +226,29 @@ class StateDir:
         return self.root / "logs"
 
     @property
+    def separated(self) -> bool:
+        """The configuration says Ray runs as a user of its own (False when there is no readable config)."""
+        try:
+            return bool(json.loads(self.config_path.read_text()).get("ray_user"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    @property
+    def runtime_dir(self) -> Path:
+        return runtime_dir_for(self.root, separated=self.separated)
+
+    @property
+    def ray_dir(self) -> Path:
+        """Ray's own folder (cluster/raydir.py): its credentials, its start log, its home and temp dir."""
+        return self.runtime_dir / "ray"
+
+    @property
     def ray_temp_dir(self) -> Path:
-        # Ray puts unix sockets under its temp dir and their paths must stay below 107 bytes,
-        # so the temp dir is short and derived from the state dir: two clusters never share one.
-        # Ray chmods its temp dir and session/sockets/logs dirs to 0777 (ray/_common/utils.py
-        # try_make_directory_shared), so it sits inside a 0700 folder of ours that Ray never touches.
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"rw-{digest}" / "ray"  # noqa: S108 - parent created 0700 and owned by us
+        # Ray puts unix sockets under its temp dir and their paths must stay below 108 bytes, so the temp dir is
+        # short and derived from the state dir: two clusters never share one. Ray chmods its temp dir and
+        # session, sockets and logs dirs to 0777 (ray/_common/utils.py try_make_directory_shared); Ray's own
+        # 0700 folder around it keeps everyone else out, and `up` tightens them once Ray has made them.
+        return self.ray_dir / "tmp"
 
     def exists(self) -> bool:
         return self.config_path.is_file()

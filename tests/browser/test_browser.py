@@ -22,6 +22,9 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
+from raywarden.cluster import lifecycle
+from raywarden.cluster.procs import cmdline
+from raywarden.cluster.ray_head import cluster_pids
 from tests.browser.browser_support import chromium, missing_browser, nss_home, shot, sign_in, signin_path
 from tests.support import Cluster, run_cli
 
@@ -366,9 +369,19 @@ def _node_id(cluster: Cluster) -> str:
     return str(resp.json()["data"]["summary"][0]["raylet"]["nodeId"])
 
 
+def _ray_python_pid(cluster: Cluster) -> int:
+    """A Python process of Ray's (its dashboard agent): py-spy runs as Ray's user and may attach to those only."""
+    run = lifecycle.read_run_state(cluster.state)
+    assert run is not None
+    for pid in cluster_pids(cluster.state, run.ray_pid):
+        if cmdline(pid).startswith("ray::DashboardAgent"):
+            return pid
+    raise AssertionError("no dashboard agent among Ray's processes")
+
+
 def test_profiling_is_for_admins_only(cluster: Cluster, world: World, browser: Any) -> None:
     url, node = cluster.url, _node_id(cluster)
-    target = f"{url}/dashboard/worker/traceback?pid={os.getpid()}&node_id={node}&native=0"
+    target = f"{url}/dashboard/worker/traceback?pid={_ray_python_pid(cluster)}&node_id={node}&native=0"
     viewer = _page(browser)
     sign_in(viewer, url, world.link(world.viewer))
     viewer.goto(f"{url}/dashboard/")
@@ -387,6 +400,10 @@ def test_profiling_is_for_admins_only(cluster: Cluster, world: World, browser: A
     assert response.headers["content-security-policy"].startswith("sandbox")
     assert "Thread" in admin.inner_text("body") or "Process" in admin.inner_text("body")
     shot(admin, "profiling-admin-traceback")
+    if os.geteuid() == 0:
+        # Ray's profiler runs as Ray's user: it cannot attach to the control plane's processes (this one is root).
+        control = admin.goto(target.replace(f"pid={_ray_python_pid(cluster)}", f"pid={os.getpid()}"), timeout=60_000)
+        assert control is not None and control.status != 200
 
 
 def test_admin_pages_and_accessible_markup(cluster: Cluster, world: World, browser: Any) -> None:

@@ -61,12 +61,16 @@ def test_other_local_users_cannot_reach_rays_ports(cluster: Cluster) -> None:
         )
         return found.stdout.split()
 
-    # The gateway is for everyone; Ray's ports only for the user running the cluster.
+    # The gateway is for everyone; Ray's ports only for Ray's user and the control plane's.
     assert probe("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == [
         w for p in ray_ports for w in (p, "refused")
     ] + [gateway, "open"]
     owner = probe()
     assert owner == [w for p in [*ray_ports, gateway] for w in (p, "open")], owner
+    ray_user = cluster.state.load_config().ray_user
+    assert ray_user
+    as_ray = probe("setpriv", f"--reuid={ray_user}", f"--regid={ray_user}", "--clear-groups")
+    assert as_ray == owner, as_ray
 
 
 def test_status_reports_health_and_fingerprints(cluster: Cluster) -> None:

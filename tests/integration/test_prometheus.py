@@ -131,7 +131,7 @@ def test_prometheus_exiting_during_start_up_is_a_clear_error(tmp_path: Path) -> 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        prom = prometheus.spawn(state, taken.getsockname()[1])
+        prom = prometheus.spawn(state, taken.getsockname()[1], [])
         with pytest.raises(ClusterError, match="Prometheus exited during start-up") as info:
             prometheus.wait_ready(state, prom, 30)
     assert str(prometheus.log_path(state)) in (info.value.hint or "")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
+import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +27,7 @@ import pytest
 
 from raywarden.cluster.ray_head import ray_binary
 from raywarden.identity.nodes import NodeRegistry
-from raywarden.state import StateDir
+from raywarden.state import StateDir, runtime_dir_for
 from tests.multinode import netns
 
 pytestmark = pytest.mark.multinode
@@ -172,6 +175,7 @@ def mn() -> Iterator[Setup]:
             folder = root / role / state
             if folder.exists():
                 setup.cli(role, "down", "--state-dir", str(folder), timeout=120)
+            shutil.rmtree(runtime_dir_for(folder, separated=True), ignore_errors=True)
         netns.destroy(net)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -208,6 +212,59 @@ def test_job_runs_tasks_pinned_to_each_node(mn: Setup) -> None:
     assert len(found["nodes"]) == 2
     assert sorted(found["ran_on"]) == sorted(found["nodes"])
     assert sorted(found["nodes"].values()) == [netns.ROLES["head"], netns.ROLES["worker"]]
+    # On both nodes the tasks ran as Ray's own OS user, not as root (the control plane's).
+    assert found["uids"] == [pwd.getpwnam("raywarden-ray").pw_uid] * 2
+
+
+def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(mn: Setup) -> None:
+    ray_user = pwd.getpwnam(REPORT["join"]["ray_user"])
+    assert ray_user.pw_uid == REPORT["join"]["ray_uid"] != 0
+    pids = mn.net.pids("worker")
+    uids = {pid: _uid_of(pid) for pid in pids}
+    assert pids and set(uids.values()) == {ray_user.pw_uid}, uids
+    worker_state = mn.root / "worker" / "state"
+    # What Ray needs is in its own folder; the node secret, access CA and node.json stay in the state dir.
+    ray_dir = runtime_dir_for(worker_state, separated=True) / "ray"
+    assert sorted(p.name for p in ray_dir.iterdir() if p.is_file()) == [
+        "internal-ca.crt",
+        "node.crt",
+        "node.key",
+        "ray-start.log",
+        "ray-token",
+    ]
+    assert ray_dir.stat().st_uid == ray_user.pw_uid and stat.S_IMODE(ray_dir.stat().st_mode) == 0o700
+    secret_files = [
+        worker_state / "keys" / "node-secret",
+        worker_state / "node.json",
+        worker_state / "pki" / "node.key",
+    ]
+    script = (
+        "import sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(p, 'rb')\n"
+        "        print('OPENED', p)\n"
+        "    except OSError:\n"
+        "        print('DENIED', p)\n"
+    )
+    probe = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script, *map(str, secret_files), str(ray_dir / "ray-token")],
+        user=ray_user.pw_uid,
+        group=ray_user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert probe == [*(f"DENIED {p}" for p in secret_files), f"OPENED {ray_dir / 'ray-token'}"]
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])
+    raise AssertionError(f"no Uid line for {pid}")
 
 
 def test_attacker_gets_no_application_data_from_any_port(mn: Setup) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from raywarden.audit.anchor import ExportedHead
 from raywarden.audit.checkpoint import Checkpoint, CheckpointFormatError, parse_checkpoint, signature_problem
 from raywarden.audit.errors import AuditVerificationError, ProblemKind
 from raywarden.audit.keys import audit_key_fingerprint, load_audit_public_key
@@ -36,6 +37,7 @@ class VerifyReport:
     head: str = ""  # chain head after the last record, hex
     key_id: str | None = None
     key_source: str = "given"
+    against_seq: int | None = None  # the exported head (--against) the log still matches, through this seq
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": True, **asdict(self)}
@@ -46,13 +48,16 @@ def verify_log(
     *,
     public_key: Ed25519PublicKey | None = None,
     since_checkpoint: int | None = None,
+    against: ExportedHead | None = None,
 ) -> VerifyReport:
     """Verify every record against the hash chain and every checkpoint against ``public_key``.
 
     Raises ``AuditVerificationError`` naming the kind of problem and the first bad sequence number.
     Without ``public_key`` the copy in the audit dir is used, which proves consistency but not origin:
     pass the key printed by ``raywarden status`` (kept elsewhere) for that. ``since_checkpoint`` starts at
-    the signed checkpoint of that log size, for logs whose older segments were archived.
+    the signed checkpoint of that log size, for logs whose older segments were archived. ``against`` is a
+    head exported earlier (anchor.py): the record it ends at must still be there with the same chain head,
+    whoever holds the audit key now; the log's own checkpoints up to it are then not trusted to locate a change.
     """
     if not audit_dir.is_dir():
         raise ConfigError(f"no audit log in {audit_dir}", hint="check --state-dir; the gateway creates it")
@@ -72,12 +77,30 @@ def verify_log(
                 hint=f"use the size of a checkpoint (the last ones: {sizes})",
             )
         start_seq, start_head = since_checkpoint, match[0].head
-    walker = _Walker(snapshot, start_seq, start_head, [c for c in checkpoints if c.size > start_seq])
+    anchors = [c for c in checkpoints if c.size > start_seq]
+    if against is not None:
+        if start_seq >= against.checkpoint.size:
+            raise ConfigError(
+                f"--since-checkpoint {start_seq} starts after {against.describe()}",
+                hint="start at an earlier checkpoint, or leave --since-checkpoint out",
+            )
+        # Whoever holds the audit key can re-sign the log's own checkpoints: up to the exported head, only it counts.
+        anchors = [against.checkpoint, *[c for c in anchors if c.size > against.checkpoint.size]]
+    walker = _Walker(snapshot, start_seq, start_head, anchors)
     try:
         total, head = walker.run()
     except AuditVerificationError as problem:
         if checkpoint_problem is not None and checkpoint_problem.seq <= problem.seq:
             raise checkpoint_problem from None
+        if against is not None and problem.seq < against.checkpoint.size:
+            raise AuditVerificationError(
+                problem.kind,
+                problem.seq,
+                f"{problem.detail}; the log no longer matches {against.describe()}",
+                location=problem.location,
+                hint="the log was changed after that head was exported (possibly re-signed with the audit key): "
+                "treat every record from this sequence number on as tampered with, and keep the files as evidence",
+            ) from None
         raise
     if checkpoint_problem is not None:
         raise checkpoint_problem
@@ -93,6 +116,7 @@ def verify_log(
         head=head.hex(),
         key_id=audit_key_fingerprint(public_key) if public_key else None,
         key_source=key_source if public_key else "none (no checkpoints)",
+        against_seq=against.seq if against is not None else None,
     )
 
 

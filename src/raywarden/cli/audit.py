@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import typer
 from rich.markup import escape
 
 from raywarden.audit import AuditVerificationError, VerifyReport, load_audit_public_key, verify_log
+from raywarden.audit.anchor import export_document, load_exported_head
+from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.keys import load_audit_key
 from raywarden.audit.reader import RecordFilter, follow, iter_records, last_records, parse_time
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
@@ -66,6 +69,16 @@ def verify_command(
             "Default: the key in the state dir.",
         ),
     ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            metavar="FILE",
+            help="A head exported earlier with `audit checkpoint --export` and kept off this host: the record it "
+            "ends at must still be in the log with the same chain hash. Detects a rewrite even by someone who "
+            "took over this host and its audit key. Its public key is used unless --public-key is given.",
+        ),
+    ] = None,
     state_dir_option: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -75,14 +88,17 @@ def verify_command(
     Exits 0 only when everything verifies.
     """
     state = state_dir(state_dir_option)
+    exported = load_exported_head(against) if against is not None else None
     if public_key is not None:
         key, source = load_audit_public_key(public_key), str(public_key)
+    elif exported is not None:
+        key, source = exported.public_key, f"{against} (the exported head)"
     elif state.audit_key.is_file():
         key, source = load_audit_key(state.audit_key).public_key(), f"{state.audit_key} (this machine's key)"
     else:
         key, source = None, ""
     try:
-        report = verify_log(state.audit_dir, public_key=key, since_checkpoint=since_checkpoint)
+        report = verify_log(state.audit_dir, public_key=key, since_checkpoint=since_checkpoint, against=exported)
     except AuditVerificationError as exc:
         if json_output:
             print_json(exc.to_dict())
@@ -113,10 +129,68 @@ def _print_report(report: VerifyReport) -> None:
             f"  [yellow]{report.unsigned_records} record(s) after the last checkpoint are chained but "
             "not signed yet[/]: removing them could not be detected"
         )
+    if report.against_seq is not None:
+        console.print(f"  matches the exported head through seq {report.against_seq}")
     if report.key_id:
         console.print(f"  key: {report.key_id}")
         console.print(f"       from {escape(report.key_source)}")
     console.print(f"  head: {report.head}")
+
+
+@audit_app.command("checkpoint")
+def checkpoint_command(
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Write the signed head as JSON to FILE (refused if it exists; - for standard output), to keep off "
+            "this host; "
+            "`audit verify --against FILE` checks the log against it later.",
+        ),
+    ] = None,
+    state_dir_option: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Sign a checkpoint of the log now (run as the cluster's operator, who holds the audit key).
+
+    With --export, the signed head goes to a file. Copy it somewhere root on this host cannot change (another
+    machine, write-once storage): a later rewrite of the log, even by someone holding the audit key, no longer
+    matches it."""
+    state = state_dir(state_dir_option).require()
+    config = state.load_config()
+    target = None if export is None or str(export) == "-" else export
+    if target is not None and target.exists():
+        raise ConfigError(
+            f"{target} already exists", hint="pass a new file name; an exported head is never overwritten"
+        )
+    key = load_audit_key(state.audit_key)
+    audit = open_cluster_audit(state, config)
+    try:
+        if export is not None:
+            audit.append(
+                {"kind": "audit", "event": "checkpoint.export", "actor": f"local:{os.getuid()}", "file": str(export)}
+            )
+        signed = audit.checkpoint()
+    finally:
+        audit.close()
+    if signed is None:
+        raise ConfigError(f"the audit log in {state.audit_dir} has no records to sign", hint="check --state-dir")
+    document = export_document(signed, key, trust_domain=config.trust_domain)
+    if target is not None:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {target}: {exc.strerror}", hint="pass a new file name") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(document, indent=2) + "\n")
+    if json_output or str(export) == "-":
+        print_json(document)
+        return
+    console.print(f"signed checkpoint: {signed.size} records (through seq {signed.size - 1}), head {signed.head.hex()}")
+    if target is not None:
+        console.print(f"  exported to {escape(str(target))}: keep a copy off this host")
+        console.print(f"  check later with: raywarden audit verify --against {escape(str(target))}")
 
 
 def _filter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -71,9 +72,31 @@ def up(
             "everything on loopback."
         ),
     ] = None,
+    ray_user: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-user",
+            metavar="USER",
+            help="As root: the unprivileged OS user Ray, and so every job, runs as; it must exist. Default: "
+            "raywarden-ray, a system user without login, created when missing.",
+        ),
+    ] = None,
+    shared_os_user: Annotated[
+        bool,
+        typer.Option(
+            "--shared-os-user",
+            help="Without root: run Ray as your own OS user and still allow more than one principal. This gives up "
+            "privilege separation: any job can then read the control plane's keys (CA keys, signing keys, the "
+            "identity store, the audit log) and so act as any identity, admin included. Without this flag, a "
+            "cluster started without root admits its one admin only.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it."""
+    """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it.
+
+    As root, Ray and every job run as an unprivileged OS user of their own (--ray-user), which cannot read or
+    write the control plane's state."""
     target = state_dir(state).require()
     started = time.monotonic()
     out = err_console if json_output else console
@@ -83,6 +106,8 @@ def up(
             listen=Listen.parse(listen) if listen else None,
             num_cpus=num_cpus,
             node_ip=node_ip,
+            ray_user=ray_user,
+            shared_os_user=shared_os_user,
             progress=lambda msg: spinner.update(msg),
         )
     elapsed = time.monotonic() - started
@@ -93,6 +118,7 @@ def up(
     console.print(f"Cluster up in {elapsed:.1f}s.")
     console.print(f"  gateway:   {info['gateway_url']}  (TLS 1.2+, client certificate required)")
     console.print(f"  Ray:       dashboard on {info['ray']['dashboard']} (loopback only, token auth, mutual TLS)")
+    _os_user_line(run.ray_user, run.ray_uid)
     if run.node_ip:
         console.print(f"  nodes:     Ray on {run.node_ip}; `raywarden node token create` lets a worker join")
     _firewall_line(run.firewall)
@@ -141,6 +167,7 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
         f"{info['metrics']['status'] or ''}"
     )
     if ray["running"]:
+        _os_user_line(ray["os_user"], ray["os_uid"])
         _firewall_line(ray["firewall"] or "")
         if ray["non_loopback_listeners"]:
             console.print(f"  [bold red]exposed[/]   {ray['non_loopback_listeners']}")
@@ -150,6 +177,16 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
         console.print(f"  {name:<12} expires {cert['not_after']} ({cert['days_left']} days)")
     console.print("  audit public key (keep a copy elsewhere to verify the log):")
     console.print(info["audit_public_key"].strip(), markup=False)
+
+
+def _os_user_line(name: str | None, uid: int | None) -> None:
+    if uid is not None and uid != os.geteuid():
+        console.print(f"  OS user:   Ray and its jobs run as {name} (uid {uid}), apart from the control plane")
+    else:
+        console.print(
+            "  OS user:   [yellow]Ray shares the control plane's OS user[/]: any job can read its keys "
+            "(one principal only, unless started with --shared-os-user)"
+        )
 
 
 def _health(running: bool, healthy: bool) -> str:

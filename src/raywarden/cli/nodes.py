@@ -199,18 +199,37 @@ def join(
         str | None, typer.Option(help="This node's IPv4 address (default: the one used to reach the head).")
     ] = None,
     num_cpus: Annotated[int | None, typer.Option(min=0, help="CPUs Ray may use on this node.")] = None,
+    ray_user: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-user",
+            metavar="USER",
+            help="The unprivileged OS user this node's Ray, and so every job on it, runs as; it must exist. "
+            "Default: raywarden-ray, a system user without login, created when missing.",
+        ),
+    ] = None,
     state: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Join this host to a cluster as a Ray worker: pinned TLS, node certificate, firewall, Ray with mTLS."""
+    """Join this host to a cluster as a Ray worker: pinned TLS, node certificate, firewall, Ray with mTLS.
+
+    Needs root. Ray runs as an OS user of its own (--ray-user), which cannot read this node's enrollment material."""
     root: Path = state_dir(state).root
     result = worker.join(
-        head_url, Secret(token), ca_fingerprint, root=root, name=name, address=address, num_cpus=num_cpus
+        head_url,
+        Secret(token),
+        ca_fingerprint,
+        root=root,
+        name=name,
+        address=address,
+        num_cpus=num_cpus,
+        ray_user=ray_user,
     )
     if json_output:
         print_json(result)
         return
     console.print(f"Joined as {result['spiffe_id']} in {result['seconds']:.1f}s; Ray worker up on {result['address']}.")
     console.print(f"  head GCS   {result['gcs_address']}")
+    console.print(f"  OS user    Ray runs as {result['ray_user']} (uid {result['ray_uid']})")
     console.print(f"  firewall   {result['firewall']}; peers {', '.join(result['peers'])}")
     console.print(f"  state dir  {result['state_dir']}  (`raywarden down --state-dir {root}` leaves the cluster)")

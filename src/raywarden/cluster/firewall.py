@@ -10,9 +10,9 @@ and `node revoke` change who may connect without reloading any rule:
 - ``banned``: revoked nodes. Every TCP packet from them is dropped (except to the gateway, so that a rejoin
   attempt gets a clear, audited refusal), which also cuts connections this node opened towards them.
 
-On this host, only processes of the user that runs the cluster (Ray, its workers, the gateway) may connect
-to those ports: other local users are refused, so the unauthenticated metrics and Ray's token-protected
-listeners are out of their reach too.
+On this host, only processes of Ray's user (Ray, its workers, jobs) and of the control plane's user (the
+gateway, Prometheus, the CLI) may connect to those ports (``meta skuid``): other local users are refused, so
+the unauthenticated metrics and Ray's token-protected listeners are out of their reach too.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -52,8 +53,9 @@ class FirewallPlan:
     # The gateway's port on a head: banned addresses may still reach it and be refused there, audited.
     gateway_port: int | None = None
     extra: tuple[int, ...] = field(default=())
-    # The user whose processes may connect to Ray's ports on this host; None: any local user.
-    owner_uid: int | None = None
+    # The users whose processes may connect to Ray's ports on this host (Ray's, the control plane's);
+    # empty: any local user.
+    owner_uids: tuple[int, ...] = ()
 
     @classmethod
     def for_ports(
@@ -65,6 +67,7 @@ class FirewallPlan:
         banned: Iterable[str] = (),
         gateway_port: int | None = None,
         extra: Iterable[int] = (),
+        owners: Iterable[int] = (),
     ) -> FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
@@ -77,8 +80,13 @@ class FirewallPlan:
             tuple(sorted(set(banned))),
             gateway_port,
             extra=tuple(sorted(set(extra))),
-            owner_uid=os.geteuid(),
+            owner_uids=tuple(sorted(set(owners) | {os.geteuid()})),
         )
+
+
+def owner_uids(ray_uid: int) -> tuple[int, ...]:
+    """Who may connect to Ray's ports on this host: Ray's user and the control plane's (this process's)."""
+    return tuple(sorted({os.geteuid(), ray_uid}))
 
 
 def ruleset(plan: FirewallPlan) -> str:
@@ -108,20 +116,22 @@ def ruleset(plan: FirewallPlan) -> str:
         f"    ip saddr @peers tcp dport @ray_ports accept\n"
         f"    tcp dport @ray_ports drop\n"
         f"  }}\n"
-        f"{_local_users_chain(plan.owner_uid)}"
+        f"{_local_users_chain(plan.owner_uids)}"
         f"}}\n"
     )
 
 
-def _local_users_chain(owner_uid: int | None) -> str:
-    """Connections from this host (all leave through lo) by anyone but the cluster's user: refused at once."""
-    if owner_uid is None:
+def _local_users_chain(owner_uids: tuple[int, ...]) -> str:
+    """Connections from this host (all leave through lo) by anyone but Ray's and the control plane's users:
+    refused at once."""
+    if not owner_uids:
         return ""
+    owners = "{ " + ", ".join(str(uid) for uid in owner_uids) + " }"
     return (
         f"  chain output {{\n"
         f"    type filter hook output priority -10; policy accept;\n"
-        f"    oif lo meta skuid != {owner_uid} tcp dport @ray_ports reject with tcp reset\n"
-        f"    oif lo meta skuid != {owner_uid} tcp dport @metrics_ports reject with tcp reset\n"
+        f"    oif lo meta skuid != {owners} tcp dport @ray_ports reject with tcp reset\n"
+        f"    oif lo meta skuid != {owners} tcp dport @metrics_ports reject with tcp reset\n"
         f"  }}\n"
     )
 
@@ -153,7 +163,9 @@ def install(plan: FirewallPlan) -> None:
     _nft(["-f", "-"], stdin=ruleset(plan))
 
 
-def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str], extra: Iterable[int] = ()) -> str:
+def protect(
+    state: StateDir, ports: RayPorts, exposed: dict[int, str], extra: Iterable[int] = (), owners: Iterable[int] = ()
+) -> str:
     """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit.
 
     ``extra``: more loopback ports of this cluster (its Prometheus) kept from other local users."""
@@ -161,7 +173,7 @@ def protect(state: StateDir, ports: RayPorts, exposed: dict[int, str], extra: It
     if why is not None:
         return _unprotected(exposed, why)
     try:
-        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra))
+        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra, owners=owners))
     except ClusterError as exc:
         return _unprotected(exposed, exc.message[:200])
     return "installed"
@@ -183,6 +195,28 @@ def ban(table: str, address: str) -> bool:
 def add_ports(table: str, ports: Iterable[int]) -> bool:
     values = [str(int(p)) for p in ports]
     return bool(values) and _element("add", table, "ray_ports", ", ".join(values))
+
+
+_TABLE = re.compile(r"^table inet (raywarden_\w+) \{\n(.*?)^\}", re.DOTALL | re.MULTILINE)
+_PORT_SET = re.compile(r"set (ray_ports|metrics_ports) \{[^}]*?elements = \{([^}]*)\}", re.DOTALL)
+
+
+def claimed_ports(except_table: str | None = None) -> frozenset[int]:
+    """Ports in the sets of every other raywarden table on this host. Another cluster's owner rules refuse
+    every user but its own there, so a port of ours among them would refuse our Ray's user."""
+    if available() is not None:
+        return frozenset()
+    listed = subprocess.run([_nft_path(), "list", "ruleset"], capture_output=True, text=True, check=False)
+    claimed: set[int] = set()
+    for table, body in _TABLE.findall(listed.stdout):
+        if table == except_table:
+            continue
+        for _, elements in _PORT_SET.findall(body):
+            for item in elements.replace("\n", " ").split(","):
+                low, _, high = item.strip().partition("-")
+                if low.isdigit() and (not high or high.isdigit()):
+                    claimed.update(range(int(low), int(high or low) + 1))
+    return frozenset(claimed)
 
 
 def table_exists(table: str) -> bool:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from raywarden.audit import audit_public_key_pem
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import list_profiles
-from raywarden.cluster import firewall, multinode, prometheus
+from raywarden.cluster import firewall, multinode, privsep, prometheus, raydir
 from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import (
     alive,
@@ -34,6 +34,7 @@ from raywarden.cluster.ray_head import (
     HEAD_ADDRESS,
     RayHead,
     cluster_pids,
+    prepare_ray_files,
     spawn_head,
     stop_head,
     wait_for_dashboard,
@@ -65,6 +66,9 @@ class RunState(BaseModel):
     prometheus_pid: int | None = None
     prometheus_port: int | None = None
     metrics: str | None = None
+    # The OS user Ray runs as (absent from older run files: the control plane's own).
+    ray_user: str | None = None
+    ray_uid: int | None = None
 
 
 def _run_file(state: StateDir) -> Path:
@@ -84,6 +88,8 @@ def up(
     listen: Listen | None = None,
     num_cpus: int | None = None,
     node_ip: str | None = None,
+    ray_user: str | None = None,
+    shared_os_user: bool = False,
     progress: Progress = lambda _: None,
 ) -> RunState:
     config = state.load_config()
@@ -99,22 +105,27 @@ def up(
         )
     if listen is not None and listen != config.listen:
         config = _change_listen(state, config, listen)
+    _require_free(config.listen)
+    # Who Ray runs as is settled (and recorded) before anything starts: a refusal leaves nothing behind.
+    config, user = privsep.choose_ray_user(state, config, ray_user=ray_user, shared_os_user=shared_os_user)
     if node_ip is not None:
         config = multinode.prepare_head(state, config, node_ip)
-    _require_free(config.listen)
     for folder in (state.run_dir, state.logs_dir):
         ensure_private_dir(folder)
+    files = prepare_ray_files(state, user)
+    owners = firewall.owner_uids(user.uid)
 
     metrics_why = _metrics_unavailable(config)
+    claimed = firewall.claimed_ports(firewall.table_name(state))
     if node_ip is None:
         progress("starting Ray head (mutual TLS, token auth, loopback only) and the gateway")
-        ports = RayPorts.allocate(HEAD_ADDRESS)
+        ports = RayPorts.allocate(HEAD_ADDRESS, avoid=claimed)
     else:
         progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
-        ports = RayPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
-    prom_port = prometheus.allocate_port(ports) if metrics_why is None else None
+        ports = RayPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
+    prom_port = prometheus.allocate_port(ports, claimed) if metrics_why is None else None
     if node_ip is not None:
-        multinode.install_head_firewall(state, config, ports)
+        multinode.install_head_firewall(state, config, ports, owners)
         if prom_port is not None:
             firewall.add_ports(firewall.table_name(state), [prom_port])
     head: RayHead | None = None
@@ -122,19 +133,23 @@ def up(
     prom: prometheus.Prometheus | None = None
     try:
         prom_url = prometheus.url(prom_port) if prom_port is not None else None
-        # Prometheus, Ray and the gateway start side by side; Prometheus reads Ray's target list from a
-        # file that Ray (re)writes, so it needs nothing from Ray to start.
+        # Prometheus, Ray and the gateway start side by side: Prometheus scrapes Ray's metrics ports, which
+        # raywarden chose, and needs nothing from Ray to start.
         if prom_port is not None:
-            prom = prometheus.spawn(state, prom_port)
-        head = spawn_head(state, ports, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
+            prom = prometheus.spawn(state, prom_port, ports.metrics())
+        head = spawn_head(state, ports, files, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
         gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url)
         wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
+        # Ray has made its session, sockets, logs and runtime-env folders 0777 by now: only its user may enter.
+        raydir.tighten(files)
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            fw = firewall.protect(state, ports, exposed, extra=[prom_port] if prom_port is not None else [])
+            fw = firewall.protect(
+                state, ports, exposed, extra=[prom_port] if prom_port is not None else [], owners=owners
+            )
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))
@@ -150,6 +165,7 @@ def up(
         if prom is not None:
             prometheus.stop(state, prom.pid)
         firewall.remove(state)
+        raydir.forget_secrets(files.folder)
         raise
     metrics = prometheus.describe(prom_port, metrics_why)
     run = RunState(
@@ -163,6 +179,8 @@ def up(
         prometheus_pid=prom.pid if prom else None,
         prometheus_port=prom_port,
         metrics=metrics,
+        ray_user=user.name,
+        ray_uid=user.uid,
     )
     write_private(_run_file(state), run.model_dump_json(indent=2).encode())
     audit = open_cluster_audit(state, config)
@@ -178,6 +196,10 @@ def up(
                 "node_ip": node_ip,
                 "metrics": metrics,
                 "prometheus_port": prom_port,
+                "ray_user": user.name,
+                "ray_uid": user.uid,
+                "control_plane_uid": os.geteuid(),
+                "shared_os_user": user.is_current,
             }
         )
     finally:
@@ -199,6 +221,8 @@ def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, A
     progress("stopping Ray")
     left += stop_head(state, run.ray_pid if run else None)
     firewall.remove(state)
+    if not left:
+        raydir.forget_secrets(state.ray_dir)
     if left:
         raise ClusterError(f"processes of this cluster are still running: {left}", hint="kill them by hand")
     _run_file(state).unlink(missing_ok=True)
@@ -350,6 +374,9 @@ def status(state: StateDir) -> dict[str, Any]:
             "running": ray_up,
             "healthy": dashboard_ok,
             "pid": run.ray_pid if run else None,
+            "os_user": run.ray_user if run else config.ray_user,
+            "os_uid": run.ray_uid if run else None,
+            "shares_control_plane_user": not config.separated,
             "node_ip": run.node_ip if run else None,
             "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
             "non_loopback_listeners": exposed,

@@ -60,7 +60,9 @@ def prepare_head(state: StateDir, config: ClusterConfig, node_ip: str) -> Cluste
     return config
 
 
-def head_plan(state: StateDir, config: ClusterConfig, ports: RayPorts) -> firewall.FirewallPlan:
+def head_plan(
+    state: StateDir, config: ClusterConfig, ports: RayPorts, owners: tuple[int, ...] = ()
+) -> firewall.FirewallPlan:
     registry = NodeRegistry.open(state.identity_db)
     return firewall.FirewallPlan.for_ports(
         firewall.table_name(state),
@@ -68,11 +70,12 @@ def head_plan(state: StateDir, config: ClusterConfig, ports: RayPorts) -> firewa
         peers=registry.active_addresses(),
         banned=registry.revoked_addresses(),
         gateway_port=config.listen.port,
+        owners=owners,
     )
 
 
-def install_head_firewall(state: StateDir, config: ClusterConfig, ports: RayPorts) -> None:
-    firewall.install(head_plan(state, config, ports))
+def install_head_firewall(state: StateDir, config: ClusterConfig, ports: RayPorts, owners: tuple[int, ...]) -> None:
+    firewall.install(head_plan(state, config, ports, owners))
 
 
 def cover_unplanned(table: str, ports: RayPorts | WorkerPorts, exposed: dict[int, str]) -> str:

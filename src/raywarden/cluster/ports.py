@@ -20,10 +20,13 @@ class _PortPlan(BaseModel):
     max_worker: int
 
     @classmethod
-    def allocate(cls, host: str = "127.0.0.1", worker_ports: int | None = None) -> Self:
+    def allocate(
+        cls, host: str = "127.0.0.1", worker_ports: int | None = None, avoid: frozenset[int] = frozenset()
+    ) -> Self:
         """Ask the kernel for free ports, holding them all until every one is chosen.
 
-        The worker range is a run of consecutive free ports found by probing upwards from a free one.
+        The worker range is a run of consecutive free ports found by probing upwards from a free one. ``avoid``:
+        ports that are free but taken otherwise (another cluster's firewall admits only its own users there).
         """
         length = worker_ports or cls.WORKER_RUN
         with ExitStack() as stack:
@@ -31,10 +34,13 @@ class _PortPlan(BaseModel):
             for name in cls.model_fields:
                 if name in ("min_worker", "max_worker"):
                     continue
-                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind((host, 0))
-                chosen[name] = sock.getsockname()[1]
-            start = _free_run(host, length, exclude=set(chosen.values()))
+                for _ in range(1000):  # a refused port stays bound meanwhile, so the kernel offers another
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, 0))
+                    chosen[name] = sock.getsockname()[1]
+                    if chosen[name] not in avoid:
+                        break
+            start = _free_run(host, length, exclude=set(chosen.values()) | avoid)
             return cls(**chosen, min_worker=start, max_worker=start + length - 1)
 
     def all_fixed(self) -> list[int]:

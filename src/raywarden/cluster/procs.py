@@ -10,8 +10,13 @@ import contextlib
 import ipaddress
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
+
+# Popen objects of processes started by `spawn_as`, kept so that none is garbage-collected (which warns)
+# while its process runs; `exit_status` reaps through them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def spawn_detached(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> int:
@@ -32,8 +37,50 @@ def spawn_detached(argv: list[str], *, env: dict[str, str], log_path: Path, cwd:
         os.close(log_fd)
 
 
+def spawn_as(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path,
+    uid: int | None,
+    gid: int | None,
+    umask: int = 0o077,
+) -> int:
+    """As ``spawn_detached``, as the user ``uid``/``gid`` (None: ours) with no supplementary groups and
+    ``umask``. The process keeps ``log_path`` open: it must be a file that user may write anyway."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if uid is not None and gid is not None:
+            os.fchown(log_fd, uid, gid)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            close_fds=True,
+            umask=umask,
+            user=uid,
+            group=gid,
+            extra_groups=None if uid is None else [],
+        )
+    finally:
+        os.close(log_fd)
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
 def exit_status(pid: int) -> int | None:
     """The exit code of a child that has ended (reaping it), or None while it runs."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        code = proc.poll()
+        if code is not None:
+            del _CHILDREN[pid]
+        return code
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -101,6 +148,9 @@ def terminate(pids: list[int], *, grace_s: float) -> list[int]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(alive(p) for p in killed):
         time.sleep(0.05)
+    for pid in pids:
+        if pid in _CHILDREN:
+            exit_status(pid)  # reap a child of ours, so that it is no zombie and its Popen is done
     return killed
 
 

@@ -1,9 +1,10 @@
 """One Prometheus server per cluster, on loopback, scraping Ray so that the dashboard's metrics pages have data.
 
-Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the cluster's
-user, listens on 127.0.0.1 only (behind the cluster's nftables table when there is one), keeps one day of
-data next to Ray's temp dir (inside the same 0700 folder: metrics are not state worth keeping), creates
-everything private (umask 077), and is started without the admin or lifecycle APIs (off unless asked for).
+Ray's metrics ports are plaintext and unauthenticated, so Prometheus runs next to them as the control plane's
+user (never as Ray's: a job could then rewrite what the gateway's metrics pages show), listens on 127.0.0.1
+only (behind the cluster's nftables table when there is one), keeps one day of data in the cluster's runtime
+folder beside Ray's (state.py runtime_dir: metrics are not state worth keeping), creates everything private
+(umask 077), and is started without the admin or lifecycle APIs (off unless asked for).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ SCRAPE_INTERVAL = "5s"
 RETENTION_TIME = "1d"
 # A bound on disk use besides the time limit: a busy cluster's one day must not fill the state dir's disk.
 RETENTION_SIZE = "1GB"
-# Ray 2.60 rewrites this file every 5 s in its session dir and keeps a symlink to it in its temp dir
-# (ray/_private/metrics_agent.py PrometheusServiceDiscoveryWriter); the symlink's path is stable across
-# sessions, so it is the one Prometheus reads.
-DISCOVERY_FILE = "prom_metrics_service_discovery.json"
+# Ray writes the targets it wants scraped to a file in its temp dir (ray/_private/metrics_agent.py
+# PrometheusServiceDiscoveryWriter). That file is Ray's user's, so a job could point Prometheus (the control
+# plane's) at any address; Prometheus scrapes the ports raywarden gave Ray instead. They are the same: Ray's
+# metrics ports of this node, the only ones the firewall lets anyone reach (loopback only, even for nodes).
 INSTALL_HINT = "apt-get install --no-install-recommends prometheus"
 
 
@@ -49,7 +50,7 @@ def config_path(state: StateDir) -> Path:
 
 
 def data_dir(state: StateDir) -> Path:
-    return state.ray_temp_dir.parent / "prometheus"
+    return state.runtime_dir / "prometheus"
 
 
 def log_path(state: StateDir) -> Path:
@@ -60,30 +61,24 @@ def url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def render_config(state: StateDir) -> str:
-    """prometheus.yml as JSON (a subset of YAML): Ray's targets through file-based service discovery."""
+def render_config(targets: list[int]) -> str:
+    """prometheus.yml as JSON (a subset of YAML): Ray's metrics ports on loopback, named in the file."""
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
             {
                 "job_name": "ray",
-                "file_sd_configs": [
-                    {
-                        "files": [str(state.ray_temp_dir / DISCOVERY_FILE)],
-                        # File changes are watched with inotify on the symlink's folder, which does not see Ray
-                        # rewriting the target in its session dir: re-read it as often as Ray writes it.
-                        "refresh_interval": "5s",
-                    }
-                ],
+                "static_configs": [{"targets": [f"{HOST}:{port}" for port in targets], "labels": {"job": "ray"}}],
             }
         ],
     }
     return json.dumps(config, indent=2) + "\n"
 
 
-def allocate_port(ray_ports: RayPorts) -> int:
-    """A free loopback port that is none of Ray's (the kernel may hand back a port Ray's plan just took)."""
-    taken = set(ray_ports.all_fixed())
+def allocate_port(ray_ports: RayPorts, avoid: frozenset[int] = frozenset()) -> int:
+    """A free loopback port that is none of Ray's (the kernel may hand back a port Ray's plan just took), nor
+    one ``avoid`` names (another cluster's firewall)."""
+    taken = set(ray_ports.all_fixed()) | avoid
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
@@ -122,16 +117,18 @@ class Prometheus:
         return url(self.port)
 
 
-def spawn(state: StateDir, port: int) -> Prometheus:
-    """Write the config and start Prometheus detached, without waiting for it."""
+def spawn(state: StateDir, port: int, targets: list[int]) -> Prometheus:
+    """Write the config (scraping Ray's metrics ports ``targets``) and start Prometheus detached, without
+    waiting for it."""
     prometheus = binary()
     if prometheus is None:
         raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
     ensure_private_dir(folder(state))
-    ensure_private_dir(state.ray_temp_dir.parent)
+    if not state.separated:
+        ensure_private_dir(state.runtime_dir)  # separated: root's 0711 folder, made by raydir.prepare
     ensure_private_dir(data_dir(state))
     ensure_private_dir(state.logs_dir)
-    write_private(config_path(state), render_config(state).encode())
+    write_private(config_path(state), render_config(targets).encode())
     # A Prometheus left over from a crashed `up` holds the data dir's lock; it belongs to this state dir only.
     stop(state, None)
     # Nothing from the CLI's environment: Prometheus needs no secret and no Ray setting.

@@ -8,13 +8,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
+from raywarden.cluster import raydir
 from raywarden.cluster.ports import RayPorts
-from raywarden.cluster.procs import alive, exit_status, pids_in_session, pids_mentioning, spawn_detached, terminate
+from raywarden.cluster.procs import alive, exit_status, pids_in_session, pids_mentioning, spawn_as, terminate
+from raywarden.cluster.raydir import RayFiles
+from raywarden.cluster.rayuser import RayUser
 from raywarden.errors import ClusterError
-from raywarden.files import ensure_private_dir, read_private
+from raywarden.files import read_private
 from raywarden.state import StateDir
 
 HEAD_ADDRESS = "127.0.0.1"
@@ -26,17 +30,28 @@ HEAD_ADDRESS = "127.0.0.1"
 NO_PROMETHEUS = "http://127.0.0.1:1"
 
 
+# What Ray and its jobs get from the environment of whoever ran `up` or `join`: names (or prefixes) that say
+# how to reach package indexes, the locale and the time zone. Everything else stays out, so that a secret in
+# the operator's shell (a cloud key, a token) never reaches a job.
+PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+PASSED_ENV_PREFIXES = ("LC_", "PIP_", "UV_", "CUDA_", "NVIDIA_")
+PROXY_ENV = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+def passed_environment(source: dict[str, str] | None = None) -> dict[str, str]:
+    source = dict(os.environ) if source is None else source
+    return {
+        k: v
+        for k, v in source.items()
+        if k in PASSED_ENV or k.startswith(PASSED_ENV_PREFIXES) or k.lower() in PROXY_ENV
+    }
+
+
 def ray_environment(
-    state: StateDir, ports: RayPorts, *, multinode: bool = False, prometheus_url: str | None = None
+    files: RayFiles, ports: RayPorts, *, multinode: bool = False, prometheus_url: str | None = None
 ) -> dict[str, str]:
     """The environment every Ray process of the head inherits (job drivers included)."""
-    env = node_environment(
-        cert=state.node_cert,
-        key=state.node_key,
-        ca=state.internal_ca_cert,
-        token=state.ray_token,
-        loopback=not multinode,
-    )
+    env = node_environment(files, loopback=not multinode)
     # These two Prometheus ports are fixed by default (44227, 44217): per-cluster values keep
     # two clusters on one host apart.
     env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metrics)
@@ -47,22 +62,27 @@ def ray_environment(
     return env
 
 
-def node_environment(*, cert: Path, key: Path, ca: Path, token: Path, loopback: bool) -> dict[str, str]:
+def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
     """Mutual TLS, token auth and no usage stats, for any Ray node (head or worker)."""
-    # Nothing Ray-related from the caller's environment (RAY_ADDRESS, another token...) leaks in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
-    env.pop("DASHBOARD_METRIC_PORT", None)
-    env.pop("AUTOSCALER_METRIC_PORT", None)
+    # An allow-list of the caller's environment: nothing Ray-related (RAY_ADDRESS, another token...) and no
+    # secret of the operator's leaks in.
+    env = passed_environment()
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    if files.user.is_current:
+        env["HOME"] = os.environ.get("HOME", str(files.home))
+    else:
+        env.update({"HOME": str(files.home), "USER": files.user.name, "LOGNAME": files.user.name})
     env.update(
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
             "RAY_USE_TLS": "1",
-            "RAY_TLS_SERVER_CERT": str(cert),
-            "RAY_TLS_SERVER_KEY": str(key),
-            "RAY_TLS_CA_CERT": str(ca),
-            # Token auth; the token stays in its 0600 file in the state dir.
+            "RAY_TLS_SERVER_CERT": str(files.node_cert),
+            "RAY_TLS_SERVER_KEY": str(files.node_key),
+            "RAY_TLS_CA_CERT": str(files.ca_cert),
+            # Token auth; the token stays in its 0600 file in Ray's folder (raydir.py), only its path is here.
             "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token),
+            "RAY_AUTH_TOKEN_PATH": str(files.token),
             "RAY_USAGE_STATS_ENABLED": "0",
             # `down` stops the cluster; Ray's default 30 s drain on SIGTERM only delays that.
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
@@ -123,23 +143,36 @@ class RayHead:
         return f"http://{HEAD_ADDRESS}:{self.ports.dashboard}"
 
 
+def prepare_ray_files(state: StateDir, user: RayUser) -> RayFiles:
+    """Ray's own folder with what the head's Ray needs (raydir.py)."""
+    return raydir.prepare(
+        state.ray_dir,
+        user,
+        cert=state.node_cert,
+        key=state.node_key,
+        ca=state.internal_ca_cert,
+        token=state.ray_token,
+    )
+
+
 def spawn_head(
     state: StateDir,
     ports: RayPorts,
+    files: RayFiles,
     *,
     num_cpus: int | None = None,
     node_ip: str | None = None,
     prometheus_url: str | None = None,
 ) -> RayHead:
-    """Start the head without waiting for it; ``node_ip`` (multi-node mode) replaces loopback."""
-    ensure_private_dir(state.ray_temp_dir.parent)  # the 0700 guard around Ray's world-writable temp dir
-    temp_dir = ensure_private_dir(state.ray_temp_dir)
-    ensure_private_dir(state.logs_dir)
-    pid = spawn_detached(
+    """Start the head as Ray's user without waiting for it; ``node_ip`` (multi-node mode) replaces loopback."""
+    same = files.user.is_current
+    pid = spawn_as(
         head_command(state, ports, num_cpus, node_ip or HEAD_ADDRESS),
-        env=ray_environment(state, ports, multinode=node_ip is not None, prometheus_url=prometheus_url),
-        log_path=state.logs_dir / "ray-start.log",
-        cwd=temp_dir,
+        env=ray_environment(files, ports, multinode=node_ip is not None, prometheus_url=prometheus_url),
+        log_path=files.start_log,
+        cwd=files.temp_dir,
+        uid=None if same else files.user.uid,
+        gid=None if same else files.user.gid,
     )
     return RayHead(pid, ports)
 
@@ -153,7 +186,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None
         if code is not None:
             raise ClusterError(
                 f"Ray exited during start-up (exit code {code})",
-                hint=f"see {state.logs_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
+                hint=f"see {state.ray_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
             )
         try:
             resp = requests.get(
@@ -174,11 +207,18 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None
         time.sleep(0.3)
     raise ClusterError(
         f"Ray's dashboard did not become ready within {timeout_s:.0f}s ({last})",
-        hint=f"see {state.logs_dir / 'ray-start.log'}",
+        hint=f"see {state.ray_dir / 'ray-start.log'}",
     )
 
 
-def cluster_pids(state: StateDir, pid: int | None) -> list[int]:
+class RayNode(Protocol):
+    """A head's StateDir or a worker's NodeState: what finding a node's Ray processes needs."""
+
+    @property
+    def ray_temp_dir(self) -> Path: ...
+
+
+def cluster_pids(state: RayNode, pid: int | None) -> list[int]:
     """Ray processes of this cluster: its session, plus anything naming its temp dir (job drivers
     start sessions of their own)."""
     found = set(pids_mentioning(str(state.ray_temp_dir)))
@@ -187,7 +227,7 @@ def cluster_pids(state: StateDir, pid: int | None) -> list[int]:
     return sorted(found)
 
 
-def stop_head(state: StateDir, pid: int | None, *, grace_s: float = 20.0) -> list[int]:
+def stop_head(state: RayNode, pid: int | None, *, grace_s: float = 20.0) -> list[int]:
     """Stop `ray start --block` (which stops its children), then sweep anything left of this cluster."""
     if pid is not None and alive(pid):
         terminate([pid], grace_s=grace_s)

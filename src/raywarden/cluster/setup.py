@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import Profile, load_profile, profiles_dir, set_current
+from raywarden.cluster.rayuser import DEFAULT_RAY_USER, can_switch_users
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
 from raywarden.identity.store import IdentityStore
@@ -52,6 +53,10 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
             f"profile {profile_name!r} already exists (for {existing.gateway_url})",
             hint="pass --profile NAME to name this cluster's admin profile differently",
         )
+    if config.ray_user is None and can_switch_users():
+        # As root, `up` will run Ray as a user of its own (created then): recorded now, so that people and
+        # service accounts can be added before the first `up`.
+        config = config.model_copy(update={"ray_user": DEFAULT_RAY_USER})
     for folder in (
         state.root,
         state.pki_dir,

@@ -26,17 +26,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict
 
-from raywarden.cluster import firewall, multinode
+from raywarden.cluster import firewall, multinode, raydir
 from raywarden.cluster.ports import WorkerPorts
-from raywarden.cluster.procs import alive, exit_status, is_loopback, listening_ports, spawn_detached
+from raywarden.cluster.procs import alive, exit_status, is_loopback, listening_ports, spawn_as
 from raywarden.cluster.ray_head import cluster_pids, node_environment, ray_binary, stop_head
+from raywarden.cluster.raydir import RayFiles
+from raywarden.cluster.rayuser import DEFAULT_RAY_USER, check_interpreter, ensure_ray_user
 from raywarden.errors import ClusterError, ConfigError, PKIError
 from raywarden.files import ensure_private_dir, read_private, write_private, write_public
 from raywarden.pki.certs import fingerprint
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import check_name
 from raywarden.secret import Secret
-from raywarden.state import StateDir
+from raywarden.state import StateDir, runtime_dir_for
 
 
 class NodeConfig(BaseModel):
@@ -56,6 +58,8 @@ class NodeConfig(BaseModel):
     joined_at: str
     ray_pid: int | None = None
     firewall: str = ""
+    # The OS user this node's Ray runs as (`join` runs as root, so always one of its own).
+    ray_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,13 @@ class NodeState:
         return self.root / "logs"
 
     @property
+    def ray_dir(self) -> Path:
+        """Ray's own folder (raydir.py); `join` needs root, so a worker's Ray always has a user of its own."""
+        return runtime_dir_for(self.root, separated=True) / "ray"
+
+    @property
     def ray_temp_dir(self) -> Path:
-        return StateDir(self.root).ray_temp_dir
+        return self.ray_dir / "tmp"
 
     @property
     def table(self) -> str:
@@ -197,6 +206,7 @@ def join(
     name: str | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    ray_user: str | None = None,
     timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Enroll this host with the head at ``head_url`` and start its Ray worker. Returns a summary."""
@@ -212,6 +222,8 @@ def join(
             f"{root} already holds a raywarden node or cluster",
             hint="`raywarden down --state-dir DIR` first, or pass another --state-dir",
         )
+    user = ensure_ray_user(ray_user or DEFAULT_RAY_USER)
+    check_interpreter(user)
     for folder in (root, node.pki_dir, node.ray_token.parent, node.logs_dir):
         ensure_private_dir(folder)
 
@@ -219,7 +231,8 @@ def join(
     parts = urlsplit(head_url)
     host = parts.hostname or ""
     address = address or local_address_towards(host, parts.port or 443)
-    ports = WorkerPorts.allocate("0.0.0.0")  # noqa: S104 - probing for free ports, Ray binds * here
+    claimed = firewall.claimed_ports(node.table)
+    ports = WorkerPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
     key = generate_private_key()
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -254,17 +267,21 @@ def join(
         ports=ports,
         access_ca_fingerprint=expected,
         joined_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        ray_user=user.name,
     )
     node.save(config)
     try:
-        firewall.install(firewall.FirewallPlan.for_ports(node.table, ports, peers=config.peers))
-        pid = _start_worker(node, config, ray, num_cpus)
+        owners = firewall.owner_uids(user.uid)
+        firewall.install(firewall.FirewallPlan.for_ports(node.table, ports, peers=config.peers, owners=owners))
+        files = raydir.prepare(
+            node.ray_dir, user, cert=node.node_cert, key=node.node_key, ca=node.internal_ca_cert, token=node.ray_token
+        )
+        pid = _start_worker(files, config, ray, num_cpus)
         config.ray_pid = pid
         node.save(config)
-        _wait_for_worker(node, config, pid, timeout_s)
-        exposed = {
-            p: a for p, a in listening_ports(set(cluster_pids(StateDir(root), pid))).items() if not is_loopback(a)
-        }
+        _wait_for_worker(files, config, pid, timeout_s)
+        raydir.tighten(files)
+        exposed = {p: a for p, a in listening_ports(set(cluster_pids(node, pid))).items() if not is_loopback(a)}
         config.firewall = multinode.cover_unplanned(node.table, ports, exposed)
         node.save(config)
     except BaseException:
@@ -277,6 +294,8 @@ def join(
         "gcs_address": config.gcs_address,
         "peers": config.peers,
         "ray_pid": config.ray_pid,
+        "ray_user": user.name,
+        "ray_uid": user.uid,
         "firewall": config.firewall,
         "state_dir": str(root),
         "enroll_seconds": round(enrolled - started, 3),
@@ -306,7 +325,7 @@ def _post(head_url: str, path: str, payload: dict[str, Any], ca: Path) -> dict[s
     return body
 
 
-def worker_command(node: NodeState, config: NodeConfig, ray: str, num_cpus: int | None) -> list[str]:
+def worker_command(files: RayFiles, config: NodeConfig, ray: str, num_cpus: int | None) -> list[str]:
     p = config.ports
     command = [
         ray,
@@ -314,7 +333,7 @@ def worker_command(node: NodeState, config: NodeConfig, ray: str, num_cpus: int 
         "--block",
         f"--address={config.gcs_address}",
         f"--node-ip-address={config.address}",
-        f"--temp-dir={node.ray_temp_dir}",
+        f"--temp-dir={files.temp_dir}",
         f"--node-manager-port={p.node_manager}",
         f"--object-manager-port={p.object_manager}",
         f"--dashboard-agent-listen-port={p.dashboard_agent_http}",
@@ -330,26 +349,28 @@ def worker_command(node: NodeState, config: NodeConfig, ray: str, num_cpus: int 
     return command
 
 
-def _start_worker(node: NodeState, config: NodeConfig, ray: str, num_cpus: int | None) -> int:
-    temp_dir = ensure_private_dir(node.ray_temp_dir)
-    env = node_environment(
-        cert=node.node_cert, key=node.node_key, ca=node.internal_ca_cert, token=node.ray_token, loopback=False
-    )
-    return spawn_detached(
-        worker_command(node, config, ray, num_cpus), env=env, log_path=node.logs_dir / "ray-start.log", cwd=temp_dir
+def _start_worker(files: RayFiles, config: NodeConfig, ray: str, num_cpus: int | None) -> int:
+    same = files.user.is_current
+    return spawn_as(
+        worker_command(files, config, ray, num_cpus),
+        env=node_environment(files, loopback=False),
+        log_path=files.start_log,
+        cwd=files.temp_dir,
+        uid=None if same else files.user.uid,
+        gid=None if same else files.user.gid,
     )
 
 
-def _wait_for_worker(node: NodeState, config: NodeConfig, pid: int, timeout_s: float) -> None:
+def _wait_for_worker(files: RayFiles, config: NodeConfig, pid: int, timeout_s: float) -> None:
     """`ray start --block` prints "Ray runtime started" once the raylet registered with the head's GCS."""
-    log_path = node.logs_dir / "ray-start.log"
+    log_path = files.start_log
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         code = exit_status(pid)
         if code is not None:
             raise ClusterError(
                 f"Ray exited during start-up (exit code {code})",
-                hint=f"see {log_path} and the logs under {node.ray_temp_dir}",
+                hint=f"see {log_path} and the logs under {files.temp_dir}",
             )
         if "Ray runtime started" in log_path.read_text(errors="replace"):
             return
@@ -398,13 +419,15 @@ def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
             head_acknowledged = True
         except (ClusterError, PKIError, ConfigError):
             head_acknowledged = False
-    left = stop_head(StateDir(root), config.ray_pid)
+    left = stop_head(node, config.ray_pid)
     firewall.remove_table(node.table)
     if left:
         raise ClusterError(f"processes of this worker are still running: {left}", hint="kill them by hand")
     for secret_file in (node.ray_token, node.node_secret, node.node_key):
         secret_file.unlink(missing_ok=True)
     node.config_path.unlink(missing_ok=True)
+    raydir.forget_secrets(node.ray_dir)
+    # rmtree removes symlinks without following them: whatever a job left in Ray's folder goes with it.
     shutil.rmtree(node.ray_temp_dir, ignore_errors=True)
     return {
         "name": config.name,

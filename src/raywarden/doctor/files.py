@@ -102,10 +102,27 @@ def _folders(ctx: DoctorContext, entries: list[tuple[Path, os.stat_result]]) -> 
 def _ray_temp(ctx: DoctorContext) -> Check:
     """Ray makes its temp dir, sessions, sockets and logs 0777 (ray/_common/utils.py
     try_make_directory_shared): another user could swap a unix socket or a job's unpacked working_dir.
-    Some folder on the way there must be ours and closed to everyone else."""
+    Some folder on the way there must be closed to everyone else: Ray's own (a user of its own, checked by
+    separation.ray-folder), or ours (Ray shares our user)."""
     temp = ctx.state.ray_temp_dir
     if not temp.exists():
         return passed("files.ray-temp", f"Ray's temp dir {temp} does not exist yet")
+    if ctx.config.separated:
+        owner = ctx.config.ray_user
+        try:
+            uid = pwd.getpwnam(owner or "").pw_uid
+        except KeyError:
+            uid = -1
+        folder = ctx.state.ray_dir
+        st = folder.lstat()
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not _mode(st) & 0o077:
+            return passed("files.ray-temp", f"Ray's temp dir is inside {folder} (0700, {owner}'s)")
+        return failed(
+            "files.ray-temp",
+            f"other users can reach Ray's temp dir {temp}: {folder} is not a 0700 folder of {owner}'s",
+            command("chown", f"{owner}:", folder) + " && " + command("chmod", "700", folder),
+            path=str(temp),
+        )
     me = os.geteuid()
     for folder in (temp, *temp.parents):
         st = folder.lstat()
@@ -120,9 +137,8 @@ def _ray_temp(ctx: DoctorContext) -> Check:
 
 
 def _temp_guard(ctx: DoctorContext) -> Path:
-    """The folder of ours around Ray's temp dir (state.py), or the temp dir itself in an older layout."""
-    temp = ctx.state.ray_temp_dir
-    return temp.parent if temp.parent != Path("/tmp") else temp  # noqa: S108 - comparing, not creating
+    """The folder of ours around Ray's folder and Prometheus's data (state.py runtime_dir)."""
+    return ctx.state.runtime_dir
 
 
 def _other_files(entries: list[tuple[Path, os.stat_result]], special: set[Path]) -> Check:

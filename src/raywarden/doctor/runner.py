@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from raywarden.doctor import audit, certs, clock, files, listeners, policy, ray
+from raywarden.doctor import audit, certs, clock, files, listeners, policy, ray, separation
 from raywarden.doctor.context import DoctorContext, load_context
 from raywarden.doctor.report import Check, DoctorReport
 from raywarden.state import StateDir
@@ -15,6 +15,7 @@ CheckGroup = Callable[[DoctorContext], list[Check]]
 # Order of the report: what is on disk first, then what is running, then the record and the clock.
 GROUPS: tuple[tuple[str, CheckGroup], ...] = (
     ("files", files.checks),
+    ("separation", separation.checks),
     ("certs", certs.checks),
     ("listeners", listeners.checks),
     ("ray", ray.checks),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from raywarden.audit.cluster import open_cluster_audit
+from raywarden.cluster.privsep import require_room_for
 from raywarden.errors import RaywardenError, UsageError
 from raywarden.gateway.tokens import IssuedToken, TokenAuthority, expires_iso
 from raywarden.identity.enrollment import EnrollmentCode, create_code
@@ -70,11 +71,16 @@ class IdentityAdmin:
             raise UsageError("an enrollment code lives between 1 second and 30 days")
         return ttl
 
+    def _require_room(self, spiffe_id: str, what: str) -> None:
+        """A cluster whose Ray shares the control plane's OS user admits its one admin only (docs/threat-model.md)."""
+        require_room_for(self.state, self.config, spiffe_id, what)
+
     def add(self, kind: Kind, name: str, groups: list[str], *, code_ttl_s: float | None = None) -> NewCode:
         for group in groups:
             check_name(group, "group name")
         ttl = self._code_ttl(code_ttl_s)
         spiffe = self.spiffe(kind, name)
+        self._require_room(str(spiffe), f"add {spiffe}")
         principal = self.store.add_principal(spiffe, groups, created_by=self.actor)
         self._audit(f"{'user' if kind == 'user' else 'sa'}.create", str(spiffe), groups=list(principal.groups))
         return self._new_code(principal, ttl)
@@ -83,6 +89,7 @@ class IdentityAdmin:
         return self._new_code(self.get(kind, name), self._code_ttl(code_ttl_s))
 
     def _new_code(self, principal: Principal, ttl: float) -> NewCode:
+        self._require_room(principal.spiffe_id, f"enroll {principal.spiffe_id}")
         code, expires = create_code(self.store, principal, ttl_s=ttl, created_by=self.actor)
         self._audit(
             "enrollment.create", principal.spiffe_id, enrollment_id=code.code_id, expires_at=expires_iso(expires)
@@ -98,6 +105,7 @@ class IdentityAdmin:
     def enable(self, kind: Kind, name: str, *, code_ttl_s: float | None = None) -> NewCode:
         """Enable again. Everything it held was revoked when it was disabled, so it gets a fresh code."""
         principal = self.get(kind, name)
+        self._require_room(principal.spiffe_id, f"enable {principal.spiffe_id}")
         self.store.set_disabled(principal.spiffe_id, False)
         self._audit("enable", principal.spiffe_id)
         return self._new_code(self.get(kind, name), self._code_ttl(code_ttl_s))
@@ -119,6 +127,7 @@ class IdentityAdmin:
         principal = self.get("sa", name)
         if principal.disabled:
             raise UsageError(f"service account {name!r} is disabled", hint=f"`raywarden sa enable {name}`")
+        self._require_room(principal.spiffe_id, f"issue a token to {principal.spiffe_id}")
         authority = TokenAuthority.for_state(self.state, self.config)
         issued = authority.issue(principal.spiffe_id, 3600.0 if ttl_s is None else ttl_s)
         self.store.record_token(issued.jti, principal.spiffe_id, issued.expires_at, issued_by=self.actor)

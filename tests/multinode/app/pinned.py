@@ -1,6 +1,7 @@
-"""A Ray job with one task pinned to every alive node; prints the node ids it ran on."""
+"""A Ray job with one task pinned to every alive node; prints the node ids it ran on, and as which uid."""
 
 import json
+import os
 import time
 
 import ray
@@ -14,14 +15,15 @@ nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]
 
 
 @ray.remote(num_cpus=0)
-def where() -> str:
-    return ray.get_runtime_context().get_node_id()
+def where() -> tuple[str, int]:
+    return ray.get_runtime_context().get_node_id(), os.getuid()
 
 
-ran_on = ray.get(
+found = ray.get(
     [
         where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
         for node_id in nodes
     ]
 )
-print("PINNED " + json.dumps({"nodes": nodes, "ran_on": ran_on}))
+ran_on = [node for node, _ in found]
+print("PINNED " + json.dumps({"nodes": nodes, "ran_on": ran_on, "uids": [uid for _, uid in found]}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from raywarden.doctor import DoctorUnavailable, run_doctor
 from raywarden.doctor.renew import renew_leaf
 from raywarden.errors import ClusterError
 from raywarden.files import write_private, write_public
+from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, load_cert
 from raywarden.pki.keys import generate_private_key, private_key_pem
@@ -111,19 +113,50 @@ def test_open_profile_key_fails(state: StateDir) -> None:
     assert check.status == "fail" and check.fix == f"chmod 600 {profile.key_path}"
 
 
+def _shares_os_user(state: StateDir, *, flag: bool = False) -> None:
+    """What `up` records without root: Ray runs as the control plane's user."""
+    state.save_config(state.load_config().model_copy(update={"ray_user": None, "shared_os_user": flag}))
+
+
 def test_rays_world_writable_temp_dir_needs_a_private_folder_around_it(state: StateDir) -> None:
+    _shares_os_user(state)
     temp = state.ray_temp_dir
     temp.mkdir(parents=True)
     try:
         os.chmod(temp, 0o777)  # noqa: S103 - what Ray does to its own temp dir
-        os.chmod(temp.parent, 0o755)  # noqa: S103 - the misconfiguration under test
+        for folder in (temp.parent, state.runtime_dir):
+            os.chmod(folder, 0o755)  # noqa: S103 - the misconfiguration under test
         check = run_doctor(state).get("files.ray-temp")
-        assert check.status == "fail" and check.fix == f"chmod 700 {temp.parent}"
-        os.chmod(temp.parent, 0o700)
+        assert check.status == "fail" and check.fix == f"chmod 700 {state.runtime_dir}"
+        os.chmod(state.runtime_dir, 0o700)
         assert run_doctor(state).get("files.ray-temp").status == "pass"
     finally:
-        temp.rmdir()
-        temp.parent.rmdir()
+        shutil.rmtree(state.runtime_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Ray runs as a user of its own only when started as root")
+def test_rays_folder_must_be_its_users_and_closed(state: StateDir) -> None:
+    assert state.load_config().separated
+    state.ray_temp_dir.mkdir(parents=True)  # root's and 0755: not Ray's own folder
+    try:
+        check = run_doctor(state).get("files.ray-temp")
+        assert check.status == "fail" and check.fix is not None and check.fix.startswith("chown raywarden-ray:")
+    finally:
+        shutil.rmtree(state.runtime_dir)
+
+
+def test_shared_os_user_with_more_than_one_principal_fails(state: StateDir) -> None:
+    _shares_os_user(state, flag=True)
+    report = run_doctor(state)
+    assert report.get("separation.mode").status == "pass"
+    assert report.get("separation.reach").status == "skip"
+    IdentityStore.open(state.identity_db).add_principal(SpiffeId(TD, "user", "bob"), [], created_by="test")
+    check = run_doctor(state).get("separation.mode")
+    assert check.status == "fail" and "any job can read its keys" in check.message
+    assert "2 active principals" in check.message and "--shared-os-user" in check.message
+    assert check.fix is not None and "as root" in check.fix and "user disable" in check.fix
+    IdentityStore.open(state.identity_db).set_disabled(str(SpiffeId(TD, "user", "bob")), True)
+    assert run_doctor(state).get("separation.mode").status == "pass"
 
 
 def test_expired_gateway_certificate_fails_and_renew_fixes_it(state: StateDir) -> None:
