@@ -15,7 +15,7 @@ from raywarden.audit.cluster import open_cluster_audit
 from raywarden.errors import RaywardenError
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
-from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream

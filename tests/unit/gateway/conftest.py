@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from starlette.testclient import TestClient
 
 from raywarden.cluster.setup import init_state
-from raywarden.gateway.app import PEER_CERT_STATE_KEY, GatewayApp
+from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.server import build_app
+from raywarden.gateway.tls import PEER_CERT_STATE_KEY
 from raywarden.gateway.tokens import TokenAuthority
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
