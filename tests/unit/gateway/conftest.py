@@ -39,6 +39,16 @@ def spiffe(name: str, kind: str = "user") -> str:
     return f"spiffe://{TD}/{kind}/{name}"
 
 
+@dataclass(frozen=True)
+class Raw:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
 @dataclass
 class Gateway:
     state: StateDir
@@ -82,8 +92,61 @@ class Gateway:
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.state.audit_dir)
 
+    def raw(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes = b"",
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> Raw:
+        """A request with exactly these target bytes, as uvicorn's h11 parser hands them to the app (httpx
+        would normalise a literal '#' or a bad escape away before the app saw it)."""
+        fields = {"host": f"127.0.0.1:{PORT}", **(headers or {})}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "https",
+            "path": raw_path.decode("latin-1"),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in fields.items()],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", PORT),
+            "state": dict(self.client.app_state),
+        }
+        messages: list[dict[str, Any]] = []
+
+        async def call() -> None:
+            pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                return pending.pop() if pending else {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                messages.append(message)
+
+            await self.app(scope, receive, send)
+
+        portal = self.client.portal
+        assert portal is not None, "use inside the gateway fixture (the TestClient is running)"
+        portal.call(call)
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        answer = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        return Raw(start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, answer)
+
     def records_of(self, request_id: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("request_id") == request_id]
+
+    def audited(self, request_id: str, decision: str, status: int) -> dict[str, Any]:
+        """Exactly one decision record and one outcome record for the request; the decision record."""
+        records = self.records_of(request_id)
+        assert [r["kind"] for r in records] == ["request", "outcome"], records
+        assert records[0]["decision"] == decision and records[1]["status"] == status, records
+        return records[0]
 
 
 def read_records(audit_dir: Path) -> list[dict[str, Any]]:

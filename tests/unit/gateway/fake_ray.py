@@ -39,6 +39,10 @@ class FakeRay:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     probe: Callable[[], Any] | None = None
+    # Submission ids left out of the job list (as if submitted after the gateway read it).
+    unlisted: set[str] = field(default_factory=set)
+    # When set, Ray's job list answer, as is (to show what the gateway does with an answer it cannot read).
+    job_list_body: bytes | None = None
     url: str = ""
     _runner: web.AppRunner | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -127,8 +131,10 @@ class FakeRay:
         path, method = request.path, request.method
         if path == "/api/jobs/" and method == "POST":
             return await self._submit(request)
+        if path == "/api/jobs/" and method == "GET" and self.job_list_body is not None:
+            return web.Response(body=self.job_list_body, content_type="application/json")
         if path == "/api/jobs/" and method == "GET":
-            return web.json_response(self.jobs)
+            return web.json_response([j for j in self.jobs if j["submission_id"] not in self.unlisted])
         if path.startswith("/api/jobs/"):
             return await self._job_route(request, path.removeprefix("/api/jobs/"))
         if path == "/api/version":

@@ -1,5 +1,6 @@
-"""The refusal vocabulary: each kind of refusal has its status, a JSON error with the request id (and a hint
-where one helps), a decision record saying deny with the real reason, and nothing reaches Ray."""
+"""The refusal vocabulary: each kind of refusal has its status, a JSON error with the request id and a hint,
+one decision record (deny for the caller's fault, error for the gateway's or Ray's) with the real reason,
+one outcome record, and nothing reaches Ray."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def _refused(gateway: Gateway, resp: Any, status: int, error: str) -> dict[str, 
     body = resp.json()
     assert body["error"] == error and body["request_id"] == resp.headers["x-request-id"]
     assert resp.headers["x-raywarden-gateway"] == "1" and resp.headers["cache-control"] == "no-store"
-    decision = next(r for r in gateway.records_of(body["request_id"]) if r["kind"] == "request")
+    assert body["hint"]
+    decision = gateway.audited(body["request_id"], "error" if status >= 500 else "deny", status)
     assert decision["status"] == status and decision["reason"]
     return decision
 
@@ -107,10 +109,12 @@ def test_browser_guards_refuse_foreign_hosts_and_origins(gateway: Gateway) -> No
 def test_ray_down_is_503_with_a_hint(gateway: Gateway) -> None:
     admin = gateway.bearer("admin")
     gateway.ray.stop()
+    # Decided, then Ray did not answer: an allow and an outcome of 503.
     resp = gateway.client.get("/api/version", headers=admin)
     assert resp.status_code == 503 and resp.json()["error"] == "Ray is not reachable behind the gateway"
-    records = gateway.records_of(resp.headers["x-request-id"])
-    assert records[-1]["status"] == 503
-    # A job route needs Ray to decide (the owner is in Ray's record): refused with the same status.
-    resp = gateway.client.get("/api/jobs/some-job", headers=admin)
-    assert resp.status_code == 503 and resp.json()["hint"]
+    assert resp.json()["hint"]
+    gateway.audited(resp.json()["request_id"], "allow", 503)
+    # A job route needs Ray to decide (the owner is in Ray's record): no decision could be made, an error.
+    _refused(
+        gateway, gateway.client.get("/api/jobs/some-job", headers=admin), 503, "Ray is not reachable behind the gateway"
+    )

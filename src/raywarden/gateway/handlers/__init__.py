@@ -76,8 +76,8 @@ async def body_of(services: Services, request: Request, route: Route) -> bytes |
         await refuse_body(request)
         return None
     limit = route.max_body or services.max_body_bytes
-    hint = None if route.max_body else "raise max_body_bytes in the cluster config for larger packages"
-    return await read_body(request, limit, hint or "this route's bodies are small; see docs/architecture.md")
+    hint = "raise max_body_bytes in the cluster config for larger packages" if route.max_body is None else None
+    return await read_body(request, limit, hint or f"this route takes bodies of at most {limit} bytes")
 
 
 def forwarded_headers(request: Request, *, filtered: bool) -> dict[str, str]:
