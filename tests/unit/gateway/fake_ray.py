@@ -229,6 +229,9 @@ class FakeRay:
             return web.json_response({"result": True, "data": {"actors": actors}})
         if path == "/nodes":
             return web.json_response({"result": True, "data": {"summary": []}})
+        if path.startswith("/nodes/"):
+            workers = [{"pid": 1, "jobId": j["job_id"]} for j in self.jobs]
+            return web.json_response({"result": True, "data": {"detail": {"hostname": "h", "workers": workers}}})
         if path in ("/api/v0/logs/file", "/api/v0/logs"):
             return web.Response(text=f"log lines for {request.rel_url.raw_query_string}")
         if path == "/api/profiling_enabled":
