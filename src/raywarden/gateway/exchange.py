@@ -7,6 +7,7 @@ writes whichever is missing. The decision record is durable before anything is f
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -84,10 +85,13 @@ class Exchange:
         await self._decision(word, status)
 
     async def refuse(self, refusal: Refusal) -> None:
-        """A refusal: the decision record (unless the request was already allowed) and the outcome record."""
+        """A refusal: the decision record (unless the request was already allowed) and the outcome record,
+        submitted together so that they share one write and fsync (the log keeps submission order)."""
+        records = []
         if not self.decided:
-            await self._decision(refusal.decision, refusal.status, reason=refusal.reason)
-        await self.finish(refusal.status, reason=refusal.reason)
+            records.append(self._decision(refusal.decision, refusal.status, reason=refusal.reason))
+        records.append(self.finish(refusal.status, reason=refusal.reason))
+        await asyncio.gather(*records)
 
     async def finish(self, status: int, **fields: Any) -> None:
         if self.finished:

@@ -103,7 +103,7 @@ async def relay(ex: Exchange, answer: UpstreamResponse, keep: Filter | None = No
     """Ray's answer, reduced by ``keep`` when it is a success; the outcome record says what it hid."""
     shown: dict[str, int] = {}
     body = answer.body
-    if keep is not None and answer.status == 200:
+    if keep is not None and answer.status == 200 and answer.body:  # an empty answer (HEAD) shows nothing
         if dict(answer.headers).get("content-encoding"):
             raise FilterError("Ray sent an encoded answer the gateway cannot filter")
         body, shown = keep(answer.body)
