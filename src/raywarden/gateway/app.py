@@ -122,8 +122,8 @@ class GatewayApp:
 
         try:
             await self._chain(scope, receive, tracked)
-            if not ex.finished:  # a handler answered without its outcome record: write it now
-                await ex.finish(started[0] if started else 500, reason="answered without an outcome record")
+            if not ex.finished:  # a handler answered without its records: write what is missing now
+                await ex.settle(started[0] if started else 500, "answered without its audit records")
         except Exception as exc:
             try:
                 await self._failed(ex, exc, scope, receive, tracked, started[0] if started else None)

@@ -93,6 +93,11 @@ class Exchange:
         records.append(self.finish(refusal.status, reason=refusal.reason))
         await asyncio.gather(*records)
 
+    async def settle(self, status: int, reason: str) -> None:
+        """Whatever record is still missing: an error decision (none was recorded) and the outcome."""
+        records = [] if self.decided else [self._decision("error", status, reason=reason)]
+        await asyncio.gather(*records, self.finish(status, reason=reason))
+
     async def finish(self, status: int, **fields: Any) -> None:
         if self.finished:
             return
