@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from raywarden.cluster.setup import init_state
-from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.tokens import TokenAuthority
 from raywarden.identity.admin import IdentityAdmin
 from raywarden.identity.store import IdentityStore

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from raywarden.gateway.auth import Identity
-from raywarden.gateway.resources import context_for, principal_for
+from raywarden.gateway.authn import Identity
+from raywarden.gateway.authz import context_for, principal_for
 from raywarden.policy.engine import PolicyEngine, PolicyRequest, default_policy_files
 from raywarden.policy.entities import cluster_entity, job_entity, new_job_entity
 
@@ -93,8 +93,10 @@ def certificate_der() -> bytes:
 
 def workload(der: bytes, count: int) -> list[Callable[[PolicyEngine, bool], Any]]:
     """``count`` decisions in four shapes the gateway decides all day, each building its entities from scratch."""
-    alice = Identity(f"spiffe://{TD}/user/alice", "user", "alice", ("developers",), "certificate", "01")
-    vera = Identity(f"spiffe://{TD}/user/vera", "user", "vera", ("viewers",), "certificate", "02")
+    # The authenticator gives an identity its credential's issue time (a certificate's notBefore).
+    issued = x509.load_der_x509_certificate(der).not_valid_before_utc.timestamp()
+    alice = Identity(f"spiffe://{TD}/user/alice", "user", "alice", ("developers",), "certificate", "01", issued)
+    vera = Identity(f"spiffe://{TD}/user/vera", "user", "vera", ("viewers",), "certificate", "02", issued)
 
     def ray_job(i: int, owner: str) -> dict[str, Any]:
         return {
@@ -124,7 +126,7 @@ def workload(der: bytes, count: int) -> list[Callable[[PolicyEngine, bool], Any]
         identity: Identity, action: str, build: Callable[[], Any], source: str, now: float
     ) -> Callable[[PolicyEngine, bool], Any]:
         def run(engine: PolicyEngine, strict: bool = False) -> Any:
-            context = context_for(identity, source, der, None, now)
+            context = context_for(identity, source, now)
             return engine.decide(PolicyRequest(principal_for(identity), action, build(), context), strict=strict)
 
         return run

@@ -165,3 +165,36 @@ def tls_context(cluster: Cluster, cert: tuple[str, str] | None = None) -> ssl.SS
     if cert:
         ctx.load_cert_chain(*cert)
     return ctx
+
+
+def raw_https(
+    cluster: Cluster,
+    method: str,
+    target: str | bytes,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    cert: tuple[str, str] | None = None,
+    source: str = "127.0.0.1",
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly this target (no client-side normalisation of '#', escapes or duplicates),
+    over real TLS, optionally from another loopback source address."""
+    import http.client
+
+    host, port = cluster.url.removeprefix("https://").split(":")
+    conn = http.client.HTTPSConnection(
+        host, int(port), context=tls_context(cluster, cert), timeout=60, source_address=(source, 0)
+    )
+    try:
+        conn.putrequest(
+            method, target if isinstance(target, str) else target.decode("latin-1"), skip_accept_encoding=True
+        )
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

@@ -118,6 +118,10 @@ class ClusterConfig(BaseModel):
     signin_link_seconds: float = Field(default=300.0, gt=0, le=3600)
     # `up` runs a loopback Prometheus for Ray's metrics pages when the `prometheus` command exists (docs/metrics.md).
     metrics: bool = True
+    # Addresses or networks of reverse proxies in front of the gateway. Only connections from these may name
+    # the client's address in X-Forwarded-For; by default no forwarded header is trusted (docs/architecture.md).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
     # Privilege separation (docs/threat-model.md). The OS user Ray, and so every job, runs as; None: the control
     # plane's own user (no root to switch users). Recorded by `init` and `up` as root.
     ray_user: str | None = None
@@ -135,6 +139,17 @@ class ClusterConfig(BaseModel):
         """More than one principal may exist: jobs are separated from the control plane, or the operator
         accepted that they are not."""
         return self.separated or self.shared_os_user
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        # A wildcard would let any client choose the source address that audit records and policies see.
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies entry {entry!r} is not an IP address or network") from None
+        return value
 
     @field_validator("trust_domain")
     @classmethod

@@ -357,7 +357,12 @@ def test_a_foreign_host_header_is_refused(cluster: Cluster) -> None:
     )
     assert ok.status_code == 200 and "Ray Dashboard" in ok.text
     records = [r for r in _records_since(cluster, start) if r.get("status") == 421]
-    assert len(records) == 3 and all("DNS rebinding" in r["reason"] for r in records)
+    # Each refused request: one decision record (deny, with the reason) and one outcome record.
+    decisions = [r for r in records if r["kind"] == "request"]
+    assert len(decisions) == 3 and all("DNS rebinding" in r["reason"] and r["decision"] == "deny" for r in decisions)
+    assert sorted(r["request_id"] for r in records if r["kind"] == "outcome") == sorted(
+        r["request_id"] for r in decisions
+    )
 
 
 def _node_id(cluster: Cluster) -> str:

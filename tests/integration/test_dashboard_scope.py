@@ -1,5 +1,5 @@
 """The Ray dashboard's views of tasks, actors, workers and events, through the gateway, against real Ray:
-a developer sees their own job's traces and nothing of another developer's job (gateway/dashboard.py)."""
+a developer sees their own job's traces and nothing of another developer's job (gateway/jobaccess.py)."""
 
 from __future__ import annotations
 

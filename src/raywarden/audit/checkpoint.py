@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from raywarden.audit.keys import audit_key_fingerprint
 from raywarden.audit.record import canonical_json
+from raywarden.errors import RaywardenError
 
 CHECKPOINT_VERSION = 1
 # Context string prepended to the signed bytes, so that a signature by the audit key over a checkpoint can
@@ -47,7 +48,7 @@ class Checkpoint:
         return canonical_json({"checkpoint": self.body(), "signature": signature}) + b"\n"
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(RaywardenError):
     """A checkpoint line does not parse; the message says why."""
 
 

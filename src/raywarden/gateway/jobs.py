@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from raywarden.gateway.bodies import BadBody, load_json
+from raywarden.gateway.responses import Refusal
 from raywarden.policy.jobattrs import OWNER_KEY
 
-__all__ = ["OWNER_KEY", "BadJobBody", "JobSubmitBody", "parse_submission", "stamp_owner"]
+__all__ = ["OWNER_KEY", "BadJobBody", "JobSubmitBody", "effective_submission_id", "parse_submission", "stamp_owner"]
 
 # Bounds of a submission: far above what any cluster offers one entrypoint, far below what overflows Ray (which
 # keeps resource amounts as int64 ten-thousandths) or the policy's Longs (amounts in thousandths).
@@ -56,15 +58,21 @@ class JobSubmitBody(BaseModel):
     ) = None
 
 
-class BadJobBody(ValueError):
-    pass
+class BadJobBody(Refusal):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            400,
+            f"invalid job submission: {detail}",
+            hint="send Ray's JobSubmitRequest as one JSON object (`raywarden job submit` and `ray job submit` do)",
+        )
 
 
 def parse_submission(body: bytes) -> JobSubmitBody:
+    """The body, parsed within bounds (gateway/bodies.py) and validated field by field."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadJobBody(f"body is not JSON: {exc}") from None
+        data = load_json(body)
+    except BadBody as exc:
+        raise BadJobBody(exc.message) from None
     if not isinstance(data, dict):
         raise BadJobBody("body must be a JSON object")
     try:
@@ -73,6 +81,11 @@ def parse_submission(body: bytes) -> JobSubmitBody:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise BadJobBody(f"{where}: {first['msg']}") from None
+
+
+def effective_submission_id(job: JobSubmitBody) -> str | None:
+    """The id Ray files the job under: ``submission_id``, else the deprecated ``job_id`` (Ray's job agent)."""
+    return job.submission_id or job.job_id
 
 
 def stamp_owner(job: JobSubmitBody, owner: str) -> bytes:

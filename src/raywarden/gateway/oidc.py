@@ -90,6 +90,7 @@ class OidcIdentity:
     groups: tuple[str, ...]
     credential_id: str
     allow_unregistered: bool
+    issued_at: float | None = None
 
 
 class _Jwks:
@@ -196,8 +197,14 @@ class OidcFederation:
         for value in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
             groups.update(issuer.group_map.get(str(value), []))
         ident = claims.get("jti") if isinstance(claims.get("jti"), str) else hashlib.sha256(token.encode()).hexdigest()
+        iat = claims.get("iat")  # required above, and checked by PyJWT to be a number
         return OidcIdentity(
-            issuer.issuer, raw_name.lower(), tuple(sorted(groups)), f"oidc:{str(ident)[:64]}", issuer.allow_unregistered
+            issuer.issuer,
+            raw_name.lower(),
+            tuple(sorted(groups)),
+            f"oidc:{str(ident)[:64]}",
+            issuer.allow_unregistered,
+            float(iat) if isinstance(iat, int | float) else None,
         )
 
 

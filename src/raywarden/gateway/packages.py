@@ -9,10 +9,10 @@ Refusing to overwrite closes the first; docs/threat-model.md describes what rema
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from raywarden.gateway.locks import KeyedLocks
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.upstream import Upstream
 
@@ -22,18 +22,13 @@ class PackageUploads:
 
     def __init__(self, upstream: Upstream) -> None:
         self._upstream = upstream
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
 
     @asynccontextmanager
     async def exclusive(self, path: str) -> AsyncIterator[None]:
         """Hold the package's name while it is checked and uploaded, so two uploads cannot both pass."""
-        lock = self._locks.setdefault(path, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and self._locks.get(path) is lock:
-                del self._locks[path]
+        async with self._locks.holding(path):
+            yield
 
     async def overwrite_refusal(self, path: str) -> Refusal | None:
         """409 when Ray already stores a package at ``path`` (Ray's own existence check: GET answers 200)."""

@@ -1,26 +1,35 @@
-"""Gateway-generated responses: always JSON, always with a request id, never with Ray's details."""
+"""Gateway-generated answers: a refusal is always JSON with a request id, never with Ray's details."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from starlette.responses import JSONResponse
 
+from raywarden.errors import RaywardenError
+
 GATEWAY_HEADER = ("x-raywarden-gateway", "1")
+DecisionWord = Literal["allow", "deny", "error"]
 
 HINT_NO_CREDENTIAL = (
     "present a client certificate issued by this cluster's access CA (the raywarden CLI does this from your "
     "profile: `raywarden login`), or `Authorization: Bearer TOKEN` with a token from `raywarden token`"
 )
+HINT_ASK_ADMIN = "ask an administrator for access; policies decide per action and resource"
 
 
-class Refusal(Exception):
+class Refusal(RaywardenError):
     """Stop handling a request: answer ``status`` with a JSON error; ``reason`` goes to the audit log only."""
 
     def __init__(self, status: int, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint=hint)
         self.status = status
-        self.message = message
         self.reason = reason or message
-        self.hint = hint
+
+    @property
+    def decision(self) -> DecisionWord:
+        """The audit vocabulary: the caller was refused (deny), or the gateway or Ray failed (error)."""
+        return "error" if self.status >= 500 else "deny"
 
 
 def error(status: int, message: str, request_id: str, hint: str | None = None) -> JSONResponse:
@@ -31,3 +40,26 @@ def error(status: int, message: str, request_id: str, hint: str | None = None) -
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="raywarden"'
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def refusal_response(refusal: Refusal, request_id: str) -> JSONResponse:
+    return error(refusal.status, refusal.message, request_id, refusal.hint)
+
+
+def ray_unreachable(detail: str) -> Refusal:
+    return Refusal(
+        503,
+        "Ray is not reachable behind the gateway",
+        reason=f"upstream unavailable: {detail}",
+        hint="check `raywarden status`; start the cluster with `raywarden up`",
+    )
+
+
+def unchecked_answer(detail: str) -> Refusal:
+    """Fail closed: an answer of Ray's that the gateway cannot filter is not relayed."""
+    return Refusal(
+        502,
+        "Ray's answer could not be checked",
+        reason=detail,
+        hint="retry; if it persists, the gateway log and `raywarden doctor` say what Ray answered",
+    )

@@ -8,16 +8,56 @@ authorizes it (raywarden/policy/schema.cedarschema declares the same actions).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-ResourceKind = Literal["cluster", "new_job", "job", "package", "control"]
+from raywarden.gateway.request import ParamKind, Target
+
+RouteKind = Literal[
+    "ray_api",  # Ray's Jobs, packages and Serve APIs: forwarded (gateway/handlers/ray_api.py)
+    "dashboard",  # Ray's dashboard under DASHBOARD_MOUNT: forwarded, answers kept per job (handlers/dashboard.py)
+    "console_page",  # raywarden's own pages for an identity (handlers/console.py, gateway/web)
+    "console_anonymous",  # sign-in, sign-out and the console's static answers (handlers/console.py)
+    "control",  # raywarden's own API, answered by the gateway (handlers/control.py, gateway/control)
+]
+# What the policy decides on. A "job" route names a job in its path: a refusal there reads like a missing job.
+ResourceKind = Literal["cluster", "new_job", "job", "package"]
 BodyKind = Literal["none", "job_submit", "package", "json", "form"]
 # "identity": the caller must authenticate (certificate or bearer) and a policy must permit the action.
 # "anonymous": raywarden's own enrollment endpoints, where the credential is in the body (a one-time code
 # or join token) and the handler verifies it; also the console's sign-in and sign-out pages (gateway/web), which
 # read the session cookie themselves.
 AuthKind = Literal["identity", "anonymous"]
+# How a dashboard request is scoped to jobs, decided before Ray is asked (gateway/jobaccess.py):
+JobScope = Literal[
+    "none",
+    "path",  # the job in the path's {job_id}: "no such job" unless the caller may view it
+    "query",  # the job of ?job_id= when given ("global" names the cluster's own events)
+    "query_or_all",  # the job of ?job_id=; without one the answer covers every job
+    "filters_or_all",  # the jobs of the state API's job_id equality filters; without one, every job
+    "driver_log",  # a denied log read of exactly one job's driver log is decided as jobs.logs on that job
+]
+# How Ray's answer is reduced to what the caller may see, after Ray answers (gateway/jobaccess.py).
+ResponseFilter = Literal[
+    "job_list",  # Ray's job list: jobs the caller may view, env values where it may read them
+    "job_details",  # one job's record: env values where the caller may read them
+    "state_list",  # a state-API list whose entries carry "job_id"
+    "placement_groups",  # a state-API list whose entries carry "creator_job_id"
+    "actor_table",  # /logical/actors
+    "actor_detail",  # /logical/actors/{actor_id}
+    "events",  # /events, per job and the cluster's own
+    "nodes",  # /nodes: each node's workers and actors
+    "node_detail",  # /nodes/{node_id}
+    "runtime_envs",  # not tied to a job: env values redacted for everyone
+    "profiling_flag",  # profiling offered only to those who may profile
+    "serve_apps",  # Serve env values only for those who may deploy
+]
+# Filters whose answer names jobs one by one: they need the caller's decision for every job Ray lists.
+PER_JOB_FILTERS: frozenset[str] = frozenset(
+    {"state_list", "placement_groups", "actor_table", "actor_detail", "events", "nodes", "node_detail"}
+)
+_ONE: ParamKind = "one"
 
 # Ray submission ids are "raysubmit_<random>" or user-chosen; job ids are hex. Neither needs more.
 _SEGMENT = {
@@ -38,27 +78,36 @@ _SEGMENT = {
 DASHBOARD_MOUNT = "/dashboard"
 
 
+def params(*names: str, lists: tuple[str, ...] = (), secrets: tuple[str, ...] = ()) -> dict[str, ParamKind]:
+    """A route's query parameters: single values unless listed as read in order, or as secrets."""
+    found: dict[str, ParamKind] = dict.fromkeys(names, _ONE)
+    found.update(dict.fromkeys(lists, "list"))
+    found.update(dict.fromkeys(secrets, "secret"))
+    return found
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
     template: str
     action: str
     resource: ResourceKind
+    kind: RouteKind = "ray_api"
     body: BodyKind = "none"
     websocket: bool = False
-    query: frozenset[str] = field(default_factory=frozenset)
+    query: Mapping[str, ParamKind] = field(default_factory=dict)
     auth: AuthKind = "identity"
-    # False for raywarden's own control API, answered by the gateway itself (gateway/control/).
-    upstream: bool = True
     # Body size limit for this route; None means the cluster's max_body_bytes (sized for packages).
     max_body: int | None = None
     # True: a browser session cookie authenticates this route (dashboard and console); elsewhere it is ignored.
     session: bool = False
-    # True: answered by the console (gateway/web), not by Ray or the control API.
-    console: bool = False
     # Path prefix the route is served under ("" or DASHBOARD_MOUNT; the template includes it); stripped
     # before forwarding to Ray.
     mount: str = ""
+    scope: JobScope = "none"
+    filter: ResponseFilter | None = None
+    # The console page (gateway/web) that answers a console route.
+    page: str = ""
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,12 +123,18 @@ class Route:
         """The route's template as Ray knows it (without the mount prefix)."""
         return self.upstream_path(self.template)
 
+    @property
+    def needs_job_access(self) -> bool:
+        """Whether the caller's decision for every job is needed (per-job filter or job scoping)."""
+        return self.filter in PER_JOB_FILTERS or self.scope not in ("none", "driver_log")
+
 
 RAY_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/version", "cluster.version", "cluster"),
-    Route("GET", "/api/jobs/", "jobs.list", "cluster"),
-    Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit"),
-    Route("GET", "/api/jobs/{job_id}", "jobs.read", "job"),
+    Route("GET", "/api/jobs/", "jobs.list", "cluster", filter="job_list"),
+    # Job bodies are small (Ray keeps them in its KV store); 1 MiB leaves room for long dependency lists.
+    Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit", max_body=1024 * 1024),
+    Route("GET", "/api/jobs/{job_id}", "jobs.read", "job", filter="job_details"),
     Route("DELETE", "/api/jobs/{job_id}", "jobs.delete", "job"),
     Route("POST", "/api/jobs/{job_id}/stop", "jobs.stop", "job"),
     Route("GET", "/api/jobs/{job_id}/logs", "jobs.logs", "job"),
@@ -97,10 +152,10 @@ def _control(method: str, template: str, action: str, *, anonymous: bool, json_b
         method,
         template,
         action,
-        "control" if anonymous else "cluster",
+        "cluster",
+        kind="control",
         body="json" if json_body else "none",
         auth="anonymous" if anonymous else "identity",
-        upstream=False,
         max_body=CONTROL_JSON_LIMIT if json_body else None,
     )
 
@@ -132,181 +187,174 @@ SERVE_ROUTES: tuple[Route, ...] = (
 
 # Ray's dashboard web UI under DASHBOARD_MOUNT (docs/browser.md has the classification). The UI only ever
 # issues GET; every route here that changes or executes something is admin-only by default.
-_STATE_QUERY = ("limit", "timeout", "detail", "exclude_driver", "filter_keys", "filter_predicates", "filter_values")
-_SUMMARY_QUERY = ("timeout", "summary_by", "filter_keys", "filter_predicates", "filter_values")
+_FILTERS = ("filter_keys", "filter_predicates", "filter_values")  # Ray reads these as aligned lists
+_STATE_QUERY = params("limit", "timeout", "detail", "exclude_driver", lists=_FILTERS)
+_SUMMARY_QUERY = params("timeout", "summary_by", lists=_FILTERS)
 _PROFILE_COMMON = ("node_id", "ip", "native", "subprocesses")
 _VIEW, _LOGS, _PROFILE = "dashboard.view", "dashboard.logs", "dashboard.profile"
 
 
-def _dash(template: str, action: str, *query: str, resource: ResourceKind = "cluster") -> Route:
+def _dash(
+    template: str,
+    action: str,
+    query: Mapping[str, ParamKind] | None = None,
+    *,
+    resource: ResourceKind = "cluster",
+    scope: JobScope = "none",
+    filter: ResponseFilter | None = None,
+) -> Route:
     return Route(
-        "GET", DASHBOARD_MOUNT + template, action, resource, query=frozenset(query), session=True, mount=DASHBOARD_MOUNT
+        "GET",
+        DASHBOARD_MOUNT + template,
+        action,
+        resource,
+        kind="dashboard",
+        query=query or {},
+        session=True,
+        mount=DASHBOARD_MOUNT,
+        scope=scope,
+        filter=filter,
     )
 
 
 DASHBOARD_ROUTES: tuple[Route, ...] = (
     # The single-page app and its assets.
-    _dash("/", _VIEW, "theme"),
+    _dash("/", _VIEW, params("theme")),
     _dash("/favicon.ico", _VIEW),
     _dash("/static/{static_path}", _VIEW),
     _dash("/timezone", _VIEW),
     # Read-only cluster state.
-    _dash("/nodes", _VIEW, "view"),
-    _dash("/nodes/{node_id}", _VIEW),
-    _dash("/logical/actors", _VIEW, "ids"),
-    _dash("/logical/actors/{actor_id}", _VIEW),
-    _dash("/events", _VIEW, "job_id"),
-    _dash("/api/cluster_status", _VIEW, "format"),
+    _dash("/nodes", _VIEW, params("view"), filter="nodes"),
+    _dash("/nodes/{node_id}", _VIEW, filter="node_detail"),
+    _dash("/logical/actors", _VIEW, params("ids"), filter="actor_table"),
+    _dash("/logical/actors/{actor_id}", _VIEW, filter="actor_detail"),
+    _dash("/events", _VIEW, params("job_id"), scope="query", filter="events"),
+    _dash("/api/cluster_status", _VIEW, params("format")),
     _dash("/api/v0/cluster_metadata", _VIEW),
     _dash("/api/version", "cluster.version"),
-    _dash("/api/jobs/", "jobs.list"),
-    _dash("/api/jobs/{job_id}", "jobs.read", resource="job"),
-    _dash("/api/v0/tasks", _VIEW, *_STATE_QUERY),
-    _dash("/api/v0/actors", _VIEW, *_STATE_QUERY),
-    _dash("/api/v0/jobs", _VIEW, *_STATE_QUERY),
-    _dash("/api/v0/placement_groups", _VIEW, *_STATE_QUERY),
-    _dash("/api/v0/runtime_envs", _VIEW, *_STATE_QUERY),
-    _dash("/api/v0/tasks/summarize", _VIEW, *_SUMMARY_QUERY),
-    _dash("/api/v0/tasks/timeline", _VIEW, "job_id", "download"),
+    _dash("/api/jobs/", "jobs.list", filter="job_list"),
+    _dash("/api/jobs/{job_id}", "jobs.read", resource="job", filter="job_details"),
+    _dash("/api/v0/tasks", _VIEW, _STATE_QUERY, filter="state_list"),
+    _dash("/api/v0/actors", _VIEW, _STATE_QUERY, filter="state_list"),
+    _dash("/api/v0/jobs", _VIEW, _STATE_QUERY, filter="state_list"),
+    _dash("/api/v0/placement_groups", _VIEW, _STATE_QUERY, filter="placement_groups"),
+    _dash("/api/v0/runtime_envs", _VIEW, _STATE_QUERY, filter="runtime_envs"),
+    _dash("/api/v0/tasks/summarize", _VIEW, _SUMMARY_QUERY, scope="filters_or_all"),
+    _dash("/api/v0/tasks/timeline", _VIEW, params("job_id", "download"), scope="query_or_all"),
     _dash("/api/v0/runtime_env_redaction", _VIEW),
     _dash("/api/v0/platform_events", _VIEW),
-    _dash("/api/serve/applications/", _VIEW, "api_type"),
-    _dash("/api/data/datasets/{job_id}", _VIEW),
+    _dash("/api/serve/applications/", _VIEW, params("api_type"), filter="serve_apps"),
+    _dash("/api/data/datasets/{job_id}", _VIEW, scope="path"),
     _dash("/api/prometheus_health", _VIEW),
-    _dash("/api/profiling_enabled", _VIEW),
+    _dash("/api/profiling_enabled", _VIEW, filter="profiling_flag"),
     # Logs of any worker on any node: may hold secrets printed by any job.
-    _dash("/api/v0/logs", _LOGS, "glob", "node_id", "node_ip", "timeout"),
+    _dash("/api/v0/logs", _LOGS, params("glob", "node_id", "node_ip", "timeout")),
     _dash(
         "/api/v0/logs/file",
         _LOGS,
-        "timeout",
-        "node_id",
-        "node_ip",
-        "filename",
-        "download_filename",
-        "actor_id",
-        "task_id",
-        "submission_id",
-        "pid",
-        "lines",
-        "suffix",
-        "attempt_number",
-        "filter_ansi_code",
+        params(
+            *"timeout node_id node_ip filename download_filename actor_id task_id submission_id pid".split(),
+            *"lines suffix attempt_number filter_ansi_code".split(),
+        ),
+        scope="driver_log",
     ),
     # Profiling runs py-spy / memray against processes on the node (any process of Ray's user): admins only.
-    _dash("/worker/traceback", _PROFILE, "pid", *_PROFILE_COMMON),
-    _dash("/worker/cpu_profile", _PROFILE, "pid", "duration", "format", "idle", *_PROFILE_COMMON),
-    _dash("/task/traceback", _PROFILE, "task_id", "attempt_number", *_PROFILE_COMMON),
-    _dash("/task/cpu_profile", _PROFILE, "task_id", "attempt_number", "duration", "format", "idle", *_PROFILE_COMMON),
+    _dash("/worker/traceback", _PROFILE, params("pid", *_PROFILE_COMMON)),
+    _dash("/worker/cpu_profile", _PROFILE, params("pid", "duration", "format", "idle", *_PROFILE_COMMON)),
+    _dash("/task/traceback", _PROFILE, params("task_id", "attempt_number", *_PROFILE_COMMON)),
+    _dash(
+        "/task/cpu_profile",
+        _PROFILE,
+        params("task_id", "attempt_number", "duration", "format", "idle", *_PROFILE_COMMON),
+    ),
     _dash(
         "/memory_profile",
         _PROFILE,
-        "pid",
-        "task_id",
-        "attempt_number",
-        "format",
-        "duration",
-        "leaks",
-        "trace_python_allocators",
-        *_PROFILE_COMMON,
+        params(*"pid task_id attempt_number format duration leaks trace_python_allocators".split(), *_PROFILE_COMMON),
     ),
 )
 
 
 # Grafana's panel URL parameters, and every template variable of Ray's dashboards (a test keeps this in step).
-PANEL_VARIABLES = (
-    "datasource",
-    "SessionName",
-    "Instance",
-    "Cluster",
-    "RayNodeType",
-    "DatasetID",
-    "Operator",
-    "Application",
-    "HTTP_Route",
-    "gRPC_Method",
-    "Deployment",
-    "Replica",
-    "Route",
-    "vllm_model_name",
-    "workerid",
-    "deployment",
-    "sglang_model_name",
-    "interval",
-    "window",
-    "TrainRunName",
-    "TrainRunId",
-    "TrainWorkerWorldRank",
-    "TrainWorkerActorId",
-    "GpuIndex",
-    "GpuDeviceName",
+PANEL_VARIABLES = tuple(
+    "datasource SessionName Instance Cluster RayNodeType DatasetID Operator Application HTTP_Route gRPC_Method "
+    "Deployment Replica Route vllm_model_name workerid deployment sglang_model_name interval window TrainRunName "
+    "TrainRunId TrainWorkerWorldRank TrainWorkerActorId GpuIndex GpuDeviceName".split()
 )
 PANEL_QUERY = (
-    "orgId",
-    "theme",
-    "panelId",
-    "from",
-    "to",
-    "refresh",
-    "timezone",
-    "kiosk",
+    *"orgId theme panelId from to refresh timezone kiosk".split(),
     *(f"var-{name}" for name in PANEL_VARIABLES),
 )
 
 
 def _console(
-    method: str, template: str, action: str, *query: str, anonymous: bool = False, body: BodyKind = "none"
+    method: str,
+    template: str,
+    action: str,
+    page: str,
+    query: Mapping[str, ParamKind] | None = None,
+    *,
+    anonymous: bool = False,
+    body: BodyKind = "none",
 ) -> Route:
     return Route(
         method,
         template,
         action,
         "cluster",
+        kind="console_anonymous" if anonymous else "console_page",
         body=body,
-        query=frozenset(query),
+        query=query or {},
         auth="anonymous" if anonymous else "identity",
-        upstream=False,
         session=True,
-        console=True,
         max_body=CONTROL_JSON_LIMIT if body != "none" else None,
+        page=page,
     )
 
 
 # raywarden's own browser pages (gateway/web). Sign-in and sign-out read the cookie or code themselves.
 CONSOLE_ROUTES: tuple[Route, ...] = (
-    _console("GET", "/", "console.home", anonymous=True),
-    _console("GET", "/dashboard", "console.home", anonymous=True),
-    _console("GET", "/dashboard/api/authentication_mode", "console.auth_mode", anonymous=True),
-    _console("GET", "/ui/static/console.css", "console.asset", anonymous=True),
-    _console("GET", "/favicon.ico", "console.asset", anonymous=True),
-    _console("GET", "/ui/signin", "console.signin", "code", anonymous=True),
-    _console("POST", "/ui/signin", "console.signin", anonymous=True, body="form"),
-    _console("GET", "/ui/oidc/start", "console.oidc", "issuer", anonymous=True),
+    _console("GET", "/", "console.home", "home", anonymous=True),
+    _console("GET", "/dashboard", "console.home", "dashboard_home", anonymous=True),
+    _console("GET", "/dashboard/api/authentication_mode", "console.auth_mode", "auth_mode", anonymous=True),
+    _console("GET", "/ui/static/console.css", "console.asset", "stylesheet", anonymous=True),
+    _console("GET", "/favicon.ico", "console.asset", "favicon", anonymous=True),
+    _console("GET", "/ui/signin", "console.signin", "signin_form", params(secrets=("code",)), anonymous=True),
+    _console("POST", "/ui/signin", "console.signin", "signin", anonymous=True, body="form"),
+    _console("GET", "/ui/oidc/start", "console.oidc", "oidc_start", params("issuer"), anonymous=True),
     _console(
         "GET",
         "/ui/oidc/callback",
         "console.oidc",
-        "code",
-        "state",
-        "error",
-        "error_description",
-        "session_state",
-        "iss",
+        "oidc_callback",
+        params("error", "error_description", "session_state", "iss", secrets=("code", "state")),
         anonymous=True,
     ),
-    _console("POST", "/ui/signout", "console.signout", anonymous=True, body="form"),
-    _console("GET", "/ui/", "console.view"),
-    _console("GET", "/ui/jobs", "console.view"),
-    _console("GET", "/ui/admin/principals", "console.admin"),
-    _console("GET", "/ui/admin/audit", "console.admin", "principal", "action", "decision", "since", "until", "limit"),
+    _console("POST", "/ui/signout", "console.signout", "signout", anonymous=True, body="form"),
+    _console("GET", "/ui/", "console.view", "whoami"),
+    _console("GET", "/ui/jobs", "console.view", "my_jobs"),
+    _console("GET", "/ui/admin/principals", "console.admin", "principals"),
+    _console(
+        "GET",
+        "/ui/admin/audit",
+        "console.admin",
+        "audit",
+        params("principal", "action", "decision", "since", "until", "limit"),
+    ),
     # Ray's Metrics page: the gateway answers the Grafana health check and draws the panels (gateway/metrics).
-    _console("GET", "/dashboard/api/grafana_health", _VIEW),
+    _console("GET", "/dashboard/api/grafana_health", _VIEW, "grafana_health"),
     *(
-        _console("GET", f"/ui/metrics/{kind}/{{dashboard_uid}}{slug}", _VIEW, *PANEL_QUERY)
-        for kind in ("d-solo", "d")
+        _console("GET", f"/ui/metrics/{kind}/{{dashboard_uid}}{slug}", _VIEW, page, params(*PANEL_QUERY))
+        for kind, page in (("d-solo", "metrics_panel"), ("d", "metrics_dashboard"))
         for slug in ("", "/{dashboard_slug}")
     ),
 )
+
+# The fields of the console's two forms (POST bodies): the same grammar and rules as a query.
+FORM_FIELDS: dict[str, Mapping[str, ParamKind]] = {
+    "signin": params(secrets=("code",)),
+    "signout": params(secrets=("csrf",)),
+}
 
 ROUTES: tuple[Route, ...] = RAY_ROUTES + SERVE_ROUTES + CONTROL_ROUTES + DASHBOARD_ROUTES + CONSOLE_ROUTES
 ACTIONS: frozenset[str] = frozenset(r.action for r in ROUTES if r.auth == "identity")
@@ -316,6 +364,15 @@ ACTIONS: frozenset[str] = frozenset(r.action for r in ROUTES if r.auth == "ident
 class Match:
     route: Route
     params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A request matched to its route: the route, the path's parameters, and the target as parsed."""
+
+    route: Route
+    params: dict[str, str]
+    target: Target
 
 
 def match(method: str, path: str, *, websocket: bool = False) -> Match | None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 import uvicorn
@@ -15,7 +16,7 @@ from raywarden.audit.cluster import open_cluster_audit
 from raywarden.errors import RaywardenError
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
-from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream
@@ -23,7 +24,7 @@ from raywarden.gateway.web import WebServices
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.engine import PolicyEngine
 from raywarden.secret import Secret
-from raywarden.state import StateDir
+from raywarden.state import ClusterConfig, StateDir
 
 log = logging.getLogger("raywarden.gateway")
 
@@ -60,9 +61,10 @@ def build_app(state: StateDir, dashboard_url: str, prometheus_url: str | None = 
     return app, audit
 
 
-def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None) -> None:
-    config = state.load_config()
-    app, audit = build_app(state, dashboard_url, prometheus_url)
+def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext) -> uvicorn.Config:
+    """uvicorn's settings for the gateway. Forwarded headers (X-Forwarded-For, -Proto) choose the client's
+    address only on connections from ``trusted_proxies``; by default none is trusted, whatever uvicorn's own
+    defaults (loopback) or FORWARDED_ALLOW_IPS say."""
     uv_config = uvicorn.Config(
         app,
         host=config.listen.host,
@@ -75,7 +77,17 @@ def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None
         date_header=True,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies),
     )
+    uv_config.load()
+    uv_config.ssl = tls  # uvicorn builds a context only from file paths: ours verifies client certificates
+    return uv_config
+
+
+def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None) -> None:
+    config = state.load_config()
+    app, audit = build_app(state, dashboard_url, prometheus_url)
     pending: set[asyncio.Task[int]] = set()
 
     def audit_handshake_refusal(reason: str) -> None:
@@ -86,8 +98,7 @@ def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    uv_config.load()
-    uv_config.ssl = server_context(state, on_refused=audit_handshake_refusal)
+    uv_config = server_config(app, config, server_context(state, on_refused=audit_handshake_refusal))
     server = uvicorn.Server(uv_config)
     audit.append({"kind": "gateway", "event": "start", "listen": str(config.listen)})
 

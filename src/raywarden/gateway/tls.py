@@ -9,8 +9,10 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from raywarden.gateway.app import PEER_CERT_STATE_KEY
 from raywarden.state import StateDir
+
+# Where the connection's verified client certificate (DER, or None) is in every request scope's "state".
+PEER_CERT_STATE_KEY = "raywarden.peer_cert_der"
 
 
 def server_context(state: StateDir, on_refused: Callable[[str], None] | None = None) -> ssl.SSLContext:

@@ -93,6 +93,7 @@ class TokenClaims:
     subject: str
     jti: str
     expires_at: float
+    issued_at: float
 
 
 class TokenAuthority:
@@ -185,7 +186,7 @@ class TokenAuthority:
             raise AuthenticationError("token sub and jti must be strings")
         if claims["exp"] - claims["iat"] > self.max_ttl_s + self.leeway_s:
             raise AuthenticationError("token lifetime exceeds the cluster's maximum")
-        return TokenClaims(claims["sub"], claims["jti"], float(claims["exp"]))
+        return TokenClaims(claims["sub"], claims["jti"], float(claims["exp"]), float(claims["iat"]))
 
 
 def jwt_failure(exc: Exception) -> str:

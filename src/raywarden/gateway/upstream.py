@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
+from raywarden.errors import RaywardenError
+from raywarden.gateway.request import encode_path
 from raywarden.secret import Secret
 
 # Request headers a client may pass on to Ray. Everything else (Authorization, Cookie,
@@ -21,7 +24,7 @@ FORWARDED_RESPONSE_HEADERS = frozenset(
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
-class UpstreamUnavailable(Exception):
+class UpstreamUnavailable(RaywardenError):
     """Ray's dashboard did not answer (down, starting, or timed out)."""
 
 
@@ -60,9 +63,10 @@ class Upstream:
     async def request(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes | None
     ) -> UpstreamResponse:
+        """``path`` and ``query`` are already encoded (gateway/request.py): sent exactly as they are."""
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
         forwarded.update(self._auth())
-        url = self.base_url + path + (f"?{query}" if query else "")
+        url = URL(self.base_url + path + (f"?{query}" if query else ""), encoded=True)
         try:
             async with self.session.request(method, url, headers=forwarded, data=body, allow_redirects=False) as resp:
                 # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
@@ -79,16 +83,20 @@ class Upstream:
 
     async def job_info(self, job_id: str) -> dict[str, Any] | None:
         """Ray's record of a job, used to give policies its owner; None when Ray does not know it."""
-        resp = await self.request("GET", f"/api/jobs/{job_id}", "", {"accept": "application/json"}, None)
+        resp = await self.request("GET", encode_path(f"/api/jobs/{job_id}"), "", {"accept": "application/json"}, None)
         if resp.status == 404:
             return None
         if resp.status != 200:
             raise UpstreamUnavailable(f"Ray answered {resp.status} for job {job_id}")
-        info = json.loads(resp.body)
+        try:
+            info = json.loads(resp.body)
+        except (ValueError, RecursionError):
+            raise UpstreamUnavailable(f"Ray's record of job {job_id} is not JSON") from None
         return info if isinstance(info, dict) else None
 
     async def websocket(self, path: str) -> aiohttp.ClientWebSocketResponse:
         try:
-            return await self.session.ws_connect(self.base_url + path, headers=self._auth(), autoping=True)
+            url = URL(self.base_url + path, encoded=True)
+            return await self.session.ws_connect(url, headers=self._auth(), autoping=True)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None

@@ -22,7 +22,6 @@ from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import StateDir
 
 Kind = Literal["user", "sa"]
-GROUP_HINT = "group names use lowercase letters, digits, '.', '-' or '_'"
 
 
 def local_actor() -> str:

@@ -8,7 +8,6 @@ secret is stored: with that much entropy a slow hash adds nothing, and a leaked 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from raywarden.identity.store import IdentityStore, Principal
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.secret import Secret
 
-DEFAULT_CODE_TTL_S = 24 * 3600
 MAX_CODE_FAILURES = 5  # wrong secrets for one code id before the code is void
 SOURCE_WINDOW_S = 300.0
 MAX_SOURCE_FAILURES = 10  # failed enrollments from one source address per window
@@ -97,7 +95,7 @@ def _verify(store: IdentityStore, code: EnrollmentCode, now: float) -> Principal
     if record is None:
         raise EnrollmentRefused(f"unknown enrollment code id {code.code_id[:32]!r}")
     # Constant time: how much of the hash matched must not leak through timing.
-    if not hmac.compare_digest(record.code_hash, hash_secret(code.secret)):
+    if not Secret(record.code_hash).matches(hash_secret(code.secret)):
         failures = store.enrollment_failed(code.code_id)
         raise EnrollmentRefused(f"wrong secret for enrollment code {code.code_id} (failure {failures})")
     if record.failures >= MAX_CODE_FAILURES:

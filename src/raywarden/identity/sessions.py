@@ -9,7 +9,6 @@ principal disabled or its certificate revoked all end it at once.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raywarden.errors import RaywardenError
 from raywarden.identity.db import Database
 from raywarden.identity.store import IdentityStore, Principal, lookup_credential
 from raywarden.secret import Secret
@@ -25,7 +25,7 @@ from raywarden.secret import Secret
 TOUCH_EVERY_S = 15.0
 
 
-class SessionRefused(Exception):
+class SessionRefused(RaywardenError):
     """A session or sign-in link is not (or no longer) valid. ``reason`` is for the audit log only."""
 
     def __init__(self, reason: str) -> None:
@@ -80,7 +80,7 @@ def csrf_token(session_id: str) -> str:
 
 
 def csrf_matches(session_id: str, candidate: str) -> bool:
-    return hmac.compare_digest(csrf_token(session_id).encode(), candidate.encode())
+    return Secret(csrf_token(session_id)).matches(candidate)
 
 
 class SessionStore:
@@ -119,7 +119,7 @@ class SessionStore:
             ).fetchone()
             if row is None:
                 raise SessionRefused(f"unknown sign-in code id {code_id[:32]!r}")
-            if not hmac.compare_digest(row[0], _digest("signin", secret)):
+            if not Secret(row[0]).matches(_digest("signin", secret)):
                 raise SessionRefused(f"wrong secret for sign-in code {code_id}")
             if row[5] is not None:
                 raise SessionRefused(f"sign-in code {code_id} was already used (replay)")
@@ -175,7 +175,7 @@ class SessionStore:
             ).fetchone()
             if row is None:
                 raise SessionRefused("unknown OIDC state")
-            if not binding or not hmac.compare_digest(row[0], _digest("oidc-binding", binding)):
+            if not binding or not Secret(row[0]).matches(_digest("oidc-binding", binding)):
                 raise SessionRefused("OIDC callback in a browser that did not start the flow (login CSRF)")
             if row[6] is not None:
                 raise SessionRefused("OIDC state already used (replay)")

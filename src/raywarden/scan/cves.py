@@ -29,7 +29,6 @@ class Cve:
 
 
 _UPGRADE = "Upgrade Ray to {} or later."
-_BLOG = "https://www.anyscale.com/blog/update-on-ray-cves-cve-2023-6019-cve-2023-6020-cve-2023-6021-cve-2023-48022-cve-2023-48023"
 
 # Sources: the CVE records (github.com/CVEProject/cvelistV5) and the PyPA advisory database;
 # docs/scan.md has the table with links. Keep the two in step.

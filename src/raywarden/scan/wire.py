@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raywarden import __version__
+from raywarden.errors import RaywardenError
 
 USER_AGENT = f"raywarden-scan/{__version__}"
 # Enough for a Prometheus page's first metrics or a few thousand job records; the rest is not read.
@@ -35,7 +36,7 @@ _NOT_TLS_REASONS = (
 _CERT_REQUIRED_REASONS = ("CERTIFICATE_REQUIRED", "PEER_DID_NOT_RETURN_A_CERTIFICATE")
 
 
-class NotHttpError(Exception):
+class NotHttpError(RaywardenError):
     """The peer answered, but not with HTTP/1.x; ``first`` holds its first bytes."""
 
     def __init__(self, first: bytes) -> None:
@@ -43,7 +44,7 @@ class NotHttpError(Exception):
         self.first = first
 
 
-class ClientCertRequiredError(Exception):
+class ClientCertRequiredError(RaywardenError):
     """The TLS peer refused to go on without a client certificate."""
 
 

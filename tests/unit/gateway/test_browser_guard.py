@@ -1,35 +1,37 @@
-"""Host allowlist, Origin / Sec-Fetch-Site checks and security headers (gateway/browser.py)."""
+"""Host allowlist, Origin / Sec-Fetch-Site checks and security headers (gateway/middleware), and the session
+cookie (gateway/cookies.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from raywarden.gateway.browser import (
-    CONSOLE_CSP,
-    DASHBOARD_CSP,
-    PROFILE_CSP,
-    BrowserGuard,
-    csp_for,
-    session_cookie,
-    set_session_cookie,
-)
+from raywarden.gateway.cookies import session_cookie, set_session_cookie
+from raywarden.gateway.middleware.headers import CONSOLE_CSP, DASHBOARD_CSP, PROFILE_CSP, csp_for
+from raywarden.gateway.middleware.host import HostMiddleware
+from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.responses import Refusal
 from raywarden.state import ClusterConfig, Listen
 
 pytestmark = pytest.mark.unit
-GUARD = BrowserGuard(
-    ClusterConfig(
-        listen=Listen(host="0.0.0.0", port=8443),  # noqa: S104 - a wildcard listen
-        gateway_hosts=["ray.example.org"],
-    )
+CONFIG = ClusterConfig(
+    listen=Listen(host="0.0.0.0", port=8443),  # noqa: S104 - a wildcard listen
+    gateway_hosts=["ray.example.org"],
 )
+
+
+async def _app(scope: object, receive: object, send: object) -> None:
+    return None
+
+
+HOST = HostMiddleware(_app, CONFIG)
+ORIGIN = OriginMiddleware(_app, CONFIG)
 
 
 @pytest.mark.parametrize(
     "host", ["localhost:8443", "127.0.0.1:8443", "[::1]:8443", "RAY.example.org:8443", "localhost", "[::1]"]
 )
 def test_known_hosts_pass(host: str) -> None:
-    GUARD.check_host(host)
+    HOST.check(host)
 
 
 @pytest.mark.parametrize(
@@ -47,14 +49,14 @@ def test_known_hosts_pass(host: str) -> None:
 )
 def test_rebinding_and_misdirected_hosts_are_refused(host: str | None) -> None:
     with pytest.raises(Refusal) as caught:
-        GUARD.check_host(host)
+        HOST.check(host)
     assert caught.value.status in (400, 421)
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_state_changing_requests_need_the_gateways_own_origin(method: str) -> None:
-    GUARD.check_origin(method, "https://localhost:8443", "same-origin", "cors", True)
-    GUARD.check_origin(method, None, None, None, False)  # API clients: no Origin, no cookie
+    ORIGIN.check(method, "https://localhost:8443", "same-origin", "cors", True)
+    ORIGIN.check(method, None, None, None, False)  # API clients: no Origin, no cookie
     for origin, site, cookie in (
         ("https://evil.example", None, False),
         ("null", None, True),
@@ -65,17 +67,17 @@ def test_state_changing_requests_need_the_gateways_own_origin(method: str) -> No
         ("https://localhost:8443", "cross-site", True),
     ):
         with pytest.raises(Refusal) as caught:
-            GUARD.check_origin(method, origin, site, "cors", cookie)
+            ORIGIN.check(method, origin, site, "cors", cookie)
         assert caught.value.status == 403
 
 
 def test_cross_site_reads_with_a_cookie_are_refused_but_navigation_is_not() -> None:
-    GUARD.check_origin("GET", None, "cross-site", "navigate", True)
-    GUARD.check_origin("GET", None, "cross-site", "cors", False)
+    ORIGIN.check("GET", None, "cross-site", "navigate", True)
+    ORIGIN.check("GET", None, "cross-site", "cors", False)
     with pytest.raises(Refusal):
-        GUARD.check_origin("GET", None, "cross-site", "cors", True)
+        ORIGIN.check("GET", None, "cross-site", "cors", True)
     with pytest.raises(Refusal):
-        GUARD.check_origin("GET", None, "same-site", "no-cors", True)
+        ORIGIN.check("GET", None, "same-site", "no-cors", True)
 
 
 def test_cookie_attributes_and_parsing() -> None:

@@ -1,4 +1,5 @@
-"""Dashboard answers reduced per job and redacted: the same decisions as the Jobs API (gateway/dashboard.py)."""
+"""Dashboard answers reduced per job and redacted: the same decisions as the Jobs API (gateway/jobaccess.py),
+each route's filter and job scope as the route table names them."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import json
 
 import pytest
 
-from raywarden.gateway.dashboard import (
-    driver_log_job,
-    filter_dashboard,
+from raywarden.gateway.answers import filter_dashboard
+from raywarden.gateway.authz import Viewer
+from raywarden.gateway.handlers.dashboard import driver_log_job
+from raywarden.gateway.jobaccess import (
+    REDACTED,
+    JobAccess,
     job_access,
     redact_runtime_envs,
     scope_refusal,
 )
-from raywarden.gateway.filters import REDACTED, Viewer
+from raywarden.gateway.request import BadQuery, Target, check_pairs, parse_pairs
+from raywarden.gateway.responses import Refusal
+from raywarden.gateway.routes import DASHBOARD_ROUTES, Route
 from raywarden.policy.entities import request_context
 from tests.unit.policy.policy_support import engine, principal, spiffe
 
@@ -48,6 +54,37 @@ def _viewer(*groups: str, name: str = "alice") -> Viewer:
     return Viewer(ENGINE, principal(name, *groups), CONTEXT)
 
 
+def _access(viewer: Viewer, jobs: bytes = RAY_JOBS) -> JobAccess:
+    return job_access(viewer, json.loads(jobs))
+
+
+def _route(template: str) -> Route:
+    return next(r for r in DASHBOARD_ROUTES if r.ray_template == template)
+
+
+def _target(template: str, query: str) -> Target:
+    pairs = parse_pairs(query.encode())
+    check_pairs(pairs, _route(template).query)
+    return Target(_route(template).template, pairs)
+
+
+def _filter(
+    template: str,
+    viewer: Viewer,
+    body: bytes,
+    access: JobAccess | None,
+    query: str = "",
+    params: dict[str, str] | None = None,
+) -> tuple[bytes, dict[str, int]]:
+    name = _route(template).filter
+    assert name is not None, template
+    return filter_dashboard(name, viewer, body, access, _target(template, query), params or {})
+
+
+def _scope(template: str, params: dict[str, str], query: str, access: JobAccess) -> Refusal | None:
+    return scope_refusal(_route(template).scope, _target(template, query), params, access)
+
+
 def _tasks() -> bytes:
     env = json.dumps({"env_vars": {"K": SECRET}, "pip": ["x"]})
     tasks = [
@@ -66,7 +103,7 @@ def _tasks() -> bytes:
 
 def test_a_developer_sees_only_tasks_of_own_jobs_with_values() -> None:
     viewer = _viewer("developers")
-    body, shown = filter_dashboard("/api/v0/tasks", viewer, _tasks(), job_access(viewer, RAY_JOBS))
+    body, shown = _filter("/api/v0/tasks", viewer, _tasks(), _access(viewer))
     data = json.loads(body)["data"]["result"]
     assert [t["task_id"] for t in data["result"]] == ["t1"] and data["total"] == 1
     assert shown == {"shown": 1, "hidden": 2}
@@ -75,7 +112,7 @@ def test_a_developer_sees_only_tasks_of_own_jobs_with_values() -> None:
 
 def test_a_viewer_sees_every_task_without_values() -> None:
     viewer = _viewer("viewers", name="vera")
-    body, shown = filter_dashboard("/api/v0/tasks", viewer, _tasks(), job_access(viewer, RAY_JOBS))
+    body, shown = _filter("/api/v0/tasks", viewer, _tasks(), _access(viewer))
     assert shown["shown"] == 3 and SECRET not in body.decode()
     inner = json.loads(json.loads(body)["data"]["result"]["result"][0]["runtime_env_info"]["serialized_runtime_env"])
     assert inner == {"env_vars": {"K": REDACTED}, "pip": ["x"]}
@@ -92,17 +129,17 @@ def test_actor_table_and_runtime_envs() -> None:
         },
     }
     viewer = _viewer("developers", name="bob")
-    body, shown = filter_dashboard("/logical/actors", viewer, json.dumps(actors).encode(), job_access(viewer, RAY_JOBS))
+    body, shown = _filter("/logical/actors", viewer, json.dumps(actors).encode(), _access(viewer))
     assert list(json.loads(body)["data"]["actors"]) == ["a2"] and shown == {"shown": 1, "hidden": 1}
     envs = {"data": {"result": {"result": [{"runtime_env": {"env_vars": {"K": SECRET}}}]}}}
-    admin_body, _ = filter_dashboard("/api/v0/runtime_envs", _viewer("admins"), json.dumps(envs).encode(), None)
+    admin_body, _ = _filter("/api/v0/runtime_envs", _viewer("admins"), json.dumps(envs).encode(), None)
     assert SECRET not in admin_body.decode()  # not tied to a job: redacted for everyone
 
 
 def test_profiling_flag_follows_the_policy() -> None:
     answer = json.dumps({"result": True, "data": {"profilingEnabled": True, "profilingDefaults": {}}}).encode()
-    viewer_body, _ = filter_dashboard("/api/profiling_enabled", _viewer("viewers"), answer, None)
-    admin_body, _ = filter_dashboard("/api/profiling_enabled", _viewer("admins"), answer, None)
+    viewer_body, _ = _filter("/api/profiling_enabled", _viewer("viewers"), answer, None)
+    admin_body, _ = _filter("/api/profiling_enabled", _viewer("admins"), answer, None)
     assert json.loads(viewer_body)["data"]["profilingEnabled"] is False
     assert json.loads(admin_body)["data"]["profilingEnabled"] is True
 
@@ -119,19 +156,20 @@ def test_redaction_reaches_nested_and_unreadable_envs() -> None:
 
 
 def test_driver_log_requests_name_exactly_one_job() -> None:
-    assert (
-        driver_log_job("node_id=ab&filename=job-driver-raysubmit_1.log&lines=50000&filter_ansi_code=true")
-        == "raysubmit_1"
-    )
+    logs = "/api/v0/logs/file"
+    target = _target(logs, "node_id=ab&filename=job-driver-raysubmit_1.log&lines=50000&filter_ansi_code=true")
+    assert driver_log_job(target) == "raysubmit_1"
     for query in (
         "filename=job-driver-x.log&actor_id=a",
         "filename=../job-driver-x.log",
         "filename=worker-1.out",
-        "filename=job-driver-x.log&filename=job-driver-y.log",
         "filename=job-driver-a/b.log",
         "",
     ):
-        assert driver_log_job(query) is None, query
+        assert driver_log_job(_target(logs, query)) is None, query
+    # Two file names: the gateway would read one and Ray another, so the route refuses the repeat outright.
+    with pytest.raises(BadQuery, match="more than once"):
+        _target(logs, "filename=job-driver-x.log&filename=job-driver-y.log")
 
 
 def _answer(**data: object) -> bytes:
@@ -150,31 +188,31 @@ def test_events_keep_cluster_events_and_the_callers_jobs() -> None:
         "03000000": [{"message": "a job no one owns"}],
     }
     viewer = _viewer("developers", name="bob")
-    body, shown = filter_dashboard("/events", viewer, _answer(events=events), job_access(viewer, RAY_JOBS))
+    body, shown = _filter("/events", viewer, _answer(events=events), _access(viewer))
     shown_events = json.loads(body)["data"]["events"]
     assert set(shown_events) == {"global", "02000000"}
     assert [e["message"] for e in shown_events["global"]] == ["node added", "Started a ray job s-bob."]
     assert shown == {"shown": 2, "hidden": 3}
-    cluster_only, _ = filter_dashboard(
+    cluster_only, _ = _filter(
         "/events",
         viewer,
         _answer(job_id="global", events=events["global"]),
-        job_access(viewer, RAY_JOBS),
+        _access(viewer),
         "job_id=global",
     )
     assert "s-alice" not in cluster_only.decode() and "s-bob" in cluster_only.decode()
     admin = _viewer("admins", name="ada")
-    body, _ = filter_dashboard("/events", admin, _answer(events=events), job_access(admin, RAY_JOBS))
+    body, _ = _filter("/events", admin, _answer(events=events), _access(admin))
     assert set(json.loads(body)["data"]["events"]) == set(events)
 
 
 def test_actor_details_of_another_users_job_read_like_an_unknown_actor() -> None:
     answer = _answer(detail={"actorId": "a1", "jobId": "01000000", "runtimeEnv": {"env_vars": {"K": SECRET}}})
     bob = _viewer("developers", name="bob")
-    body, shown = filter_dashboard("/logical/actors/{actor_id}", bob, answer, job_access(bob, RAY_JOBS))
+    body, shown = _filter("/logical/actors/{actor_id}", bob, answer, _access(bob))
     assert json.loads(body)["data"]["detail"] is None and shown == {"shown": 0, "hidden": 1}
     vera = _viewer("viewers", name="vera")
-    body, _ = filter_dashboard("/logical/actors/{actor_id}", vera, answer, job_access(vera, RAY_JOBS))
+    body, _ = _filter("/logical/actors/{actor_id}", vera, answer, _access(vera))
     assert json.loads(body)["data"]["detail"]["actorId"] == "a1" and SECRET not in body.decode()
 
 
@@ -194,26 +232,24 @@ def test_node_pages_show_only_workers_and_actors_of_viewable_jobs() -> None:
         "raylet": {"nodeId": "n", "coreWorkersStats": stats},
     }
     alice = _viewer("developers")
-    access = job_access(alice, RAY_JOBS)
-    body, shown = filter_dashboard("/nodes/{node_id}", alice, _answer(detail=detail), access)
+    access = _access(alice)
+    body, shown = _filter("/nodes/{node_id}", alice, _answer(detail=detail), access)
     text = body.decode()
     assert "bob_task" not in text and "a2" not in json.loads(body)["data"]["detail"]["actors"]
     assert "alice_task" in text and shown == {"shown": 3, "hidden": 3}
     summary = [{"hostname": "h", "raylet": {"nodeId": "n", "coreWorkersStats": stats}}]
-    body, _ = filter_dashboard("/nodes", alice, _answer(summary=summary, node_logical_resources={}), access)
+    body, _ = _filter("/nodes", alice, _answer(summary=summary, node_logical_resources={}), access)
     assert "bob_task" not in body.decode() and "alice_task" in body.decode()
     hosts = _answer(host_name_list=["h"])
-    assert json.loads(filter_dashboard("/nodes", alice, hosts, access)[0]) == json.loads(hosts)
+    assert json.loads(_filter("/nodes", alice, hosts, access)[0]) == json.loads(hosts)
 
 
 def test_serve_application_env_values_only_for_those_who_may_deploy() -> None:
     apps = {"applications": {"app": {"deployed_app_config": {"runtime_env": {"env_vars": {"K": SECRET}}}}}}
-    viewer_body, _ = filter_dashboard(
+    viewer_body, _ = _filter(
         "/api/serve/applications/", _viewer("viewers", name="vera"), json.dumps(apps).encode(), None
     )
-    admin_body, _ = filter_dashboard(
-        "/api/serve/applications/", _viewer("admins", name="ada"), json.dumps(apps).encode(), None
-    )
+    admin_body, _ = _filter("/api/serve/applications/", _viewer("admins", name="ada"), json.dumps(apps).encode(), None)
     assert SECRET not in viewer_body.decode() and SECRET in admin_body.decode()
 
 
@@ -229,13 +265,11 @@ def test_serve_application_env_values_only_for_those_who_may_deploy() -> None:
 )
 def test_answers_about_one_job_need_that_job(template: str, params: dict[str, str], query: str) -> None:
     alice, bob = _viewer("developers"), _viewer("developers", name="bob")
-    assert scope_refusal(template, params, query, job_access(alice, RAY_JOBS)) is None
-    refusal = scope_refusal(template, params, query, job_access(bob, RAY_JOBS))
+    assert _scope(template, params, query, _access(alice)) is None
+    refusal = _scope(template, params, query, _access(bob))
     assert refusal is not None and (refusal.status, refusal.message) == (404, "no such job")
     # A job Ray does not know gets the very same answer: no existence oracle.
-    missing = scope_refusal(
-        template, {k: "0f000000" for k in params}, query.replace("01000000", "0f000000"), job_access(bob, RAY_JOBS)
-    )
+    missing = _scope(template, {k: "0f000000" for k in params}, query.replace("01000000", "0f000000"), _access(bob))
     assert missing is not None and (missing.status, missing.message) == (404, "no such job")
 
 
@@ -250,18 +284,18 @@ def test_answers_about_one_job_need_that_job(template: str, params: dict[str, st
 )
 def test_summaries_of_every_job_need_every_job(query: str) -> None:
     bob = _viewer("developers", name="bob")
-    refusal = scope_refusal("/api/v0/tasks/summarize", {}, query, job_access(bob, RAY_JOBS))
+    refusal = _scope("/api/v0/tasks/summarize", {}, query, _access(bob))
     assert refusal is not None and refusal.status == 403 and refusal.hint
     for group, name in (("viewers", "vera"), ("admins", "ada")):
         viewer = _viewer(group, name=name)
-        assert scope_refusal("/api/v0/tasks/summarize", {}, query, job_access(viewer, RAY_JOBS)) is None
-    assert scope_refusal("/api/v0/tasks/timeline", {}, "download=1", job_access(bob, RAY_JOBS)) is not None
+        assert _scope("/api/v0/tasks/summarize", {}, query, _access(viewer)) is None
+    assert _scope("/api/v0/tasks/timeline", {}, "download=1", _access(bob)) is not None
 
 
 def test_cluster_events_need_no_job() -> None:
     bob = _viewer("developers", name="bob")
-    assert scope_refusal("/events", {}, "job_id=global", job_access(bob, RAY_JOBS)) is None
-    assert scope_refusal("/events", {}, "", job_access(bob, RAY_JOBS)) is None
+    assert _scope("/events", {}, "job_id=global", _access(bob)) is None
+    assert _scope("/events", {}, "", _access(bob)) is None
 
 
 def test_an_actor_reported_without_its_job_belongs_to_the_job_in_its_id() -> None:
@@ -285,15 +319,15 @@ def test_an_actor_reported_without_its_job_belongs_to_the_job_in_its_id() -> Non
         },
     }
     alice = _viewer("developers")
-    body, shown = filter_dashboard("/logical/actors", alice, json.dumps(actors).encode(), job_access(alice, RAY_JOBS))
+    body, shown = _filter("/logical/actors", alice, json.dumps(actors).encode(), _access(alice))
     assert list(json.loads(body)["data"]["actors"]) == ["83eef5c1bb180283fc3daf4801000000"]
     assert shown == {"shown": 1, "hidden": 2}
     detail = {"result": True, "data": {"detail": {"actorId": "f" * 32, "jobId": "ffffffff", "name": "mine"}}}
-    body, _ = filter_dashboard(
+    body, _ = _filter(
         "/logical/actors/{actor_id}",
         alice,
         json.dumps(detail).encode(),
-        job_access(alice, RAY_JOBS),
+        _access(alice),
         "",
         {"actor_id": "83eef5c1bb180283fc3daf4801000000"},
     )

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from raywarden.gateway.auth import Identity
-from raywarden.gateway.filters import Viewer
+from raywarden.gateway.authn import Identity
+from raywarden.gateway.authz import Viewer
 from raywarden.gateway.metrics.chart import Line, format_value, legend_name, render
 from raywarden.gateway.metrics.dashboards import Panel, dashboard_uids, dashboards
 from raywarden.gateway.metrics.prometheus import Series
 from raywarden.gateway.metrics.query import TimeRange, expand, time_range, variables
 from raywarden.gateway.metrics.views import GRAFANA_HOST, grafana_health
+from raywarden.gateway.request import Target
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import PANEL_VARIABLES
 from raywarden.gateway.upstream import Upstream
-from raywarden.gateway.web import Console, PageResult, WebServices
+from raywarden.gateway.web import Console, PageRequest, PageResult, WebServices
 from raywarden.identity.sessions import SessionStore
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.entities import request_context
@@ -110,11 +111,14 @@ def test_without_prometheus_the_ui_is_told_so_and_panels_are_refused(tmp_path: P
     identity = Identity(spiffe("vera"), "user", "vera", ("viewers",), "certificate", "serial")
     viewer = Viewer(engine(), principal("vera", "viewers"), request_context("certificate", "127.0.0.1", 10))
 
-    async def ask(path: str, params: dict[str, str]) -> PageResult:
-        return await console.page("dashboard.view", path, "panelId=41", identity, None, viewer, params)
+    async def ask(page: str, path: str, params: dict[str, str]) -> PageResult:
+        target = Target(path, (("panelId", "41"),))
+        return await console.page(PageRequest(page, target, params, "127.0.0.1", identity=identity, viewer=viewer))
 
-    health = asyncio.run(ask("/dashboard/api/grafana_health", {}))
+    health = asyncio.run(ask("grafana_health", "/dashboard/api/grafana_health", {}))
     assert health.status == 200 and json.loads(bytes(health.response.body))["result"] is False
     with pytest.raises(Refusal) as refused:
-        asyncio.run(ask("/ui/metrics/d-solo/{dashboard_uid}", {"dashboard_uid": "rayDefaultDashboard"}))
+        asyncio.run(
+            ask("metrics_panel", "/ui/metrics/d-solo/rayDefaultDashboard", {"dashboard_uid": "rayDefaultDashboard"})
+        )
     assert refused.value.status == 404 and "apt-get install prometheus" in (refused.value.hint or "")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raywarden.gateway.paths import BadPath, canonical_path, encode_path
+from raywarden.gateway.request import BadPath, canonical_path, encode_path
 from raywarden.gateway.routes import ROUTES, match
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from raywarden.errors import AuthenticationError
-from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.tokens import TokenAuthority, load_or_create_token_key, parse_ttl, token_key_path
 from raywarden.identity.admin import IdentityAdmin
 from raywarden.identity.store import IdentityStore

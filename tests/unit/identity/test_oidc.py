@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from raywarden.errors import AuthenticationError
-from raywarden.gateway.auth import Authenticator
+from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.oidc import oidc_config_path
 from raywarden.identity.admin import IdentityAdmin
 from raywarden.identity.store import IdentityStore

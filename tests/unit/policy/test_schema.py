@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from raywarden.gateway.filters import JOB_ACTIONS
 from raywarden.gateway.routes import ACTIONS, ROUTES
 from raywarden.policy.engine import PolicyEngine, schema_actions, shipped_schema
 
@@ -27,9 +26,10 @@ def test_schema_action_parser_sees_grouped_declarations() -> None:
     assert {"jobs.read", "jobs.stop", "jobs.delete"} <= schema_actions(shipped_schema())
 
 
-def test_job_actions_that_answer_404_are_job_routes() -> None:
+def test_job_routes_are_the_jobs_api_actions_on_one_job() -> None:
+    # A refusal on a "job" route reads like a missing job (gateway/authz.py): exactly these actions.
     job_routes = {r.action for r in ROUTES if r.resource == "job"}
-    assert job_routes == JOB_ACTIONS
+    assert job_routes == {"jobs.read", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
 
 
 def test_shipped_pack_loads_and_every_policy_has_an_id() -> None:

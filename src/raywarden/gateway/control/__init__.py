@@ -1,4 +1,4 @@
-"""raywarden's own API, answered by the gateway itself (the routes with ``upstream=False`` in routes.py)."""
+"""raywarden's own API, answered by the gateway itself (the routes of ``kind="control"`` in routes.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raywarden.audit import AuditLog
-from raywarden.gateway.auth import Identity
+from raywarden.errors import ConfigError
+from raywarden.gateway.authn import Identity
 from raywarden.identity.store import IdentityStore
 from raywarden.state import ClusterConfig, StateDir
 
@@ -29,6 +30,8 @@ class ControlRequest:
     params: dict[str, str]
     body: bytes | None
     identity: Identity | None  # None on anonymous routes
+    # The body as parsed, within bounds (gateway/bodies.py), before the handler runs: a JSON object.
+    json: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,7 +56,7 @@ def build_handlers(services: ControlServices) -> dict[str, ControlHandler]:
 
     missing = {r.action for r in CONTROL_ROUTES} - set(handlers)
     if missing:
-        raise RuntimeError(f"control routes without a handler: {sorted(missing)}")
+        raise ConfigError(f"control routes without a handler: {sorted(missing)}")
     return handlers
 
 

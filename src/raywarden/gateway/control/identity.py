@@ -8,7 +8,6 @@ Refusals tell the client little; the audit record says exactly why.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from typing import Any
 
@@ -44,8 +43,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         )
 
     async def enroll(req: ControlRequest) -> ControlResponse:
-        body = _json(req.body)
-        code_text, csr_text = body.get("code"), body.get("csr")
+        code_text, csr_text = req.json.get("code"), req.json.get("csr")
         if not isinstance(code_text, str) or not isinstance(csr_text, str):
             return _refuse(400, "an enrollment needs a code and a csr", "enrollment body without code or csr")
         try:
@@ -96,14 +94,13 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
 
     async def renew(req: ControlRequest) -> ControlResponse:
         identity = req.identity
-        assert identity is not None  # noqa: S101 - an identity route (routes.py)
-        if identity.auth_method != "certificate":
+        if identity is None or identity.auth_method != "certificate":
             return _refuse(
                 403,
                 "renewal requires your current client certificate",
-                f"renewal attempted with {identity.auth_method} authentication",
+                f"renewal attempted with {identity.auth_method if identity else 'no'} authentication",
             )
-        csr_text = _json(req.body).get("csr")
+        csr_text = req.json.get("csr")
         if not isinstance(csr_text, str):
             return _refuse(400, "a renewal needs a csr", "renewal body without csr")
         try:
@@ -132,15 +129,14 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
 
     async def token(req: ControlRequest) -> ControlResponse:
         identity = req.identity
-        assert identity is not None  # noqa: S101 - an identity route (routes.py)
-        if identity.auth_method != "certificate":
+        if identity is None or identity.auth_method != "certificate":
             # A bearer token that could mint bearer tokens would never expire.
             return _refuse(
                 403,
                 "tokens are issued to certificate holders only",
-                f"token requested with {identity.auth_method} authentication",
+                f"token requested with {identity.auth_method if identity else 'no'} authentication",
             )
-        ttl = _json(req.body).get("ttl_seconds")
+        ttl = req.json.get("ttl_seconds")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
             return _refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
         try:
@@ -168,14 +164,6 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         )
 
     return {"identity.enroll": enroll, "identity.renew": renew, "identity.token": token}
-
-
-def _json(body: bytes | None) -> dict[str, Any]:
-    try:
-        value = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _refuse(status: int, message: str, reason: str, hint: str | None = None, **audit: Any) -> ControlResponse:

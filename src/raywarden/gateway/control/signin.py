@@ -21,12 +21,12 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
 
     async def signin_link(req: ControlRequest) -> ControlResponse:
         identity = req.identity
-        assert identity is not None  # noqa: S101 - an identity route (routes.py)
-        if identity.auth_method != "certificate":
+        if identity is None or identity.auth_method != "certificate":
+            method = identity.auth_method if identity else "no"
             return ControlResponse(
                 403,
                 {"error": "sign-in links are issued to certificate holders only"},
-                {"reason": f"sign-in link requested with {identity.auth_method} authentication"},
+                {"reason": f"sign-in link requested with {method} authentication"},
             )
         if identity.kind != "user":
             # Service accounts are for automation; even an admin one gets no browser session.

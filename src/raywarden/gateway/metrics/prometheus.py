@@ -8,10 +8,11 @@ from typing import Any
 
 import aiohttp
 
+from raywarden.errors import RaywardenError
 from raywarden.gateway.metrics.query import TimeRange
 
 
-class PrometheusUnavailable(Exception):
+class PrometheusUnavailable(RaywardenError):
     """Prometheus did not answer, or answered something that is not a query result."""
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -20,19 +19,20 @@ from urllib.parse import urlencode, urlsplit
 import jwt
 import requests
 
-from raywarden.errors import AuthenticationError
+from raywarden.errors import AuthenticationError, RaywardenError
 from raywarden.gateway.oidc import OidcFederation, OidcIdentity, OidcIssuer
 from raywarden.identity.sessions import OidcFlow
+from raywarden.secret import Secret
 
 BINDING_COOKIE = "__Host-raywarden-oidc"
 TIMEOUT_S = 10.0
 
 
-class OidcFlowError(Exception):
+class OidcFlowError(RaywardenError):
     """The flow cannot go on. ``reason`` is for the audit log only."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__("single sign-on did not complete")
         self.reason = reason
 
 
@@ -124,7 +124,7 @@ async def redeem(federation: OidcFederation, issuer: OidcIssuer, flow: OidcFlow,
     except (AuthenticationError, jwt.PyJWTError) as exc:
         raise OidcFlowError(f"ID token refused: {getattr(exc, 'reason', None) or exc}") from None
     nonce = claims.get("nonce")
-    if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), flow.nonce.encode()):
+    if not isinstance(nonce, str) or not Secret(flow.nonce).matches(nonce):
         raise OidcFlowError("ID token nonce does not match this flow (replayed or injected token)")
     return found
 

@@ -1,4 +1,5 @@
-"""Authentication: turn the caller's credential into an identity, or refuse with a precise reason.
+"""Authentication: turn the caller's credential into an identity (its credential's age included), or refuse
+with a precise reason.
 
 Credentials, in order of precedence: a client certificate verified by the TLS layer against the access CA;
 a bearer token signed by this cluster (gateway/tokens.py); an ID token from a configured OIDC issuer
@@ -16,7 +17,7 @@ import jwt
 from cryptography import x509
 
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
-from raywarden.gateway.oidc import OidcFederation, oidc_config_path
+from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
 from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
 from raywarden.identity.sessions import SessionRefused, SessionStore
 from raywarden.identity.store import CredentialState, IdentityStore, Principal, lookup_credential
@@ -33,7 +34,8 @@ class Identity:
     groups: tuple[str, ...]
     auth_method: str  # "certificate", "token", "oidc" or "session"
     credential_id: str  # certificate serial, token jti, "oidc:<jti>", or the session's ref
-    # For sessions: when the session began (its sign-in), which policies see as the credential's age.
+    # When the credential was issued (a certificate's notBefore, a token's iat, a session's sign-in), read from
+    # the verified credential; policies see the time since as the credential's age. None: unknown (very old).
     issued_at: float | None = None
 
 
@@ -81,7 +83,8 @@ class Authenticator:
         raise MissingCredential("no client certificate")
 
     def from_session(self, session: str) -> Identity:
-        assert self.sessions is not None  # noqa: S101 - checked by the caller
+        if self.sessions is None:
+            raise MissingCredential("browser sessions are not enabled on this gateway")
         try:
             info = self.sessions.resolve(session)
         except SessionRefused as exc:
@@ -103,7 +106,8 @@ class Authenticator:
         if found.spiffe_id != str(spiffe):
             raise AuthenticationError(f"certificate {serial} was issued to {found.spiffe_id}, not {spiffe}")
         principal = _active(found)
-        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial)
+        issued = cert.not_valid_before_utc.timestamp()
+        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial, issued)
 
     def from_bearer(self, authorization: str) -> Identity:
         scheme, _, token = authorization.strip().partition(" ")
@@ -119,21 +123,20 @@ class Authenticator:
             raise AuthenticationError("malformed Authorization value (not a JWT)") from None
         iss = unverified.get("iss")
         if self.tokens is not None and self.tokens.claims_issuer(header, iss):
-            return self._from_own_token(token, header)
+            return self._from_own_token(self.tokens, token, header)
         if self.oidc is not None:
             try:
                 issuer = self.oidc.issuer(iss)
             except ConfigError as exc:
                 raise AuthenticationError(f"OIDC configuration unusable: {exc.message}") from None
             if issuer is not None:
-                return self._from_id_token(token, header, issuer)
+                return self._from_id_token(self.oidc, token, header, issuer)
         raise AuthenticationError(
             f"token from unknown issuer {str(iss)[:100]!r} with unknown key id {str(header.get('kid'))[:64]!r}"
         )
 
-    def _from_own_token(self, token: str, header: dict[str, Any]) -> Identity:
-        assert self.tokens is not None  # noqa: S101 - checked by the caller
-        claims = self.tokens.verify(token, header)
+    def _from_own_token(self, tokens: TokenAuthority, token: str, header: dict[str, Any]) -> Identity:
+        claims = tokens.verify(token, header)
         try:
             spiffe = SpiffeId.parse(claims.subject)
         except PKIError:
@@ -147,11 +150,10 @@ class Authenticator:
         if found.spiffe_id != str(spiffe):
             raise AuthenticationError(f"token id {claims.jti} was issued to {found.spiffe_id}, not {spiffe}")
         principal = _active(found)
-        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "token", claims.jti)
+        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "token", claims.jti, claims.issued_at)
 
-    def _from_id_token(self, token: str, header: dict[str, Any], issuer: Any) -> Identity:
-        assert self.oidc is not None  # noqa: S101 - checked by the caller
-        found = self.oidc.verify(token, header, issuer)
+    def _from_id_token(self, oidc: OidcFederation, token: str, header: dict[str, Any], issuer: OidcIssuer) -> Identity:
+        found = oidc.verify(token, header, issuer)
         spiffe = SpiffeId(self.trust_domain, "user", found.name)
         principal = self.store.get(str(spiffe))
         if principal is None and not found.allow_unregistered:
@@ -161,7 +163,7 @@ class Authenticator:
         if principal is not None and principal.disabled:
             raise AuthenticationError(f"principal {spiffe} is disabled")
         groups = tuple(sorted(set(found.groups) | set(principal.groups if principal else ())))
-        return Identity(str(spiffe), "user", found.name, groups, "oidc", found.credential_id)
+        return Identity(str(spiffe), "user", found.name, groups, "oidc", found.credential_id, found.issued_at)
 
     def _check_kind(self, spiffe: SpiffeId, what: str) -> None:
         if spiffe.trust_domain != self.trust_domain:

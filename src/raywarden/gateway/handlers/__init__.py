@@ -1,0 +1,113 @@
+"""One handler per kind of route (``Route.kind``), and the steps they share: authenticate, read the body
+within its bounds, relay Ray's (filtered) answer and write the outcome record.
+
+A handler raises ``Refusal`` (or lets ``UpstreamUnavailable`` and ``FilterError`` through): the app turns
+each into the decision and outcome records and the answer (gateway/app.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from raywarden.audit import AuditLog
+from raywarden.errors import AuthenticationError
+from raywarden.gateway import responses
+from raywarden.gateway.answers import filter_dashboard
+from raywarden.gateway.authn import Authenticator, Identity, MissingCredential
+from raywarden.gateway.authz import Viewer
+from raywarden.gateway.bodies import read_body, refuse_body
+from raywarden.gateway.cookies import session_cookie
+from raywarden.gateway.exchange import Exchange
+from raywarden.gateway.jobaccess import (
+    FilterError,
+    JobAccess,
+    filter_job_details,
+    filter_job_list,
+)
+from raywarden.gateway.middleware import header
+from raywarden.gateway.routes import Route, Routed
+from raywarden.gateway.tls import PEER_CERT_STATE_KEY
+from raywarden.gateway.upstream import Upstream, UpstreamResponse
+from raywarden.policy.engine import Entity
+
+Filter = Callable[[bytes], tuple[bytes, dict[str, int]]]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every handler may use."""
+
+    authenticator: Authenticator
+    audit: AuditLog
+    upstream: Upstream
+    max_body_bytes: int
+
+
+class Handler(Protocol):
+    async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response: ...
+
+
+def authenticate(services: Services, ex: Exchange, scope: Scope, *, session: bool) -> Identity:
+    """The caller's identity (noted on the exchange), or a 401 whose reason stays in the audit log."""
+    der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
+    cookie = session_cookie(header(scope, b"cookie")) if session else None
+    try:
+        ex.identity = services.authenticator.authenticate(der, header(scope, b"authorization"), cookie)
+    except MissingCredential as exc:
+        raise responses.Refusal(
+            401, "authentication required", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL
+        ) from None
+    except AuthenticationError as exc:
+        raise responses.Refusal(
+            401, "authentication failed", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL
+        ) from None
+    return ex.identity
+
+
+async def body_of(services: Services, request: Request, route: Route) -> bytes | None:
+    """The route's body, read within its size limit; a body on a route that takes none is refused."""
+    if route.body == "none":
+        await refuse_body(request)
+        return None
+    limit = route.max_body or services.max_body_bytes
+    hint = "raise max_body_bytes in the cluster config for larger packages" if route.max_body is None else None
+    return await read_body(request, limit, hint or f"this route takes bodies of at most {limit} bytes")
+
+
+def forwarded_headers(request: Request, *, filtered: bool) -> dict[str, str]:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if filtered:
+        headers.pop("accept-encoding", None)  # the gateway must read what it filters
+    return headers
+
+
+def answer_filter(found: Routed, viewer: Viewer, entity: Entity, access: JobAccess | None) -> Filter | None:
+    """How the route's ``filter`` reduces Ray's answer for this caller (gateway/jobaccess.py)."""
+    name = found.route.filter
+    if name is None:
+        return None
+    if name == "job_list":
+        return lambda body: filter_job_list(viewer, body)
+    if name == "job_details":
+        return lambda body: (filter_job_details(viewer, entity, body), {})
+    return lambda body: filter_dashboard(name, viewer, body, access, found.target, found.params)
+
+
+async def relay(ex: Exchange, answer: UpstreamResponse, keep: Filter | None = None) -> Response:
+    """Ray's answer, reduced by ``keep`` when it is a success; the outcome record says what it hid."""
+    shown: dict[str, int] = {}
+    body = answer.body
+    if keep is not None and answer.status == 200 and answer.body:  # an empty answer (HEAD) shows nothing
+        if dict(answer.headers).get("content-encoding"):
+            raise FilterError("Ray sent an encoded answer the gateway cannot filter")
+        body, shown = keep(answer.body)
+    await ex.finish(answer.status, **shown)
+    headers = dict(answer.headers)
+    headers[responses.GATEWAY_HEADER[0]] = responses.GATEWAY_HEADER[1]
+    return Response(body, status_code=answer.status, headers=headers)
