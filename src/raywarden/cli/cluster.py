@@ -140,6 +140,11 @@ def down(
         console.print("Cluster stopped." if result["stopped"] else "Cluster was not running; nothing left behind.")
 
 
+def can_ask() -> bool:
+    """A person can answer a question: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
 def _confirm_running_jobs(target: StateDir) -> list[str]:
     """Name the running jobs and ask; refuse without a terminal. Returns the ids the user agreed to kill."""
     from raywarden.cli.running_jobs import running_jobs
@@ -157,7 +162,7 @@ def _confirm_running_jobs(target: StateDir) -> list[str]:
         err_console.print(f"{len(jobs)} job(s) still running; stopping the cluster kills them:")
         for job in jobs:
             err_console.print(f"  {job.submission_id}  {job.status}  {job.owner}  {job.entrypoint[:60]}", markup=False)
-    if not sys.stdin.isatty():
+    if not can_ask():
         first = jobs[0].submission_id if jobs else "ID"
         raise ClusterError(
             "not stopping the cluster: " + (problem if problem else f"{len(jobs)} job(s) are running"),

@@ -50,7 +50,7 @@ CodeTtlOption = Annotated[
         "--code-ttl", help="Lifetime of the one-time enrollment code, e.g. 24h, 30m (default: 24h from the config)."
     ),
 ]
-NameArg = Annotated[str, typer.Argument(help="Name (1-63 lowercase letters, digits, '.', '-' or '_').")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Name (1-63 lowercase letters, digits, '.', '-' or '_').")]
 
 
 def register(app: typer.Typer) -> None:

@@ -58,11 +58,17 @@ COMMAND_MODULES = (
 )
 
 
+_registered: list[str] = []
+
+
 def _register() -> None:
+    """Add every command group to ``app`` (once, however often ``main`` runs in one process)."""
     import importlib
 
     for name in COMMAND_MODULES:
-        importlib.import_module(f"raywarden.cli.{name}").register(app)
+        if name not in _registered:
+            importlib.import_module(f"raywarden.cli.{name}").register(app)
+            _registered.append(name)
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
