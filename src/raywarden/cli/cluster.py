@@ -12,7 +12,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, print_next, state_dir
+from raywarden.cli.common import (
+    FIRST_JOB,
+    JsonOption,
+    StateDirOption,
+    console,
+    err_console,
+    print_json,
+    print_next,
+    state_dir,
+)
 from raywarden.cluster import lifecycle, worker
 from raywarden.cluster.setup import init_state
 from raywarden.cluster.worker import NodeState
@@ -107,9 +116,7 @@ def up(
             "submit",
             *_profile_args(target),
             "--",
-            "python",
-            "-c",
-            "import ray; print(ray.cluster_resources())",
+            *FIRST_JOB,
         ]
     )
 

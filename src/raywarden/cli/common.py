@@ -50,6 +50,10 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+# A first job that shows the cluster answers (Ray 2.60 needs ray.init() before the state API).
+FIRST_JOB = ("python", "-c", "import ray; ray.init(); print(ray.cluster_resources())")
+
+
 def shell_command(*words: str | Path) -> str:
     """A command line that a POSIX shell runs as these exact words."""
     return shlex.join(str(w) for w in words)

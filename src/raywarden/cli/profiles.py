@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from raywarden.cli.common import (
+    FIRST_JOB,
     JsonOption,
     ProfileOption,
     WideOption,
@@ -92,7 +93,7 @@ def login(
             f"switch back with `raywarden profile use {result.kept.name}`.",
             markup=False,
         )
-    print_next(["raywarden", "job", "submit", "--", "python", "-c", "import ray; print(ray.cluster_resources())"])
+    print_next(["raywarden", "job", "submit", "--", *FIRST_JOB])
 
 
 def logout(profile: ProfileOption = None, json_output: JsonOption = False) -> None:

@@ -115,6 +115,15 @@ def gateway_errors(gateway: str) -> Iterator[None]:
             f"cannot reach the gateway at {gateway}: {type(exc).__name__}",
             hint="is the cluster up? see `raywarden status` on the head",
         ) from None
+    except requests.HTTPError as exc:  # Ray's version check calls raise_for_status() (a 503 while Ray is down)
+        response = exc.response
+        status = response.status_code if response is not None else 0
+        body = _json_object(response.text) if response is not None else None
+        if body is not None:
+            raise refusal(status, body) from None
+        raise GatewayRequestError(
+            status, f"gateway answered {status}: {response.reason if response else exc}"
+        ) from None
     except RayAuthenticationError as exc:
         raise from_ray_text(str(exc), 401 if str(exc).startswith("Authentication required") else 403) from None
     except RuntimeError as exc:

@@ -63,7 +63,7 @@ def test_markup_in_values_is_not_interpreted() -> None:
 @pytest.mark.parametrize(
     "words",
     [
-        ["raywarden", "job", "submit", "--", "python", "-c", "import ray; print(ray.cluster_resources())"],
+        ["raywarden", "job", "submit", "--", "python", "-c", "import ray; ray.init(); print(ray.cluster_resources())"],
         ["raywarden", "up", "--state-dir", "/tmp/my cluster/state"],
         ["raywarden", "login", "https://gw:8443", "--code", "rw1.abc$def", "--ca-fingerprint", "ab" * 32],
     ],

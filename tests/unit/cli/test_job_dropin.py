@@ -171,3 +171,17 @@ def test_hostile_answers_are_printable() -> None:
 def test_ray_job_cli_module_is_the_reference() -> None:
     # The reference for flags and quoting is Ray's own module, as installed.
     assert "ray/dashboard/modules/job/cli.py" in sys.modules[job_cli_group.callback.__module__].__file__  # type: ignore[union-attr]
+
+
+def test_an_http_error_from_rays_version_check_is_the_gateway_answer() -> None:
+    import requests
+
+    from raywarden.client.jobs import gateway_errors
+    from raywarden.errors import GatewayRequestError
+
+    response = requests.Response()
+    response.status_code = 503
+    response._content = json.dumps({"error": "Ray is not reachable", "request_id": "r9", "hint": "is Ray up?"}).encode()
+    with pytest.raises(GatewayRequestError) as info, gateway_errors("https://gw:8443"):
+        raise requests.HTTPError("503 Server Error", response=response)
+    assert info.value.status == 503 and "Ray is not reachable" in info.value.message and "r9" in info.value.message
