@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import requests
 from cryptography import x509
 
+from raywarden.client.answers import refusal
 from raywarden.client.profile import Profile, delete_profile, load_profile_or_none, set_current
 from raywarden.errors import ConfigError, GatewayRequestError, PKIError, UsageError
 from raywarden.identity.enrollment import parse_code
@@ -223,10 +224,7 @@ def _post(url: str, body: dict[str, Any], *, verify: str, cert: tuple[str, str] 
     except ValueError:
         data = {}
     if resp.status_code != 200:
-        message = str(data.get("error") or resp.reason)
-        if data.get("request_id"):
-            message += f" (request {data['request_id']})"
-        raise GatewayRequestError(
-            resp.status_code, f"gateway answered {resp.status_code}: {message}", hint=data.get("hint")
-        )
+        if isinstance(data, dict) and data:
+            raise refusal(resp.status_code, data)
+        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {resp.reason}")
     return data

@@ -9,17 +9,15 @@ errors it raises are turned back into the gateway's own answer (message, hint, r
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
-from http import HTTPStatus
-from typing import Any
 
 import requests
 from ray.exceptions import AuthenticationError as RayAuthenticationError
 from ray.job_submission import JobSubmissionClient
 
+from raywarden.client.answers import json_object, refusal
 from raywarden.client.bearer import bearer_token, forget_token
 from raywarden.client.profile import Profile, current_profile_name, list_profiles, load_profile
 from raywarden.client.renew import ensure_fresh
@@ -118,7 +116,7 @@ def gateway_errors(gateway: str) -> Iterator[None]:
     except requests.HTTPError as exc:  # Ray's version check calls raise_for_status() (a 503 while Ray is down)
         response = exc.response
         status = response.status_code if response is not None else 0
-        body = _json_object(response.text) if response is not None else None
+        body = json_object(response.text) if response is not None else None
         if body is not None:
             raise refusal(status, body) from None
         raise GatewayRequestError(
@@ -150,54 +148,10 @@ def from_ray_text(text: str, status: int | None) -> GatewayRequestError:
     if "\n\n" in body:
         body = body.partition("\n\n")[0]
     body = body.strip()
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         return GatewayRequestError(status, f"Ray answered {status}: {body.removesuffix('.')[:800]}")
     return refusal(status, data)
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def refusal(status: int, body: dict[str, Any]) -> GatewayRequestError:
-    """The gateway's JSON error as one message: what was refused and why, with its request id."""
-    try:
-        phrase = HTTPStatus(status).phrase.lower()
-    except ValueError:
-        phrase = "error"
-    parts = [f"gateway answered {status} ({phrase}): {_text(body.get('error')) or phrase}"]
-    action, resource = _text(body.get("action")), _text(body.get("resource"))
-    if action or resource:
-        parts.append(f"  refused: {action or '?'} on {resource or '?'}")
-    reason = _text(body.get("reason"))
-    if reason:
-        parts.append(f"  because: {reason}")
-    facts = body.get("facts")
-    if isinstance(facts, list) and facts:
-        parts.append(f"  failed: {', '.join(_text(f) for f in facts)}")
-    if body.get("request_id"):
-        parts.append(f"  request id: {_text(body['request_id'])}")
-    hint = _text(body.get("hint"))
-    explain = _text(body.get("explain"))
-    if explain:
-        hint = f"{hint}; {explain}" if hint else explain
-    return GatewayRequestError(status, "\n".join(parts), hint=hint or None)
-
-
-def _text(value: object) -> str:
-    # The answer comes from the network: keep it to printable text of a sane length.
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return "".join(ch if ch.isprintable() else " " for ch in text)[:500]
 
 
 def status_code(exc: BaseException) -> int | None:

@@ -14,7 +14,8 @@ from ray.dashboard.modules.job.cli import job_cli_group
 
 from raywarden.cli import job_inputs
 from raywarden.cli import main as cli_main
-from raywarden.client.jobs import from_ray_text, refusal
+from raywarden.client.answers import refusal
+from raywarden.client.jobs import from_ray_text
 from raywarden.errors import UsageError
 
 pytestmark = pytest.mark.unit
