@@ -46,7 +46,13 @@ LogStyleOption = Annotated[
 ]
 LogColorOption = Annotated[str, typer.Option("--log-color", help="As `ray job`: 'true', 'false' or 'auto'.")]
 VerboseOption = Annotated[
-    int, typer.Option("--verbose", "-v", count=True, help="Also print the profile's CA and token expiry.")
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="Also print the profile's CA file and, for submit, the command line as sent.",
+    ),
 ]
 
 job_app = typer.Typer(
