@@ -37,6 +37,7 @@ class Person:
     cluster: Cluster
     home: Path
     workdir: Path
+    _token: str | None = None
 
     @property
     def ca(self) -> str:
@@ -61,8 +62,14 @@ class Person:
         )
 
     def token(self) -> str:
+        """One bearer token for the module, as a person would keep one in a shell variable."""
+        if self._token is None:
+            self._token = self._new_token()
+        return self._token
+
+    def _new_token(self) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "raywarden.cli.main", "token"],
+            [sys.executable, "-m", "raywarden.cli.main", "token", "--ttl", "1h"],
             env=self.env(),
             capture_output=True,
             text=True,
@@ -352,3 +359,6 @@ def test_someone_elses_job_is_not_there(person: Person, cluster: Cluster) -> Non
         assert ours.returncode == 1 and "gateway answered 404" in ours.stderr, (verb, ours.stderr)
         stock = person.stock(verb, job)
         assert stock.returncode == 1 and "404" in stock.stdout + stock.stderr, verb
+    # The log stream's WebSocket handshake is refused too, and the reason is fetched for the user.
+    ours = person.raywarden("logs", job, "--follow")
+    assert ours.returncode == 1 and "gateway answered 404" in ours.stderr and "request id:" in ours.stderr
