@@ -9,6 +9,7 @@ override the runtime_env's, and reads ``--metadata-json``, ``--entrypoint-resour
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ def metadata(text: str | None) -> dict[str, str] | None:
     if not all(isinstance(v, str) for v in value.values()):
         raise UsageError("--metadata-json values must be strings", hint='for example --metadata-json \'{"run": "7"}\'')
     return value
+
+
+def amount(value: float | None, option: str) -> None:
+    """Refuse a CPU, GPU or memory amount that is not a finite number >= 0 (nan and inf parse as floats)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise UsageError(f"{option} {value} is not an amount", hint=f"a number >= 0, e.g. {option} 1")
 
 
 def resources(text: str | None, option: str) -> dict[str, Any] | None:

@@ -172,6 +172,9 @@ def submit(
     meta = job_inputs.metadata(metadata_json)
     resources = job_inputs.resources(entrypoint_resources, "--entrypoint-resources")
     labels = job_inputs.resources(entrypoint_label_selector, "--entrypoint-label-selector")
+    job_inputs.amount(entrypoint_num_cpus, "--entrypoint-num-cpus")
+    job_inputs.amount(entrypoint_num_gpus, "--entrypoint-num-gpus")
+    job_inputs.amount(entrypoint_memory, "--entrypoint-memory")
     if job_id is not None:
         err_console.print("--job-id is deprecated: use --submission-id")
     if replaced:

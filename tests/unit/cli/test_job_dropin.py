@@ -101,6 +101,14 @@ def test_bad_runtime_env_is_a_usage_error(
     assert words in info.value.message
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_amounts_are_finite_and_not_negative(value: float) -> None:
+    with pytest.raises(UsageError):
+        job_inputs.amount(value, "--entrypoint-num-cpus")
+    job_inputs.amount(0.5, "--entrypoint-num-cpus")
+    job_inputs.amount(None, "--entrypoint-memory")
+
+
 def test_metadata_and_resources() -> None:
     assert job_inputs.metadata('{"team": "vision"}') == {"team": "vision"}
     assert job_inputs.metadata(None) is None
