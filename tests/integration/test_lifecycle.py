@@ -88,7 +88,7 @@ def test_second_cluster_is_independent_and_down_leaves_nothing() -> None:
         run = lifecycle.read_run_state(second.state)
         assert run is not None
         ports = set(run.ports.all_fixed()) | {run.listen.port}
-        result = run_cli(second, "job", "submit", "--", "python", "-c", "\"print('from the second cluster')\"")
+        result = run_cli(second, "job", "submit", "--", "python", "-c", "print('from the second cluster')")
         assert result.returncode == 0 and "from the second cluster" in result.stdout
 
         # Ray gone behind a running gateway: a clear 503, never a hang or a pass-through.

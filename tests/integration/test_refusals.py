@@ -87,7 +87,7 @@ def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> 
 def test_working_dir_that_is_not_a_folder_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     jobs_before = len(cluster.ray_jobs())
     result = run_cli(cluster, "job", "submit", "--working-dir", str(tmp_path / "missing"), "--", "echo", "x")
-    assert result.returncode == 2 and "is not a folder" in result.stderr
+    assert result.returncode == 2 and "no such folder" in result.stderr
     assert len(cluster.ray_jobs()) == jobs_before
 
 

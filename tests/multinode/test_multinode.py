@@ -174,7 +174,7 @@ def mn() -> Iterator[Setup]:
         for role, state in (("worker", "state"), ("head", "state")):
             folder = root / role / state
             if folder.exists():
-                setup.cli(role, "down", "--state-dir", str(folder), timeout=120)
+                setup.cli(role, "down", "--state-dir", str(folder), "--force", timeout=120)
             shutil.rmtree(runtime_dir_for(folder, separated=True), ignore_errors=True)
         netns.destroy(net)
         shutil.rmtree(root, ignore_errors=True)

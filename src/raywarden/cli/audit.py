@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
+import fnmatch
 import json
 import os
 import sys
@@ -19,7 +21,9 @@ from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.keys import load_audit_key
 from raywarden.audit.reader import RecordFilter, follow, iter_records, last_records, parse_time
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
-from raywarden.errors import ConfigError
+from raywarden.cli.principals import PRINCIPAL_FORMS, resolve_principal
+from raywarden.errors import ConfigError, UsageError
+from raywarden.state import StateDir
 
 audit_app = typer.Typer(
     name="audit",
@@ -35,9 +39,18 @@ class Decision(str, enum.Enum):
 
 PrincipalOption = Annotated[
     str | None,
-    typer.Option("--principal", help="Only records by this principal (SPIFFE ID), e.g. spiffe://td/user/alice."),
+    typer.Option(
+        "--principal",
+        help="Only records by or about this principal: alice (a user of this cluster), sa:ci-bot, node:worker-1, "
+        "or a full SPIFFE ID.",
+    ),
 ]
-ActionOption = Annotated[str | None, typer.Option("--action", help="Only this action; globs work: 'job.*'.")]
+ActionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--action", help="Only this action, e.g. jobs.submit; globs work: 'jobs.*' (an unknown action is an error)."
+    ),
+]
 DecisionOption = Annotated[Decision | None, typer.Option("--decision", help="Only allowed or only denied requests.")]
 SinceOption = Annotated[
     str | None,
@@ -193,15 +206,71 @@ def checkpoint_command(
         console.print(f"  check later with: raywarden audit verify --against {escape(str(target))}")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Filter(RecordFilter):
+    """Also matches the principal inside a local actor, ``local:UID (spiffe://...)``."""
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if super().matches(record):
+            return True
+        actor = record.get("actor")
+        if self.principal is None or not isinstance(actor, str) or not actor.endswith(f"({self.principal})"):
+            return False
+        return RecordFilter(None, self.action, self.decision, self.since, self.until).matches(record)
+
+
 def _filter(
-    principal: str | None, action: str | None, decision: Decision | None, since: str | None, until: str | None = None
+    state: StateDir,
+    principal: str | None,
+    action: str | None,
+    decision: Decision | None,
+    since: str | None,
+    until: str | None = None,
 ) -> RecordFilter:
-    return RecordFilter(
-        principal=principal,
-        action=action,
+    spiffe = None
+    if principal is not None:
+        spiffe = principal if principal.startswith("local:") else _principal(state, principal)
+    return _Filter(
+        principal=spiffe,
+        action=check_action_glob(action) if action is not None else None,
         decision=decision.value if decision else None,
         since=parse_time(since) if since else None,
         until=parse_time(until) if until else None,
+    )
+
+
+def _principal(state: StateDir, text: str) -> str:
+    if text.startswith("spiffe://"):
+        return resolve_principal(text, "")
+    try:
+        trust_domain = state.load_config().trust_domain
+    except (ConfigError, OSError):
+        raise UsageError(
+            f"--principal {text}: a short name needs the cluster's trust domain, and {state.root} holds no cluster",
+            hint=f"pass --state-dir, or write the full SPIFFE ID; {PRINCIPAL_FORMS}",
+        ) from None
+    return resolve_principal(text, trust_domain)
+
+
+def known_actions() -> list[str]:
+    """Every action a record can carry: the Cedar schema's, and those of the gateway's own routes."""
+    from raywarden.gateway.routes import ROUTES
+    from raywarden.policy.engine import schema_actions
+
+    return sorted(schema_actions() | {r.action for r in ROUTES})
+
+
+def check_action_glob(pattern: str) -> str:
+    """Refuse an action (or glob) that matches no action at all: it would silently show nothing."""
+    actions = known_actions()
+    if any(fnmatch.fnmatchcase(a, pattern) for a in actions):
+        return pattern
+    families = sorted({a.rsplit(".", 1)[0] + ".*" for a in actions if "." in a})
+    close = difflib.get_close_matches(pattern, families + actions, n=3, cutoff=0.5)
+    guess = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(
+        f"--action {pattern!r} matches no action",
+        hint=f"{guess}actions: {', '.join(families)} (`raywarden audit actions` lists them all)",
     )
 
 
@@ -218,8 +287,8 @@ def tail_command(
 ) -> None:
     """Show the most recent audit records, optionally following new ones (-f)."""
     state = state_dir(state_dir_option)
+    flt = _filter(state, principal, action, decision, since)
     _require_log(state.audit_dir)
-    flt = _filter(principal, action, decision, since)
     for line, record in last_records(state.audit_dir, flt, lines):
         _show(line, record, json_output)
     if not follow_:
@@ -242,11 +311,20 @@ def export_command(
         Path | None, typer.Option("--output", "-o", help="Write to this file (0600) instead of stdout.")
     ] = None,
     state_dir_option: StateDirOption = None,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON array of the records (with -o: a JSON summary of what was written)."
+        ),
+    ] = False,
 ) -> None:
     """Write records as JSON lines for a SIEM, byte for byte as they are in the log (and as they were hashed)."""
     state = state_dir(state_dir_option)
+    flt = _filter(state, principal, action, decision, since, until)
     _require_log(state.audit_dir)
-    flt = _filter(principal, action, decision, since, until)
+    if output is None and json_output:
+        print_json([record for _, record in iter_records(state.audit_dir, flt)])
+        return
     if output is None:
         out = sys.stdout.buffer
         for line, _ in iter_records(state.audit_dir, flt):
@@ -259,7 +337,21 @@ def export_command(
         for line, _ in iter_records(state.audit_dir, flt):
             handle.write(line + b"\n")
             count += 1
-    err_console.print(f"exported {count} record(s) to {escape(str(output))}")
+    if json_output:
+        print_json({"exported": count, "output": str(output)})
+    else:
+        err_console.print(f"exported {count} record(s) to {escape(str(output))}")
+
+
+@audit_app.command("actions")
+def actions_command(json_output: JsonOption = False) -> None:
+    """List the actions records can carry (what --action accepts, globs included)."""
+    actions = known_actions()
+    if json_output:
+        print_json(actions)
+        return
+    for name in actions:
+        console.print(name, markup=False)
 
 
 def _require_log(audit_dir: Path) -> None:

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
+from raywarden.cli.common import (
+    FIRST_JOB,
+    JsonOption,
+    StateDirOption,
+    console,
+    err_console,
+    print_json,
+    print_next,
+    state_dir,
+)
 from raywarden.cluster import lifecycle, worker
 from raywarden.cluster.setup import init_state
 from raywarden.cluster.worker import NodeState
-from raywarden.errors import ConfigError
-from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen
+from raywarden.errors import ClusterError, ConfigError, RaywardenError
+from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen, StateDir
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +66,7 @@ def init(
     console.print(f"  gateway URL:          {result.gateway_url}")
     console.print(f"  access CA SHA-256:    {result.access_ca_fingerprint}")
     console.print(f"  internal CA SHA-256:  {result.internal_ca_fingerprint}")
-    console.print("Next: `raywarden up`")
+    print_next(["raywarden", "up", *_state_args(state)])
 
 
 def up(
@@ -123,22 +134,76 @@ def up(
         console.print(f"  nodes:     Ray on {run.node_ip}; `raywarden node token create` lets a worker join")
     _firewall_line(run.firewall)
     console.print(f"  metrics   {run.metrics or 'off'}")
-    console.print('Next: `raywarden job submit -- python -c "import ray; print(ray.cluster_resources())"`')
+    print_next(
+        [
+            "raywarden",
+            "job",
+            "submit",
+            *_profile_args(target),
+            "--",
+            *FIRST_JOB,
+        ]
+    )
 
 
-def down(state: StateDirOption = None, json_output: JsonOption = False) -> None:
-    """Stop the gateway and Ray started by `up`; on a worker, leave the cluster started by `join`."""
+def down(
+    state: StateDirOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop without asking, even while jobs run (they are killed); for scripts.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop the gateway and Ray started by `up`; on a worker, leave the cluster started by `join`.
+
+    Jobs still running are named first, and `down` asks before killing them; without a terminal it refuses
+    unless --force.
+    """
     if NodeState(state_dir(state).root).exists():
         _leave(state_dir(state).root, json_output)
         return
     target = state_dir(state).require()
+    killed = [] if force else _confirm_running_jobs(target)
     out = err_console if json_output else console
     with out.status("stopping") as spinner:
         result = lifecycle.down(target, progress=lambda msg: spinner.update(msg))
     if json_output:
-        print_json(result)
+        print_json({**result, "jobs_killed": killed})
     else:
         console.print("Cluster stopped." if result["stopped"] else "Cluster was not running; nothing left behind.")
+
+
+def can_ask() -> bool:
+    """A person can answer a question: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
+def _confirm_running_jobs(target: StateDir) -> list[str]:
+    """Name the running jobs and ask; refuse without a terminal. Returns the ids the user agreed to kill."""
+    from raywarden.cli.running_jobs import running_jobs
+
+    try:
+        jobs = running_jobs(target)
+        problem = ""
+    except RaywardenError as exc:
+        jobs, problem = [], exc.message
+    if not jobs and not problem:
+        return []
+    if problem:
+        err_console.print(f"[yellow]{escape(problem)}[/]: jobs may still be running.")
+    else:
+        err_console.print(f"{len(jobs)} job(s) still running; stopping the cluster kills them:")
+        for job in jobs:
+            err_console.print(f"  {job.submission_id}  {job.status}  {job.owner}  {job.entrypoint[:60]}", markup=False)
+    if not can_ask():
+        first = jobs[0].submission_id if jobs else "ID"
+        raise ClusterError(
+            "not stopping the cluster: " + (problem if problem else f"{len(jobs)} job(s) are running"),
+            hint=f"stop them first (`raywarden job stop {first}`), or pass --force to stop the cluster and kill them",
+        )
+    if not typer.confirm("Stop the cluster anyway?", default=False, err=True):
+        err_console.print("Nothing stopped.")
+        raise typer.Exit(1)
+    return [job.submission_id for job in jobs]
 
 
 def _leave(root: Path, json_output: bool) -> None:
@@ -187,6 +252,24 @@ def _os_user_line(name: str | None, uid: int | None) -> None:
             "  OS user:   [yellow]Ray shares the control plane's OS user[/]: any job can read its keys "
             "(one principal only, unless started with --shared-os-user)"
         )
+
+
+def _state_args(option: Path | None) -> list[str]:
+    """``--state-dir DIR`` when the cluster is not where commands look by default."""
+    chosen = state_dir(option).root
+    return [] if chosen == state_dir(None).root else ["--state-dir", str(chosen)]
+
+
+def _profile_args(target: StateDir) -> list[str]:
+    """``--profile NAME`` when the current profile is not one of this cluster's local admin profiles."""
+    from raywarden.client.profile import current_profile_name, list_profiles
+
+    try:
+        local = [p.name for p in list_profiles() if p.state_dir and Path(p.state_dir) == target.root]
+    except RaywardenError:
+        return []
+    current = os.environ.get("RAYWARDEN_PROFILE") or current_profile_name()
+    return [] if not local or current in local else ["--profile", local[0]]
 
 
 def _health(running: bool, healthy: bool) -> str:

@@ -1,13 +1,23 @@
-"""`user`, `sa`, `revoke` (administration on the head host) and `login`, `profile`, `token` (any machine)."""
+"""`user`, `sa`, `revoke`: people, service accounts and their credentials (administration on the head host)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
-from raywarden.errors import RaywardenError
+from raywarden.cli.common import (
+    JsonOption,
+    StateDirOption,
+    WideOption,
+    console,
+    err_console,
+    print_json,
+    print_rows,
+    shell_command,
+    state_dir,
+)
 from raywarden.gateway.tokens import expires_iso, parse_ttl
 from raywarden.identity.admin import IdentityAdmin, Kind, NewCode
 from raywarden.identity.store import Principal
@@ -18,23 +28,29 @@ user_app = typer.Typer(
 sa_app = typer.Typer(
     help="Service accounts for automation: add, list, show, token, disable, enable.", no_args_is_help=True
 )
-profile_app = typer.Typer(help="Client profiles on this machine (one per cluster and identity).", no_args_is_help=True)
 revoke_app = typer.Typer(
     help="Revoke one certificate or bearer token at once (on the head host).", no_args_is_help=True
 )
 
-GroupOption = Annotated[list[str] | None, typer.Option("--group", "-g", help="Group to join (repeatable).")]
+GroupOption = Annotated[
+    list[str] | None,
+    typer.Option("--group", "-g", help="Group to join (repeatable); it must exist unless --create-group."),
+]
+CreateGroupOption = Annotated[
+    bool,
+    typer.Option(
+        "--create-group",
+        help="Allow groups that no policy names and nobody is in yet (membership grants nothing until a "
+        "policy names the group).",
+    ),
+]
 CodeTtlOption = Annotated[
     str | None,
     typer.Option(
         "--code-ttl", help="Lifetime of the one-time enrollment code, e.g. 24h, 30m (default: 24h from the config)."
     ),
 ]
-NameArg = Annotated[str, typer.Argument(help="Name (1-63 lowercase letters, digits, '.', '-' or '_').")]
-ProfileOption = Annotated[
-    str | None,
-    typer.Option("--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile)."),
-]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Name (1-63 lowercase letters, digits, '.', '-' or '_').")]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,10 +58,7 @@ def register(app: typer.Typer) -> None:
         _principal_commands(sub, kind)  # type: ignore[arg-type]
     app.add_typer(user_app, name="user")
     app.add_typer(sa_app, name="sa")
-    app.add_typer(profile_app, name="profile")
     app.add_typer(revoke_app, name="revoke")
-    app.command("login")(login)
-    app.command("token")(token)
 
 
 def _ttl(text: str | None) -> float | None:
@@ -59,32 +72,39 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
     def add(
         name: NameArg,
         group: GroupOption = None,
+        create_group: CreateGroupOption = False,
         code_ttl: CodeTtlOption = None,
         state: StateDirOption = None,
         json_output: JsonOption = False,
     ) -> None:
         """Create it and print a one-time enrollment code for `raywarden login` (shown only now)."""
         admin = IdentityAdmin(state_dir(state))
-        _print_code(
-            admin, admin.add(kind, name, list(group or []), code_ttl_s=_ttl(code_ttl)), json_output, created=True
-        )
+        groups = list(group or [])
+        created = admin.add(kind, name, groups, code_ttl_s=_ttl(code_ttl), create_groups=create_group)
+        _warn_unreferenced(admin, groups)
+        _print_code(admin, created, json_output, created=True)
 
     @sub.command("list")
-    def list_(state: StateDirOption = None, json_output: JsonOption = False) -> None:
-        """List them with their groups and status."""
+    def list_(state: StateDirOption = None, wide: WideOption = False, json_output: JsonOption = False) -> None:
+        """List them with their groups and status (names and SPIFFE IDs in full; --wide: one line each)."""
         admin = IdentityAdmin(state_dir(state))
         rows = [_row(p) for p in admin.store.list_principals(kind)]
         if json_output:
             print_json(rows)
             return
-        from rich.table import Table
-
-        table = Table("name", "groups", "status", "spiffe id")
-        for row in rows:
-            table.add_row(
-                row["name"], ", ".join(row["groups"]), "disabled" if row["disabled"] else "active", row["spiffe_id"]
-            )
-        console.print(table)
+        if not rows:
+            err_console.print(f"No {what}s yet: `raywarden {kind} add NAME --group GROUP`.")
+            return
+        lines = [
+            [
+                row["name"],
+                escape(", ".join(row["groups"])),
+                "disabled" if row["disabled"] else "active",
+                row["spiffe_id"],
+            ]
+            for row in rows
+        ]
+        print_rows(("name", "groups", "status", "spiffe id"), lines, wrap=("groups",), wide=wide)
 
     @sub.command("show")
     def show(name: NameArg, state: StateDirOption = None, json_output: JsonOption = False) -> None:
@@ -143,16 +163,18 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
         name: NameArg,
         add: Annotated[list[str] | None, typer.Option("--add", help="Group to join (repeatable).")] = None,
         remove: Annotated[list[str] | None, typer.Option("--remove", help="Group to leave (repeatable).")] = None,
+        create_group: CreateGroupOption = False,
         state: StateDirOption = None,
         json_output: JsonOption = False,
     ) -> None:
         """Show or change group membership (takes effect on the next request)."""
         admin = IdentityAdmin(state_dir(state))
         principal = (
-            admin.change_groups(kind, name, list(add or []), list(remove or []))
+            admin.change_groups(kind, name, list(add or []), list(remove or []), create_groups=create_group)
             if add or remove
             else admin.get(kind, name)
         )
+        _warn_unreferenced(admin, list(add or []))
         if json_output:
             print_json(_row(principal))
         else:
@@ -182,6 +204,14 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
             )
 
 
+def _warn_unreferenced(admin: IdentityAdmin, groups: list[str]) -> None:
+    for group in admin.unreferenced(groups):
+        err_console.print(
+            f"[yellow]note:[/] no policy names group {escape(group)!r} yet: membership grants nothing until one does "
+            "(see docs/policy.md)"
+        )
+
+
 def _row(principal: Principal) -> dict[str, Any]:
     return {
         "name": principal.name,
@@ -199,7 +229,7 @@ def _print_code(admin: IdentityAdmin, new: NewCode, json_output: bool, *, create
     url = gateway_url(admin.config)
     fp = fingerprint(load_cert(admin.state.access_ca_cert))
     code = new.code.reveal()
-    command = f"raywarden login {url} --code {code} --ca-fingerprint {fp}"
+    command = shell_command("raywarden", "login", url, "--code", code, "--ca-fingerprint", fp)
     if json_output:
         print_json(
             {
@@ -228,107 +258,6 @@ def _print_token(answer: dict[str, Any], json_output: bool) -> None:
     else:
         # Only the token on stdout, so that `$(raywarden token)` works.
         typer.echo(answer["token"])
-
-
-def login(
-    url: Annotated[str, typer.Argument(help="The gateway, e.g. https://gateway.example:8443.")],
-    code: Annotated[str, typer.Option("--code", help="One-time enrollment code from your administrator.")],
-    ca_fingerprint: Annotated[
-        str,
-        typer.Option(
-            "--ca-fingerprint", help="SHA-256 of the cluster's access CA, from your administrator (pins first contact)."
-        ),
-    ],
-    profile: Annotated[
-        str | None,
-        typer.Option("--profile", help="Name of the profile to create (default: the cluster's trust domain)."),
-    ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a profile of that name for another gateway.")] = False,
-    json_output: JsonOption = False,
-) -> None:
-    """Enroll this machine: generates your key here, sends only a CSR and the code, stores the profile."""
-    from raywarden.client.enroll import login as do_login
-
-    created = do_login(url, code, ca_fingerprint, profile_name=profile, force=force)
-    cert = created.certificate()
-    info = {
-        "profile": created.name,
-        "identity": created.identity,
-        "gateway_url": created.gateway_url,
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "folder": str(created.folder),
-    }
-    if json_output:
-        print_json(info)
-        return
-    console.print(f"Logged in as {created.identity} (profile '{created.name}', now current).", markup=False)
-    console.print(f"  certificate valid until {info['not_after']}; renewed automatically by later commands.")
-    console.print("Next: `raywarden job submit -- python -c \"print('hello')\"`")
-
-
-def token(
-    ttl: Annotated[
-        str | None,
-        typer.Option("--ttl", help="Lifetime, e.g. 15m (default 15m, capped by the cluster's token_max_minutes)."),
-    ] = None,
-    profile: ProfileOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Print a short-lived bearer token for tools that cannot do mutual TLS (e.g. `ray job submit --headers`)."""
-    from raywarden.client.enroll import request_token
-    from raywarden.client.profile import load_profile
-    from raywarden.client.renew import ensure_fresh
-
-    chosen = load_profile(profile)
-    ensure_fresh(chosen)
-    _print_token(request_token(chosen, _ttl(ttl)), json_output)
-
-
-@profile_app.command("list")
-def profile_list(json_output: JsonOption = False) -> None:
-    """Profiles on this machine; the current one is marked."""
-    from raywarden.client.profile import current_profile_name, list_profiles
-
-    current = current_profile_name()
-    rows = []
-    for p in list_profiles():
-        try:
-            not_after = p.certificate().not_valid_after_utc.isoformat()
-        except (RaywardenError, OSError, ValueError):  # a damaged profile is listed, not fatal
-            not_after = None
-        rows.append(
-            {
-                "name": p.name,
-                "identity": p.identity,
-                "gateway_url": p.gateway_url,
-                "current": p.name == current,
-                "local_admin": p.state_dir is not None,
-                "certificate_not_after": not_after,
-            }
-        )
-    if json_output:
-        print_json(rows)
-        return
-    if not rows:
-        err_console.print("No profiles yet: `raywarden login URL --code CODE --ca-fingerprint SHA256`.")
-    for row in rows:
-        mark = "*" if row["current"] else " "
-        console.print(f"{mark} {row['name']:<20} {row['identity']}  {row['gateway_url']}", markup=False)
-
-
-@profile_app.command("use")
-def profile_use(
-    name: Annotated[str, typer.Argument(help="Profile to make current.")], json_output: JsonOption = False
-) -> None:
-    """Make a profile the current one."""
-    from raywarden.client.profile import load_profile, set_current
-
-    chosen = load_profile(name)
-    set_current(chosen.name)
-    if json_output:
-        print_json({"current": chosen.name, "identity": chosen.identity})
-    else:
-        console.print(f"Current profile: {chosen.name} ({chosen.identity})", markup=False)
 
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]

@@ -9,15 +9,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from raywarden.audit.cluster import open_cluster_audit
-from raywarden.cli.common import JsonOption, StateDirOption, console, print_json, state_dir
+from raywarden.cli.common import (
+    JsonOption,
+    StateDirOption,
+    WideOption,
+    console,
+    err_console,
+    print_json,
+    print_rows,
+    shell_command,
+    state_dir,
+)
 from raywarden.cluster import firewall, worker
-from raywarden.cluster.lifecycle import read_run_state
+from raywarden.cluster.lifecycle import RunState, read_run_state
 from raywarden.errors import UsageError
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
 from raywarden.pki.certs import fingerprint, load_cert
 from raywarden.secret import Secret
+from raywarden.state import ClusterConfig
 
 node_app = typer.Typer(help="Worker nodes: join tokens, the node list, revocation.", no_args_is_help=True)
 token_app = typer.Typer(help="Single-use join tokens for worker nodes.", no_args_is_help=True)
@@ -46,21 +58,45 @@ def _actor() -> str:
     return f"local:{os.getuid()}"
 
 
+def join_url(config: ClusterConfig, run: RunState | None) -> tuple[str | None, str]:
+    """The head URL a worker can dial, or None and why there is none."""
+    port = config.listen.port
+    if run is None:
+        return None, (
+            "the cluster is not running, so no address workers can reach is known; start it in multi-node mode: "
+            f"`raywarden up --listen 0.0.0.0:{port} --node-ip ADDR`, then create a token"
+        )
+    if run.node_ip is None:
+        return None, (
+            "this head runs single-node (Ray and the gateway on loopback only), so no other host can join it; "
+            f"restart it in multi-node mode: `raywarden down && raywarden up --listen 0.0.0.0:{port} --node-ip ADDR`"
+        )
+    if run.listen.is_loopback:
+        return None, (
+            f"the gateway listens on {run.listen}, which other hosts cannot reach; restart with "
+            f"`--listen 0.0.0.0:{port}` or `--listen {run.node_ip}:{port}`"
+        )
+    host = run.node_ip if run.listen.host in ("0.0.0.0", "::") else run.listen.url_host()  # noqa: S104
+    return f"https://{host}:{run.listen.port}", ""
+
+
 @token_app.command("create")
 def token_create(
     state: StateDirOption = None,
     ttl: Annotated[str, typer.Option(help="How long the token stays valid (e.g. 90s, 10m, 2h; at most 24h).")] = "10m",
     json_output: JsonOption = False,
 ) -> None:
-    """Create a single-use join token (stored hashed) and print it with the command a worker runs."""
+    """Create a single-use join token (stored hashed) and print it with the command a worker runs.
+
+    The join command is printed only when the head runs in multi-node mode (`up --node-ip`) with a gateway
+    other hosts can reach; otherwise the output says why and what to change.
+    """
     target = state_dir(state).require()
     lifetime = parse_ttl(ttl)
     config = target.load_config()
     token = NodeRegistry.open(target.identity_db).create_token(lifetime, created_by=_actor())
     ca_sha = fingerprint(load_cert(target.access_ca_cert))
-    run = read_run_state(target)
-    host = run.node_ip if run and run.node_ip else config.listen.url_host()
-    url = f"https://{host}:{config.listen.port}"
+    url, problem = join_url(config, read_run_state(target))
     audit = open_cluster_audit(target, config)
     try:
         audit.append(
@@ -74,27 +110,34 @@ def token_create(
         )
     finally:
         audit.close()
-    command = f"raywarden join {url} --token {token.token.reveal()} --ca-fingerprint {ca_sha}"
+    secret = token.token.reveal()
+    command = shell_command("raywarden", "join", url, "--token", secret, "--ca-fingerprint", ca_sha) if url else None
     if json_output:
         print_json(
             {
-                "token": token.token.reveal(),
+                "token": secret,
                 "token_id": token.token_id,
                 "expires_at": token.expires_at.isoformat(),
                 "head_url": url,
                 "ca_fingerprint": ca_sha,
                 "join_command": command,
+                "no_join_command_because": problem or None,
             }
         )
         return
     console.print(f"Join token {token.token_id}, single use, valid until {token.expires_at:%Y-%m-%d %H:%M:%S} UTC.")
+    if command is None:
+        console.print(f"  token: {secret}", markup=False, soft_wrap=True)
+        console.print(f"  access CA SHA-256: {ca_sha}", markup=False, soft_wrap=True)
+        err_console.print(f"[yellow]No join command:[/] {escape(problem)}")
+        return
     console.print("On the worker, run (as root):")
     console.print(f"  {command}", markup=False, soft_wrap=True)
 
 
 @node_app.command("list")
-def node_list(state: StateDirOption = None, json_output: JsonOption = False) -> None:
-    """Nodes that joined this cluster: name, address, certificate serial and expiry, status."""
+def node_list(state: StateDirOption = None, wide: WideOption = False, json_output: JsonOption = False) -> None:
+    """Nodes that joined this cluster: name, address, status, certificate serial and expiry (in full)."""
     target = state_dir(state).require()
     nodes = [n.public() for n in NodeRegistry.open(target.identity_db).all()]
     if json_output:
@@ -103,11 +146,17 @@ def node_list(state: StateDirOption = None, json_output: JsonOption = False) -> 
     if not nodes:
         console.print("No worker nodes have joined. `raywarden node token create` makes a join token.")
         return
-    for n in nodes:
-        console.print(
-            f"{n['name']:<20} {n['address']:<16} {n['status']:<8} serial {n['serial'][:16]}  "
-            f"cert until {n['not_after'][:19]}"
-        )
+    lines = [
+        [
+            escape(str(n["name"])),
+            escape(str(n["address"])),
+            escape(str(n["status"])),
+            escape(str(n["serial"])),
+            escape(str(n["not_after"])[:16].replace("T", " ")),
+        ]
+        for n in nodes
+    ]
+    print_rows(("name", "address", "status", "serial", "certificate until"), lines, wide=wide)
 
 
 @node_app.command("revoke")
@@ -232,4 +281,6 @@ def join(
     console.print(f"  head GCS   {result['gcs_address']}")
     console.print(f"  OS user    Ray runs as {result['ray_user']} (uid {result['ray_uid']})")
     console.print(f"  firewall   {result['firewall']}; peers {', '.join(result['peers'])}")
-    console.print(f"  state dir  {result['state_dir']}  (`raywarden down --state-dir {root}` leaves the cluster)")
+    console.print(f"  state dir  {result['state_dir']}", markup=False)
+    console.print("To leave the cluster:")
+    console.print(f"  {shell_command('raywarden', 'down', '--state-dir', root)}", markup=False)

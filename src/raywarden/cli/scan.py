@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -11,9 +12,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from raywarden.cli.common import JsonOption, console, err_console, print_json
+from raywarden.cli.common import JsonOption, console, err_console, print_json, print_rows
 from raywarden.files import write_private
 from raywarden.scan.errors import ScanError
 from raywarden.scan.findings import ScanResult
@@ -69,41 +69,45 @@ class FailOn(str, Enum):
 _STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
-def _print_table(result: ScanResult) -> None:
+def _paragraph(text: str, indent: int = 2) -> None:
+    """Plain text wrapped to the console's width (80 outside a terminal), every line indented."""
+    width = max(40, console.width) - indent
+    pad = " " * indent
+    wrapped = textwrap.fill(
+        text, width, initial_indent=pad, subsequent_indent=pad + "  ", break_long_words=False, break_on_hyphens=False
+    )
+    console.print(wrapped, markup=False)
+
+
+def _print_findings(result: ScanResult) -> None:
+    """Findings as short paragraphs (header line, then indented text that wraps), readable at 80 columns."""
     if result.findings:
-        table = Table(title="raywarden scan findings", show_lines=True, expand=False)
-        table.add_column("Severity", no_wrap=True)
-        table.add_column("Rule", no_wrap=True)
-        table.add_column("Target", overflow="fold")
-        table.add_column("Finding and evidence", overflow="fold")
-        for f in result.findings:
-            cves = f" [{', '.join(f.cves)}]" if f.cves else ""
-            # Evidence carries text chosen by the scanned server: escape it so it cannot inject markup.
-            table.add_row(
-                f"[{_STYLE[f.severity]}]{f.severity}[/]",
-                f.id,
-                escape(f.target),
-                f"[bold]{escape(f.title)}[/]{escape(cves)}\n{escape(f.evidence)}",
-            )
-        console.print(table)
+        console.print(f"[bold]raywarden scan: {len(result.findings)} finding(s)[/]")
+    for f in result.findings:
+        cves = f"  {', '.join(f.cves)}" if f.cves else ""
+        # Targets and evidence carry text chosen by the scanned server: escape it so it cannot inject markup.
+        console.print()
+        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper()}[/]  [bold]{f.id}[/]  {escape(f.target)}")
+        _paragraph(f.title + cves)
+        _paragraph(f"evidence: {f.evidence}")
+    if result.findings:
+        console.print()
         console.print("[bold]Fixes[/]")
         for rule_id in dict.fromkeys(f.id for f in result.findings):
             fix = next(f.fix for f in result.findings if f.id == rule_id)
-            console.print(f"  [bold]{rule_id}[/]: {escape(fix)}")
+            _paragraph(f"{rule_id}: {fix}")
     open_endpoints = [e for e in result.endpoints if e.state == "open"]
     if open_endpoints:
-        services = Table(title="Open ports", expand=False)
-        for column in ("Host", "Port", "Service", "TLS"):
-            services.add_column(column)
-        for e in open_endpoints:
-            services.add_row(
-                escape(e.host), str(e.port), escape(e.service), {True: "yes", False: "no", None: "?"}[e.tls]
-            )
-        console.print(services)
+        lines = [
+            [escape(e.host), str(e.port), escape(e.service), {True: "yes", False: "no", None: "?"}[e.tls]]
+            for e in open_endpoints
+        ]
+        console.print()
+        print_rows(("Host", "Port", "Service", "TLS"), lines, wrap=("Service",), title="Open ports")
     counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n) or "no findings"
     console.print(f"{len(result.endpoints)} endpoints probed, {result.reachable} open; {counts}.")
     for err in result.errors:
-        err_console.print(f"[yellow]warning:[/] {escape(err)}")
+        err_console.print(f"[yellow]warning:[/] {escape(err)}", soft_wrap=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -188,7 +192,7 @@ def register(app: typer.Typer) -> None:
             data["failing"] = len(failing)
             print_json(data)
         else:
-            _print_table(result)
+            _print_findings(result)
 
         if failing:
             raise typer.Exit(code=1)

@@ -7,13 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from raywarden.cli.common import JsonOption, console, err_console, print_json
+from raywarden.cli.common import JsonOption, ProfileOption, console, err_console, print_json
 from raywarden.errors import ConfigError, GatewayRequestError, PKIError
 
-ProfileOption = Annotated[
-    str | None,
-    typer.Option("--profile", help="Client profile to use (default: $RAYWARDEN_PROFILE or the current profile)."),
-]
 OpenOption = Annotated[bool, typer.Option("--open", help="Also open the link in this machine's web browser.")]
 
 
@@ -72,10 +68,9 @@ def _request_link(gateway: str, ca: str, cert: tuple[str, str]) -> dict[str, Any
     except ValueError:
         data = {}
     if resp.status_code != 200 or not isinstance(data, dict) or not isinstance(data.get("path"), str):
-        message = data.get("error") if isinstance(data, dict) else None
-        raise GatewayRequestError(
-            resp.status_code,
-            f"gateway answered {resp.status_code}: {message or resp.reason}",
-            hint=data.get("hint") if isinstance(data, dict) else None,
-        )
+        from raywarden.client.answers import refusal
+
+        if isinstance(data, dict) and data:
+            raise refusal(resp.status_code, data)
+        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {resp.reason}")
     return data

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 import requests
 from cryptography import x509
 
-from raywarden.client.profile import Profile, load_profile_or_none, set_current
+from raywarden.client.answers import refusal
+from raywarden.client.profile import Profile, delete_profile, load_profile_or_none, set_current
 from raywarden.errors import ConfigError, GatewayRequestError, PKIError, UsageError
 from raywarden.identity.enrollment import parse_code
 from raywarden.pki.certs import fingerprint
@@ -85,21 +86,72 @@ def fetch_pinned_ca(url: str, expected_sha256: str) -> PinnedCA:
     return PinnedCA(pem, actual, str(body.get("trust_domain", "")))
 
 
+@dataclass(frozen=True)
+class LoginResult:
+    profile: Profile
+    # The profile of the same name that this login replaced (same identity, or --force).
+    replaced: Profile | None = None
+    # The profile under the default name that belongs to someone else and was left as it was.
+    kept: Profile | None = None
+
+
+def _same_owner(existing: Profile, identity: SpiffeId, gateway: str) -> bool:
+    return existing.identity == str(identity) and existing.gateway_url == gateway
+
+
+def choose_profile_name(
+    requested: str | None, trust_domain: str, identity: SpiffeId, gateway: str, *, force: bool
+) -> tuple[str, Profile | None, Profile | None]:
+    """Pick the profile a login writes: ``(name, profile it replaces, profile it leaves alone)``.
+
+    A profile is replaced only with --force or when it holds the same identity at the same gateway. The
+    default name is the trust domain; when someone else holds it, ``TRUST_DOMAIN-NAME`` is used instead.
+    """
+
+    def taken(name: str, existing: Profile) -> ConfigError:
+        return ConfigError(
+            f"profile {name!r} already holds {existing.identity} at {existing.gateway_url}",
+            hint="choose another name with --profile NAME, or pass --force to replace it (its key is deleted)",
+        )
+
+    if requested is not None:
+        name = check_name(requested, "profile name")
+        existing = load_profile_or_none(name)
+        if existing is None:
+            return name, None, None
+        if force or _same_owner(existing, identity, gateway):
+            return name, existing, None
+        raise taken(name, existing)
+    default = check_name(trust_domain, "profile name")
+    existing = load_profile_or_none(default)
+    if existing is None:
+        return default, None, None
+    if force or _same_owner(existing, identity, gateway):
+        return default, existing, None
+    suffix = identity.name if identity.kind == "user" else f"{identity.kind}-{identity.name}"
+    try:
+        other = check_name(f"{trust_domain}-{suffix}", "profile name")
+    except PKIError:
+        raise taken(default, existing) from None
+    second = load_profile_or_none(other)
+    if second is None:
+        return other, None, existing
+    if _same_owner(second, identity, gateway):
+        return other, second, existing
+    raise taken(other, second)
+
+
 def login(
     url: str, code_text: str, ca_fingerprint: str, *, profile_name: str | None = None, force: bool = False
-) -> Profile:
-    """Enroll this machine: pin the CA, generate a key here, send a CSR with the code, store the profile."""
+) -> LoginResult:
+    """Enroll this machine: pin the CA, generate a key here, send a CSR with the code, store the profile.
+
+    The profile name is settled before the code is sent, so a refusal leaves the single-use code unspent."""
     base = gateway_base(url)
     code = parse_code(code_text)
     pinned = fetch_pinned_ca(base, ca_fingerprint)
     spiffe = code.spiffe_id(pinned.trust_domain)
-    name = check_name(profile_name or pinned.trust_domain, "profile name")
-    existing = load_profile_or_none(name)
-    if existing is not None and existing.gateway_url != base and not force:
-        raise ConfigError(
-            f"profile {name!r} already exists for {existing.gateway_url}",
-            hint="pass --profile NAME for another name, or --force to replace it",
-        )
+    name, replaced, kept = choose_profile_name(profile_name, pinned.trust_domain, spiffe, base, force=force)
     key = generate_private_key()
     with tempfile.TemporaryDirectory(prefix="raywarden-ca-") as tmp:
         ca_file = Path(tmp) / "access-ca.crt"
@@ -111,10 +163,12 @@ def login(
         )
     cert_pem = str(answer["certificate_pem"]).encode()
     _check_issued(cert_pem, spiffe)
+    if replaced is not None:
+        delete_profile(replaced)
     profile = Profile(name, base, str(spiffe), None)
     profile.save(key_pem=private_key_pem(key), cert_pem=cert_pem, ca_pem=pinned.pem)
     set_current(name)
-    return profile
+    return LoginResult(profile, replaced, kept)
 
 
 def renew_remote(profile: Profile) -> x509.Certificate:
@@ -170,10 +224,7 @@ def _post(url: str, body: dict[str, Any], *, verify: str, cert: tuple[str, str] 
     except ValueError:
         data = {}
     if resp.status_code != 200:
-        message = str(data.get("error") or resp.reason)
-        if data.get("request_id"):
-            message += f" (request {data['request_id']})"
-        raise GatewayRequestError(
-            resp.status_code, f"gateway answered {resp.status_code}: {message}", hint=data.get("hint")
-        )
+        if isinstance(data, dict) and data:
+            raise refusal(resp.status_code, data)
+        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {resp.reason}")
     return data

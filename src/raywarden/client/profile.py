@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,10 @@ class Profile:
         write_private(self.key_path, key_pem)
         write_public(self.cert_path, cert_pem)
         write_public(self.ca_path, ca_pem)
+        self.token_cache_path.unlink(missing_ok=True)
+        self.write_meta()
+
+    def write_meta(self) -> None:
         meta = {
             "name": self.name,
             "gateway_url": self.gateway_url,
@@ -65,22 +70,40 @@ class Profile:
         }
         write_private(self.folder / "profile.json", (json.dumps(meta, indent=2) + "\n").encode())
 
+    @property
+    def token_cache_path(self) -> Path:
+        """The last bearer token the CLI obtained for `raywarden job` (0600; reused until close to expiry)."""
+        return self.folder / "token.json"
+
     def replace_certificate(self, *, key_pem: bytes, cert_pem: bytes) -> None:
         write_private(self.key_path, key_pem)
         write_public(self.cert_path, cert_pem)
+        # A token obtained with the old certificate is not ours to keep using after a renewal.
+        self.token_cache_path.unlink(missing_ok=True)
 
 
 def load_profile(name: str | None = None) -> Profile:
     name = name or os.environ.get("RAYWARDEN_PROFILE") or current_profile_name()
     if name is None:
-        raise ConfigError("no profile selected", hint="run `raywarden init` (or `raywarden login`) first")
+        others = [p.name for p in profiles_dir().iterdir()] if profiles_dir().is_dir() else []
+        hint = (
+            f"pick one with `raywarden profile use NAME` ({', '.join(sorted(others))}) or pass --profile NAME"
+            if others
+            else "run `raywarden init` (or `raywarden login`) first"
+        )
+        raise ConfigError("no profile selected", hint=hint)
     check_name(name, "profile name")
     path = profiles_dir() / name / "profile.json"
     try:
         meta = json.loads(path.read_text())
+        return Profile(name, str(meta["gateway_url"]), str(meta["identity"]), meta.get("state_dir"))
     except FileNotFoundError:
         raise ConfigError(f"profile {name!r} does not exist", hint="see `raywarden profile list`") from None
-    return Profile(meta["name"], meta["gateway_url"], meta["identity"], meta.get("state_dir"))
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"profile {name!r} is damaged ({path} is unreadable)",
+            hint=f"`raywarden profile delete {name}` and log in again",
+        ) from None
 
 
 def load_profile_or_none(name: str) -> Profile | None:
@@ -102,7 +125,41 @@ def set_current(name: str) -> None:
     write_private(_current_file(), name.encode() + b"\n")
 
 
+def clear_current() -> None:
+    _current_file().unlink(missing_ok=True)
+
+
+def profile_names() -> list[str]:
+    """Names of the profile folders, including damaged ones (which `load_profile` refuses)."""
+    if not profiles_dir().is_dir():
+        return []
+    return sorted(p.name for p in profiles_dir().iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def list_profiles() -> list[Profile]:
     if not profiles_dir().is_dir():
         return []
     return [load_profile(p.name) for p in sorted(profiles_dir().iterdir()) if (p / "profile.json").is_file()]
+
+
+def delete_profile(profile: Profile) -> bool:
+    """Remove the profile's folder (key, certificate, CA, token). Returns True when it was the current one."""
+    was_current = current_profile_name() == profile.name
+    shutil.rmtree(profile.folder)
+    if was_current:
+        clear_current()
+    return was_current
+
+
+def rename_profile(old: str, new: str) -> Profile:
+    profile = load_profile(old)
+    check_name(new, "profile name")
+    if (profiles_dir() / new).exists():
+        raise ConfigError(f"profile {new!r} already exists", hint="pick another name, or delete that profile first")
+    was_current = current_profile_name() == old
+    os.rename(profile.folder, profiles_dir() / new)
+    renamed = Profile(new, profile.gateway_url, profile.identity, profile.state_dir)
+    renamed.write_meta()
+    if was_current:
+        set_current(new)
+    return renamed

@@ -42,32 +42,40 @@ def checks(ctx: DoctorContext) -> list[Check]:
 
 
 def _loaded(ctx: DoctorContext, version: str) -> Check:
+    """Which set the running gateway enforces: its last `load` at start or `reload` (SIGHUP) since then."""
     if not ctx.gateway_up or ctx.run is None:
         return skipped("policy.loaded", "skipped: the gateway is not running")
-    restart = (
-        command("raywarden", "down", "--state-dir", ctx.state.root)
-        + " && "
-        + command("raywarden", "up", "--state-dir", ctx.state.root)
-    )
+    reload = command("raywarden", "policy", "reload", "--state-dir", ctx.state.root)
     # `up` records its start time once the gateway answers; the gateway logged its load just before.
     earliest = format_time(dt.datetime.fromisoformat(ctx.run.started_at) - GATEWAY_START_S)
     for record in newest_records(ctx):
-        if record.get("kind") == "policy" and record.get("event") == "load":
-            if str(record.get("time", "")) < earliest:
-                break  # older than this run: no load record for the running gateway
-            if not record.get("accepted"):
+        if record.get("kind") != "policy" or record.get("event") not in ("load", "reload"):
+            continue
+        if str(record.get("time", "")) < earliest:
+            break  # older than this run: no load record for the running gateway
+        event = str(record.get("event"))
+        if not record.get("accepted"):
+            if event == "load":
                 return failed(
-                    "policy.loaded", f"the gateway's last policy load was refused: {record.get('reason')}", restart
-                )
-            running = record.get("version")
-            if running != version:
-                return warned(
                     "policy.loaded",
-                    f"the gateway enforces policy set {running}; the files on disk are "
-                    f"{version} and take effect on restart",
-                    restart,
-                    running=running,
-                    on_disk=version,
+                    f"the gateway's policy load at start was refused: {record.get('reason')}",
+                    f"fix the policy files (`raywarden policy validate`), then {reload}",
                 )
-            return passed("policy.loaded", f"the gateway enforces policy set {version}, the one on disk")
-    return warned("policy.loaded", "no policy load by the running gateway is recorded in the audit log", restart)
+        # A refused reload leaves the previous set in force; its record names that version.
+        running = record.get("version")
+        at = str(record.get("time", "?"))[:19]
+        if not record.get("accepted"):
+            when = f"a reload at {at} was refused, the previous set stays: {record.get('reason')}"
+        else:
+            when = f"{'reloaded' if event == 'reload' else 'loaded at start'} {at}"
+        if running != version:
+            return warned(
+                "policy.loaded",
+                f"the gateway enforces policy set {running} ({when}); the files on disk are {version}: "
+                "they take effect when the gateway reloads them",
+                reload,
+                running=running,
+                on_disk=version,
+            )
+        return passed("policy.loaded", f"the gateway enforces policy set {version}, the one on disk ({when})")
+    return warned("policy.loaded", "no policy load by the running gateway is recorded in the audit log", reload)

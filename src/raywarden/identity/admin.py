@@ -7,7 +7,9 @@ every request, so a change here is in force on the next request.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +24,15 @@ from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import StateDir
 
 Kind = Literal["user", "sa"]
+# How a policy names a group: `principal in Raywarden::Group::"developers"` (or in a `when` clause).
+_GROUP_REFERENCE = re.compile(r'Group::"([^"\\]*)"')
+
+
+def policy_groups(state: StateDir) -> set[str]:
+    """Every group the policy set in force names (the shipped pack and the state dir's policy files)."""
+    from raywarden.policy.engine import policy_files
+
+    return {m for _, text in policy_files(state.policy_dir) for m in _GROUP_REFERENCE.findall(text)}
 
 
 def local_actor() -> str:
@@ -74,9 +85,38 @@ class IdentityAdmin:
         """A cluster whose Ray shares the control plane's OS user admits its one admin only (docs/threat-model.md)."""
         require_room_for(self.state, self.config, spiffe_id, what)
 
-    def add(self, kind: Kind, name: str, groups: list[str], *, code_ttl_s: float | None = None) -> NewCode:
+    def known_groups(self) -> set[str]:
+        """Groups that exist: named by a policy, or held by someone."""
+        held = {g for p in self.store.list_principals() for g in p.groups}
+        return policy_groups(self.state) | held
+
+    def unreferenced(self, groups: list[str]) -> list[str]:
+        """Of ``groups``, those no policy names: membership in them grants nothing (yet)."""
+        named = policy_groups(self.state)
+        return sorted(g for g in set(groups) if g not in named)
+
+    def check_groups(self, groups: list[str], *, create: bool) -> None:
+        """Refuse a group nobody has heard of (a typo grants nothing, silently), unless ``create``."""
         for group in groups:
             check_name(group, "group name")
+        if create:
+            return
+        known = self.known_groups()
+        for group in groups:
+            if group in known:
+                continue
+            close = difflib.get_close_matches(group, sorted(known), n=2, cutoff=0.6)
+            guess = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise UsageError(
+                f"unknown group {group!r}: no policy names it and nobody is in it",
+                hint=f"{guess}known groups: {', '.join(sorted(known)) or 'none'}. To start a new group, pass "
+                "--create-group (it grants nothing until a policy names it)",
+            )
+
+    def add(
+        self, kind: Kind, name: str, groups: list[str], *, code_ttl_s: float | None = None, create_groups: bool = False
+    ) -> NewCode:
+        self.check_groups(groups, create=create_groups)
         ttl = self._code_ttl(code_ttl_s)
         spiffe = self.spiffe(kind, name)
         self._require_room(str(spiffe), f"add {spiffe}")
@@ -109,10 +149,20 @@ class IdentityAdmin:
         self._audit("enable", principal.spiffe_id)
         return self._new_code(self.get(kind, name), self._code_ttl(code_ttl_s))
 
-    def change_groups(self, kind: Kind, name: str, add: list[str], remove: list[str]) -> Principal:
-        for group in [*add, *remove]:
+    def change_groups(
+        self, kind: Kind, name: str, add: list[str], remove: list[str], *, create_groups: bool = False
+    ) -> Principal:
+        for group in remove:
             check_name(group, "group name")
-        principal = self.store.change_groups(self.get(kind, name).spiffe_id, add, remove)
+        self.check_groups(add, create=create_groups)
+        current = self.get(kind, name)
+        missing = sorted(set(remove) - set(current.groups))
+        if missing:
+            raise UsageError(
+                f"{name} is not in group(s) {', '.join(missing)}",
+                hint=f"{name}'s groups: {', '.join(current.groups) or 'none'}",
+            )
+        principal = self.store.change_groups(current.spiffe_id, add, remove)
         self._audit(
             "groups.change",
             principal.spiffe_id,

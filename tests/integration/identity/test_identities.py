@@ -157,7 +157,7 @@ def test_second_person_enrolls_submits_with_both_clis_and_loses_access(cluster: 
     assert [e["event"] for e in _events(cluster, bob)][:3] == ["user.create", "enrollment.create", "enroll"]
     assert all(e["actor"] for e in _events(cluster, bob))
 
-    submitted = _as(home, "job", "submit", "--", "python", "-c", "\"print('hello from bob')\"", check=True)
+    submitted = _as(home, "job", "submit", "--", "python", "-c", "print('hello from bob')", check=True)
     assert "hello from bob" in submitted.stdout
 
     token = _as(home, "token", check=True).stdout.strip()

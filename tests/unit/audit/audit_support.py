@@ -17,7 +17,7 @@ def request_record(i: int) -> dict[str, object]:
     return {
         "kind": "request",
         "principal": f"spiffe://td/user/u{i % 3}",
-        "action": "job.submit" if i % 2 else "job.list",
+        "action": "jobs.submit" if i % 2 else "jobs.list",
         "decision": "deny" if i % 5 == 0 else "allow",
         "status": 403 if i % 5 == 0 else 200,
         "request_id": f"req-{i}",

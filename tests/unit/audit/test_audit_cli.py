@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from raywarden.audit import AuditLog, AuditVerificationError, audit_public_key_pem, load_or_create_audit_key
 from raywarden.cli.audit import format_record, register
-from raywarden.state import StateDir
+from raywarden.errors import UsageError
+from raywarden.state import ClusterConfig, StateDir
 from tests.unit.audit.audit_support import request_record, segment_lines, write_lines
 
 pytestmark = pytest.mark.unit
@@ -81,7 +82,7 @@ def test_tail_filters(app: typer.Typer, state: StateDir) -> None:
     records = [json.loads(line) for line in output.splitlines()]
     assert code == 0 and [r["seq"] for r in records] == [0, 5]
     code, output, _ = run(
-        app, "audit", "tail", "--state-dir", str(state.root), "--json", "--action", "job.*", "-n", "3",
+        app, "audit", "tail", "--state-dir", str(state.root), "--json", "--action", "jobs.*", "-n", "3",
         "--principal", "spiffe://td/user/u1",
     )  # fmt: skip
     assert [json.loads(line)["seq"] for line in output.splitlines()] == [1, 4, 7]
@@ -89,6 +90,59 @@ def test_tail_filters(app: typer.Typer, state: StateDir) -> None:
     assert code == 0 and "down" in output and "#10" in output
     code, output, _ = run(app, "audit", "tail", "--state-dir", str(state.root), "--json", "--since", "2999-01-01")
     assert code == 0 and output == ""
+
+
+def test_unknown_action_glob_is_an_error_naming_close_ones(app: typer.Typer, state: StateDir) -> None:
+    code, _, exc = run(app, "audit", "tail", "--state-dir", str(state.root), "--action", "job.*")
+    assert isinstance(exc, UsageError) and exc.exit_code == 2
+    assert "matches no action" in exc.message and exc.hint is not None and "jobs.*" in exc.hint
+    code, _, exc = run(app, "audit", "export", "--state-dir", str(state.root), "--action", "jobs.sumbit")
+    assert isinstance(exc, UsageError) and exc.hint is not None and "jobs.submit" in exc.hint
+    # Every schema action and route action is accepted, exactly or by glob.
+    for action in ("jobs.submit", "jobs.*", "identity.enroll", "raywarden.node.*", "*"):
+        code, _, exc = run(app, "audit", "tail", "--state-dir", str(state.root), "--action", action, "-n", "1")
+        assert code == 0, (action, exc)
+    code, output, _ = run(app, "audit", "actions", "--json")
+    assert code == 0 and "jobs.submit" in json.loads(output)
+
+
+def test_principal_short_names(app: typer.Typer, state: StateDir) -> None:
+    state.save_config(ClusterConfig(trust_domain="td"))
+    code, output, _ = run(
+        app, "audit", "tail", "--state-dir", str(state.root), "--json", "--principal", "u1", "-n", "50"
+    )
+    assert code == 0 and {json.loads(line)["principal"] for line in output.splitlines()} == {"spiffe://td/user/u1"}
+    code, output, _ = run(app, "audit", "tail", "--state-dir", str(state.root), "--principal", "admin")
+    assert code == 0 and "#10" in output
+    code, output, _ = run(app, "audit", "tail", "--state-dir", str(state.root), "--json", "--principal", "sa:u1")
+    assert code == 0 and output == ""
+    code, _, exc = run(app, "audit", "tail", "--state-dir", str(state.root), "--principal", "team:x")
+    assert isinstance(exc, UsageError) and exc.hint is not None and "sa:NAME" in exc.hint
+
+
+def test_short_principal_needs_a_cluster(app: typer.Typer, state: StateDir) -> None:
+    _code, _, exc = run(app, "audit", "tail", "--state-dir", str(state.root), "--principal", "u1")
+    assert isinstance(exc, UsageError) and "trust domain" in exc.message
+
+
+def test_local_actor_matches_its_principal(app: typer.Typer, tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "s2")
+    key = load_or_create_audit_key(state.audit_key)
+    with AuditLog.open(state.audit_dir, signing_key=key) as log:
+        log.append({"kind": "identity", "event": "user.create", "principal": "spiffe://td/user/bob",
+                    "actor": "local:0 (spiffe://td/user/admin)"})  # fmt: skip
+    code, output, _ = run(app, "audit", "tail", "--state-dir", str(state.root), "--principal", "spiffe://td/user/admin")
+    assert code == 0 and "user.create" in output
+
+
+def test_export_json(app: typer.Typer, state: StateDir, tmp_path: Path) -> None:
+    code, output, _ = run(app, "audit", "export", "--state-dir", str(state.root), "--json", "--decision", "deny")
+    assert code == 0 and [r["seq"] for r in json.loads(output)] == [0, 5]
+    out = tmp_path / "deny.jsonl"
+    code, output, _ = run(
+        app, "audit", "export", "--state-dir", str(state.root), "--json", "--decision", "deny", "-o", str(out)
+    )
+    assert code == 0 and json.loads(output) == {"exported": 2, "output": str(out)}
 
 
 def test_export_is_byte_exact_json_lines(app: typer.Typer, state: StateDir, tmp_path: Path) -> None:
