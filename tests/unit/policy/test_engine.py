@@ -60,9 +60,9 @@ def test_strict_decisions_check_entities_against_the_schema() -> None:
     assert not eng.decide(PolicyRequest(principal("alice", "developers"), "jobs.read", bad, CONTEXT)).allowed
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_batch_decisions_match_single_ones(compiled: bool) -> None:
-    eng = engine(compiled=compiled)
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_batch_decisions_match_single_ones(cache_size: int | None) -> None:
+    eng = engine(cache_size=cache_size)
     alice = principal("alice", "developers")
     jobs = [job("alice", "a1"), job("bob", "b1"), job(None, "n1"), job("alice", "a2")]
     requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in jobs]
@@ -91,9 +91,10 @@ def test_submission_entity_matches_the_schema() -> None:
     assert decision.allowed
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
-    """The fast path leaves out attributes no policy reads and caches principals; neither may change a decision."""
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_fast_path_decides_exactly_as_the_strict_path(cache_size: int | None) -> None:
+    """The fast path leaves out attributes no policy reads, caches principals and decisions; none of it may
+    change a decision."""
     from tests.unit.policy.test_default_pack import ESCAPES, PLAIN
 
     extra = [
@@ -106,7 +107,7 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
             'when { resource.status == "RUNNING" };',
         )
     ]
-    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
+    for eng in (engine(cache_size=cache_size), engine(extra=extra, cache_size=cache_size)):
         people = [
             principal("alice", "developers"),
             principal("vera", "viewers"),
@@ -126,26 +127,27 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
 
 
 def test_attribute_references_are_collected_from_the_policies() -> None:
-    from raywarden.policy.engine import _references
+    from raywarden.policy.reads import reads_of
 
-    refs = _references(
+    reads = reads_of(
         [
             {
+                "resource": {"op": "All"},
                 "conditions": [
                     {"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
                     {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}},
-                ]
+                ],
             }
         ]
     )
-    assert refs.names == {"a", "b"} and not refs.whole_context
-    assert refs.context_names == ("a",)  # only fields read from the context itself are given to Cedar
-    whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
+    assert reads.names == {"a", "b"} and not reads.whole_context and not reads.resource_identity
+    assert reads.context_names == ("a",)  # only fields read from the context itself are given to Cedar
+    whole = reads_of([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
     assert whole.whole_context
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -> None:
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_fast_path_decides_as_the_strict_path_for_every_action(cache_size: int | None) -> None:
     """Each action is decided by its own slice of the set, with only what that slice reads; the strict path uses
     every policy and every attribute. Operator policies of every scope shape take part."""
     from raywarden.policy.engine import schema_actions
@@ -175,7 +177,7 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -
         principal("nobody"),
     ]
     job_actions = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
-    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
+    for eng in (engine(cache_size=cache_size), engine(extra=extra, cache_size=cache_size)):
         for action in sorted(schema_actions()):
             for who in people:
                 for owner in ("alice", None):
@@ -187,15 +189,16 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -
 
 
 def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
-    from raywarden.policy.engine import _action_scope
+    from raywarden.policy.reads import action_scope as _action_scope
 
     eng = engine()
-    sizes = {action: len(part.policy_set) for action, part in eng._slices.items()}
+    sizes = {action: len(part.policies) for action, part in eng._pruned._slices.items()}
     assert sizes["jobs.read"] == 3  # admins-all, developers-own-jobs, viewers-read
     assert sizes["jobs.submit"] == 2  # admins-all, developers-submit
     assert all(size >= 1 for size in sizes.values())  # admins-all admits every action
     # What the slice reads is all a decision on that action parses: jobs.read needs the owner, not the context.
-    assert "owner" in eng._slices["jobs.read"].refs.names and "auth_method" not in eng._slices["jobs.read"].refs.names
+    reads = eng._pruned.slice("jobs.read").reads
+    assert "owner" in reads.names and "auth_method" not in reads.names
     action = {"type": "Raywarden::Action", "id": "a"}
     assert _action_scope({"action": {"op": "All"}}) is None
     assert _action_scope({"action": {"op": "==", "entity": action}}) == {"a"}
@@ -203,18 +206,3 @@ def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
     assert _action_scope({"action": {"op": "in", "entity": {"__entity": action}}}) == {"a"}
     assert _action_scope({"action": {"op": "==", "entity": {"type": "Other", "id": "a"}}}) is None
     assert _action_scope({"action": {"op": "==", "slot": "?action"}}) is None
-
-
-def test_cedar_answers_are_read_whatever_their_layout() -> None:
-    from raywarden.policy.engine import Decision, _decision
-
-    expected = Decision(True, ("a", "b"), ("oops",))
-    usual = (
-        '{"decision":"Allow","correlation_id":null,"diagnostics":{"reason":["b","a"],'
-        '"id_annotations_by_reason":{},"errors":["oops"]},"metrics":{"authz_duration_micros":3}}'
-    )
-    assert _decision(usual) == expected
-    assert _decision('{"metrics":{},"diagnostics":{"reason":["b","a"],"errors":["oops"]},"decision":"Allow"}') == (
-        expected
-    )
-    assert _decision('{"decision":"NoDecision","diagnostics":{"errors":["bad"]}}') == Decision(False, (), ("bad",))

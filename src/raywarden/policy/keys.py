@@ -1,0 +1,92 @@
+"""The decision cache's key for one action: everything that action's policies can read of a request.
+
+A key is (token, resource part). The token stands for the action, the principal part (its id, its groups and
+the attributes the policies name) and the context part (the fields they read, or all of it); it is interned
+per engine (raywarden.policy.cache) so that a list of jobs hashes only each job's part. The resource part is
+its type, its groups and the attributes the policies name, plus its id only when a policy can tell it
+(raywarden.policy.reads). Whatever cannot be keyed safely gets no key, and Cedar decides it every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from raywarden.policy.cache import Uncacheable, freeze
+from raywarden.policy.reads import Reads
+from raywarden.policy.request import Entity
+
+# Up to this many attribute names, entities are projected by position (two dict lookups for jobs.read);
+# beyond it, by walking the entity's attributes.
+_POSITIONAL = 8
+_ABSENT = object()  # an attribute or context field the request does not carry
+_ABSENTS = (_ABSENT,) * _POSITIONAL
+_CLUSTER_RESOURCE = object()  # the resource is the engine's own cluster entity, with its limits
+
+
+def _frozen(value: Any) -> Hashable:
+    return value if value is _ABSENT else freeze(value)
+
+
+@dataclass(frozen=True)
+class KeyShape:
+    names: frozenset[str]
+    ordered: tuple[str, ...] | None  # the names, sorted, when few enough to project by position
+    context_names: tuple[str, ...]
+    whole_context: bool
+    resource_identity: bool
+    identity_types: frozenset[str]  # entity types whose resources are keyed with their id
+    cluster_uid: tuple[str, str]
+    absent: tuple[object, ...]  # as many "absent" markers as ``ordered`` has names, for map()
+
+    @classmethod
+    def of(cls, reads: Reads, cluster: Entity) -> KeyShape:
+        ordered = tuple(sorted(reads.names)) if len(reads.names) <= _POSITIONAL else None
+        # A literal of the resource's type may be the resource; so may a parent of the cluster (fixed per set).
+        identity_types = reads.literal_types | {t for t, _ in cluster.parents}
+        return cls(
+            reads.names,
+            ordered,
+            reads.context_names,
+            reads.whole_context,
+            reads.resource_identity,
+            identity_types,
+            (cluster.type, cluster.id),
+            _ABSENTS[: len(ordered or ())],
+        )
+
+    def project(self, attrs: dict[str, Any]) -> Hashable:
+        """The attributes the policies name. Raises Uncacheable (or TypeError) for values it cannot key."""
+        if self.ordered is not None:
+            values = tuple(map(attrs.get, self.ordered, self.absent))
+            for value in values:
+                if type(value) is not str:
+                    return tuple([_frozen(v) for v in values])
+            return values
+        names = self.names
+        return tuple([(k, v if type(v) is str else freeze(v)) for k, v in attrs.items() if k in names])
+
+    def outer(self, action: str, principal: Entity, context: dict[str, Any]) -> Hashable:
+        """The action, the principal part and the context part; raises Uncacheable or TypeError."""
+        principal_part = (principal.type, principal.id, principal.parents, self.project(principal.attrs))
+        if self.whole_context:
+            context_part = freeze(context)
+        else:
+            context_part = tuple([_frozen(context.get(n, _ABSENT)) for n in self.context_names])
+        return (action, principal_part, context_part)
+
+    def resource_part(self, resource: Entity, principal: Entity, principal_types: frozenset[str]) -> Hashable | None:
+        """The resource's part of the key, or None when its decision cannot be keyed (Cedar decides it)."""
+        rtype, rid = resource.type, resource.id
+        if rid == principal.id and rtype == principal.type:
+            return None  # one entity in two roles: Cedar sees whether the two agree
+        if rid == self.cluster_uid[1] and rtype == self.cluster_uid[0]:
+            return _CLUSTER_RESOURCE
+        # Its id matters if a policy can name it, or if the principal may be in it (then the principal's
+        # ancestors run through the resource's groups).
+        named = self.resource_identity or rtype in self.identity_types or rtype in principal_types
+        try:
+            return (rtype, rid if named else None, resource.parents, self.project(resource.attrs))
+        except (Uncacheable, TypeError):
+            return None
