@@ -6,12 +6,13 @@ policies that made it. The set is validated against the shipped schema when it i
 skip per-request schema checks, and the entity builders in raywarden.policy.entities are tested against the
 schema instead.
 
-The gateway's path (``decide``, ``decide_many``) asks Cedar as little as cannot change the decision: only
-the policies whose scope admits the action (a slice per action, made at load time), only the attributes and
-context fields those policies name, and each principal parsed once. What a slice can read is also the key of
-a bounded decision cache (raywarden.policy.cache): two requests that agree on it get the same answer from
-Cedar, so the second gets Cedar's first answer. The strict path (tests, ``policy test``, ``policy explain``)
-gives Cedar every policy and every attribute and checks them against the schema. docs/policy.md, "Speed".
+The gateway's path (``decide``, ``decide_many``, ``decide_each``) asks Cedar as little as cannot change the
+decision: only the policies whose scope admits the action (a slice per action, made at load time), only the
+attributes and context fields those policies name, and each principal parsed once (raywarden.policy.pruned).
+What a slice can read is also the key of a bounded decision cache (raywarden.policy.keys and .cache): two
+requests that agree on it get the same answer from Cedar, so the second gets Cedar's first answer. The strict
+path (tests, ``policy test``, ``policy explain``) gives Cedar every policy and every attribute and checks
+them against the schema. docs/policy.md, "Speed".
 """
 
 from __future__ import annotations
@@ -118,7 +119,24 @@ class PolicyEngine:
         """One decision. ``strict`` also checks the request and entities against the schema (tests, explain)."""
         if strict or extra_entities:
             return self._decide_full([request], extra_entities, strict)[0]
-        return self._decide_actions(request.principal, request.context, (request.action,), (request.resource,))[0][0]
+        # _decide_actions for one request, without its lists: this is every request's path.
+        part = self._pruned.slice(request.action)
+        shape = part.shape
+        key: Hashable | None = None
+        try:
+            token = self.cache.token(shape.outer(request.action, request.principal, request.context))
+            resource_part = shape.resource_part(request.resource, request.principal, None)
+            if resource_part is not None:
+                key = (token, resource_part)
+                found = self.cache.get(key)
+                if found is not None:
+                    return found
+        except (Uncacheable, TypeError, ValueError):  # a value no key describes: Cedar decides every time
+            key = None
+        decision = self._pruned.evaluate(part, [request])[0]
+        if key is not None and not decision.errors:  # an error message names the entities it was about
+            self.cache.put(key, decision)
+        return decision
 
     def decide_many(
         self, requests: Sequence[PolicyRequest], extra_entities: tuple[Entity, ...] = (), *, strict: bool = False

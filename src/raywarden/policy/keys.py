@@ -21,7 +21,6 @@ from raywarden.policy.request import Entity
 # beyond it, by walking the entity's attributes.
 _POSITIONAL = 8
 _ABSENT = object()  # an attribute or context field the request does not carry
-_ABSENTS = (_ABSENT,) * _POSITIONAL
 _CLUSTER_RESOURCE = object()  # the resource is the engine's own cluster entity, with its limits
 
 
@@ -38,7 +37,6 @@ class KeyShape:
     resource_identity: bool
     identity_types: frozenset[str]  # entity types whose resources are keyed with their id
     cluster_uid: tuple[str, str]
-    absent: tuple[object, ...]  # as many "absent" markers as ``ordered`` has names, for map()
 
     @classmethod
     def of(cls, reads: Reads, cluster: Entity) -> KeyShape:
@@ -53,17 +51,12 @@ class KeyShape:
             reads.resource_identity,
             identity_types,
             (cluster.type, cluster.id),
-            _ABSENTS[: len(ordered or ())],
         )
 
     def project(self, attrs: dict[str, Any]) -> Hashable:
         """The attributes the policies name. Raises Uncacheable (or TypeError) for values it cannot key."""
         if self.ordered is not None:
-            values = tuple(map(attrs.get, self.ordered, self.absent))
-            for value in values:
-                if type(value) is not str:
-                    return tuple([_frozen(v) for v in values])
-            return values
+            return tuple([v if type(v := attrs.get(n, _ABSENT)) is str else _frozen(v) for n in self.ordered])
         names = self.names
         return tuple([(k, v if type(v) is str else freeze(v)) for k, v in attrs.items() if k in names])
 
@@ -76,8 +69,11 @@ class KeyShape:
             context_part = tuple([_frozen(context.get(n, _ABSENT)) for n in self.context_names])
         return (action, principal_part, context_part)
 
-    def resource_part(self, resource: Entity, principal: Entity, principal_types: frozenset[str]) -> Hashable | None:
-        """The resource's part of the key, or None when its decision cannot be keyed (Cedar decides it)."""
+    def resource_part(
+        self, resource: Entity, principal: Entity, principal_types: frozenset[str] | None
+    ) -> Hashable | None:
+        """The resource's part of the key, or None when its decision cannot be keyed (Cedar decides it).
+        ``principal_types``: the types of the principal's parents, if known already."""
         rtype, rid = resource.type, resource.id
         if rid == principal.id and rtype == principal.type:
             return None  # one entity in two roles: Cedar sees whether the two agree
@@ -85,7 +81,15 @@ class KeyShape:
             return _CLUSTER_RESOURCE
         # Its id matters if a policy can name it, or if the principal may be in it (then the principal's
         # ancestors run through the resource's groups).
-        named = self.resource_identity or rtype in self.identity_types or rtype in principal_types
+        named = (
+            self.resource_identity
+            or rtype in self.identity_types
+            or (
+                rtype in principal_types
+                if principal_types is not None
+                else any(t == rtype for t, _ in principal.parents)
+            )
+        )
         try:
             return (rtype, rid if named else None, resource.parents, self.project(resource.attrs))
         except (Uncacheable, TypeError):

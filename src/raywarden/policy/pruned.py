@@ -9,11 +9,13 @@ made when the set is loaded), only the attributes and context fields those polic
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
 
+from raywarden.policy.cache import Uncacheable
 from raywarden.policy.keys import KeyShape
 from raywarden.policy.reads import Reads, reads_of, slice_for
 from raywarden.policy.request import ACTION_TYPE, Decision, Entity, PolicyRequest
@@ -59,7 +61,7 @@ class PrunedCedar:
         self._slices = {action: self._slice(slice_for(policies, action)) for action in sorted(actions)}
         self._full = self._slice(policies)  # for actions the schema does not declare: every policy
         # The slice's base with one principal added, parsed once per principal (a gateway serves few).
-        self._principals: dict[tuple[str, str], cedarpy.Entities] = {}
+        self._principals: dict[Hashable, cedarpy.Entities] = {}
 
     def _slice(self, chosen: dict[str, dict[str, Any]]) -> Slice:
         reads = reads_of(chosen.values())
@@ -118,7 +120,7 @@ class PrunedCedar:
         principals = {(r.principal.type, r.principal.id) for r in requests}
         try:
             if len(principals) == 1 and (uid := next(iter(principals))) in store:
-                base = self._principal_base(part, store.pop(uid))
+                base = self._principal_base(part, requests[0].principal, store.pop(uid))
             entities = base.with_added_json_str(encode(list(store.values()))) if store else base
         except ValueError as exc:
             if len(requests) > 1:  # one bad entity refuses its own requests, not the whole list
@@ -140,13 +142,17 @@ class PrunedCedar:
             asked.append(cedar)
         return [decision_of(result) for result in cedarpy.is_authorized_batch(asked, part.policies, entities)]
 
-    def _principal_base(self, part: Slice, principal: dict[str, Any]) -> cedarpy.Entities:
-        text = encode([principal])
-        slot = (part.base_text, text)
-        found = self._principals.get(slot)
+    def _principal_base(self, part: Slice, principal: Entity, cedar: dict[str, Any]) -> cedarpy.Entities:
+        try:  # the principal as the slice reads it, without encoding it again
+            projected = part.shape.project(principal.attrs)
+            slot: Hashable = (part.base_text, principal.type, principal.id, principal.parents, projected)
+            found = self._principals.get(slot)
+        except (Uncacheable, TypeError):
+            slot, found = (part.base_text, encode(cedar)), None
+            found = self._principals.get(slot)
         if found is None:
-            found = part.base.with_added_json_str(text)
+            found = part.base.with_added_json_str(encode([cedar]))
             if len(self._principals) >= _MAX_PRINCIPALS:
-                self._principals.pop(next(iter(self._principals)))
+                self._principals.clear()  # a gateway serves a few: this many means churn, start over
             self._principals[slot] = found
         return found
