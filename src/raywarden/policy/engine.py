@@ -203,9 +203,9 @@ class PolicyEngine:
             elif (parts_found := parts_by_shape.get(id(shape))) is not None:
                 parts = parts_found
             else:
-                parts = parts_by_shape[id(shape)] = [
-                    shape.resource_part(r, principal, principal_types or frozenset()) for r in resources
-                ]
+                parts = parts_by_shape[id(shape)] = shape.resource_parts(
+                    resources, principal, principal_types or frozenset()
+                )
             found: list[Decision | None] = [None] * len(resources)
             if token is not None:
                 found = self.cache.get_many(token, parts)

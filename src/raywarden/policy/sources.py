@@ -128,19 +128,26 @@ def _validate(name: str, body: str, schema: cedarpy.Schema, infos: list[PolicyIn
     result = cedarpy.validate_policies(body, schema)
     if result.validation_passed:
         return
-    problems: list[str] = []
+    # Cedar names a policy by its position in the file ("for policy `policy3`, ..."); the operator knows it
+    # by its @id and its line. One entry per policy, its problems in Cedar's words without that prefix.
+    by_policy: dict[str, list[str]] = {}
     for error in result.errors:
-        text = error.error
         found = _PARSER_ID.fullmatch(error.policy_id)
         if found and int(found.group(1)) < len(infos):
             info = infos[int(found.group(1))]
-            # Cedar names the policy by its position in the file; the operator knows it by its @id.
-            text = f"policy {info.id!r} ({info.where}): " + text.replace(f"`{error.policy_id}`", repr(info.id))
+            label = f"policy {info.id!r} ({info.where})"
+            text = error.error.removeprefix(f"for policy `{error.policy_id}`, ")
+            text = text.replace(f"`{error.policy_id}`", repr(info.id))
+        else:
+            label, text = name, error.error
+        problems = by_policy.setdefault(label, [])
         if text not in problems:
             problems.append(text)
-    shown = "; ".join(problems[:_MAX_PROBLEMS])
-    if len(problems) > _MAX_PROBLEMS:
-        shown += f"; and {len(problems) - _MAX_PROBLEMS} more"
+    entries = []
+    for label, problems in by_policy.items():
+        more = f"; and {len(problems) - _MAX_PROBLEMS} more" if len(problems) > _MAX_PROBLEMS else ""
+        entries.append(f"{label}: {'; '.join(problems[:_MAX_PROBLEMS])}{more}")
+    shown = " | ".join(entries)
     raise PolicyError(
         f"{name}: does not match the schema: {shown}",
         hint="see docs/policy.md for entity attributes and actions; nothing was loaded",
