@@ -97,7 +97,10 @@ class Explanation:
         if self.determining:
             text = f"{head} refused: forbidden by {_named(self.determining)}"
         elif self.candidates:
-            parts = [f"{c.id} did not apply: {'; '.join(_failure(f) for f in c.failed)}" for c in self.candidates]
+            parts = [
+                f"{c.id} did not apply: {'; '.join(_failure(f) for f in c.failed) or 'its conditions did not hold'}"
+                for c in self.candidates
+            ]
             text = f"{head} refused: no policy permits it; " + "; ".join(parts[:_SUMMARY_PERMITS])
         elif self.out_of_scope:
             needs = [f"{c.id} needs {c.scope_text}" for c in self.out_of_scope[:_SUMMARY_PERMITS]]

@@ -206,3 +206,24 @@ def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
     assert _action_scope({"action": {"op": "in", "entity": {"__entity": action}}}) == {"a"}
     assert _action_scope({"action": {"op": "==", "entity": {"type": "Other", "id": "a"}}}) is None
     assert _action_scope({"action": {"op": "==", "slot": "?action"}}) is None
+
+
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_two_jobs_with_one_id_are_decided_apart(cache_size: int | None) -> None:
+    """A submission id chosen equal to another job's id: one entity set would decide both with one owner."""
+    eng = engine(cache_size=cache_size)
+    alice = principal("alice", "developers")
+    mine, theirs = job("alice", "same-id"), job("bob", "same-id")
+    requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in (mine, theirs, mine, theirs)]
+    assert [d.allowed for d in eng.decide_many(requests)] == [True, False, True, False]
+    assert [read.allowed for (read,) in eng.decide_each(alice, CONTEXT, ["jobs.read"], [theirs, mine])] == [False, True]
+
+
+def test_a_principal_that_is_also_the_resource_is_never_cached() -> None:
+    eng = engine()
+    alice = principal("alice", "admins")
+    same = Entity(alice.type, alice.id, {"other": "attributes"}, ())
+    decision = eng.decide(PolicyRequest(alice, "jobs.read", same, CONTEXT))
+    assert not decision.allowed and "two different entities" in decision.errors[0]
+    assert eng.decide(PolicyRequest(alice, "cluster.version", Entity("Cluster", CLUSTER_ID), CONTEXT)).allowed
+    assert len(eng.cache) == 1
