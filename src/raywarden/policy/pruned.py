@@ -82,6 +82,8 @@ class PrunedCedar:
     def evaluate(self, part: Slice, requests: list[PolicyRequest]) -> list[Decision]:
         """Cedar's decisions with only what ``part`` reads, in one call per set of requests whose entities agree
         (two jobs with one id but different attributes are asked in separate calls)."""
+        if len(requests) == 1:
+            return [self._ask_one(part, requests[0])]
         decisions: list[Decision | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         names = part.reads.names
@@ -113,6 +115,40 @@ class PrunedCedar:
             pending = later
         return [d if d is not None else bad_entities("undecided") for d in decisions]
 
+    def _ask_one(self, part: Slice, request: PolicyRequest) -> Decision:
+        """``evaluate`` of one request: the gateway's every cache miss, without a batch's bookkeeping."""
+        principal, resource = request.principal, request.resource
+        names = part.reads.names
+        own = principal.to_cedar(names)
+        delta = []
+        if (resource.type, resource.id) != self._cluster_uid:  # the cluster, with its limits, is in the base
+            cedar = resource.to_cedar(names)
+            if resource.type == principal.type and resource.id == principal.id:
+                if cedar != own:
+                    return bad_entities(f"two different entities are both {resource.type}::{resource.id!r}")
+            else:
+                delta.append(cedar)
+        try:
+            base = self._principal_base(part, principal, own)
+            entities = base.with_added_json_str(encode(delta)) if delta else base
+        except ValueError as exc:
+            return bad_entities(str(exc))
+        return decision_of(cedarpy.is_authorized_batch([self._request(part, request)], part.policies, entities)[0])
+
+    @staticmethod
+    def _request(part: Slice, request: PolicyRequest) -> dict[str, Any]:
+        cedar: dict[str, Any] = {
+            "principal": request.principal.uid(),
+            "action": {"type": ACTION_TYPE, "id": request.action},
+            "resource": request.resource.uid(),
+        }
+        context = request.context
+        if not part.reads.whole_context:
+            context = {k: context[k] for k in part.reads.context_names if k in context}
+        if context:  # no context at all is Cedar's empty context, and cheaper to say
+            cedar["context"] = encode(context)
+        return cedar
+
     def _ask(
         self, part: Slice, requests: list[PolicyRequest], store: dict[tuple[str, str], dict[str, Any]]
     ) -> list[Decision]:
@@ -126,20 +162,7 @@ class PrunedCedar:
             if len(requests) > 1:  # one bad entity refuses its own requests, not the whole list
                 return [self.evaluate(part, [r])[0] for r in requests]
             return [bad_entities(str(exc))]
-        reads = part.reads
-        asked = []
-        for r in requests:
-            cedar: dict[str, Any] = {
-                "principal": r.principal.uid(),
-                "action": {"type": ACTION_TYPE, "id": r.action},
-                "resource": r.resource.uid(),
-            }
-            context = r.context
-            if not reads.whole_context:
-                context = {k: context[k] for k in reads.context_names if k in context}
-            if context:  # no context at all is Cedar's empty context, and cheaper to say
-                cedar["context"] = encode(context)
-            asked.append(cedar)
+        asked = [self._request(part, r) for r in requests]
         return [decision_of(result) for result in cedarpy.is_authorized_batch(asked, part.policies, entities)]
 
     def _principal_base(self, part: Slice, principal: Entity, cedar: dict[str, Any]) -> cedarpy.Entities:
