@@ -16,6 +16,24 @@ from typing import Any
 from raywarden.policy.request import ACTION_TYPE, NAMESPACE
 
 _PREFIX = f"{NAMESPACE}::"
+_RESOURCE = {"Var": "resource"}
+
+
+def _is_uid(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str) and isinstance(value.get("id"), str)
+
+
+def _is_literal(expr: Any) -> bool:
+    """An entity literal in a condition: ``{"Value": {"__entity": {"type": ..., "id": ...}}}``."""
+    value = expr.get("Value") if isinstance(expr, dict) and len(expr) == 1 else None
+    return isinstance(value, dict) and len(value) == 1 and _is_uid(value.get("__entity"))
+
+
+def _compares_resource_to_literal(op: str, operands: dict[str, Any]) -> bool:
+    left, right = operands.get("left"), operands.get("right")
+    if left == _RESOURCE and _is_literal(right):
+        return True
+    return op != "in" and right == _RESOURCE and _is_literal(left)  # `E in resource` reads E's groups: no
 
 
 @dataclass(frozen=True)
@@ -60,10 +78,15 @@ class _Walker:
         self.literal_types: set[str] = set()
 
     def scope(self, constraint: Any) -> None:
-        """The resource's scope: ``resource is T`` reads its type only; ``==`` and ``in`` read its id."""
+        """The resource's scope. ``resource is T`` reads its type only. ``resource == E`` and ``resource in E``
+        with an entity literal E read its groups (in every key) and whether it is E itself, which only a
+        resource of E's type can be: E's type joins the literal types, whose resources are keyed by id."""
         op = constraint.get("op") if isinstance(constraint, dict) else None
         if op == "All" or (op == "is" and "in" not in constraint):
             return
+        inner = constraint.get("in") if op == "is" else constraint
+        if op in ("==", "in", "is") and isinstance(inner, dict) and _is_uid(inner.get("entity")):
+            return  # the literal's type is collected when the scope is visited
         self.resource_identity = True
 
     def visit(self, node: Any) -> None:
@@ -85,10 +108,14 @@ class _Walker:
         for key, value in node.items():
             if key in (".", "has") and isinstance(value, dict) and isinstance(value.get("attr"), str):
                 self._attribute(value)
-            elif key == "is" and isinstance(value, dict) and value.get("left") == {"Var": "resource"}:
-                # `resource is T` reads only the type, which every key holds; `is T in X` reads the id too.
-                self.resource_identity = self.resource_identity or "in" in value
+            elif key == "is" and isinstance(value, dict) and value.get("left") == _RESOURCE:
+                # `resource is T` reads only the type, which every key holds; `is T in X` as `in` below.
+                if "in" in value and not _is_literal(value["in"]):
+                    self.resource_identity = True
                 self.visit(value.get("in"))
+            elif key in ("==", "!=", "in") and isinstance(value, dict) and _compares_resource_to_literal(key, value):
+                # Whether the resource is (or is in) an entity literal: as for the scope above.
+                self.visit(value["right"] if value.get("left") == _RESOURCE else value["left"])
             else:
                 self.visit(value)
 

@@ -34,6 +34,8 @@ OPERATOR_POLICIES = {
     'source_ip: "10.1.2.3", source: ip("10.1.2.3"), auth_age_s: 60, time: 1767582000, hour_utc: 3, weekday_utc: 0} };',
     "resource id": '@id("special-job")\npermit (principal, action == Raywarden::Action::"jobs.read", '
     'resource == Raywarden::Job::"raysubmit_special");',
+    "resource id in a condition": '@id("special-env")\npermit (principal in Raywarden::Group::"refs", '
+    'action == Raywarden::Action::"jobs.read_env", resource) when { resource == Raywarden::Job::"raysubmit_2" };',
     "job literal": '@id("ref-job")\npermit (principal in Raywarden::Group::"refs", '
     'action == Raywarden::Action::"jobs.logs", resource) '
     'when { Raywarden::Job::"raysubmit_2".owner == principal.spiffe_id };',
@@ -218,6 +220,10 @@ def test_a_policy_that_names_the_resource_keys_it_by_id() -> None:
     refused = eng.decide(PolicyRequest(referee, "jobs.logs", first, context))
     assert not refused.allowed and refused.errors  # Cedar: that job is not in the entities it was given
     assert eng.decide(PolicyRequest(bob, "jobs.read", plain, context)).allowed
+    # The same named in a condition rather than the scope.
+    eng = engine(extra=[("ops/env.cedar", OPERATOR_POLICIES["resource id in a condition"])])
+    assert eng.decide(PolicyRequest(referee, "jobs.read_env", second, context)).allowed
+    assert not eng.decide(PolicyRequest(referee, "jobs.read_env", first, context)).allowed
 
 
 def test_jobs_read_depends_on_owner_and_groups_only() -> None:

@@ -227,3 +227,33 @@ def test_a_principal_that_is_also_the_resource_is_never_cached() -> None:
     assert not decision.allowed and "two different entities" in decision.errors[0]
     assert eng.decide(PolicyRequest(alice, "cluster.version", Entity("Cluster", CLUSTER_ID), CONTEXT)).allowed
     assert len(eng.cache) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "identity", "types"),
+    [
+        ("permit (principal, action, resource is Raywarden::Job);", False, set()),
+        ('permit (principal, action, resource in Raywarden::Cluster::"ray");', False, {"Cluster"}),
+        ('permit (principal, action, resource == Raywarden::Job::"x");', False, {"Job"}),
+        ('permit (principal, action, resource is Raywarden::Job in Raywarden::Cluster::"ray");', False, {"Cluster"}),
+        ('permit (principal, action, resource) when { resource in Raywarden::Cluster::"ray" };', False, {"Cluster"}),
+        ('permit (principal, action, resource) when { Raywarden::Job::"x" != resource };', False, {"Job"}),
+        ('permit (principal, action, resource) when { Raywarden::Job::"x" in resource };', True, {"Job"}),
+        ("permit (principal, action, resource) when { resource in principal };", True, set()),
+        ("permit (principal, action, resource) when { [resource].isEmpty() };", True, set()),
+        ('permit (principal, action, resource) when { resource.owner == "" };', False, set()),
+    ],
+)
+def test_what_tells_a_resource_by_its_id(policy: str, identity: bool, types: set[str]) -> None:
+    """A resource is keyed by its id when a policy can tell it from another with the same attributes and groups:
+    by using it other than by attribute or type, or by naming an entity of its type."""
+    import json
+
+    import cedarpy
+
+    from raywarden.policy.reads import reads_of
+
+    est = json.loads(cedarpy.policies_to_json_str(policy))["staticPolicies"]["policy0"]
+    reads = reads_of([est])
+    assert reads.resource_identity is identity
+    assert reads.literal_types == types
