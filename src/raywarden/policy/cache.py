@@ -115,8 +115,9 @@ class DecisionCache:
             pass
         return found[0]
 
-    def get_many(self, token: int, parts: list[Hashable | None]) -> list[Decision | None]:
-        """``get((token, part))`` for each part (None for a part without a key): a job list in one loop."""
+    def get_many(self, token: int, parts: list[Hashable | None]) -> tuple[list[Decision | None], bool]:
+        """``get((token, part))`` for each part (None for a part without a key): a job list in one loop. Also
+        says whether every part was found."""
         entries = self._entries
         found: list[Decision | None] = []
         hits = misses = 0
@@ -137,7 +138,7 @@ class DecisionCache:
             found.append(entry[0])
         self.hits += hits
         self.misses += misses
-        return found
+        return found, hits == len(parts)
 
     def put(self, key: Hashable, decision: Decision) -> None:
         if not self.max_entries:

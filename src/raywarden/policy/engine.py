@@ -22,7 +22,7 @@ import json
 import operator
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cedarpy
 
@@ -208,7 +208,10 @@ class PolicyEngine:
                 )
             found: list[Decision | None] = [None] * len(resources)
             if token is not None:
-                found = self.cache.get_many(token, parts)
+                found, complete = self.cache.get_many(token, parts)
+                if complete:  # every answer from the cache: a job list seen before
+                    decided.append(cast(list[Decision], found))
+                    continue
             decided.append(self._fill(part, principal, context, action, resources, token, parts, found))
         return decided
 
