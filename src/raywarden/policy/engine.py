@@ -232,10 +232,12 @@ class PolicyEngine:
         alone: list[int] = []
         for index, decision in enumerate(found):
             if decision is None:
-                if token is None or parts[index] is None:
-                    alone.append(index)
-                else:
+                try:
+                    if token is None or parts[index] is None:
+                        raise Uncacheable("no key")
                     misses.setdefault((token, parts[index]), []).append(index)
+                except (Uncacheable, TypeError):  # no key, or an unhashable value in it: Cedar decides alone
+                    alone.append(index)
         if not misses and not alone:
             return [d if d is not None else _UNDECIDED for d in found]
         asked = [indices[0] for indices in misses.values()] + alone
@@ -305,10 +307,10 @@ class PolicyEngine:
                 raise PolicyError(
                     f"entities do not match: two different entities are both {entity.type}::{entity.id!r}"
                 )
-        delta = encode([e.to_cedar() for e in seen.values()])
         try:
+            delta = encode([e.to_cedar() for e in seen.values()])
             return self._strict_base.with_added_json_str(delta, self._schema if strict else None)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise PolicyError(f"entities do not match the schema: {exc}") from None
 
     def explain(self, request: PolicyRequest) -> Explanation:

@@ -131,9 +131,10 @@ class PrunedCedar:
         try:
             base = self._principal_base(part, principal, own)
             entities = base.with_added_json_str(encode(delta)) if delta else base
-        except ValueError as exc:
+            asked = [self._request(part, request)]
+            return decision_of(cedarpy.is_authorized_batch(asked, part.policies, entities)[0])
+        except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not what Cedar accepts: refused
             return bad_entities(str(exc))
-        return decision_of(cedarpy.is_authorized_batch([self._request(part, request)], part.policies, entities)[0])
 
     @staticmethod
     def _request(part: Slice, request: PolicyRequest) -> dict[str, Any]:
@@ -158,12 +159,10 @@ class PrunedCedar:
             if len(principals) == 1 and (uid := next(iter(principals))) in store:
                 base = self._principal_base(part, requests[0].principal, store.pop(uid))
             entities = base.with_added_json_str(encode(list(store.values()))) if store else base
-        except ValueError as exc:
-            if len(requests) > 1:  # one bad entity refuses its own requests, not the whole list
-                return [self.evaluate(part, [r])[0] for r in requests]
-            return [bad_entities(str(exc))]
-        asked = [self._request(part, r) for r in requests]
-        return [decision_of(result) for result in cedarpy.is_authorized_batch(asked, part.policies, entities)]
+            asked = [self._request(part, r) for r in requests]
+            return [decision_of(result) for result in cedarpy.is_authorized_batch(asked, part.policies, entities)]
+        except (ValueError, TypeError, KeyError):  # one bad request refuses only itself, not the whole list
+            return [self._ask_one(part, r) for r in requests]
 
     def _principal_base(self, part: Slice, principal: Entity, cedar: dict[str, Any]) -> cedarpy.Entities:
         try:  # the principal as the slice reads it, without encoding it again

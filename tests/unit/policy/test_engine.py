@@ -257,3 +257,17 @@ def test_what_tells_a_resource_by_its_id(policy: str, identity: bool, types: set
     reads = reads_of([est])
     assert reads.resource_identity is identity
     assert reads.literal_types == types
+
+
+def test_values_no_key_can_hold_are_decided_by_cedar_every_time() -> None:
+    """A list of groups instead of a tuple, a set in an attribute: not what the gateway builds, still decided."""
+    eng, uncached = engine(), engine(cache_size=0)
+    listed = Entity("User", principal("alice").id, principal("alice").attrs, [("Group", "developers")])  # type: ignore[arg-type]
+    odd_job = Entity("Job", "j", {**job("alice").attrs, "owner": {1, 2}}, (("Cluster", CLUSTER_ID),))
+    for who, res in ((listed, job("alice")), (principal("alice", "developers"), odd_job)):
+        request = PolicyRequest(who, "jobs.read", res, CONTEXT)
+        single = eng.decide(request)
+        assert single == eng.decide(request) == uncached.decide(request)
+        assert eng.decide_many([request, request]) == [single, single]
+        assert eng.decide_each(who, CONTEXT, ["jobs.read"], [res]) == [(single,)]
+    assert len(eng.cache) == 0
