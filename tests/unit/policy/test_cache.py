@@ -254,6 +254,9 @@ def test_a_per_job_view_asks_cedar_once_per_owner() -> None:
     assert eng.cache.hits == 600
     expected = [(d.allowed, e.allowed) for d, e in first]
     assert expected == [(i % 3 == 0, i % 3 == 0) for i in range(300)]
+    # One key whichever way a decision is asked: a single decide is a hit after the list.
+    assert eng.decide(PolicyRequest(alice, "jobs.read", listed[7], context)) == first[7][0]
+    assert eng.cache.hits == 601
     batch = [PolicyRequest(alice, a, job, context) for job in listed for a in ("jobs.read", "jobs.read_env")]
     assert eng.decide_many(batch) == [d for pair in first for d in pair]
     assert UNCACHED.decide_many(batch) == [UNCACHED.decide(r) for r in batch]
