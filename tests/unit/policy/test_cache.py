@@ -314,3 +314,15 @@ def test_an_engine_keeps_at_most_its_cache_size() -> None:
         )
         assert decision.allowed is (owner == "alice")
         assert len(small.cache) <= 16
+
+
+def test_every_attribute_a_policy_names_takes_part_in_the_key() -> None:
+    """The same principal id with another spiffe_id (which developers-own-jobs compares with the owner)."""
+    eng = engine()
+    alice = principal("alice", "developers")
+    other = Entity(alice.type, alice.id, {**alice.attrs, "spiffe_id": spiffe("bob")}, alice.parents)
+    job = ray_job("raysubmit_1", "alice", "RUNNING", "python x.py")
+    context = request_context("certificate", "10.1.2.3", 60)
+    assert eng.decide(PolicyRequest(alice, "jobs.read", job, context)).allowed
+    assert not eng.decide(PolicyRequest(other, "jobs.read", job, context)).allowed
+    assert [d for (d,) in eng.decide_each(other, context, ["jobs.read"], [job])] == [Decision(False, ())]
