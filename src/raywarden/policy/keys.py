@@ -136,7 +136,3 @@ class KeyShape:
             except (Uncacheable, TypeError):
                 parts.append(None)
         return parts
-
-    def project(self, attrs: dict[str, Any]) -> Hashable:
-        """The attributes the policies name (the principal cache's key). Raises Uncacheable or TypeError."""
-        return self.part("", None, (), attrs)

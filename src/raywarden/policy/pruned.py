@@ -119,17 +119,16 @@ class PrunedCedar:
         """``evaluate`` of one request: the gateway's every cache miss, without a batch's bookkeeping."""
         principal, resource = request.principal, request.resource
         names = part.reads.names
-        own = principal.to_cedar(names)
         delta = []
         if (resource.type, resource.id) != self._cluster_uid:  # the cluster, with its limits, is in the base
             cedar = resource.to_cedar(names)
             if resource.type == principal.type and resource.id == principal.id:
-                if cedar != own:
+                if cedar != principal.to_cedar(names):
                     return bad_entities(f"two different entities are both {resource.type}::{resource.id!r}")
             else:
                 delta.append(cedar)
         try:
-            base = self._principal_base(part, principal, own)
+            base = self._principal_base(part, principal)
             entities = base.with_added_json_str(encode(delta)) if delta else base
             asked = [self._request(part, request)]
             return decision_of(cedarpy.is_authorized_batch(asked, part.policies, entities)[0])
@@ -157,24 +156,26 @@ class PrunedCedar:
         principals = {(r.principal.type, r.principal.id) for r in requests}
         try:
             if len(principals) == 1 and (uid := next(iter(principals))) in store:
-                base = self._principal_base(part, requests[0].principal, store.pop(uid))
+                store.pop(uid)
+                base = self._principal_base(part, requests[0].principal)
             entities = base.with_added_json_str(encode(list(store.values()))) if store else base
             asked = [self._request(part, r) for r in requests]
             return [decision_of(result) for result in cedarpy.is_authorized_batch(asked, part.policies, entities)]
         except (ValueError, TypeError, KeyError):  # one bad request refuses only itself, not the whole list
             return [self._ask_one(part, r) for r in requests]
 
-    def _principal_base(self, part: Slice, principal: Entity, cedar: dict[str, Any]) -> cedarpy.Entities:
-        try:  # the principal as the slice reads it, without encoding it again
-            projected = part.shape.project(principal.attrs)
-            slot: Hashable = (part.base_text, principal.type, principal.id, principal.parents, projected)
+    def _principal_base(self, part: Slice, principal: Entity) -> cedarpy.Entities:
+        """The slice's base with the principal added, parsed once per principal as the slice reads it."""
+        try:
+            slot: Hashable = part.shape.part(principal.type, principal.id, principal.parents, principal.attrs)
+            slot = (part.base_text, slot)
             found = self._principals.get(slot)
-        except (Uncacheable, TypeError):
-            slot, found = (part.base_text, encode(cedar)), None
-            found = self._principals.get(slot)
+        except (Uncacheable, TypeError):  # values no key holds: parsed each time
+            slot, found = None, None
         if found is None:
-            found = part.base.with_added_json_str(encode([cedar]))
-            if len(self._principals) >= _MAX_PRINCIPALS:
-                self._principals.clear()  # a gateway serves a few: this many means churn, start over
-            self._principals[slot] = found
+            found = part.base.with_added_json_str(encode([principal.to_cedar(part.reads.names)]))
+            if slot is not None:
+                if len(self._principals) >= _MAX_PRINCIPALS:
+                    self._principals.clear()  # a gateway serves a few: this many means churn, start over
+                self._principals[slot] = found
         return found
