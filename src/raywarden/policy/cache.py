@@ -43,8 +43,8 @@ def freeze(value: Any) -> Hashable:
         return frozen
     if kind is bool:
         return _TRUE if value else _FALSE
-    if kind is list or kind is tuple:
-        return (_LIST, *[freeze(item) for item in value])
+    if kind is list or kind is tuple:  # most are sets of strings: those need no call per element
+        return (_LIST, *[item if type(item) is str else freeze(item) for item in value])
     if kind is dict:
         if "__entity" in value:
             raise Uncacheable("an entity reference in a value")

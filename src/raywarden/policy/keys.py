@@ -38,7 +38,7 @@ def _parter(names: frozenset[str]) -> Parter:
     if len(ordered) > _POSITIONAL:
 
         def by_walking(kind: str, uid: str | None, parents: Any, attrs: dict[str, Any]) -> tuple[Hashable, ...]:
-            return (kind, uid, parents, *[(k, freeze(v)) for k, v in attrs.items() if k in names])
+            return (kind, uid, parents, *[(k, _value(v)) for k, v in attrs.items() if k in names])
 
         return by_walking
     if len(ordered) == 1:
