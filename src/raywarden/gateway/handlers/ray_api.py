@@ -37,7 +37,7 @@ class RayApi:
 
     async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response:
         route = found.route
-        identity = authenticate(self.services, ex, request.scope, session=route.session)
+        identity = await authenticate(self.services, ex, request.scope, session=route.session)
         body = await body_of(self.services, request, route)
         submission: dict[str, Any] | None = None
         submission_id = None

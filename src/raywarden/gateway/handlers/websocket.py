@@ -19,7 +19,7 @@ class LogTail:
 
     async def handle(self, ex: Exchange, found: Routed, ws: WebSocket) -> None:
         route = found.route
-        identity = authenticate(self.services, ex, ws.scope, session=route.session)
+        identity = await authenticate(self.services, ex, ws.scope, session=route.session)
         resource = await resource_for(found, identity, self.upstream)
         await authorize(ex, route, identity, resource)
         await ex.allow()
