@@ -90,7 +90,9 @@ class Exchange:
         records = []
         if not self.decided:
             records.append(self._decision(refusal.decision, refusal.status, reason=refusal.reason))
-        records.append(self.finish(refusal.status, reason=refusal.reason))
+        # The status sent, and the refusal's own when Ray's job client is sent another (gateway/refusals.py).
+        refused = refusal.status if refusal.sent_status != refusal.status else None
+        records.append(self.finish(refusal.sent_status, reason=refusal.reason, refusal_status=refused))
         await asyncio.gather(*records)
 
     async def settle(self, status: int, reason: str) -> None:
