@@ -151,11 +151,11 @@ def test_whoami_and_logout_elsewhere_go_through_the_gateway(cluster: Cluster, tm
     laptop = Machine(cluster, tmp_path / "laptop", state_here=False)
     added = _add(cluster, "user", "dan2p")
     laptop.run("login", cluster.url, "--code", added["code"], "--ca-fingerprint", added["ca_fingerprint"], check=True)
-    laptop.run("token", check=True)  # a cached bearer token, revoked with the certificate
-    folder = laptop.home / "profiles" / f"{TD}-dan2p"
+    laptop.run("job", "list", check=True)  # job commands cache a bearer token: logout revokes it too
+    me = json.loads(laptop.run("whoami", "--json", check=True).stdout)
+    folder = laptop.home / "profiles" / me["profile"]
     cert = (str(folder / "client.crt"), str(folder / "client.key"))
     token = json.loads((folder / "token.json").read_text())
-    me = json.loads(laptop.run("whoami", "--json", check=True).stdout)
     assert me["gateway_check"] == "accepted" and me["groups"] == ["developers"]  # the gateway's view
     view = me["gateway_view"]
     assert view["identity"] == f"spiffe://{TD}/user/dan2p" and view["auth_method"] == "certificate"
@@ -176,9 +176,9 @@ def test_logout_when_the_gateway_is_unreachable_says_until_when_the_certificate_
     laptop = Machine(cluster, tmp_path / "laptop", state_here=False)
     added = _add(cluster, "user", "dan3p")
     laptop.run("login", cluster.url, "--code", added["code"], "--ca-fingerprint", added["ca_fingerprint"], check=True)
-    profile = laptop.home / "profiles" / f"{TD}-dan3p" / "profile.json"
+    me = json.loads(laptop.run("whoami", "--json", "--offline", check=True).stdout)
+    profile, serial = laptop.home / "profiles" / me["profile"] / "profile.json", me["certificate_serial"]
     meta = json.loads(profile.read_text())
-    serial = json.loads(laptop.run("whoami", "--json", "--offline", check=True).stdout)["certificate_serial"]
     profile.write_text(json.dumps({**meta, "gateway_url": "https://127.0.0.1:9"}))  # nothing listens there
     out = laptop.run("logout", check=True)
     flat = " ".join(out.stdout.split())
