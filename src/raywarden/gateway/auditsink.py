@@ -1,8 +1,8 @@
 """Where the gateway's records go: the decision record is awaited until durable, the outcome record joins the
 next group commit without delaying the answer (docs/audit.md, "Durability").
 
-A worker of a multi-process gateway writes through ``raywarden.audit.service.AuditClient`` (one writer for
-all workers); a single process, as in the offline tests, through ``LocalAudit`` around its own ``AuditLog``.
+Every gateway process (each worker, and the single process of the offline tests) writes through
+``LocalAudit`` around its own ``AuditLog``; the log serialises its writers across processes (audit/writer.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The gateway's supervisor: the process `raywarden up` starts, `status` reports and `down` stops.
 
-It binds the listener once and starts one worker process per core (gateway/worker.py) on that shared socket;
-it is the single writer of the audit log for all of them (raywarden.audit.service: their records share one
-group commit); it loads and validates the policy set and hands the same set to every worker, at start and on
-SIGHUP (`raywarden policy reload`), recording the reload only once every worker has it in force; it restarts
-a worker that dies; and it serves the gateway's metrics, summed over the workers, on a loopback port.
-docs/architecture.md, "Workers".
+It binds the listener once and starts one worker process per core (gateway/worker.py) on that shared socket.
+Each worker appends to the cluster's one audit log itself (bench/audit_workers_bench.py measured that against
+one writer process fed over sockets: docs/audit.md). The supervisor loads and validates the policy set and
+hands the same set to every worker, at start and on SIGHUP (`raywarden policy reload`), recording the reload
+only once every worker has it in force; it restarts a worker that dies; and it serves the gateway's metrics,
+summed over the workers, on a loopback port. docs/architecture.md, "Workers".
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raywarden.audit import AuditLog
-from raywarden.audit.service import AuditService
 from raywarden.errors import ClusterError, RaywardenError
 from raywarden.files import ensure_private_dir, write_private
 from raywarden.gateway.auditwriter import open_gateway_audit
@@ -125,11 +124,10 @@ class Supervisor:
 
     async def _main(self, audit: AuditLog, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        service = AuditService(audit)
         metrics = MetricsServer.start(self.state, self.metrics_port, lambda: [w.pid for w in self.workers])
         try:
             for _ in range(self.count):
-                self.workers.append(await self._spawn(service, listener))
+                self.workers.append(await self._spawn(listener))
             await asyncio.gather(*(self._ready(w, READY_TIMEOUT_S) for w in self.workers))
             self._write_workers_file()
             await audit.append_async(
@@ -146,7 +144,7 @@ class Supervisor:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stopping.set)
             while not self._stopping.is_set():
-                await self._watch(service, listener, audit)
+                await self._watch(listener, audit)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 0.25)
         finally:
@@ -168,15 +166,12 @@ class Supervisor:
                 worker.proc.wait()
             for task in worker.tasks:
                 task.cancel()
-        # Their last outcome records reached the writer before their connections closed: let them land.
-        await asyncio.sleep(0)
 
     # -- workers ---------------------------------------------------------------------------------------------
 
-    async def _spawn(self, service: AuditService, listener: socket.socket) -> Worker:
-        audit_mine, audit_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    async def _spawn(self, listener: socket.socket) -> Worker:
         control_mine, control_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = WorkerFds(listener.fileno(), audit_theirs.fileno(), control_theirs.fileno())
+        fds = WorkerFds(listener.fileno(), control_theirs.fileno())
         argv = [
             sys.executable,
             "-m",
@@ -191,15 +186,13 @@ class Supervisor:
         argv += ["--worker-fds", str(fds)]
         try:
             proc = subprocess.Popen(
-                argv, pass_fds=(fds.listener, fds.audit, fds.control), stdin=subprocess.DEVNULL, close_fds=True
+                argv, pass_fds=(fds.listener, fds.control), stdin=subprocess.DEVNULL, close_fds=True
             )
         finally:
-            audit_theirs.close()
             control_theirs.close()
         self._last_start = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=control_mine, limit=MAX_CONTROL_LINE)
         worker = Worker(proc, writer, time.monotonic())
-        worker.tasks.append(asyncio.get_running_loop().create_task(service.serve(audit_mine)))
         worker.tasks.append(asyncio.get_running_loop().create_task(_read_acks(reader, worker.acks)))
         _send(writer, self._policy)
         return worker
@@ -219,7 +212,7 @@ class Supervisor:
         except TimeoutError:
             return {"error": f"no answer within {timeout:g}s"}
 
-    async def _watch(self, service: AuditService, listener: socket.socket, audit: AuditLog) -> None:
+    async def _watch(self, listener: socket.socket, audit: AuditLog) -> None:
         """Restart workers that died (not while stopping), recording each exit."""
         for index, worker in enumerate(self.workers):
             code = worker.proc.poll()
@@ -227,15 +220,15 @@ class Supervisor:
                 continue
             if time.monotonic() - self._last_start < RESTART_BACKOFF_S:
                 return
-            for task in worker.tasks[1:]:
-                task.cancel()  # its audit connection stays until the worker's last records are read
+            for task in worker.tasks:
+                task.cancel()
             with contextlib.suppress(ImportError):
                 from prometheus_client import multiprocess
 
                 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
             await audit.append_async({"kind": "gateway", "event": "worker_exit", "pid": worker.pid, "code": code})
-            replacement = await self._spawn(service, listener)
+            replacement = await self._spawn(listener)
             self.workers[index] = replacement
             await self._ready(replacement, READY_TIMEOUT_S)
             self._write_workers_file()

@@ -1,9 +1,10 @@
 """One worker process of the gateway: the whole app, serving connections from the listener it shares with the
-other workers, writing its records through the supervisor's audit writer, and taking its policy set from the
-supervisor (docs/architecture.md, "Workers").
+other workers, appending to the cluster's one audit log with its own writer (``flock`` and the chain head
+picked up from disk: audit/writer.py), and taking its policy set from the supervisor (docs/architecture.md,
+"Workers").
 
-The supervisor hands each worker three descriptors: the listening socket, its end of the audit connection
-(raywarden.audit.service) and its end of the control connection, where policy sets arrive as JSON lines
+The supervisor hands each worker two descriptors: the listening socket and its end of the control
+connection, where policy sets arrive as JSON lines
 (``{"op": "policy", "files": [[name, text], ...], "cluster": {...}}``) and the worker answers
 ``{"op": "policy", "version": V}`` once the set is in force (or ``"error"``). When the control connection
 closes, the supervisor is gone and the worker stops.
@@ -20,9 +21,10 @@ from typing import Any
 
 import uvicorn
 
-from raywarden.audit.service import AuditClient
 from raywarden.errors import RaywardenError
 from raywarden.gateway.app import GatewayApp
+from raywarden.gateway.auditsink import LocalAudit
+from raywarden.gateway.auditwriter import open_gateway_audit
 from raywarden.gateway.server import build_app, server_config
 from raywarden.gateway.tls import server_context
 from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyEngine
@@ -35,16 +37,15 @@ MAX_CONTROL_LINE = 64 * 1024 * 1024  # a policy set, whole
 @dataclass(frozen=True)
 class WorkerFds:
     listener: int
-    audit: int
     control: int
 
     @classmethod
     def parse(cls, text: str) -> WorkerFds:
-        listener, audit, control = (int(part) for part in text.split(","))
-        return cls(listener, audit, control)
+        listener, control = (int(part) for part in text.split(","))
+        return cls(listener, control)
 
     def __str__(self) -> str:
-        return f"{self.listener},{self.audit},{self.control}"
+        return f"{self.listener},{self.control}"
 
 
 def engine_from_message(message: dict[str, Any]) -> PolicyEngine:
@@ -66,8 +67,8 @@ def run_worker(state: StateDir, dashboard_url: str, prometheus_url: str | None, 
 async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds) -> None:
     config = state.load_config()
     listener = socket.socket(fileno=fds.listener)
-    audit = AuditClient(socket.socket(fileno=fds.audit))
-    await audit.start()
+    audit_log = open_gateway_audit(state, config)
+    audit = LocalAudit(audit_log)
     control_reader, control_writer = await asyncio.open_unix_connection(
         sock=socket.socket(fileno=fds.control), limit=MAX_CONTROL_LINE
     )
@@ -89,7 +90,8 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
         await server.serve(sockets=[listener])
     finally:
         control.cancel()
-        await audit.close()
+        await audit.drain()
+        await asyncio.to_thread(audit_log.close)
 
 
 async def _next_policy(reader: asyncio.StreamReader) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""One audit writer for several processes: the gateway's workers send records over a local socket to the
-process that holds the log, whose writer thread group-commits everything that arrived meanwhile, from every
-worker, with one write and one fsync (docs/audit.md, "Several gateway workers").
+"""The alternative bench/audit_workers_bench.py measures against the gateway's choice (each worker its own
+writer of the one log, docs/audit.md "Several gateway workers"): one writer process fed over local sockets,
+whose writer thread group-commits what every worker sent meanwhile with one write and one fsync.
 
 The wire format is one JSON object per line: ``{"i": N, "r": RECORD}`` to the writer, ``{"i": N, "s": SEQ}``
 (durable) or ``{"i": N, "e": MESSAGE, "h": HINT, "k": "record"|"unavailable"}`` back, in any order. A worker
