@@ -9,6 +9,7 @@ Both carry the request's W3C trace (gateway/trace.py).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from raywarden.policy.engine import PolicyEngine
 # Field names avoid "token"/"credential", which the audit writer redacts as secrets.
 _CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti", "session": "session_ref"}
 MAX_RAW_IN_RECORD = 512
+# Which gateway worker decided (several share the listener): after a crash, whose requests were in flight.
+_PID = os.getpid()
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Exchange:
             "decision": decision,
             "status": status,
             "latency_ms": self.elapsed_ms(),
+            "gateway_pid": _PID,
             **self.trace.audit_fields(),
         }
         if self.target is not None and self.target.query and self.route is not None:

@@ -63,6 +63,11 @@ AUDIT_PENDING_OUTCOMES = Gauge(
 )
 
 
+UPSTREAM_ERROR_KINDS = ("connect", "request", "status", "body", "websocket")
+for _kind in UPSTREAM_ERROR_KINDS:  # present at 0 from the start, so that a rate can be taken at once
+    UPSTREAM_ERRORS.labels(_kind)
+
+
 def upstream_error(kind: str) -> None:
     UPSTREAM_ERRORS.labels(kind).inc()
 

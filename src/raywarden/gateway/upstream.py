@@ -57,6 +57,11 @@ class UpstreamStream:
     _response: aiohttp.ClientResponse
     _on_error: Callable[[str], None]
 
+    @property
+    def length(self) -> int | None:
+        """The body's declared length (None: chunked, or not said)."""
+        return self._response.content_length
+
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):

@@ -41,6 +41,8 @@ from raywarden.gateway.upstream import AnswerTooLarge, Body, Upstream, UpstreamR
 from raywarden.policy.engine import Entity
 
 Filter = Callable[[bytes], tuple[bytes, dict[str, int]]]
+# An unfiltered answer this small, of a declared length, is relayed whole: streaming it costs more than it saves.
+SMALL_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,10 @@ async def forward(
     answer = await services.upstream.open(
         method, path, query, headers, body, traceparent=ex.trace.traceparent, timing=lambda t: ex.spent("upstream", t)
     )
-    if keep is None:
+    if keep is None and (answer.length is None or answer.length > SMALL_ANSWER_BYTES):
         return streamed(ex, answer)
     try:
-        data = await answer.read(services.max_filtered_bytes)
+        data = await answer.read(services.max_filtered_bytes if keep is not None else SMALL_ANSWER_BYTES)
     except AnswerTooLarge as exc:
         raise responses.Refusal(
             502,
