@@ -249,7 +249,7 @@ async def fill():
             client.put_info(f"bench-{i:05d}", JobInfo(
                 status=JobStatus.SUCCEEDED, entrypoint=f"python train.py --run {i}", message="done",
                 start_time=now - 60000, end_time=now, metadata={"raywarden.owner": owners[i % len(owners)]},
-                runtime_env={"env_vars": {"RUN": str(i)}}, submission_id=f"bench-{i:05d}"))
+                runtime_env={"env_vars": {"RUN": str(i)}}))
             for i in range(start, min(count, start + 200))))
 asyncio.run(fill())
 """
@@ -322,6 +322,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per throughput window")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=0, help="also time a developer's list of this many jobs")
+    parser.add_argument("--skip-table", action="store_true", help="only the job list (with --jobs)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="rw-bench-"))
@@ -369,8 +370,9 @@ def main() -> None:
             )
         workers = json.loads(workers_file(state).read_text())["workers"]
         print(f"new gateway: {len(workers)} workers; job {job}", file=sys.stderr)
-        asyncio.run(measure(targets, job, args.rounds, args.requests, args.seconds, args.clients))
-        report(targets, args.clients)
+        if not args.skip_table:
+            asyncio.run(measure(targets, job, args.rounds, args.requests, args.seconds, args.clients))
+            report(targets, args.clients)
         if args.jobs:
             job_list_scale(state, targets[0], targets[1], args.jobs, url, root)
         print(f"\nload average after: {os.getloadavg()}")

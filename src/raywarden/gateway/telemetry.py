@@ -85,6 +85,7 @@ class RequestMetrics:
         LATENCY.observe(elapsed_s)
         for stage, seconds in ex.stages.items():
             STAGE_LATENCY.labels(stage).observe(seconds)
+        AUDIT_PENDING_OUTCOMES.set(ex.audit.queued)
         self._cache_counts(ex.engine.cache)
 
     def _cache_counts(self, cache: DecisionCache) -> None:
