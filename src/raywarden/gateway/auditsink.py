@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from raywarden.audit import AuditLog
+from raywarden.audit import AuditLog, AuditUnavailable
 
 log = logging.getLogger("raywarden.gateway")
 
@@ -35,17 +35,34 @@ class AuditSink(Protocol):
 
 
 class LocalAudit:
-    """The gateway's records written by this process's own ``AuditLog`` (its writer thread)."""
+    """The gateway's records written by this process's own ``AuditLog`` (its writer thread).
 
-    def __init__(self, audit: AuditLog) -> None:
+    A log that failed (disk full, I/O error) fails closed for good. With several workers, ``on_failed`` tells
+    the others (through the supervisor), and ``fail`` is how they hear it: then every worker refuses, not
+    only the one whose write failed, until the gateway is restarted."""
+
+    def __init__(self, audit: AuditLog, on_failed: Callable[[str], None] | None = None) -> None:
         self.log = audit
         self._later: set[asyncio.Task[int]] = set()
+        self._on_failed = on_failed
+        self._failure: str | None = None
+
+    def fail(self, reason: str) -> None:
+        self._failure = reason
 
     async def append_async(self, record: Mapping[str, Any]) -> int:
-        return await self.log.append_async(record)
+        if self._failure is not None:
+            raise AuditUnavailable(self._failure, hint="another gateway worker could not write the audit log")
+        try:
+            return await self.log.append_async(record)
+        except AuditUnavailable as exc:
+            if self.log.failed and self._on_failed is not None and self._failure is None:
+                self._failure = exc.message.removeprefix("audit log unavailable: ")
+                self._on_failed(self._failure)
+            raise
 
     def append_later(self, record: Mapping[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self.log.append_async(record))
+        task = asyncio.get_running_loop().create_task(self.append_async(record))
         self._later.add(task)
         task.add_done_callback(self._done)
 

@@ -88,7 +88,7 @@ def load_policies(state: StateDir, audit: AuditLog) -> PolicyEngine:
     return engine
 
 
-def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext) -> uvicorn.Config:
+def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext, http: str = "auto") -> uvicorn.Config:
     """uvicorn's settings for the gateway. Forwarded headers (X-Forwarded-For, -Proto) choose the client's
     address only on connections from ``trusted_proxies``; by default none is trusted, whatever uvicorn's own
     defaults (loopback) or FORWARDED_ALLOW_IPS say."""
@@ -96,7 +96,7 @@ def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext) -
         app,
         host=config.listen.host,
         port=config.listen.port,
-        http=http_protocol(),
+        http=http_protocol(http),
         ws="wsproto",
         lifespan="on",
         access_log=False,

@@ -193,7 +193,7 @@ class Supervisor:
         self._last_start = time.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=control_mine, limit=MAX_CONTROL_LINE)
         worker = Worker(proc, writer, time.monotonic())
-        worker.tasks.append(asyncio.get_running_loop().create_task(_read_acks(reader, worker.acks)))
+        worker.tasks.append(asyncio.get_running_loop().create_task(self._read(reader, worker.acks)))
         _send(writer, self._policy)
         return worker
 
@@ -245,6 +245,19 @@ class Supervisor:
         }
         write_private(workers_file(self.state), (json.dumps(info, indent=2) + "\n").encode())
 
+    async def _read(self, reader: asyncio.StreamReader, acks: asyncio.Queue[dict[str, Any]]) -> None:
+        """A worker's messages: policy acknowledgements, and a failed audit log, which every worker is told of
+        so that all of them refuse (fail closed) until the gateway is restarted."""
+        with contextlib.suppress(OSError, ValueError):
+            while line := await reader.readline():
+                message = json.loads(line)
+                if message.get("op") == "audit_failed":
+                    log.error("a worker's audit log failed (%s): every worker refuses requests", message.get("reason"))
+                    for worker in self.workers:
+                        _send(worker.control, message)
+                else:
+                    acks.put_nowait(message)
+
     # -- policy reload ---------------------------------------------------------------------------------------
 
     async def _reload(self, audit: AuditLog) -> None:
@@ -286,12 +299,6 @@ class Supervisor:
                     "restarted": lagging,
                 }
             )
-
-
-async def _read_acks(reader: asyncio.StreamReader, acks: asyncio.Queue[dict[str, Any]]) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        while line := await reader.readline():
-            acks.put_nowait(json.loads(line))
 
 
 def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

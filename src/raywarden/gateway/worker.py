@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ from raywarden.state import StateDir
 
 log = logging.getLogger("raywarden.gateway")
 MAX_CONTROL_LINE = 64 * 1024 * 1024  # a policy set, whole
+# For measuring (bench/gateway_bench.py --variant): asyncio's own loop and h11 instead of uvloop and httptools.
+LOOP_ENV = "RAYWARDEN_GATEWAY_LOOP"
+HTTP_ENV = "RAYWARDEN_GATEWAY_HTTP"
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,14 @@ def engine_from_message(message: dict[str, Any]) -> PolicyEngine:
 
 
 def run_worker(state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds) -> None:
-    try:
-        import uvloop
+    loop_factory: Any = None  # asyncio's own loop when uvloop is missing or not wanted
+    if os.environ.get(LOOP_ENV, "uvloop") != "asyncio":
+        try:
+            import uvloop
 
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:  # uvloop is optional: asyncio's own loop then
-        loop_factory = None
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_serve(state, dashboard_url, prometheus_url, fds))
 
@@ -68,9 +74,11 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
     config = state.load_config()
     listener = socket.socket(fileno=fds.listener)
     audit_log = open_gateway_audit(state, config)
-    audit = LocalAudit(audit_log)
     control_reader, control_writer = await asyncio.open_unix_connection(
         sock=socket.socket(fileno=fds.control), limit=MAX_CONTROL_LINE
+    )
+    audit = LocalAudit(
+        audit_log, on_failed=lambda reason: _reply(control_writer, {"op": "audit_failed", "reason": reason})
     )
     first = await _next_policy(control_reader)
     engine = engine_from_message(first)
@@ -84,8 +92,9 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
         except RaywardenError as exc:
             log.error("could not record a refused handshake: %s", exc.message)
 
-    server = uvicorn.Server(server_config(app, config, server_context(state, on_refused=handshake_refused)))
-    control = asyncio.get_running_loop().create_task(_control(app, server, control_reader, control_writer))
+    tls = server_context(state, on_refused=handshake_refused)
+    server = uvicorn.Server(server_config(app, config, tls, http=os.environ.get(HTTP_ENV, "auto")))
+    control = asyncio.get_running_loop().create_task(_control(app, audit, server, control_reader, control_writer))
     try:
         await server.serve(sockets=[listener])
     finally:
@@ -103,12 +112,20 @@ async def _next_policy(reader: asyncio.StreamReader) -> dict[str, Any]:
 
 
 async def _control(
-    app: GatewayApp, server: uvicorn.Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    app: GatewayApp,
+    audit: LocalAudit,
+    server: uvicorn.Server,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> None:
-    """Policy sets from the supervisor, each swapped in whole; the end of the connection stops the worker."""
+    """Policy sets from the supervisor, each swapped in whole; another worker's failed audit log, which fails
+    this one's too; the end of the connection stops the worker."""
     try:
         while line := await reader.readline():
             message = json.loads(line)
+            if message.get("op") == "audit_failed":
+                audit.fail(str(message.get("reason")))
+                continue
             if message.get("op") != "policy":
                 continue
             try:
