@@ -104,3 +104,13 @@ def test_a_filtered_answer_over_the_cap_is_a_502_with_a_hint(gateway: Gateway) -
     assert resp.status_code == 502
     assert "too large" in resp.json()["error"] and "max_filtered_answer_bytes" in resp.json()["hint"]
     assert gateway.audited(resp.headers["x-request-id"], "allow", 502)
+
+
+def test_another_workers_failed_audit_log_fails_this_one(gateway: Gateway) -> None:
+    admin = gateway.bearer("admin")
+    assert gateway.client.get("/api/version", headers=admin).status_code == 200
+    before = len(gateway.ray.received)
+    gateway.app.audit.fail("cannot write audit-000000000000.jsonl: No space left on device")  # type: ignore[attr-defined]
+    resp = gateway.client.get("/api/version", headers=admin)
+    assert resp.status_code == 503 and "audit log unavailable" in resp.json()["error"]
+    assert gateway.ray.received[before:] == []  # nothing forwarded unrecorded
