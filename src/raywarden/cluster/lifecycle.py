@@ -144,7 +144,7 @@ def up(
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
         gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url, gateway_metrics)
-        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
+        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S, node_ip or HEAD_ADDRESS)
         # Ray has made its session, sockets, logs and runtime-env folders 0777 by now: only its user may enter.
         raydir.tighten(files)
         progress("checking Ray's listeners")
