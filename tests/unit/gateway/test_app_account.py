@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import jwt
 import pytest
@@ -20,10 +21,11 @@ from cryptography.x509.oid import NameOID
 
 from raywarden.errors import AuthenticationError
 from raywarden.gateway.authn import Authenticator
+from raywarden.gateway.handlers import websocket
 from raywarden.pki import ca_keys
 from raywarden.pki.certs import serial_hex
 from raywarden.pki.keys import generate_private_key
-from tests.unit.gateway.conftest import TD, Gateway, spiffe
+from tests.unit.gateway.conftest import TD, WS_URL, Gateway, spiffe
 
 pytestmark = pytest.mark.unit
 
@@ -202,3 +204,55 @@ def test_a_revoked_certificate_on_a_kept_connection_is_told_it_is_revoked(gatewa
         resp = gateway.client.get(WHOAMI)
     assert resp.status_code == 401 and resp.json()["reason"] == f"your client certificate {_serial(der)} is revoked"
     assert json.dumps(resp.json()).count("revoked") == 1
+
+
+def _tail_until_closed(gateway: Gateway, job: str, headers: dict[str, str] | None = None) -> int:
+    """Follow a job's log tail until the gateway closes it: the close code."""
+    with gateway.client.websocket_connect(f"{WS_URL}/api/jobs/{job}/logs/tail", headers=headers or {}) as ws:
+        assert ws.receive_text() == f"tail of {job}\n"
+        while True:
+            message = ws.receive()
+            if message["type"] == "websocket.close":
+                return int(message["code"])
+
+
+def _tail_outcome(gateway: Gateway, job: str) -> dict[str, Any]:
+    decision = [r for r in gateway.records() if r.get("path") == f"/api/jobs/{job}/logs/tail"][-1]
+    assert decision["decision"] == "allow"
+    deadline = time.monotonic() + 10  # the outcome record is written after the socket closed
+    while time.monotonic() < deadline:
+        records = gateway.records_of(decision["request_id"])
+        if records[-1]["kind"] == "outcome":
+            return records[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no outcome record for the tail of {job}")
+
+
+def test_a_log_tail_ends_when_its_certificate_expires(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logs --follow` outlives the handshake too: the tail is closed (1008) when the certificate expires."""
+    # Valid for one more second: issued an hour ago, for an hour.
+    with _clock_at(monkeypatch, dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1, seconds=-1)):
+        der = gateway.certificate("tailer", "developers")
+    gateway.ray.add_job("endless-1", spiffe("tailer"))
+    with gateway.with_certificate(der):
+        assert _tail_until_closed(gateway, "endless-1") == 1008
+    outcome = _tail_outcome(gateway, "endless-1")
+    assert outcome["closed_by"] == "credential" and "expired" in outcome["reason"]
+
+
+def test_a_log_tail_ends_when_its_token_is_revoked(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(websocket, "RECHECK_EVERY_S", 0.2)
+    token = gateway.bearer("follower", "developers")
+    gateway.ray.add_job("endless-2", spiffe("follower"))
+    jti = _jti(token)
+    with gateway.client.websocket_connect(f"{WS_URL}/api/jobs/endless-2/logs/tail", headers=token) as ws:
+        assert ws.receive_text() == "tail of endless-2\n"
+        assert ws.receive_text() == "more\n"  # still following
+        gateway.store.revoke_token(jti, "test")
+        code = None
+        while code is None:
+            message = ws.receive()
+            code = message.get("code") if message["type"] == "websocket.close" else None
+    assert code == 1008
+    outcome = _tail_outcome(gateway, "endless-2")
+    assert outcome["closed_by"] == "credential" and "revoked" in outcome["reason"]

@@ -68,11 +68,9 @@ class Handler(Protocol):
 async def authenticate(services: Services, ex: Exchange, scope: Scope, *, session: bool) -> Identity:
     """The caller's identity (noted on the exchange), or a 401 whose reason stays in the audit log (the
     caller is told only what a credential's holder may know: that it expired, is revoked)."""
-    der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
-    cookie = session_cookie(header(scope, b"cookie")) if session else None
     started = time.monotonic()
     try:
-        ex.identity = await services.authenticator.authenticate(der, header(scope, b"authorization"), cookie)
+        ex.identity = await credential_of(services, scope, session=session)
     except MissingCredential as exc:
         raise responses.Refusal(
             401, "authentication required", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL
@@ -89,6 +87,14 @@ async def authenticate(services: Services, ex: Exchange, scope: Scope, *, sessio
     finally:
         ex.spent("authentication", started)
     return ex.identity
+
+
+async def credential_of(services: Services, scope: Scope, *, session: bool) -> Identity:
+    """Authenticate the credential the request (or WebSocket) presents: its connection's client certificate,
+    its Authorization header, or its session cookie where the route takes one. Raises AuthenticationError."""
+    der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
+    cookie = session_cookie(header(scope, b"cookie")) if session else None
+    return await services.authenticator.authenticate(der, header(scope, b"authorization"), cookie)
 
 
 async def body_of(services: Services, request: Request, route: Route) -> bytes | None:
