@@ -93,9 +93,13 @@ def _decisions(cluster: Cluster, request_ids: set[str]) -> list[dict[str, Any]]:
 def _resumed(cluster: Cluster, ctx: ssl.SSLContext, sessions: list[ssl.SSLSession]) -> ssl.SSLSocket:
     """A connection that resumed one of ``sessions``. Each worker process keeps its own session keys, so a
     resumption succeeds only on the worker that issued the session; on another the client falls back to a full
-    handshake with the expired certificate, which TLS refuses (closed here before any request)."""
+    handshake with the expired certificate, which TLS refuses (in TLS 1.3 at the first read, so such a connection
+    is closed here before any request)."""
     for attempt in range(RESUME_ATTEMPTS):
-        tls = _connect(cluster, ctx, session=sessions[attempt % len(sessions)])
+        try:
+            tls = _connect(cluster, ctx, session=sessions[attempt % len(sessions)])
+        except (ssl.SSLError, ConnectionError):
+            continue  # TLS 1.2: that full handshake itself failed
         if tls.session_reused:
             return tls
         tls.close()
