@@ -195,7 +195,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         if code is not None:
             raise ClusterError(
                 f"Ray exited during start-up (exit code {code})",
-                hint=f"see {state.ray_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
+                hint=f"see {raydir.start_log(state.ray_dir)} and the logs under {state.ray_temp_dir}",
             )
         try:
             resp = requests.get(
@@ -218,7 +218,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         time.sleep(0.3)
     raise ClusterError(
         f"Ray's dashboard did not become ready within {timeout_s:.0f}s ({last})",
-        hint=f"see {state.ray_dir / 'ray-start.log'}",
+        hint=f"see {raydir.start_log(state.ray_dir)}",
     )
 
 

@@ -5,11 +5,11 @@ Layout (docs/threat-model.md), for a cluster whose Ray runs as a user of its own
     /var/lib/raywarden/            root, 0711
       ID/                          root, 0711: this cluster's runtime folder (outside the state dir)
         prometheus/                root, 0700: the cluster's Prometheus data (control plane)
+        ray-start.log              root, 0600: `ray start`'s output (Ray writes to the descriptor it inherits)
         ray/                       the Ray user, 0700: Ray's own folder
           node.crt node.key        the node's certificate and key (copies; the state dir keeps the originals)
           internal-ca.crt          the internal CA's certificate (never its key)
           ray-token                Ray's token
-          ray-start.log            `ray start`'s output
           home/                    HOME of Ray and its jobs
           tmp/                     Ray's temp dir (sessions, sockets, logs, jobs' working dirs)
 
@@ -18,8 +18,10 @@ credentials from the state dir, which it could read anyway.
 
 The control plane writes into Ray's folder only through new files it renames into place, and changes folders
 there only through directory descriptors opened without following links: a job may plant anything in Ray's
-folder, and no privileged call ever follows it. Ray opens its temp, session, sockets, logs and runtime-env
-folders to everyone (0777) whenever one of its processes starts; `tighten` hands them to root with Ray's
+folder, and no privileged call ever follows it or opens a name there. What the control plane itself writes
+(the start log) lives next to Ray's folder, where only it may create names. Ray opens its temp, session,
+sockets, logs and runtime-env folders to everyone (0777) whenever one of its processes starts; `tighten`
+hands them to root with Ray's
 group (0770), where Ray can still write but no longer chmod them.
 """
 
@@ -84,7 +86,13 @@ class RayFiles:
 
     @property
     def start_log(self) -> Path:
-        return self.folder / "ray-start.log"
+        return start_log(self.folder)
+
+
+def start_log(folder: Path) -> Path:
+    """`ray start`'s output: the control plane's file, in the folder around Ray's (never in Ray's own, where a job
+    could put a link in its place)."""
+    return folder.parent / "ray-start.log"
 
 
 def check_socket_room(temp_dir: Path) -> None:
@@ -117,6 +125,7 @@ def prepare(folder: Path, user: RayUser, *, cert: Path, key: Path, ca: Path, tok
     write_atomic(files.node_key, key.read_bytes(), mode=PRIVATE_FILE_MODE, owner=owner)
     write_atomic(files.token, token.read_bytes(), mode=PRIVATE_FILE_MODE, owner=owner)
     with _DirFd(os.open(folder, _DIR_FLAGS)) as top:
+        _unlink_quietly(top.fd, "ray-start.log")  # where earlier releases kept the start log
         with _DirFd(_subdir(top.fd, "home", user)) as home:
             os.fchown(home.fd, user.uid, user.gid)
             os.fchmod(home.fd, 0o700)
@@ -156,6 +165,12 @@ def tighten(files: RayFiles) -> None:
 
 def shared_folders(temp_dir: Path) -> list[Path]:
     """Folders under Ray's temp dir (down to where Ray makes them 0777) that others may write to."""
+    try:
+        top = os.lstat(temp_dir)
+    except OSError:
+        return []
+    if not stat.S_ISDIR(top.st_mode):
+        return [temp_dir] if stat.S_ISLNK(top.st_mode) else []  # a link planted in place of the temp dir
     found = []
     base = len(temp_dir.parts)
     for folder, dirs, _ in os.walk(temp_dir):
@@ -168,6 +183,13 @@ def shared_folders(temp_dir: Path) -> list[Path]:
         if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
             found.append(Path(folder))
     return found
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)  # unlink never follows a link
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        pass
 
 
 class _DirFd:
