@@ -74,6 +74,18 @@ def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
         env["HOME"] = os.environ.get("HOME", str(files.home))
     else:
         env.update({"HOME": str(files.home), "USER": files.user.name, "LOGNAME": files.user.name})
+        # No installer Ray runs for a runtime_env reads config a job could have written (docs/threat-model.md):
+        # HOME is root's and read-only; pip skips per-user config while PIP_CONFIG_FILE exists, uv reads none.
+        env.update(
+            {
+                "XDG_CONFIG_HOME": str(files.home / ".config"),
+                "XDG_CACHE_HOME": str(files.cache),
+                "PIP_CONFIG_FILE": str(files.pip_config),
+                "PIP_NO_CACHE_DIR": "1",
+                "UV_NO_CONFIG": "1",
+                "UV_NO_CACHE": "1",
+            }
+        )
     env.update(
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
