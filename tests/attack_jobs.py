@@ -27,7 +27,12 @@ def submit(
     }
     if runtime_env:
         body["runtime_env"] = runtime_env
-    resp = requests.post(f"{cluster.url}/api/jobs/", json=body, cert=cert, verify=cluster.ca, timeout=60)
+    for _ in range(30):
+        resp = requests.post(f"{cluster.url}/api/jobs/", json=body, cert=cert, verify=cluster.ca, timeout=60)
+        # Right after `up` on a loaded host Ray's head may not have its job agent yet (Ray answers 500/503).
+        if "No available agent" not in resp.text:
+            break
+        time.sleep(2)
     assert resp.status_code == 200, resp.text
     return sid
 
