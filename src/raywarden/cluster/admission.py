@@ -6,7 +6,6 @@ the Ray head, because it decides what reaches Ray.
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import secrets
 from typing import Any
@@ -23,7 +22,7 @@ from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import ClusterConfig, StateDir, trusted_ca_file
 
 MAX_CSR_BYTES = 4096
 
@@ -97,7 +96,7 @@ def admit(
     cert = internal.issue(
         public_key,
         spiffe,
-        lifetime=dt.timedelta(days=config.node_cert_days),
+        lifetime=config.node_cert_ttl,
         server=True,
         client=True,
         ip_addresses=(address,),
@@ -120,7 +119,7 @@ def admit(
         "spiffe_id": str(spiffe),
         "trust_domain": config.trust_domain,
         "node_cert_pem": cert_pem(cert).decode(),
-        "internal_ca_pem": state.internal_ca_cert.read_text(),
+        "internal_ca_pem": trusted_ca_file(state, "internal").read_text(),
         "ray_token": read_private(state.ray_token).decode().strip(),
         "node_secret": node_secret.reveal(),
         "gcs_address": plan["gcs_address"],

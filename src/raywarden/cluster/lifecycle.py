@@ -39,11 +39,11 @@ from raywarden.cluster.ray_head import (
     stop_head,
     wait_for_dashboard,
 )
-from raywarden.cluster.setup import gateway_url, issue_gateway_certificate
+from raywarden.cluster.setup import gateway_url, issue_gateway_certificate, reissue_head_certificate
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.pki.ca_keys import CertificateAuthority
-from raywarden.pki.certs import fingerprint, load_cert
+from raywarden.pki.certs import fingerprint, load_cert, serial_hex
 from raywarden.state import ClusterConfig, Listen, StateDir
 
 Progress = Callable[[str], None]
@@ -110,6 +110,9 @@ def up(
     config, user = privsep.choose_ray_user(state, config, ray_user=ray_user, shared_os_user=shared_os_user)
     if node_ip is not None:
         config = multinode.prepare_head(state, config, node_ip)
+    else:
+        reissue_head_certificate(state, config)
+    head_cert = load_cert(state.node_cert)
     for folder in (state.run_dir, state.logs_dir):
         ensure_private_dir(folder)
     files = prepare_ray_files(state, user)
@@ -200,6 +203,8 @@ def up(
                 "ray_uid": user.uid,
                 "control_plane_uid": os.geteuid(),
                 "shared_os_user": user.is_current,
+                "head_cert_serial": serial_hex(head_cert),
+                "head_cert_not_after": head_cert.not_valid_after_utc.isoformat(),
             }
         )
     finally:
