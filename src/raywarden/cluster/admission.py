@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raywarden.cluster import firewall
+from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.ports import WorkerPorts
 from raywarden.files import read_private
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
@@ -86,21 +87,12 @@ def admit(
     plan = head_plan(state)
     if address == plan["node_ip"]:
         raise NodeRegistryError(f"address {address} is the head's own", public="that is the head's address", status=409)
-    public_key = _csr_key(request.csr_pem)
+    public_key = csr_key(request.csr_pem)
     registry.check_admissible(request.name, address)
     token_id = registry.consume_token(Secret(request.token), used_by=f"{request.name}@{address}")
 
-    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
     spiffe = SpiffeId(config.trust_domain, "node", request.name)
-    # Ray's gRPC clients check the server certificate against the IP they dial: the node's address.
-    cert = internal.issue(
-        public_key,
-        spiffe,
-        lifetime=config.node_cert_ttl,
-        server=True,
-        client=True,
-        ip_addresses=(address,),
-    )
+    cert = issue_node_certificate(state, config, public_key, spiffe, address)
     node_secret = Secret(secrets.token_urlsafe(32))
     peers = [plan["node_ip"], *registry.active_addresses()]
     firewall.add_peer(firewall.table_name(state), address)
@@ -113,6 +105,7 @@ def admit(
         ports=request.ports.model_dump(),
         node_secret=node_secret,
         token_id=token_id,
+        cert_issued_at=Lifetime.of(cert).issued,
     )
     body = {
         "name": request.name,
@@ -125,6 +118,8 @@ def admit(
         "gcs_address": plan["gcs_address"],
         "head": plan,
         "peers": sorted(set(peers)),
+        # How long the node's drain before a restart may last (its agent renews the certificate; cluster/agent.py).
+        "drain_timeout_s": config.node_drain_timeout.total_seconds(),
     }
     audit = {
         "event": "node.join",
@@ -136,6 +131,17 @@ def admit(
         "ports": request.ports.model_dump(),
     }
     return body, audit
+
+
+def issue_node_certificate(
+    state: StateDir, config: ClusterConfig, public_key: ec.EllipticCurvePublicKey, spiffe: SpiffeId, address: str
+) -> x509.Certificate:
+    """A worker node's certificate, from the internal CA's current files (after a CA rotation: the new CA)."""
+    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
+    # Ray's gRPC clients check the server certificate against the IP they dial: the node's address.
+    return internal.issue(
+        public_key, spiffe, lifetime=config.node_cert_ttl, server=True, client=True, ip_addresses=(address,)
+    )
 
 
 def peers(state: StateDir, registry: NodeRegistry, auth: NodeAuth) -> dict[str, Any]:
@@ -164,7 +170,7 @@ def _address(text: str) -> str:
     return str(ip)
 
 
-def _csr_key(pem: str) -> ec.EllipticCurvePublicKey:
+def csr_key(pem: str) -> ec.EllipticCurvePublicKey:
     """Only the CSR's key is used (proof of possession by its signature); everything else comes from the head."""
     try:
         csr = x509.load_pem_x509_csr(pem.encode())

@@ -69,6 +69,8 @@ class RunState(BaseModel):
     # The OS user Ray runs as (absent from older run files: the control plane's own).
     ray_user: str | None = None
     ray_uid: int | None = None
+    # `up --num-cpus`, kept for restarts of the head's Ray (`cert rotate --head`).
+    num_cpus: int | None = None
 
 
 def _run_file(state: StateDir) -> Path:
@@ -80,6 +82,10 @@ def read_run_state(state: StateDir) -> RunState | None:
         return RunState.model_validate_json(_run_file(state).read_text())
     except FileNotFoundError:
         return None
+
+
+def write_run_state(state: StateDir, run: RunState) -> None:
+    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
 
 
 def up(
@@ -184,8 +190,9 @@ def up(
         metrics=metrics,
         ray_user=user.name,
         ray_uid=user.uid,
+        num_cpus=num_cpus,
     )
-    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
+    write_run_state(state, run)
     audit = open_cluster_audit(state, config)
     try:
         audit.append(
