@@ -96,8 +96,10 @@ class Listen(BaseModel):
 
 
 _DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_RE = re.compile(r"(?:(\d{1,9})([wdhms]))+")
-_DURATION_PART = re.compile(r"(\d{1,9})([wdhms])")
+# ASCII digits only: \d would also take other scripts' digits, which int() then reads.
+_DURATION_RE = re.compile(r"(?:([0-9]{1,9})([wdhms]))+")
+_DURATION_PART = re.compile(r"([0-9]{1,9})([wdhms])")
+MAX_DURATION_S = 100 * 366 * 86400
 DURATION_HINT = "a number and a unit, combined as needed: 90s, 2m, 12h, 30d, 1w, 1d12h"
 
 
@@ -107,7 +109,10 @@ def parse_duration(text: str) -> dt.timedelta:
     compact = text.strip().lower().replace(" ", "")
     if not compact or not _DURATION_RE.fullmatch(compact):
         raise ValueError(f"{text!r} is not a duration ({DURATION_HINT})")
-    return dt.timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact)))
+    seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than any lifetime raywarden takes (100 years)")
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(value: dt.timedelta) -> str:

@@ -143,9 +143,13 @@ def test_job_runs_tasks_pinned_to_each_node(mn: Setup) -> None:
 def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(mn: Setup) -> None:
     ray_user = pwd.getpwnam(REPORT["join"]["ray_user"])
     assert ray_user.pw_uid == REPORT["join"]["ray_uid"] != 0
-    pids = mn.net.pids("worker")
+    # Every process on the worker is Ray's, but one: the node agent, the control plane's (root), which holds the
+    # node secret and renews the certificate (cluster/agent.py).
+    agent = REPORT["join"]["agent_pid"]
+    pids = [pid for pid in mn.net.pids("worker") if pid != agent]
     uids = {pid: _uid_of(pid) for pid in pids}
     assert pids and set(uids.values()) == {ray_user.pw_uid}, uids
+    assert _uid_of(agent) == 0 and "raywarden.cluster.agent" in Path(f"/proc/{agent}/cmdline").read_text()
     worker_state = mn.root / "worker" / "state"
     # What Ray needs is in its own folder; the node secret, access CA and node.json stay in the state dir.
     ray_dir = runtime_dir_for(worker_state, separated=True) / "ray"
@@ -160,6 +164,7 @@ def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(
     secret_files = [
         worker_state / "keys" / "node-secret",
         worker_state / "node.json",
+        worker_state / "agent.json",
         worker_state / "pki" / "node.key",
     ]
     script = (

@@ -39,7 +39,12 @@ from raywarden.cluster.ray_head import (
     stop_head,
     wait_for_dashboard,
 )
-from raywarden.cluster.setup import gateway_url, issue_gateway_certificate, reissue_head_certificate
+from raywarden.cluster.setup import (
+    gateway_url,
+    issue_gateway_certificate,
+    reissue_head_certificate,
+    renew_gateway_certificate_if_due,
+)
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.pki.ca_keys import CertificateAuthority
@@ -138,6 +143,7 @@ def up(
         if prom_port is not None:
             firewall.add_ports(firewall.table_name(state), [prom_port])
     head: RayHead | None = None
+    gateway_renewal: tuple[str, x509.Certificate] | None = None
     gateway_pid: int | None = None
     prom: prometheus.Prometheus | None = None
     try:
@@ -147,6 +153,8 @@ def up(
         if prom_port is not None:
             prom = prometheus.spawn(state, prom_port, ports.metrics())
         head = spawn_head(state, ports, files, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
+        # A gateway certificate that came due while the cluster was down is renewed before the gateway starts.
+        gateway_renewal = renew_gateway_certificate_if_due(state)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
         gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url)
@@ -212,6 +220,7 @@ def up(
                 "shared_os_user": user.is_current,
                 "head_cert_serial": serial_hex(head_cert),
                 "head_cert_not_after": head_cert.not_valid_after_utc.isoformat(),
+                "gateway_cert_renewed_from": gateway_renewal[0] if gateway_renewal else None,
             }
         )
     finally:

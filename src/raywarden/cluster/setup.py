@@ -3,6 +3,7 @@ audit key, identity store) and the admin's client profile."""
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from dataclasses import dataclass
 
@@ -12,12 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import Profile, load_profile, profiles_dir, set_current
 from raywarden.cluster import pkilock
+from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.rayuser import DEFAULT_RAY_USER, can_switch_users
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
-from raywarden.pki.certs import cert_pem, fingerprint, serial_hex
+from raywarden.pki.certs import cert_pem, fingerprint, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import ClusterConfig, StateDir
@@ -143,6 +145,21 @@ def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: Ce
     picks them up for its next connections (gateway/tls.py)."""
     with pkilock.holding(state.renewal_lock):
         return write_gateway_certificate(state, config, access)
+
+
+def renew_gateway_certificate_if_due(
+    state: StateDir, now: dt.datetime | None = None
+) -> tuple[str, x509.Certificate] | None:
+    """A new gateway certificate if the current one is past 2/3 of its life, checked under the renewal lock so
+    that concurrent callers (several gateway processes, `up`) renew once. Returns (old serial, new
+    certificate), or None when it was not due."""
+    with pkilock.holding(state.renewal_lock):
+        current = load_cert(state.gateway_cert)
+        if not Lifetime.of(current).due(now):
+            return None
+        config = state.load_config()
+        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
+        return serial_hex(current), write_gateway_certificate(state, config, access)
 
 
 def write_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> x509.Certificate:

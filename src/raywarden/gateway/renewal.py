@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from raywarden.audit import AuditLog
-from raywarden.cluster import pkilock
 from raywarden.cluster.certlife import Lifetime, now_utc
-from raywarden.cluster.setup import write_gateway_certificate
+from raywarden.cluster.setup import renew_gateway_certificate_if_due
 from raywarden.errors import RaywardenError
 from raywarden.files import write_private
-from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import load_cert, serial_hex
 from raywarden.state import StateDir
 
@@ -45,14 +43,11 @@ class Renewed:
 def renew_if_due(state: StateDir, now: dt.datetime | None = None) -> Renewed | None:
     """Issue a new gateway certificate if the current one is past its renewal point (checked under the lock,
     so that concurrent callers renew once). Returns what was done, or None."""
-    with pkilock.holding(state.renewal_lock):
-        current = load_cert(state.gateway_cert)
-        if not Lifetime.of(current).due(now):
-            return None
-        config = state.load_config()
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
-        new = write_gateway_certificate(state, config, access)
-    return Renewed(serial_hex(current), serial_hex(new), new.not_valid_after_utc)
+    done = renew_gateway_certificate_if_due(state, now)
+    if done is None:
+        return None
+    old_serial, new = done
+    return Renewed(old_serial, serial_hex(new), new.not_valid_after_utc)
 
 
 def next_look(state: StateDir, now: dt.datetime | None = None) -> float:
