@@ -191,3 +191,47 @@ def test_a_job_runs_across_two_node_certificate_renewals_and_the_gateway_swaps_i
     assert {r["pid"] for r in swaps} == {gateway_pid} and {r["pid"] for r in issued} == {gateway_pid}
     assert [r["serial"] for r in issued][: len(fresh_serials) - 1] == fresh_serials[1:]
     REPORT["test_seconds"] = round(time.monotonic() - started, 1)
+
+
+def test_the_head_certificate_is_rotated_at_a_chosen_time_and_the_worker_rejoins(mn: Setup) -> None:
+    started = time.monotonic()
+    run = _run(mn)
+    old_head = serial_hex(load_cert(mn.head_state.node_cert))
+    # A running job is never ended without the operator saying so.
+    long_job = mn.cli(
+        "head", "job", "submit", "--no-wait", "--json", "--", "python", "-c", "import time; time.sleep(600)"
+    )
+    assert long_job.returncode == 0, long_job.stderr
+    job_id = json.loads(long_job.stdout)["submission_id"]
+    deadline = time.monotonic() + 120
+    while _job_status(mn, job_id) == "PENDING" and time.monotonic() < deadline:
+        time.sleep(2)
+    refused = mn.head("cert", "rotate", "--head", check=False)
+    assert refused.returncode == 1 and job_id in refused.stderr and "--force" in refused.stderr, refused.stderr
+    assert serial_hex(load_cert(mn.head_state.node_cert)) == old_head
+    mn.cli("head", "job", "stop", job_id, check=True, timeout=120)
+
+    rotated = json.loads(mn.head("cert", "rotate", "--head", "--json").stdout)
+    after = _run(mn)
+    assert rotated["old_serial"] == old_head and rotated["serial"] == serial_hex(load_cert(mn.head_state.node_cert))
+    assert rotated["ray_restarted"] is True and after["ray_pid"] == rotated["ray_pid"] != run["ray_pid"]
+    assert after["gateway_pid"] == run["gateway_pid"] == rotated["gateway_pid"]
+    assert after["ports"] == run["ports"]
+    # The worker's Ray lost its head; its node agent starts it again, and it takes work from the new head.
+    deadline = time.monotonic() + 240
+    while True:
+        result = mn.cli(
+            "head", "job", "submit", "--working-dir", str(netns.REPO / "tests/multinode/app"), "--", "python",
+            "pinned.py", timeout=240,
+        )  # fmt: skip
+        line = next((x for x in result.stdout.splitlines() if x.startswith("PINNED ")), "")
+        found = json.loads(line[len("PINNED ") :]) if line else {}
+        if len(found.get("nodes", {})) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert result.returncode == 0 and len(found["nodes"]) == 2, result.stdout + result.stderr
+    assert sorted(found["nodes"].values()) == [netns.ROLES["head"], netns.ROLES["worker"]]
+    assert sorted(found["ran_on"]) == sorted(found["nodes"])
+    records = [r for r in mn.audit() if r.get("event") == "cert.rotate" and r.get("certificate") == "head"]
+    assert records and records[-1]["serial"] == rotated["serial"] and records[-1]["gateway_pid"] == run["gateway_pid"]
+    REPORT["head_rotation"] = {**rotated, "worker_back_seconds": round(time.monotonic() - started, 1)}

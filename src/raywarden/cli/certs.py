@@ -72,21 +72,26 @@ def _print(entries: list[inventory.CertEntry], wide: bool) -> None:
     for e in entries:
         colour = HEALTH_COLOUR.get(e.health, "red")
         left = describe_left(dt.timedelta(seconds=e.seconds_left)) if e.not_after else ""
-        renews = e.renew_at[:19].replace("T", " ") if e.renew_at else "by hand"
+        label = e.kind if e.name in (e.kind, "current", "head", "gateway") else f"{e.kind} {e.name}"
         rows.append(
             [
-                escape(f"{e.kind} {e.name}" if e.name not in (e.kind, "current") else e.kind),
+                escape(label),
                 escape(e.serial),
                 escape(e.not_after[:19].replace("T", " ")),
                 escape(left),
-                escape(renews),
+                escape(e.renew_at[:19].replace("T", " ") if e.renew_at else e.renewal),
                 f"[{colour}]{escape(e.health)}[/]",
             ]
         )
-    print_rows(("certificate", "serial", "expires (UTC)", "left", "renews (UTC)", "state"), rows, wide=wide)
+    print_rows(
+        ("certificate", "serial", "expires (UTC)", "left", "renews (UTC) / how", "state"),
+        rows,
+        wrap=("renews (UTC) / how",),
+        wide=wide,
+    )
     for e in entries:
-        if e.health != "ok" or e.note:
-            console.print(f"  {e.kind} {e.name}: {e.note or e.health}; renewed {e.renewal}", markup=False)
+        if e.health != "ok" or "failed" in e.note:
+            console.print(f"  {e.kind} {e.name}: {e.health}; {e.note}; renewed {e.renewal}", markup=False)
 
 
 def _print_extra(extra: dict[str, Any]) -> None:

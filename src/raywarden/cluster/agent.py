@@ -42,7 +42,7 @@ from raywarden.pki.keys import generate_private_key, private_key_pem
 log = logging.getLogger("raywarden.agent")
 
 TICK_S = 2.0
-SYNC_EVERY_S = 30.0
+SYNC_EVERY_S = 60.0
 FIRST_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 300.0
 START_ATTEMPTS = 3

@@ -45,10 +45,18 @@ def rotate_head(state: StateDir, *, jobs_ended: list[str], progress: Progress = 
         progress(f"starting the head's Ray with certificate {serial_hex(new)} on the same ports")
         user = RayUser.lookup(run.ray_user) if run.ray_user else RayUser.current()
         files = prepare_ray_files(state, user)
+        raydir.forget_cluster_address(files)
         prom = prometheus.url(run.prometheus_port) if run.prometheus_port and run.prometheus_pid else None
         head = spawn_head(state, run.ports, files, num_cpus=run.num_cpus, node_ip=run.node_ip, prometheus_url=prom)
         write_run_state(state, run.model_copy(update={"ray_pid": head.pid}))
-        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
+        try:
+            wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
+        except ClusterError as exc:
+            raise ClusterError(
+                f"the head's Ray did not start again with certificate {serial_hex(new)}: {exc.message}",
+                hint=f"{exc.hint}; the gateway is still up: `raywarden down` then `raywarden up` starts the cluster "
+                "again (with this certificate)",
+            ) from None
         raydir.tighten(files)
         ray_pid = head.pid
     result = {

@@ -116,7 +116,7 @@ def head_inventory(state: StateDir, config: ClusterConfig, now: dt.datetime | No
     try:
         head = load_cert(state.node_cert)
         warn = max(HEAD_WARN)
-        how = "at `raywarden up` and `raywarden cert rotate --head` (restarts the head's Ray)"
+        how = "`raywarden cert rotate --head` (or `up`)"
         found.append(_manual("head node", "head", head, how, now, warn))
     except RaywardenError as exc:
         found.append(_unreadable("head node", "head", state.node_cert, exc.message))
@@ -151,7 +151,7 @@ def worker_inventory(node: NodeState, now: dt.datetime | None = None) -> list[Ce
         found.append(_unreadable("worker node", config.name, node.node_cert, exc.message))
     try:
         for ca in x509.load_pem_x509_certificates(node.internal_ca_cert.read_bytes()):
-            found.append(_manual("internal CA", "trusted", ca, "from the head, at each renewal", now, CA_WARN))
+            found.append(_manual("internal CA", "trusted", ca, "from the head at renewal", now, CA_WARN))
     except (OSError, ValueError) as exc:
         found.append(_unreadable("internal CA", "trusted", node.internal_ca_cert, str(exc)))
     try:

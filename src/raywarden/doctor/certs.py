@@ -142,7 +142,8 @@ def worker_checks(ctx: DoctorContext) -> list[Check]:
                 check_id,
                 f"worker {node.name}'s certificate expired {_left(-life.left(ctx.now))} ago: it can no longer open "
                 "connections to the other nodes",
-                f"on {node.name}: `raywarden down`, then join again with a new token (`raywarden node token create`)",
+                f"its node agent renews it as soon as it reaches the head again (look {on_node}); if the agent is "
+                f"gone: `raywarden down` on {node.name}, then join again with a new token",
                 **details,
             )
         elif node.renewal.failures >= FAILURES_WARN:
