@@ -148,7 +148,13 @@ def peers(state: StateDir, registry: NodeRegistry, auth: NodeAuth) -> dict[str, 
     node = registry.authenticate_node(auth.name, Secret(auth.node_secret))
     plan = head_plan(state)
     addresses = {plan["node_ip"], *registry.active_addresses()} - {node.address}
-    return {"peers": sorted(addresses), "revoked": registry.revoked_addresses()}
+    return {
+        "peers": sorted(addresses),
+        "revoked": registry.revoked_addresses(),
+        # Every access CA the gateway's certificate may come from (during a CA rotation, both): the node
+        # learns a new one through the channel its current one authenticates.
+        "access_ca_pem": trusted_ca_file(state, "access").read_text(),
+    }
 
 
 def leave(state: StateDir, registry: NodeRegistry, auth: NodeAuth) -> dict[str, Any]:

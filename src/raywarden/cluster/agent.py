@@ -33,7 +33,7 @@ from raywarden.cluster.certlife import Lifetime, now_utc
 from raywarden.cluster.headlink import HeadRefusal, post
 from raywarden.cluster.nodestate import NodeConfig, NodeState
 from raywarden.cluster.procs import alive
-from raywarden.cluster.worker import apply_peers
+from raywarden.cluster.worker import apply_peers, learn_access_cas
 from raywarden.errors import PKIError, RaywardenError
 from raywarden.files import read_private, write_private, write_public
 from raywarden.pki.certs import load_cert, serial_hex, spiffe_id_of
@@ -99,6 +99,7 @@ class NodeAgent:
             log.warning("peer sync failed: %s", exc.message)
             return
         apply_peers(self.node, answer["peers"], answer.get("revoked", []))
+        learn_access_cas(self.node, answer)
 
     def _auth(self, config: NodeConfig) -> dict[str, Any]:
         return {"name": config.name, "node_secret": read_private(self.node.node_secret).decode().strip()}
@@ -188,6 +189,7 @@ class NodeAgent:
         self.node.save(config)
         if "peers" in answer:
             apply_peers(self.node, answer["peers"], answer.get("revoked", []))
+        learn_access_cas(self.node, answer)
 
     def _report(self, config: NodeConfig, outcome: dict[str, Any]) -> None:
         self.last_renewal = {**outcome, "at": now_utc().isoformat()}

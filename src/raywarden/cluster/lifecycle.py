@@ -49,7 +49,7 @@ from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
 
 Progress = Callable[[str], None]
 RAY_START_TIMEOUT_S = 120.0
@@ -301,7 +301,7 @@ def _wait_for_gateway(state: StateDir, config: ClusterConfig, pid: int) -> None:
 def _gateway_answers(url: str, state: StateDir) -> bool:
     """Without a credential the gateway must answer 401 from itself: proof that it is serving and refusing."""
     try:
-        resp = requests.get(url, verify=str(state.access_ca_cert), timeout=2)
+        resp = requests.get(url, verify=str(trusted_ca_file(state, "access")), timeout=2)
     except requests.RequestException:
         return False
     return resp.status_code == 401 and resp.headers.get("x-raywarden-gateway") == "1"

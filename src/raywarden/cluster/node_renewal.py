@@ -84,6 +84,7 @@ def renew(
         "node_cert_pem": cert_pem(cert).decode(),
         # Every internal CA Ray must trust from its next start: a new CA reaches nodes this way.
         "internal_ca_pem": trusted_ca_file(state, "internal").read_text(),
+        "access_ca_pem": trusted_ca_file(state, "access").read_text(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "lease_until": dt.datetime.fromtimestamp(lease.expires_at, dt.UTC).isoformat(),
         "drain_timeout_s": config.node_drain_timeout.total_seconds(),

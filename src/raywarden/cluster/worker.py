@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ from raywarden.pki.spiffe import check_name
 from raywarden.secret import Secret
 from raywarden.state import StateDir
 
+log = logging.getLogger("raywarden.cluster")
 __all__ = ["NodeConfig", "NodeState", "down", "join", "start_agent", "stop_agent", "sync"]
 AGENT_START_TIMEOUT_S = 15.0
 # `down` lets Ray drain this long: running tasks end or are retried on other nodes before the rest is stopped.
@@ -224,7 +226,35 @@ def sync(root: Path) -> dict[str, Any]:
     answer = post(
         config.head_url, "/raywarden/v1/nodes/peers", {"name": config.name, "node_secret": secret}, node.access_ca_cert
     )
+    learn_access_cas(node, answer)
     return apply_peers(node, answer["peers"], answer.get("revoked", []))
+
+
+def learn_access_cas(node: NodeState, answer: dict[str, Any]) -> None:
+    """The access CAs the head trusts now (during a CA rotation, old and new), from an answer that came over a
+    channel the node's current ones verified: from then on the node trusts those for the head."""
+    pem = answer.get("access_ca_pem")
+    if not isinstance(pem, str):
+        return
+    try:
+        cas = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        log.warning("the head sent an unreadable access CA bundle; keeping %s", node.access_ca_cert)
+        return
+    if not cas or not all(_is_ca(ca) for ca in cas):
+        log.warning("the head's access CA bundle holds a certificate that is not a CA; keeping the current one")
+        return
+    new = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
+    if new != node.access_ca_cert.read_bytes():
+        write_public(node.access_ca_cert, new)
+        log.info("access CAs trusted for the head now: %s", ", ".join(fingerprint(ca)[:16] for ca in cas))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def apply_peers(node: NodeState, peers: list[str], revoked: list[str]) -> dict[str, Any]:

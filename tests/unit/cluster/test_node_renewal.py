@@ -375,3 +375,29 @@ def test_the_drain_window_leaves_time_to_stop_before_the_old_certificate_expires
     # 30 days: ten days left at renewal; the head's drain timeout bounds it.
     assert worker_ray.drain_window(cert(dt.timedelta(days=30)), 600) == 600
     assert worker_ray.drain_window(cert(dt.timedelta(seconds=30)), 600) == 0
+
+
+def test_a_node_learns_the_access_cas_the_head_trusts_now(state: StateDir, tmp_path: Path) -> None:
+    from raywarden.cluster.nodestate import NodeState
+    from raywarden.cluster.worker import learn_access_cas
+
+    registry, secret = enroll(state, "w1", "10.9.0.3")
+    successor = CertificateAuthority.create("access", TD, years=1)
+    both = state.access_ca_cert.read_bytes() + cert_pem(successor.certificate)
+    state.access_ca_bundle.write_bytes(both)
+    answer = admission.peers(state, registry, admission.NodeAuth(name="w1", node_secret=secret.reveal()))
+    assert answer["access_ca_pem"].encode() == both
+    node = NodeState(tmp_path / "node")
+    (node.root / "pki").mkdir(parents=True)
+    node.access_ca_cert.write_bytes(state.access_ca_cert.read_bytes())
+    learn_access_cas(node, answer)
+    assert node.access_ca_cert.read_bytes() == both
+    # Nothing that is not a set of CA certificates replaces what the node trusts.
+    leaf = admission.issue_node_certificate(
+        state, state.load_config(), generate_private_key().public_key(), SpiffeId(TD, "node", "x"), "10.9.0.9"
+    )
+    for bad in ("", "garbage", cert_pem(leaf).decode(), both.decode() + cert_pem(leaf).decode()):
+        learn_access_cas(node, {"access_ca_pem": bad})
+        assert node.access_ca_cert.read_bytes() == both
+    learn_access_cas(node, {})
+    assert node.access_ca_cert.read_bytes() == both
