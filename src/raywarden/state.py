@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -192,6 +193,14 @@ class StateDir:
         return self.pki_dir / "internal-ca.key"
 
     @property
+    def access_ca_bundle(self) -> Path:
+        return self.pki_dir / "access-ca-bundle.pem"
+
+    @property
+    def internal_ca_bundle(self) -> Path:
+        return self.pki_dir / "internal-ca-bundle.pem"
+
+    @property
     def gateway_cert(self) -> Path:
         return self.pki_dir / "gateway.crt"
 
@@ -286,3 +295,11 @@ class StateDir:
     def save_config(self, config: ClusterConfig) -> None:
         ensure_private_dir(self.root)
         write_private(self.config_path, (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode())
+
+
+def trusted_ca_file(state: StateDir, kind: Literal["access", "internal"]) -> Path:
+    """The CA file to verify peers with: the bundle while a CA rotation overlaps two CAs, else the one CA."""
+    bundle = state.access_ca_bundle if kind == "access" else state.internal_ca_bundle
+    if bundle.is_file():
+        return bundle
+    return state.access_ca_cert if kind == "access" else state.internal_ca_cert
