@@ -112,10 +112,11 @@ def rotate_command(
 ) -> None:
     """Rotate a CA with an overlap in which both the old and the new one are trusted.
 
-    access: the new CA signs from now on (the gateway's certificate is re-issued); clients learn it through the
-    CA they pin, from a rollover statement signed by the old CA. internal: the new CA is first published in
-    Ray's CA bundle, signing nothing; run the command again once every Ray process has restarted, to make it
-    current. Then `--finish` drops the old CA once nothing depends on it any more."""
+    access: the new CA signs people's and service accounts' certificates from now on; clients and nodes learn it
+    through the CA they pin, from a rollover statement both CAs sign. The gateway keeps its certificate from the
+    old CA until `--finish`. internal: the new CA is first published in Ray's CA bundle, signing nothing; run
+    the command again once every Ray process has restarted, to make it current. Then `--finish` drops the old
+    CA (and moves the gateway to the new access CA) once nothing depends on it any more."""
     from raywarden.identity.admin import local_actor
     from raywarden.pki.rollout import rotate
 

@@ -28,7 +28,7 @@ from raywarden.pki.certs import cert_pem, fingerprint
 from raywarden.pki.csr import build_csr
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.possession import possession_message, sign_possession
-from raywarden.pki.rollover import MAX_CHAIN, follow_chain, parse_rollover
+from raywarden.pki.rollover import MAX_CHAIN, follow_chain, parse_rollover, predecessors
 from raywarden.pki.spiffe import SpiffeId, check_name
 
 TIMEOUT_S = 30.0
@@ -90,9 +90,14 @@ def fetch_ca_answer(url: str) -> dict[str, Any]:
 def verified_trust(
     answer: dict[str, Any], trusted: list[x509.Certificate], trust_domain: str
 ) -> list[x509.Certificate]:
-    """The access CAs to trust after ``answer``: its current CA, reached from one in ``trusted`` through rollover
-    statements each signed by the CA before (pki/rollover.py), and, while the gateway still lists it, the CA
-    trusted before. Raises PKIError when the answer's CA cannot be reached from what is trusted."""
+    """The access CAs to trust after ``answer``, the current one first.
+
+    The answer's current CA must be ``trusted[0]`` (the CA this client trusts now) or reached from it through
+    rollover statements, each signed by the CA before (pki/rollover.py): an answer can never move a client
+    back to an older CA. While the gateway still lists them, CAs on that path, CAs the client trusted already
+    and predecessors the current CA signed for stay trusted too (the overlap of a rotation). Raises PKIError
+    when the answer's CA cannot be reached.
+    """
     try:
         current = x509.load_pem_x509_certificate(str(answer["access_ca_pem"]).encode())
         raw = answer.get("rollovers") or []
@@ -103,9 +108,10 @@ def verified_trust(
         listed_fps = {fingerprint(x509.load_pem_x509_certificate(str(pem).encode())) for pem in listed}
     except (ValueError, KeyError, TypeError):
         raise PKIError("the gateway's CA answer is malformed") from None
-    path = follow_chain(trusted, statements, fingerprint(current), role="access", trust_domain=trust_domain)
+    path = follow_chain(trusted[:1], statements, fingerprint(current), role="access", trust_domain=trust_domain)
     kept = [path[-1]]
-    for candidate in [*reversed(path[:-1]), *trusted]:
+    vouched = predecessors(path[-1], statements, role="access", trust_domain=trust_domain)
+    for candidate in [*reversed(path[:-1]), *trusted[1:], *vouched]:
         fp = fingerprint(candidate)
         if fp in listed_fps and fp not in {fingerprint(c) for c in kept}:
             kept.append(candidate)

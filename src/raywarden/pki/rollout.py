@@ -135,8 +135,10 @@ def rotate(
         steps = [_end(state, config, role, actor=actor, finish=finish, force=force)]
     elif role == "access":
         step = rotation.start_access(state, config, actor=actor, overlap=overlap)
-        _reissue_gateway(state, config)
-        step.notes.append("the gateway's certificate is re-issued by the new CA")
+        step.notes.append(
+            "the gateway keeps its certificate from the old CA until --finish, so that clients and nodes that "
+            "trust only the old CA keep connecting and learn the new one over a channel they verify"
+        )
         steps = [step]
     else:
         steps = _rotate_internal(state, config, actor=actor, overlap=overlap, force=force)
@@ -210,8 +212,13 @@ def _end(state: StateDir, config: ClusterConfig, role: Role, *, actor: str, fini
             f"{len(waiting)} still depend on the old {role} CA and would stop working: {listed}{more}",
             hint=f"{waiting[0].hint}; `raywarden ca status` lists them all. --force drops the old CA anyway",
         )
+    if role == "access":
+        # Before the old CA leaves the bundle: the gateway must present a certificate its clients keep trusting.
+        _reissue_gateway(state, config)
     step = rotation.finish(state, role, actor=actor, forced=force)
     step.waiting_for = [w.what for w in waiting]
+    if role == "access":
+        step.notes.append("the gateway's certificate is re-issued by the new CA")
     return step
 
 

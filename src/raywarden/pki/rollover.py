@@ -2,19 +2,22 @@
 learn the new one without trusting the network.
 
 raywarden's CAs have ``path_length=0`` and cannot cross-sign (a cross-signed CA would need ``path_length=1``,
-weakening "this CA signs leaves only"). Instead the old CA signs a statement::
+weakening "this CA signs leaves only"). Instead both CAs sign a statement::
 
     {"rollover": {"version": 1, "role": "access", "old_ca_pem": ..., "new_ca_pem": ..., "issued_at": ...,
-                  "overlap_until": ...}, "signature": "<base64 ECDSA by the OLD CA key>"}
+                  "overlap_until": ...}, "signature": "<by the OLD CA key>", "signature_new": "<by the NEW one>"}
 
-over ``b"raywarden ca rollover v1\\n" + canonical_json(rollover)``. A client that trusts a CA follows the chain
-of statements from it, checking each signature with the CA it already trusts, up to the current CA.
+over ``b"raywarden ca rollover v1\\n" + canonical_json(rollover)`` (ECDSA P-256, SHA-256, base64). A client that
+trusts a CA follows the chain of statements forward from it, each checked with the CA it already trusts, up to
+the current CA. The new CA's signature lets a client that pins the new CA trust the old one too while the
+overlap lasts (the gateway may still present a certificate from it), and never a CA the new one did not name.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hmac
 import json
@@ -49,6 +52,7 @@ class Rollover:
     issued_at: str
     overlap_until: str
     signature: bytes
+    signature_new: bytes
 
     @property
     def old_sha256(self) -> str:
@@ -72,55 +76,86 @@ class Rollover:
         return {
             "rollover": self.body(),
             "signature": base64.b64encode(self.signature).decode("ascii"),
+            "signature_new": base64.b64encode(self.signature_new).decode("ascii"),
             # For people reading the file; never trusted (recomputed from the certificates).
             "old_sha256": self.old_sha256,
             "new_sha256": self.new_sha256,
         }
 
 
-def make_rollover(old: CertificateAuthority, new: x509.Certificate, overlap_until: dt.datetime) -> Rollover:
-    """The old CA's signed statement that ``new`` succeeds it."""
-    unsigned = Rollover(old.role, old.certificate, new, _iso(_now()), _iso(overlap_until), b"")
-    signature = old.sign_statement(ROLLOVER_CONTEXT, canonical_json(unsigned.body()))
-    return Rollover(unsigned.role, unsigned.old, unsigned.new, unsigned.issued_at, unsigned.overlap_until, signature)
+def make_rollover(old: CertificateAuthority, new: CertificateAuthority, overlap_until: dt.datetime) -> Rollover:
+    """The statement, signed by both CAs, that ``new`` succeeds ``old``."""
+    unsigned = Rollover(old.role, old.certificate, new.certificate, _iso(_now()), _iso(overlap_until), b"", b"")
+    body = canonical_json(unsigned.body())
+    return dataclasses.replace(
+        unsigned,
+        signature=old.sign_statement(ROLLOVER_CONTEXT, body),
+        signature_new=new.sign_statement(ROLLOVER_CONTEXT, body),
+    )
 
 
 def parse_rollover(value: object) -> Rollover:
     """A statement as found in a file or an answer; its signature is checked by ``verify_rollover``."""
     if not isinstance(value, dict) or not isinstance(value.get("rollover"), dict):
         raise PKIError("a CA rollover statement is malformed (no rollover object)")
-    body, signature = value["rollover"], value.get("signature")
+    body, signature, signature_new = value["rollover"], value.get("signature"), value.get("signature_new")
     if body.get("version") != ROLLOVER_VERSION or body.get("role") not in ("access", "internal"):
         raise PKIError(f"a CA rollover statement has an unknown version or role ({body.get('version')!r})")
     fields = [body.get(k) for k in ("old_ca_pem", "new_ca_pem", "issued_at", "overlap_until")]
-    if not all(isinstance(f, str) and len(f) <= MAX_PEM_CHARS for f in fields) or not isinstance(signature, str):
+    if not all(isinstance(f, str) and len(f) <= MAX_PEM_CHARS for f in fields):
         raise PKIError("a CA rollover statement is malformed (missing or oversized fields)")
+    if not isinstance(signature, str) or not isinstance(signature_new, str):
+        raise PKIError("a CA rollover statement lacks a signature")
     try:
         old = x509.load_pem_x509_certificate(str(body["old_ca_pem"]).encode())
         new = x509.load_pem_x509_certificate(str(body["new_ca_pem"]).encode())
-        raw_signature = base64.b64decode(signature, validate=True)
+        raw_old = base64.b64decode(signature, validate=True)
+        raw_new = base64.b64decode(signature_new, validate=True)
     except (ValueError, binascii.Error):
         raise PKIError("a CA rollover statement holds an unreadable certificate or signature") from None
-    return Rollover(body["role"], old, new, str(body["issued_at"]), str(body["overlap_until"]), raw_signature)
+    return Rollover(body["role"], old, new, str(body["issued_at"]), str(body["overlap_until"]), raw_old, raw_new)
 
 
 def verify_rollover(statement: Rollover, trusted_old: x509.Certificate, trust_domain: str) -> x509.Certificate:
-    """Check that ``trusted_old`` (a CA we already trust) signed ``statement``; return the successor CA."""
+    """Check that ``trusted_old`` (a CA we already trust) handed over in ``statement``; return the successor."""
     if not hmac.compare_digest(statement.old_sha256, fingerprint(trusted_old)):
         raise PKIError("a CA rollover statement is about another CA than the one trusted here")
-    public_key = trusted_old.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise PKIError("the trusted CA does not have an ECDSA key")
-    try:
-        signed = ROLLOVER_CONTEXT + canonical_json(statement.body())
-        public_key.verify(statement.signature, signed, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise PKIError(
-            "a CA rollover statement is not signed by the CA it claims to come from",
-            hint="someone may be intercepting the connection; nothing was trusted or sent",
-        ) from None
+    _check_signatures(statement, trusted_old)
     check_ca_certificate(statement.new, statement.role, trust_domain)
     return statement.new
+
+
+def predecessors(
+    current: x509.Certificate, statements: Sequence[Rollover], *, role: Role, trust_domain: str
+) -> list[x509.Certificate]:
+    """The CAs that ``current`` (a CA we trust) named as its predecessor by signing their statement: during an
+    overlap the gateway may still present a certificate from one of them."""
+    found = []
+    for statement in statements:
+        if statement.role != role or not hmac.compare_digest(statement.new_sha256, fingerprint(current)):
+            continue
+        try:
+            _check_signatures(statement, statement.old)
+            check_ca_certificate(statement.old, role, trust_domain)
+        except PKIError:
+            continue
+        found.append(statement.old)
+    return found
+
+
+def _check_signatures(statement: Rollover, old: x509.Certificate) -> None:
+    signed = ROLLOVER_CONTEXT + canonical_json(statement.body())
+    for ca, signature in ((old, statement.signature), (statement.new, statement.signature_new)):
+        public_key = ca.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise PKIError("a CA in a rollover statement does not have an ECDSA key")
+        try:
+            public_key.verify(signature, signed, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise PKIError(
+                "a CA rollover statement is not signed by the CAs it names",
+                hint="someone may be intercepting the connection; nothing was trusted or sent",
+            ) from None
 
 
 def check_ca_certificate(cert: x509.Certificate, role: Role, trust_domain: str) -> None:

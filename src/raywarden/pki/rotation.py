@@ -1,9 +1,9 @@
 """CA rotation on the head: start an overlap in which both CAs are trusted, then drop the old CA.
 
-Access CA: `ca rotate access` makes a new CA current at once (people, service accounts and the gateway get
-certificates from it; the gateway's own certificate is re-issued), keeps the old one trusted for client
-certificates until `--finish`, and signs a rollover statement with the old key so that clients pinning it
-follow (pki/rollover.py).
+Access CA: `ca rotate access` makes a new CA current at once (people and service accounts get certificates
+from it), keeps the old one trusted until `--finish`, and has both sign a rollover statement so that clients
+pinning either follow (pki/rollover.py). The gateway's own certificate moves to the new CA at `--finish`
+(pki/rollout.py), so that clients and nodes that trust only the old CA keep connecting meanwhile.
 
 Internal CA: Ray reads its CA file only when a process starts, so the successor is first *published* (in the
 bundle, signing nothing); once every running Ray process has started since, `ca rotate internal` again makes it
@@ -96,7 +96,7 @@ def start_access(state: StateDir, config: ClusterConfig, *, actor: str, overlap:
         old = files.load_current(config.trust_domain)
         new = CertificateAuthority.create("access", config.trust_domain, years=config.ca_years)
         until = _now() + overlap
-        _append_statement(files, make_rollover(old, new.certificate, until))
+        _append_statement(files, make_rollover(old, new, until))
         old.save(files.previous_cert, files.previous_key)
         files.write_bundle([new.certificate, old.certificate])
         new.save(files.cert, files.key)
@@ -125,7 +125,7 @@ def publish_internal(state: StateDir, config: ClusterConfig, *, actor: str, over
         old = files.load_current(config.trust_domain)
         new = CertificateAuthority.create("internal", config.trust_domain, years=config.ca_years)
         until = _now() + overlap
-        _append_statement(files, make_rollover(old, new.certificate, until))
+        _append_statement(files, make_rollover(old, new, until))
         new.save(files.next_cert, files.next_key)
         files.write_bundle([old.certificate, new.certificate])
         record.internal = RotationState(

@@ -135,8 +135,8 @@ def test_access_rotation_trusts_both_during_the_overlap_and_only_the_new_one_aft
     ]
     assert signer.get().fingerprint == new_fp, "a running signer picks up the new CA"
     assert cluster_id(state) == identity_before, "bearer tokens stay bound to the same cluster id"
-    # The gateway's certificate and the local admin profile moved over; the profile trusts both for now.
-    assert issued_by(load_cert(state.gateway_cert), load_cert(state.access_ca_cert))
+    # The gateway keeps its certificate from the old CA for now; the local admin profile trusts both.
+    assert issued_by(load_cert(state.gateway_cert), CaFiles(state, "access").previous())  # type: ignore[arg-type]
     admin = load_profile("a")
     assert [fingerprint(c) for c in admin.trusted_cas()] == [new_fp, old_fp]
     answer = trust_answer(state, TD)
@@ -162,6 +162,8 @@ def test_access_rotation_trusts_both_during_the_overlap_and_only_the_new_one_aft
     assert not state.access_ca_bundle.exists() and trusted_ca_file(state, "access") == state.access_ca_cert
     files = CaFiles(state, "access")
     assert not files.previous_cert.exists() and not files.previous_key.exists()
+    assert issued_by(load_cert(state.gateway_cert), load_cert(state.access_ca_cert)), "the gateway moved over"
+    gateway = (str(state.gateway_cert), str(state.gateway_key))
     assert not _handshake(gateway, trusted_ca_file(state, "access"), alice_old, client_ca), "old CA dropped"
     assert _handshake(gateway, trusted_ca_file(state, "access"), alice_new, client_ca)
     admin = load_profile("a")

@@ -13,7 +13,7 @@ from cryptography import x509
 from raywarden.errors import PKIError
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import fingerprint
-from raywarden.pki.rollover import MAX_CHAIN, Rollover, follow_chain, make_rollover, parse_rollover
+from raywarden.pki.rollover import MAX_CHAIN, Rollover, follow_chain, make_rollover, parse_rollover, predecessors
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +28,7 @@ def ca(trust_domain: str = TD) -> CertificateAuthority:
 def chain(n: int) -> tuple[list[CertificateAuthority], list[Rollover]]:
     """n CAs, each rotated into the next."""
     cas = [ca() for _ in range(n)]
-    return cas, [make_rollover(old, new.certificate, LATER) for old, new in itertools.pairwise(cas)]
+    return cas, [make_rollover(old, new, LATER) for old, new in itertools.pairwise(cas)]
 
 
 def follow(trusted: list[x509.Certificate], statements: list[Rollover], target: x509.Certificate) -> list[str]:
@@ -63,10 +63,10 @@ def test_a_statement_signed_by_another_key_is_refused() -> None:
     cas, _ = chain(2)
     mallory = ca()
     # Mallory signs "the pinned CA hands over to mine" with her own key, claiming the pinned CA's name.
-    forged = make_rollover(mallory, mallory.certificate, LATER)
+    forged = make_rollover(mallory, mallory, LATER)
     forged_json = forged.to_json()
     forged_json["rollover"]["old_ca_pem"] = statement_pem(cas[0])
-    with pytest.raises(PKIError, match="not signed by the CA it claims"):
+    with pytest.raises(PKIError, match="not signed by the CAs it names"):
         follow([cas[0].certificate], [parse_rollover(forged_json)], mallory.certificate)
 
 
@@ -96,7 +96,7 @@ def test_a_fork_is_believed_nowhere() -> None:
     """Whoever stole the old key signs a second successor: a client that sees both believes neither."""
     cas, [statement] = chain(2)
     mallory = ca()
-    second = make_rollover(cas[0], mallory.certificate, LATER)
+    second = make_rollover(cas[0], mallory, LATER)
     for target in (cas[1], mallory):
         with pytest.raises(PKIError, match="no CA rollover statement leads"):
             follow([cas[0].certificate], [statement, second], target.certificate)
@@ -113,9 +113,9 @@ def test_no_path_and_foreign_targets_are_refused() -> None:
 def test_the_successor_must_be_a_ca_of_the_same_trust_domain_and_role() -> None:
     old, other_domain = ca(), ca("elsewhere.test")
     with pytest.raises(PKIError, match="another trust domain"):
-        follow([old.certificate], [make_rollover(old, other_domain.certificate, LATER)], other_domain.certificate)
+        follow([old.certificate], [make_rollover(old, other_domain, LATER)], other_domain.certificate)
     internal = CertificateAuthority.create("internal", TD, years=1)
-    statement = make_rollover(internal, ca().certificate, LATER)
+    statement = make_rollover(internal, ca(), LATER)
     # An internal CA's statement never moves an access trust anchor.
     with pytest.raises(PKIError, match="no CA rollover statement leads"):
         follow([internal.certificate], [statement], statement.new)
@@ -126,11 +126,34 @@ def test_a_leaf_certificate_is_no_successor() -> None:
     from raywarden.pki.spiffe import SpiffeId
 
     old = ca()
-    leaf = old.issue(
-        generate_private_key().public_key(), SpiffeId(TD, "user", "mallory"), lifetime=dt.timedelta(hours=1)
-    )
+    key = generate_private_key()
+    leaf = old.issue(key.public_key(), SpiffeId(TD, "user", "mallory"), lifetime=dt.timedelta(hours=1))
+    as_signer = CertificateAuthority("access", TD, leaf, key)
     with pytest.raises(PKIError, match="signs leaf certificates only"):
-        follow([old.certificate], [make_rollover(old, leaf, LATER)], leaf)
+        follow([old.certificate], [make_rollover(old, as_signer, LATER)], leaf)
+
+
+def test_the_new_ca_names_its_predecessor_and_nothing_else() -> None:
+    cas, [statement] = chain(2)
+    assert [fingerprint(c) for c in predecessors(cas[1].certificate, [statement], role="access", trust_domain=TD)] == [
+        cas[0].fingerprint
+    ]
+    # Mallory's CA "hands over" to the new CA with her key alone: the new CA never signed it.
+    mallory = ca()
+    forged = make_rollover(mallory, mallory, LATER).to_json()
+    forged["rollover"]["new_ca_pem"] = statement_pem(cas[1])
+    assert predecessors(cas[1].certificate, [parse_rollover(forged)], role="access", trust_domain=TD) == []
+
+
+def test_a_statement_the_new_ca_did_not_sign_is_refused() -> None:
+    cas, [statement] = chain(2)
+    value = statement.to_json()
+    value["signature_new"] = value["signature"]
+    with pytest.raises(PKIError, match="not signed by the CAs it names"):
+        follow([cas[0].certificate], [parse_rollover(value)], cas[1].certificate)
+    del value["signature_new"]
+    with pytest.raises(PKIError, match="lacks a signature"):
+        parse_rollover(value)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +175,6 @@ def test_oversized_chains_are_refused() -> None:
 
 def test_a_loop_ends() -> None:
     a, b = ca(), ca()
-    loop = [make_rollover(a, b.certificate, LATER), make_rollover(b, a.certificate, LATER)]
+    loop = [make_rollover(a, b, LATER), make_rollover(b, a, LATER)]
     with pytest.raises(PKIError, match="no CA rollover statement leads"):
         follow([a.certificate], loop, ca().certificate)
