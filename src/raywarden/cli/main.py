@@ -51,6 +51,7 @@ COMMAND_MODULES = (
     "ca",
     "scan",
     "nodes",
+    "certs",
     "identity",
     "profiles",
     "doctor",

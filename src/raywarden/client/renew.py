@@ -109,7 +109,7 @@ def renew_locally(profile: Profile, state: StateDir) -> x509.Certificate:
     if principal is None or principal.disabled:
         raise ConfigError(f"{spiffe} is disabled or unknown; its certificate is not renewed")
     key = generate_private_key()
-    cert = access.issue(key.public_key(), spiffe, lifetime=dt.timedelta(hours=config.user_cert_hours))
+    cert = access.issue(key.public_key(), spiffe, lifetime=config.user_cert_ttl)
     store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc, issuer=access.fingerprint)
     previous = serial_hex(profile.certificate())
     profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem(cert))

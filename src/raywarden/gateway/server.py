@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -18,6 +19,7 @@ from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
+from raywarden.gateway.renewal import start_gateway_renewal
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream
 from raywarden.gateway.web import WebServices
@@ -98,9 +100,17 @@ def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    uv_config = server_config(app, config, server_context(state, on_refused=audit_handshake_refusal))
+    def audit_tls_reload(fields: dict[str, Any]) -> None:
+        # Called on the event loop during the handshake that swapped in a renewed certificate (gateway/tls.py).
+        task = asyncio.get_running_loop().create_task(audit.append_async({"kind": "tls", "event": "reload", **fields}))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    tls = server_context(state, on_refused=audit_handshake_refusal, on_reload=audit_tls_reload)
+    uv_config = server_config(app, config, tls)
     server = uvicorn.Server(uv_config)
     audit.append({"kind": "gateway", "event": "start", "listen": str(config.listen)})
+    start_gateway_renewal(state, audit)  # renews the certificate at 2/3 of its life (gateway/renewal.py)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -154,7 +154,7 @@ CREATE TABLE IF NOT EXISTS oidc_flows (
 # certificate presented again means its key was copied); which CA issued each certificate (an access CA
 # rotation finishes only when none of the old CA's certificates is still valid); single-use challenges that an
 # expired certificate's key signs to prove possession.
-V2 = """
+V3 = """
 ALTER TABLE principals ADD COLUMN renew_grace_s REAL;
 ALTER TABLE certificates ADD COLUMN issuer_sha256 TEXT;
 ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
@@ -179,9 +179,30 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
+        "node certificate renewal: when each node's certificate was issued and how its renewals went, and the "
+        "one restart lease the head grants at a time",
+        """
+CREATE TABLE node_renewals (
+    name            TEXT PRIMARY KEY,
+    cert_issued_at  TEXT NOT NULL,
+    renewed_at      TEXT,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    reported_at     TEXT
+);
+CREATE TABLE node_restart_lease (
+    slot        INTEGER PRIMARY KEY CHECK (slot = 1),
+    node        TEXT NOT NULL,
+    granted_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+""",
+    ),
+    Migration(
+        3,
         "renewable service accounts (grace after expiry), superseded certificates (reuse detection), the CA "
         "that issued each certificate (CA rotation), renewal challenges",
-        V2,
+        V3,
     ),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -18,6 +18,7 @@ from typing import Any
 
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.errors import PKIError
+from raywarden.identity.nodes import Node
 from raywarden.identity.renewal import MAX_RENEW_GRACE, RenewalStore
 from raywarden.identity.store import IdentityStore
 from raywarden.pki import rotation
@@ -45,7 +46,8 @@ def _now() -> dt.datetime:
 
 def ray_started_before(state: StateDir, moment: dt.datetime) -> list[Waiting]:
     """Ray processes that read their CA file and certificate before ``moment``: the head's, and each active
-    node's, as of its last join or certificate renewal (a node restarts Ray on renewal)."""
+    node's, as of its join or its last renewal whose restart it reported as done (a node restarts Ray with the
+    certificate and CA bundle of the renewal answer, cluster/node_renewal.py)."""
     from raywarden.cluster.lifecycle import read_run_state
     from raywarden.cluster.procs import alive
     from raywarden.identity.nodes import NodeRegistry
@@ -61,16 +63,28 @@ def ray_started_before(state: StateDir, moment: dt.datetime) -> list[Waiting]:
             )
         )
     for node in NodeRegistry.open(state.identity_db).all():
-        last = max(parse_time(node.joined_at), parse_time(node.changed_at))
+        last = _node_ray_files_read(node)
         if node.status == "active" and last < moment:
             found.append(
                 Waiting(
-                    f"node {node.name} (Ray started with its certificate of {last.isoformat()})",
+                    f"node {node.name} (Ray started with files of {last.isoformat()})",
                     node.not_after,
-                    "it restarts Ray when it renews its certificate; or leave and join again",
+                    "it restarts Ray when it renews its certificate (`raywarden cert status` shows when); or "
+                    "leave and join again",
                 )
             )
     return found
+
+
+def _node_ray_files_read(node: Node) -> dt.datetime:
+    """When the files a node's running Ray started with were issued: its last renewal's, once the node reported
+    the restart that followed it as done; else its join's."""
+    joined = parse_time(node.joined_at)
+    renewal = node.renewal
+    if renewal.renewed_at is None or renewal.reported_at is None or renewal.failures:
+        return joined
+    renewed = parse_time(renewal.renewed_at)
+    return max(joined, renewed) if parse_time(renewal.reported_at) >= renewed else joined
 
 
 def old_access_certificates(state: StateDir, new_sha256: str, started_at: str) -> list[Waiting]:

@@ -138,6 +138,16 @@ class CaFiles:
             self.bundle.unlink(missing_ok=True)
 
 
+def gateway_issuer(state: StateDir, trust_domain: str) -> CertificateAuthority:
+    """The access CA that signs the gateway's certificate: during an access CA rotation the previous one, so
+    that clients and nodes that trust only it keep connecting; the gateway moves over at `--finish`
+    (pki/rollout.py)."""
+    files = CaFiles(state, "access")
+    if read_rotation(state).access is not None and files.previous_cert.is_file():
+        return CertificateAuthority.load("access", trust_domain, files.previous_cert, files.previous_key)
+    return files.load_current(trust_domain)
+
+
 class CurrentCA:
     """A role's current CA for a long-running signer (the gateway): reloaded when a rotation swaps its files."""
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from raywarden.client.profile import load_profile
-from raywarden.cluster.setup import init_state
+from raywarden.cluster.setup import init_state, renew_gateway_certificate_if_due
 from raywarden.errors import PKIError
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.identity.store import IdentityStore
@@ -142,6 +142,11 @@ def test_access_rotation_trusts_both_during_the_overlap_and_only_the_new_one_aft
     answer = trust_answer(state, TD)
     assert answer["sha256"] == new_fp and len(answer["trusted_pem"]) == 2 and len(answer["rollovers"]) == 1
 
+    # Its automatic renewal (gateway/renewal.py) during the overlap stays with the old CA too.
+    before = serial_hex(load_cert(state.gateway_cert))
+    renewed = renew_gateway_certificate_if_due(state, dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=80))
+    assert renewed is not None and renewed[0] == before and serial_hex(renewed[1]) != before
+    assert issued_by(renewed[1], CaFiles(state, "access").previous())  # type: ignore[arg-type]
     gateway = (str(state.gateway_cert), str(state.gateway_key))
     alice_new = issue(state, "access", "alice2", tmp_path / "new")
     client_ca = admin.ca_path
@@ -223,6 +228,16 @@ def _node(state: StateDir, name: str) -> None:
     )
 
 
+def _renewed(state: StateDir, name: str, *, restarted: bool = True) -> None:
+    """The node renewed its certificate (cluster/node_renewal.py) and, if ``restarted``, reported that its Ray
+    restarted with the answer's certificate and CA bundle."""
+    registry = NodeRegistry.open(state.identity_db)
+    now = dt.datetime.now(dt.timezone.utc)
+    registry.record_certificate(name, "cd", now, now + dt.timedelta(days=1))
+    if restarted:
+        registry.record_outcome(name, ok=True)
+
+
 def test_internal_rotation_publishes_first_and_signs_only_once_ray_has_restarted(
     state: StateDir, tmp_path: Path
 ) -> None:
@@ -245,7 +260,10 @@ def test_internal_rotation_publishes_first_and_signs_only_once_ray_has_restarted
     with pytest.raises(PKIError, match="only published"):
         rotate(state, config, "internal", actor="test", overlap=WEEK, finish=True)
 
-    _node(state, "worker-1")  # renewed: Ray restarted with the bundle
+    _renewed(state, "worker-1", restarted=False)  # a new certificate, but Ray has not restarted yet
+    with pytest.raises(PKIError, match="started before the new internal CA was published"):
+        rotate(state, config, "internal", actor="test", overlap=WEEK)
+    _renewed(state, "worker-1")  # renewed: Ray restarted with the bundle
     [started] = rotate(state, config, "internal", actor="test", overlap=WEEK)
     assert started.event == "ca.rotate.start"
     new = load_cert(state.internal_ca_cert)
@@ -259,7 +277,7 @@ def test_internal_rotation_publishes_first_and_signs_only_once_ray_has_restarted
 
     with pytest.raises(PKIError, match="still depend on the old internal CA"):
         rotate(state, config, "internal", actor="test", overlap=WEEK, finish=True)
-    _node(state, "worker-1")  # renewed again, now with a certificate from the new CA
+    _renewed(state, "worker-1")  # renewed again, now with a certificate from the new CA
     [done] = rotate(state, config, "internal", actor="test", overlap=WEEK, finish=True)
     assert done.event == "ca.rotate.finish" and not state.internal_ca_bundle.exists()
     trust = trusted_ca_file(state, "internal")

@@ -9,7 +9,6 @@ cannot pass the TLS handshake, so its key proves possession by signing a single-
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any
 
@@ -34,7 +33,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     # The current access CA, read again after a rotation (`raywarden ca rotate access`) swaps it.
     access = CurrentCA(state, "access", config.trust_domain)
     tokens = TokenAuthority.for_state(state, config)
-    lifetime = dt.timedelta(hours=config.user_cert_hours)
+    lifetime = config.user_cert_ttl
     renewals = RenewalStore(store)
 
     def issue(public_key: Any, spiffe: SpiffeId) -> x509.Certificate:
