@@ -9,6 +9,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,24 @@ class Cluster:
         jobs: list[dict[str, Any]] = resp.json()
         return jobs
 
-    def audit_records(self) -> list[dict[str, Any]]:
-        records = []
-        for path in sorted(self.state.audit_dir.glob("audit-*.jsonl")):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    records.append(json.loads(line))
-        return records
+    def audit_records(self, settle_s: float = 3.0) -> list[dict[str, Any]]:
+        """The log, once the outcome records of requests decided in the last seconds are in: the gateway writes
+        them after the answer (group commit), so a test that just got its answer may read a moment early."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            records = []
+            for path in sorted(self.state.audit_dir.glob("audit-*.jsonl")):
+                for line in path.read_text().splitlines():
+                    if line.strip():
+                        records.append(json.loads(line))
+            recent = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S")
+            done = {r.get("request_id") for r in records if r.get("kind") == "outcome"}
+            waiting = [
+                r for r in records if r.get("kind") == "request" and r["request_id"] not in done and r["time"] >= recent
+            ]
+            if not waiting or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
 
     def issue(
         self,

@@ -333,7 +333,9 @@ def test_a_policy_refusal_is_explained_to_both(person: Person) -> None:
     stock = person.stock("submit", "--runtime-env-json", FORBIDDEN_ENV, "--", "true")
     ours = person.raywarden("submit", "--runtime-env-json", FORBIDDEN_ENV, "--", "true")
     assert stock.returncode == 1 == ours.returncode
-    ids = [r["request_id"] for r in person.cluster.audit_records() if r.get("status") == 403][-2:]
+    ids = [
+        r["request_id"] for r in person.cluster.audit_records() if r.get("status") == 403 and r["kind"] == "request"
+    ][-2:]
     stock_id, ours_id = ids
     assert stock_id in stock.stdout + stock.stderr  # stock Ray shows the gateway's body, request id included
     assert "Traceback" not in ours.stderr

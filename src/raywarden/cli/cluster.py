@@ -294,6 +294,11 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
     gw, ray = info["gateway"], info["ray"]
     console.print(f"cluster {info['trust_domain']}  ({info['state_dir']})")
     console.print(f"  gateway   {_health(gw['running'], gw['healthy'])}  {info['gateway_url']}")
+    if gw["running"]:
+        workers = ", ".join(str(p) for p in gw["workers"]) or "none answering"
+        console.print(f"            supervisor {gw['pid']}, workers {workers}")
+        if gw["metrics_url"]:
+            console.print(f"            metrics {gw['metrics_url']} (loopback only)")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
     console.print(
         f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "

@@ -28,6 +28,7 @@ from raywarden.policy.cases import (
 )
 from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest, policy_files
 from raywarden.policy.entities import cluster_entity, principal_entity
+from raywarden.policy.explain import Explanation
 from raywarden.policy.jobattrs import runtime_env_attrs, runtime_env_facts
 from raywarden.state import ClusterConfig, StateDir
 
@@ -78,7 +79,7 @@ def validate_command(
         "valid": True,
         "version": engine.version,
         "sources": list(engine.sources),
-        "policies": [{"id": p.id, "effect": p.effect, "source": p.source} for p in engine.policies],
+        "policies": [{"id": p.id, "effect": p.effect, "source": p.source, "line": p.line} for p in engine.policies],
     }
     if json_output:
         print_json(summary)
@@ -87,7 +88,7 @@ def validate_command(
         f"[green]valid[/]: {len(engine.policies)} policies from {len(engine.sources)} files, version {engine.version}"
     )
     for info in engine.policies:
-        console.print(f"  {info.effect:7} {escape(info.id)}  ({escape(info.source)})")
+        console.print(f"  {info.effect:7} {escape(info.id)}  ({escape(info.where)})")
 
 
 @policy_app.command("test")
@@ -152,7 +153,8 @@ def explain_command(
     state_opt: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show the decision for a request and the ids of the policies that made it.
+    """Show the decision for a request, the policies that made it and, for a refusal, why: each permit that
+    could have applied and which of its conditions failed, with the offending values.
 
     Describe the request with --principal/--group/--action/--resource-json, or name an audit record with
     --request-id."""
@@ -183,14 +185,16 @@ def explain_command(
             expect="deny",
         )
         request = build_request(case, _trust_domain(state))
-    decision = engine.decide(request, strict=True)
-    by_id = {p.id: p for p in engine.policies}
+    explanation = engine.explain(request)
+    decision = explanation.decision
     out: dict[str, Any] = {
         "decision": "allow" if decision.allowed else "deny",
         "reason": decision.reason,
+        "summary": explanation.summary(),
         "policy_ids": list(decision.policy_ids),
         "policies": [
-            {"id": i, "source": by_id[i].source, "effect": by_id[i].effect} for i in decision.policy_ids if i in by_id
+            {"id": c.id, "source": c.where.rsplit(":", 1)[0], "where": c.where, "effect": c.effect}
+            for c in explanation.determining
         ],
         "policy_version": engine.version,
         "principal": request.principal.id,
@@ -198,6 +202,8 @@ def explain_command(
         "action": request.action,
         "resource": f"{request.resource.type}::{request.resource.id}",
         "resource_attrs": request.resource.attrs,
+        "candidates": [c.as_dict() for c in explanation.candidates],
+        "out_of_scope": [c.as_dict() for c in explanation.out_of_scope],
     }
     if recorded is not None:
         out["recorded"] = {
@@ -211,8 +217,7 @@ def explain_command(
         return
     colour = "green" if decision.allowed else "red"
     console.print(f"[{colour}]{out['decision']}[/]: {escape(decision.reason)}")
-    for info in out["policies"]:
-        console.print(f"  {info['effect']} {escape(info['id'])} ({escape(info['source'])})")
+    _print_explanation(explanation)
     console.print(
         f"policy version {engine.version}; {escape(out['principal'])} {escape(str(out['groups']))} "
         f"{out['action']} {escape(out['resource'])}"
@@ -221,6 +226,26 @@ def explain_command(
         console.print(
             f"recorded at {recorded.get('time')}: {recorded.get('decision')} "
             f"{recorded.get('policy_ids')} under version {recorded.get('policy_version')}"
+        )
+
+
+def _print_explanation(explanation: Explanation) -> None:
+    for check in explanation.determining:
+        console.print(f"  {check.effect} {escape(check.id)} ({escape(check.where)})")
+    for check in explanation.candidates:
+        console.print(f"  permit {escape(check.id)} ({escape(check.where)}) admits this request, but:")
+        for condition in check.conditions:
+            mark = {"held": "[green]held[/]   ", "failed": "[red]failed[/] ", "error": "[red]error[/]  "}.get(
+                condition.outcome, "skipped"
+            )
+            text = f"unless {condition.text}" if condition.kind == "unless" else condition.text
+            console.print(f"    {mark} {escape(text)}")
+            if condition.detail or condition.error:
+                console.print(f"           [bold]{escape(condition.detail or condition.error)}[/]")
+    for check in explanation.out_of_scope:
+        console.print(
+            f"  permit {escape(check.id)} ({escape(check.where)}) does not apply: "
+            f"{escape(check.scope_text or check.scope)} does not hold"
         )
 
 

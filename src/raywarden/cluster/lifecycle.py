@@ -47,6 +47,7 @@ from raywarden.cluster.setup import (
 )
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
+from raywarden.gateway.runinfo import metrics_url, workers_file
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex
 from raywarden.pki.trust import gateway_issuer
 from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
@@ -76,6 +77,8 @@ class RunState(BaseModel):
     ray_uid: int | None = None
     # `up --num-cpus`, kept for restarts of the head's Ray (`cert rotate --head`).
     num_cpus: int | None = None
+    # The gateway's own metrics, on loopback (absent from older run files).
+    gateway_metrics_port: int | None = None
 
 
 def _run_file(state: StateDir) -> Path:
@@ -138,10 +141,10 @@ def up(
         progress(f"installing firewall rules, then starting Ray head on {node_ip} (mutual TLS, token auth)")
         ports = RayPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
     prom_port = prometheus.allocate_port(ports, claimed) if metrics_why is None else None
+    gateway_metrics = prometheus.allocate_port(ports, claimed | {prom_port} if prom_port else claimed)
     if node_ip is not None:
         multinode.install_head_firewall(state, config, ports, owners)
-        if prom_port is not None:
-            firewall.add_ports(firewall.table_name(state), [prom_port])
+        firewall.add_ports(firewall.table_name(state), [p for p in (prom_port, gateway_metrics) if p is not None])
     head: RayHead | None = None
     gateway_renewal: tuple[str, x509.Certificate] | None = None
     gateway_pid: int | None = None
@@ -151,22 +154,21 @@ def up(
         # Prometheus, Ray and the gateway start side by side: Prometheus scrapes Ray's metrics ports, which
         # raywarden chose, and needs nothing from Ray to start.
         if prom_port is not None:
-            prom = prometheus.spawn(state, prom_port, ports.metrics())
+            prom = prometheus.spawn(state, prom_port, ports.metrics(), gateway_metrics)
         head = spawn_head(state, ports, files, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
         # A gateway certificate that came due while the cluster was down is renewed before the gateway starts.
         gateway_renewal = renew_gateway_certificate_if_due(state)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
-        gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url)
-        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S)
+        gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url, gateway_metrics)
+        wait_for_dashboard(state, head, RAY_START_TIMEOUT_S, node_ip or HEAD_ADDRESS)
         # Ray has made its session, sockets, logs and runtime-env folders 0777 by now: only its user may enter.
         raydir.tighten(files)
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            fw = firewall.protect(
-                state, ports, exposed, extra=[prom_port] if prom_port is not None else [], owners=owners
-            )
+            extra = [p for p in (prom_port, gateway_metrics) if p is not None]
+            fw = firewall.protect(state, ports, exposed, extra=extra, owners=owners)
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))
@@ -199,6 +201,7 @@ def up(
         ray_user=user.name,
         ray_uid=user.uid,
         num_cpus=num_cpus,
+        gateway_metrics_port=gateway_metrics,
     )
     write_run_state(state, run)
     audit = open_cluster_audit(state, config)
@@ -255,6 +258,15 @@ def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, A
     return {"stopped": run is not None, "state_dir": str(state.root)}
 
 
+def _gateway_workers(state: StateDir) -> list[int]:
+    """The gateway's worker processes that are alive, as its supervisor lists them."""
+    try:
+        listed = json.loads(workers_file(state).read_text()).get("workers", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [int(p) for p in listed if isinstance(p, int) and alive(p)]
+
+
 def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]:
     """TCP ports Ray's processes of this cluster listen on, with the address each is bound to."""
     if ray_pid is None:
@@ -272,10 +284,12 @@ def _metrics_unavailable(config: ClusterConfig) -> str | None:
     return None
 
 
-def _spawn_gateway(state: StateDir, dashboard_url: str, prometheus_url: str | None) -> int:
+def _spawn_gateway(state: StateDir, dashboard_url: str, prometheus_url: str | None, metrics_port: int) -> int:
+    """The gateway's supervisor, which starts its workers (gateway/supervisor.py)."""
     argv = [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url]
     if prometheus_url is not None:
         argv += ["--prometheus-url", prometheus_url]
+    argv += ["--metrics-port", str(metrics_port)]
     return spawn_detached(
         argv,
         env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
@@ -360,6 +374,7 @@ def status(state: StateDir) -> dict[str, Any]:
         except requests.RequestException:
             dashboard_ok = False
     gateway_ok = gateway_up and _gateway_answers(gateway_url(config) + "/api/version", state)
+    workers = _gateway_workers(state) if gateway_up else []
     prom_up = run is not None and run.prometheus_pid is not None and alive(run.prometheus_pid)
     prom_ok = (
         prom_up and run is not None and run.prometheus_port is not None and prometheus.is_ready(run.prometheus_port)
@@ -389,6 +404,8 @@ def status(state: StateDir) -> dict[str, Any]:
             "healthy": gateway_ok,
             "listen": str(config.listen),
             "pid": run.gateway_pid if run else None,
+            "workers": workers,
+            "metrics_url": metrics_url(run.gateway_metrics_port) if run and run.gateway_metrics_port else None,
         },
         "ray": {
             "running": ray_up,

@@ -108,6 +108,9 @@ class Route:
     filter: ResponseFilter | None = None
     # The console page (gateway/web) that answers a console route.
     page: str = ""
+    # The route deletes the job in its path: every worker forgets what it cached of the job
+    # (gateway/jobrecords.py), and the id is held against a new submission until they have.
+    forgets_job: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,7 +138,7 @@ RAY_ROUTES: tuple[Route, ...] = (
     # Job bodies are small (Ray keeps them in its KV store); 1 MiB leaves room for long dependency lists.
     Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit", max_body=1024 * 1024),
     Route("GET", "/api/jobs/{job_id}", "jobs.read", "job", filter="job_details"),
-    Route("DELETE", "/api/jobs/{job_id}", "jobs.delete", "job"),
+    Route("DELETE", "/api/jobs/{job_id}", "jobs.delete", "job", forgets_job=True),
     Route("POST", "/api/jobs/{job_id}/stop", "jobs.stop", "job"),
     Route("GET", "/api/jobs/{job_id}/logs", "jobs.logs", "job"),
     Route("GET", "/api/jobs/{job_id}/logs/tail", "jobs.logs_tail", "job", websocket=True),

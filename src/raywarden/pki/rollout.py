@@ -4,15 +4,13 @@
   CA file or certificate before the step (Ray reads TLS files only when a process starts), and access
   certificates from the old CA that are still valid (or renewable within a service account's grace).
 - What follows a step: the gateway's certificate from the new access CA, the head's node certificate from the
-  new internal CA, this machine's profiles of the cluster, an audit record, and SIGHUP to the gateway so that
-  it reloads its TLS settings (gateway/tls.py).
+  new internal CA, this machine's profiles of the cluster and an audit record. Every gateway process notices
+  the changed certificate and CA bundle files at its next handshake (gateway/tls.py): no signal is needed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +162,6 @@ def rotate(
             steps[-1].notes.append(f"profiles on this machine updated: {', '.join(changed)}")
     for step in steps:
         _record(state, config, step, actor=actor, forced=force)
-    signal_gateway(state)
     return steps
 
 
@@ -254,18 +251,3 @@ def _reissue_head_node(state: StateDir, config: ClusterConfig) -> None:
 def _record(state: StateDir, config: ClusterConfig, step: Step, *, actor: str, forced: bool) -> None:
     with open_cluster_audit(state, config) as audit:
         audit.append({"kind": "ca", **step.to_dict(), "actor": actor, "forced": forced})
-
-
-def signal_gateway(state: StateDir) -> bool:
-    """SIGHUP to the running gateway: it reloads its TLS settings (and policies). False when none runs."""
-    from raywarden.cluster.lifecycle import read_run_state
-    from raywarden.cluster.procs import alive
-
-    run = read_run_state(state)
-    if run is None or not alive(run.gateway_pid):
-        return False
-    try:
-        os.kill(run.gateway_pid, signal.SIGHUP)
-    except ProcessLookupError:
-        return False
-    return True

@@ -142,8 +142,9 @@ def resource_entity(action: str, attrs: dict[str, Any], principal_id: str, trust
 def run_cases(engine: PolicyEngine, cases: CaseFile, trust_domain: str) -> list[CaseResult]:
     results = []
     for case in cases.cases:
+        request = build_request(case, cases.trust_domain or trust_domain)
         try:
-            decision = engine.decide(build_request(case, cases.trust_domain or trust_domain), strict=True)
+            decision = engine.decide(request, strict=True)
         except PolicyError as exc:
             results.append(CaseResult(case, Decision(False, (), (exc.message,)), False, [exc.message]))
             continue
@@ -152,6 +153,8 @@ def run_cases(engine: PolicyEngine, cases: CaseFile, trust_domain: str) -> list[
             problems.append(
                 f"expected {case.expect}, got {'allow' if decision.allowed else 'deny'} ({decision.reason})"
             )
+            if not decision.allowed:  # what would have to change
+                problems.append(f"why: {engine.explain(request).summary()}")
         if case.policies is not None and sorted(case.policies) != list(decision.policy_ids):
             problems.append(f"expected policies {sorted(case.policies)}, got {list(decision.policy_ids)}")
         results.append(CaseResult(case, decision, not problems, problems))

@@ -125,7 +125,7 @@ def second() -> Iterator[Cluster]:
 
 def _uid_job(cluster: Cluster) -> int:
     result = run_cli(
-        cluster, "job", "submit", "--", "python", "-c", "\"import os; print('UID', os.getuid())\"", timeout=240
+        cluster, "job", "submit", "--", "python", "-c", "import os; print('UID', os.getuid())", timeout=240
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return int(next(x for x in result.stdout.splitlines() if x.startswith("UID "))[4:])

@@ -58,14 +58,15 @@ def resource_for(action: str, owner: str | None = "alice") -> Entity:
 
 
 def engine(
-    config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None, compiled: bool = True
+    config: ClusterConfig | None = None, extra: list[tuple[str, str]] | None = None, cache_size: int | None = None
 ) -> PolicyEngine:
-    """``compiled=False``: the gateway's path decides through Cedar only (raywarden.policy.compiled steps aside)."""
+    """``cache_size=0``: every decision of the gateway's path through Cedar, none from the decision cache."""
     from raywarden.policy.engine import default_policy_files
 
-    return PolicyEngine.from_sources(
-        [*default_policy_files(), *(extra or [])], cluster_entity(config), compiled=compiled
-    )
+    files = [*default_policy_files(), *(extra or [])]
+    if cache_size is None:
+        return PolicyEngine.from_sources(files, cluster_entity(config))
+    return PolicyEngine.from_sources(files, cluster_entity(config), cache_size=cache_size)
 
 
 def decide(

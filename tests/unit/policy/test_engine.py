@@ -60,9 +60,9 @@ def test_strict_decisions_check_entities_against_the_schema() -> None:
     assert not eng.decide(PolicyRequest(principal("alice", "developers"), "jobs.read", bad, CONTEXT)).allowed
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_batch_decisions_match_single_ones(compiled: bool) -> None:
-    eng = engine(compiled=compiled)
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_batch_decisions_match_single_ones(cache_size: int | None) -> None:
+    eng = engine(cache_size=cache_size)
     alice = principal("alice", "developers")
     jobs = [job("alice", "a1"), job("bob", "b1"), job(None, "n1"), job("alice", "a2")]
     requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in jobs]
@@ -91,9 +91,10 @@ def test_submission_entity_matches_the_schema() -> None:
     assert decision.allowed
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
-    """The fast path leaves out attributes no policy reads and caches principals; neither may change a decision."""
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_fast_path_decides_exactly_as_the_strict_path(cache_size: int | None) -> None:
+    """The fast path leaves out attributes no policy reads, caches principals and decisions; none of it may
+    change a decision."""
     from tests.unit.policy.test_default_pack import ESCAPES, PLAIN
 
     extra = [
@@ -106,7 +107,7 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
             'when { resource.status == "RUNNING" };',
         )
     ]
-    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
+    for eng in (engine(cache_size=cache_size), engine(extra=extra, cache_size=cache_size)):
         people = [
             principal("alice", "developers"),
             principal("vera", "viewers"),
@@ -126,26 +127,27 @@ def test_fast_path_decides_exactly_as_the_strict_path(compiled: bool) -> None:
 
 
 def test_attribute_references_are_collected_from_the_policies() -> None:
-    from raywarden.policy.engine import _references
+    from raywarden.policy.reads import reads_of
 
-    refs = _references(
+    reads = reads_of(
         [
             {
+                "resource": {"op": "All"},
                 "conditions": [
                     {"body": {".": {"left": {"Var": "context"}, "attr": "a"}}},
                     {"body": {"has": {"left": {"Var": "resource"}, "attr": "b"}}},
-                ]
+                ],
             }
         ]
     )
-    assert refs.names == {"a", "b"} and not refs.whole_context
-    assert refs.context_names == ("a",)  # only fields read from the context itself are given to Cedar
-    whole = _references([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
+    assert reads.names == {"a", "b"} and not reads.whole_context and not reads.resource_identity
+    assert reads.context_names == ("a",)  # only fields read from the context itself are given to Cedar
+    whole = reads_of([{"conditions": [{"body": {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}}]}])
     assert whole.whole_context
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "cedar"])
-def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -> None:
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_fast_path_decides_as_the_strict_path_for_every_action(cache_size: int | None) -> None:
     """Each action is decided by its own slice of the set, with only what that slice reads; the strict path uses
     every policy and every attribute. Operator policies of every scope shape take part."""
     from raywarden.policy.engine import schema_actions
@@ -175,7 +177,7 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -
         principal("nobody"),
     ]
     job_actions = {"jobs.read", "jobs.read_env", "jobs.logs", "jobs.logs_tail", "jobs.stop", "jobs.delete"}
-    for eng in (engine(compiled=compiled), engine(extra=extra, compiled=compiled)):
+    for eng in (engine(cache_size=cache_size), engine(extra=extra, cache_size=cache_size)):
         for action in sorted(schema_actions()):
             for who in people:
                 for owner in ("alice", None):
@@ -187,15 +189,16 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(compiled: bool) -
 
 
 def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
-    from raywarden.policy.engine import _action_scope
+    from raywarden.policy.reads import action_scope as _action_scope
 
     eng = engine()
-    sizes = {action: len(part.policy_set) for action, part in eng._slices.items()}
+    sizes = {action: len(part.policies) for action, part in eng._pruned._slices.items()}
     assert sizes["jobs.read"] == 3  # admins-all, developers-own-jobs, viewers-read
     assert sizes["jobs.submit"] == 2  # admins-all, developers-submit
     assert all(size >= 1 for size in sizes.values())  # admins-all admits every action
     # What the slice reads is all a decision on that action parses: jobs.read needs the owner, not the context.
-    assert "owner" in eng._slices["jobs.read"].refs.names and "auth_method" not in eng._slices["jobs.read"].refs.names
+    reads = eng._pruned.slice("jobs.read").reads
+    assert "owner" in reads.names and "auth_method" not in reads.names
     action = {"type": "Raywarden::Action", "id": "a"}
     assert _action_scope({"action": {"op": "All"}}) is None
     assert _action_scope({"action": {"op": "==", "entity": action}}) == {"a"}
@@ -205,16 +208,66 @@ def test_each_action_is_asked_of_the_policies_whose_scope_admits_it() -> None:
     assert _action_scope({"action": {"op": "==", "slot": "?action"}}) is None
 
 
-def test_cedar_answers_are_read_whatever_their_layout() -> None:
-    from raywarden.policy.engine import Decision, _decision
+@pytest.mark.parametrize("cache_size", [None, 0], ids=["cached", "uncached"])
+def test_two_jobs_with_one_id_are_decided_apart(cache_size: int | None) -> None:
+    """A submission id chosen equal to another job's id: one entity set would decide both with one owner."""
+    eng = engine(cache_size=cache_size)
+    alice = principal("alice", "developers")
+    mine, theirs = job("alice", "same-id"), job("bob", "same-id")
+    requests = [PolicyRequest(alice, "jobs.read", j, CONTEXT) for j in (mine, theirs, mine, theirs)]
+    assert [d.allowed for d in eng.decide_many(requests)] == [True, False, True, False]
+    assert [read.allowed for (read,) in eng.decide_each(alice, CONTEXT, ["jobs.read"], [theirs, mine])] == [False, True]
 
-    expected = Decision(True, ("a", "b"), ("oops",))
-    usual = (
-        '{"decision":"Allow","correlation_id":null,"diagnostics":{"reason":["b","a"],'
-        '"id_annotations_by_reason":{},"errors":["oops"]},"metrics":{"authz_duration_micros":3}}'
-    )
-    assert _decision(usual) == expected
-    assert _decision('{"metrics":{},"diagnostics":{"reason":["b","a"],"errors":["oops"]},"decision":"Allow"}') == (
-        expected
-    )
-    assert _decision('{"decision":"NoDecision","diagnostics":{"errors":["bad"]}}') == Decision(False, (), ("bad",))
+
+def test_a_principal_that_is_also_the_resource_is_never_cached() -> None:
+    eng = engine()
+    alice = principal("alice", "admins")
+    same = Entity(alice.type, alice.id, {"other": "attributes"}, ())
+    decision = eng.decide(PolicyRequest(alice, "jobs.read", same, CONTEXT))
+    assert not decision.allowed and "two different entities" in decision.errors[0]
+    assert eng.decide(PolicyRequest(alice, "cluster.version", Entity("Cluster", CLUSTER_ID), CONTEXT)).allowed
+    assert len(eng.cache) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "identity", "types"),
+    [
+        ("permit (principal, action, resource is Raywarden::Job);", False, set()),
+        ('permit (principal, action, resource in Raywarden::Cluster::"ray");', False, {"Cluster"}),
+        ('permit (principal, action, resource == Raywarden::Job::"x");', False, {"Job"}),
+        ('permit (principal, action, resource is Raywarden::Job in Raywarden::Cluster::"ray");', False, {"Cluster"}),
+        ('permit (principal, action, resource) when { resource in Raywarden::Cluster::"ray" };', False, {"Cluster"}),
+        ('permit (principal, action, resource) when { Raywarden::Job::"x" != resource };', False, {"Job"}),
+        ('permit (principal, action, resource) when { Raywarden::Job::"x" in resource };', True, {"Job"}),
+        ("permit (principal, action, resource) when { resource in principal };", True, set()),
+        ("permit (principal, action, resource) when { [resource].isEmpty() };", True, set()),
+        ('permit (principal, action, resource) when { resource.owner == "" };', False, set()),
+    ],
+)
+def test_what_tells_a_resource_by_its_id(policy: str, identity: bool, types: set[str]) -> None:
+    """A resource is keyed by its id when a policy can tell it from another with the same attributes and groups:
+    by using it other than by attribute or type, or by naming an entity of its type."""
+    import json
+
+    import cedarpy
+
+    from raywarden.policy.reads import reads_of
+
+    est = json.loads(cedarpy.policies_to_json_str(policy))["staticPolicies"]["policy0"]
+    reads = reads_of([est])
+    assert reads.resource_identity is identity
+    assert reads.literal_types == types
+
+
+def test_values_no_key_can_hold_are_decided_by_cedar_every_time() -> None:
+    """A list of groups instead of a tuple, a set in an attribute: not what the gateway builds, still decided."""
+    eng, uncached = engine(), engine(cache_size=0)
+    listed = Entity("User", principal("alice").id, principal("alice").attrs, [("Group", "developers")])  # type: ignore[arg-type]
+    odd_job = Entity("Job", "j", {**job("alice").attrs, "owner": {1, 2}}, (("Cluster", CLUSTER_ID),))
+    for who, res in ((listed, job("alice")), (principal("alice", "developers"), odd_job)):
+        request = PolicyRequest(who, "jobs.read", res, CONTEXT)
+        single = eng.decide(request)
+        assert single == eng.decide(request) == uncached.decide(request)
+        assert eng.decide_many([request, request]) == [single, single]
+        assert eng.decide_each(who, CONTEXT, ["jobs.read"], [res]) == [(single,)]
+    assert len(eng.cache) == 0

@@ -74,6 +74,10 @@ def test_validate_lists_policies_and_refuses_a_broken_dir(tmp_path: Path) -> Non
     bad = cli(tmp_path, "policy", "validate", str(ops))
     assert bad.returncode == 1
     assert "typo.cedar" in bad.stderr and "does not match the schema" in bad.stderr
+    assert f"policy '{ops / 'typo.cedar'}#0' ({ops / 'typo.cedar'}:1)" in bad.stderr
+    (ops / "typo.cedar").write_text('// one\n@id("broken")\npermit (principal, action resource);\n')
+    broken = cli(tmp_path, "policy", "validate", str(ops))
+    assert broken.returncode == 1 and f"{ops / 'typo.cedar'}:3:27: unexpected token `resource`" in broken.stderr
 
 
 def test_cases_pass_and_a_mismatch_fails(tmp_path: Path) -> None:
@@ -123,6 +127,7 @@ def test_explain_names_the_deciding_policy(tmp_path: Path) -> None:
         '{"runtime_env": {"image_uri": "evil"}}',
     )
     assert denied.returncode == 0 and "deny: no policy permits this" in denied.stdout
+    assert "runtime_env_facts not in allowed_facts: container, key:image_uri" in denied.stdout
     assert cli(tmp_path, "policy", "explain", "--action", "jobs.read").returncode == 2
 
 
@@ -167,3 +172,22 @@ def test_explain_replays_submissions_recorded_before_the_flat_runtime_env_facts(
             },
         }
         assert eng.decide(_request_from_record(record), strict=True).allowed is expected
+
+
+def test_explain_names_the_offending_runtime_env_fact(tmp_path: Path) -> None:
+    body = '{"runtime_env": {"pip": ["--index-url https://evil/simple", "torch"]}, "entrypoint_num_cpus": 8}'
+    args = ["policy", "explain", "--principal", "alice", "--group", "developers", "--action", "jobs.submit"]
+    out = cli(tmp_path, *args, "--resource-json", body, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["decision"] == "deny" and "pip_option:--index-url" in data["summary"]
+    (candidate,) = data["candidates"]
+    assert candidate["id"] == "developers-submit" and candidate["where"] == "default/developers.cedar:36"
+    details = [c["detail"] for c in candidate["conditions"] if c["outcome"] == "failed"]
+    assert details == [
+        "runtime_env_facts not in allowed_facts: pip_direct_ref:https://evil/simple, pip_option:--index-url",
+        "entrypoint_milli_cpus 8000 > 4000",
+    ]
+    human = cli(tmp_path, *args, "--resource-json", body)
+    assert "failed" in human.stdout and "entrypoint_milli_cpus 8000 > 4000" in human.stdout
+    assert "permit admins-all (default/admins.cedar:2) does not apply" in human.stdout
