@@ -1,9 +1,10 @@
 """Renew the gateway's certificate once 2/3 of its life has passed, while the gateway serves.
 
-Every gateway process runs one renewer thread; the check and the issuance happen under the state dir's
-renewal lock, so whichever process gets there first renews and the others find a fresh certificate. Each
-process then swaps it in on its own (gateway/tls.py). The new certificate is signed with the access CA's
-current key and certificate files, so after a CA rotation it comes from the new CA.
+The gateway's supervisor runs the one renewer thread (gateway/supervisor.py); each worker process swaps the
+new certificate in on its own at its next handshake (gateway/tls.py). The check and the issuance happen
+under the state dir's renewal lock, which `up` and `cert rotate --gateway` take too, so a certificate that
+came due is renewed once whoever looks first. The new certificate is signed with the access CA's current key
+and certificate files, so after a CA rotation it comes from the new CA.
 """
 
 from __future__ import annotations
@@ -61,20 +62,24 @@ def next_look(state: StateDir, now: dt.datetime | None = None) -> float:
 
 
 class GatewayRenewer:
-    """The loop of one gateway process; ``stop`` ends it (tests, shutdown)."""
+    """The renewal loop; ``stop`` ends it (tests, shutdown)."""
 
     def __init__(self, state: StateDir, audit: AuditLog) -> None:
         self.state = state
         self.audit = audit
         self.failures = 0
         self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def run(self) -> None:
         while not self._stop.wait(next_look(self.state) if self.failures == 0 else RETRY_WAIT_S):
             self.attempt()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """End the loop, waiting up to ``timeout`` for an attempt under way (it writes and audits)."""
         self._stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def attempt(self) -> Renewed | None:
         try:
@@ -113,10 +118,11 @@ class GatewayRenewer:
 
 
 def start_gateway_renewal(state: StateDir, audit: AuditLog) -> GatewayRenewer:
-    """Start this process's renewer thread (a daemon: it holds nothing that a stop could leave half-done,
-    since every file it writes is renamed into place)."""
+    """Start the renewer thread (a daemon: it holds nothing that a kill could leave half-done, since every
+    file it writes is renamed into place; ``stop`` lets an attempt under way finish and audit)."""
     renewer = GatewayRenewer(state, audit)
-    threading.Thread(target=renewer.run, name="gateway-cert-renewal", daemon=True).start()
+    renewer.thread = threading.Thread(target=renewer.run, name="gateway-cert-renewal", daemon=True)
+    renewer.thread.start()
     return renewer
 
 

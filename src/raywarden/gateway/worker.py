@@ -26,7 +26,6 @@ from raywarden.errors import RaywardenError
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import LocalAudit
 from raywarden.gateway.auditwriter import open_gateway_audit
-from raywarden.gateway.renewal import start_gateway_renewal
 from raywarden.gateway.server import build_app, server_config
 from raywarden.gateway.tls import server_context
 from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyEngine
@@ -94,22 +93,20 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
             log.error("could not record a refused handshake: %s", exc.message)
 
     def tls_reloaded(fields: dict[str, Any]) -> None:
-        # Called on the event loop during the handshake that swapped in a renewed certificate (gateway/tls.py).
+        # Called on the event loop during the handshake that swapped in a renewed certificate (gateway/tls.py):
+        # one record per worker, since each swaps on its own.
         try:
             audit.append_later({"kind": "tls", "event": "reload", **fields})
         except RaywardenError as exc:
             log.error("could not record a TLS reload: %s", exc.message)
 
+    # The certificate is renewed by the supervisor (gateway/renewal.py); this context picks up the new files.
     tls = server_context(state, on_refused=handshake_refused, on_reload=tls_reloaded)
     server = uvicorn.Server(server_config(app, config, tls, http=os.environ.get(HTTP_ENV, "auto")))
     control = asyncio.get_running_loop().create_task(_control(app, audit, server, control_reader, control_writer))
-    # Every worker renews the certificate at 2/3 of its life; the renewal lock makes it happen once
-    # (gateway/renewal.py), and each worker swaps it in through its TLS context.
-    renewer = start_gateway_renewal(state, audit_log)
     try:
         await server.serve(sockets=[listener])
     finally:
-        renewer.stop()
         control.cancel()
         await audit.drain()
         await asyncio.to_thread(audit_log.close)

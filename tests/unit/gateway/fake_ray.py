@@ -186,6 +186,13 @@ class FakeRay:
             ws = web.WebSocketResponse()
             await ws.prepare(request)
             await ws.send_str(f"tail of {ref}\n")
+            # A job whose id starts with "endless" keeps writing, as a running job under `logs --follow` does.
+            while ref.startswith("endless") and not ws.closed:
+                await asyncio.sleep(0.05)
+                try:
+                    await ws.send_str("more\n")
+                except ConnectionError:
+                    break
             await ws.close()
             return ws
         return web.Response(status=404)

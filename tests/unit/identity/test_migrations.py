@@ -246,7 +246,7 @@ def _fail_in_data(db: sqlite3.Connection) -> None:
 
 
 API_KEYS = "CREATE TABLE api_keys (id TEXT PRIMARY KEY);"
-NEXT = CURRENT_VERSION + 1  # a migration this release does not have
+NEXT = CURRENT_VERSION + 1  # a test's migration comes after the release's own
 
 
 @pytest.mark.parametrize(
@@ -264,7 +264,7 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
     tmp_path: Path, broken: Migration, message: str, start: int
 ) -> None:
     path = load_fixture(tmp_path / "identity.db")
-    if start == CURRENT_VERSION:
+    if start:
         IdentityStore.open(path)
         for copy in backups_of(path):
             copy.unlink()
@@ -321,7 +321,7 @@ CHILD = textwrap.dedent(
     import json, os, sqlite3, sys, time
     from pathlib import Path
     from raywarden.identity.migrate import ensure_current
-    from raywarden.identity.schema import MIGRATIONS, Migration
+    from raywarden.identity.schema import CURRENT_VERSION, MIGRATIONS, Migration
 
     path, me, peers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 
@@ -332,7 +332,7 @@ CHILD = textwrap.dedent(
         db.execute("INSERT INTO upgrade_runs VALUES (?)", (me,))
 
     runs = "CREATE TABLE upgrade_runs (who TEXT NOT NULL);"
-    extra = Migration(len(MIGRATIONS) + 1, "test: count the runs", runs, record)
+    extra = Migration(CURRENT_VERSION + 1, "test: count the runs", runs, record)
     db = sqlite3.connect(path, isolation_level=None)
     (path.parent / f"ready-{me}").touch()
     done = ensure_current(db, path, (*MIGRATIONS, extra))

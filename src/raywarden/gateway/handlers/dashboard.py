@@ -54,7 +54,7 @@ class Dashboard:
 
     async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response:
         route = found.route
-        identity = authenticate(self.services, ex, request.scope, session=route.session)
+        identity = await authenticate(self.services, ex, request.scope, session=route.session)
         await body_of(self.services, request, route)
         resource = await resource_for(ex, found, identity, self.services.jobs)
         viewer = viewer_for(ex, identity)

@@ -49,7 +49,7 @@ class RayApi:
 
     async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response:
         route = found.route
-        identity = authenticate(self.services, ex, request.scope, session=route.session)
+        identity = await authenticate(self.services, ex, request.scope, session=route.session)
         upload = streamed_body(self.services, request, route) if route.body == "package" else None
         body = None if upload is not None else await body_of(self.services, request, route)
         submission: dict[str, Any] | None = None
