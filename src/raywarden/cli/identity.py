@@ -18,6 +18,7 @@ from raywarden.cli.common import (
     shell_command,
     state_dir,
 )
+from raywarden.errors import UsageError
 from raywarden.gateway.tokens import expires_iso, parse_ttl
 from raywarden.identity.admin import IdentityAdmin, Kind, NewCode
 from raywarden.identity.store import Principal
@@ -116,6 +117,8 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
             return
         console.print(f"{info['spiffe_id']}  ({'disabled' if info['disabled'] else 'active'})", markup=False)
         console.print(f"  groups: {', '.join(info['groups']) or '-'}", markup=False)
+        if kind == "sa":
+            console.print(f"  renewal after expiry: {_grace_text(info['renew_grace_s'])}", markup=False)
         for cert in info["certificates"]:
             state_text = f"revoked {cert['revoked_at']}" if cert["revoked_at"] else f"valid until {cert['not_after']}"
             console.print(f"  certificate {cert['serial']}  {state_text}", markup=False)
@@ -202,6 +205,42 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
                 },
                 json_output,
             )
+
+        @sub.command("renewal")
+        def sa_renewal(
+            name: NameArg,
+            grace: Annotated[
+                str | None,
+                typer.Option(
+                    "--grace",
+                    help="Renew an expired certificate within this long after it expired, e.g. 7d (at most 30d).",
+                ),
+            ] = None,
+            off: Annotated[bool, typer.Option("--off", help="Renew only before the certificate expires.")] = False,
+            state: StateDirOption = None,
+            json_output: JsonOption = False,
+        ) -> None:
+            """Show or set whether the account's certificate renews after it expired, for unattended use (a CI
+            runner idle over a weekend). The renewal is bound to the account's last key: a certificate that was
+            renewed already and comes back means a copied key, and revokes the account's credentials."""
+            from raywarden.cli.ca import parse_duration
+
+            if grace is not None and off:
+                raise UsageError("--grace and --off exclude each other", hint="`raywarden sa renewal --help`")
+            admin = IdentityAdmin(state_dir(state))
+            if grace is not None or off:
+                admin.set_renewal(name, None if off else parse_duration(grace or "", "--grace"))
+            seconds = admin.describe(admin.get("sa", name))["renew_grace_s"]
+            if json_output:
+                print_json({"name": name, "renew_grace_s": seconds})
+            else:
+                console.print(f"{name}: renewal after expiry {_grace_text(seconds)}", markup=False)
+
+
+def _grace_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "off (the certificate renews while valid only)"
+    return f"within {seconds / 86400:g} days" if seconds >= 86400 else f"within {seconds / 3600:g} hours"
 
 
 def _warn_unreferenced(admin: IdentityAdmin, groups: list[str]) -> None:

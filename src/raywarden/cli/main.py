@@ -48,6 +48,7 @@ COMMAND_MODULES = (
     "cluster",
     "jobs",
     "audit",
+    "ca",
     "scan",
     "nodes",
     "certs",

@@ -48,8 +48,8 @@ from raywarden.cluster.setup import (
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.gateway.runinfo import metrics_url, workers_file
-from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex
+from raywarden.pki.trust import gateway_issuer
 from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
 
 Progress = Callable[[str], None]
@@ -341,8 +341,7 @@ def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> Cl
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     names = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
     if listen.host not in names and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
-        issue_gateway_certificate(state, config, access)
+        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
     state.save_config(config)
     for profile in list_profiles():
         if profile.state_dir == str(state.root):

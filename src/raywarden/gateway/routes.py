@@ -167,6 +167,7 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("GET", "/raywarden/v1/ca", "raywarden.ca", anonymous=True, json_body=False),
     _control("POST", "/raywarden/v1/enroll", "identity.enroll", anonymous=True),
     _control("POST", "/raywarden/v1/renew", "identity.renew", anonymous=False),
+    _control("POST", "/raywarden/v1/renew/expired", "identity.renew_expired", anonymous=True),
     _control("POST", "/raywarden/v1/token", "identity.token", anonymous=False),
     _control("POST", "/raywarden/v1/nodes/join", "raywarden.node.join", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/peers", "raywarden.node.peers", anonymous=True),

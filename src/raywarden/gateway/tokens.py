@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from raywarden.errors import AuthenticationError, ConfigError, UsageError
 from raywarden.files import ensure_private_dir, read_private
-from raywarden.pki.certs import fingerprint, load_cert
+from raywarden.pki.trust import cluster_id as first_access_ca
 from raywarden.secret import Secret
 from raywarden.state import ClusterConfig, StateDir
 
@@ -123,8 +123,9 @@ class TokenAuthority:
 
     @classmethod
     def for_state(cls, state: StateDir, config: ClusterConfig) -> TokenAuthority:
-        # The access CA's fingerprint identifies the cluster: trust domains can repeat between clusters.
-        cluster_id = fingerprint(load_cert(state.access_ca_cert))[:32]
+        # The first access CA's fingerprint identifies the cluster (trust domains can repeat between clusters);
+        # it stays the same when the access CA is rotated, so tokens outlive a rotation (pki/trust.py).
+        cluster_id = first_access_ca(state)[:32]
         return cls(
             load_or_create_token_key(token_key_path(state)),
             cluster_id=cluster_id,

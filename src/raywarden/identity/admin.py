@@ -7,6 +7,7 @@ every request, so a change here is in force on the next request.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
@@ -19,6 +20,7 @@ from raywarden.cluster.privsep import require_room_for
 from raywarden.errors import RaywardenError, UsageError
 from raywarden.gateway.tokens import IssuedToken, TokenAuthority, expires_iso
 from raywarden.identity.enrollment import EnrollmentCode, create_code
+from raywarden.identity.renewal import RenewalStore
 from raywarden.identity.store import IdentityError, IdentityStore, Principal
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import StateDir
@@ -183,6 +185,14 @@ class IdentityAdmin:
         self._audit("token.issue", principal.spiffe_id, jti=issued.jti, expires_at=expires_iso(issued.expires_at))
         return issued
 
+    def set_renewal(self, name: str, grace: dt.timedelta | None) -> Principal:
+        """Let a service account renew its certificate within ``grace`` after it expired, by proving possession
+        of its key (docs/identities.md "Renewal"); None: only before it expires, as people do."""
+        principal = self.get("sa", name)
+        RenewalStore(self.store).set_renew_grace(principal.spiffe_id, grace)
+        self._audit("sa.renewal", principal.spiffe_id, renew_grace_s=None if grace is None else grace.total_seconds())
+        return principal
+
     def revoke_cert(self, serial: str, reason: str) -> str:
         serial = serial.strip().lower().removeprefix("0x").replace(":", "")
         owner = self.store.certificate_owner(serial)
@@ -213,12 +223,14 @@ class IdentityAdmin:
         certs = self.store.certificates_of(principal.spiffe_id)
         tokens = self.store.tokens_of(principal.spiffe_id)
         codes = self.store.enrollments_of(principal.spiffe_id)
+        grace = RenewalStore(self.store).renew_grace(principal.spiffe_id)
         return {
             "name": principal.name,
             "kind": principal.kind,
             "spiffe_id": principal.spiffe_id,
             "groups": list(principal.groups),
             "disabled": principal.disabled,
+            "renew_grace_s": None if grace is None else grace.total_seconds(),
             "certificates": certs,
             "tokens": [
                 {**t, "expires_at": expires_iso(float(t["expires_at"] or 0))}

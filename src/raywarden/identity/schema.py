@@ -149,6 +149,26 @@ CREATE TABLE IF NOT EXISTS oidc_flows (
 );
 """
 
+# Renewal and CA rotation (docs/identities.md, docs/credentials.md): which service accounts may renew an
+# expired certificate and for how long after it expired; which certificate superseded which (a superseded
+# certificate presented again means its key was copied); which CA issued each certificate (an access CA
+# rotation finishes only when none of the old CA's certificates is still valid); single-use challenges that an
+# expired certificate's key signs to prove possession.
+V3 = """
+ALTER TABLE principals ADD COLUMN renew_grace_s REAL;
+ALTER TABLE certificates ADD COLUMN issuer_sha256 TEXT;
+ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
+ALTER TABLE certificates ADD COLUMN superseded_at TEXT;
+CREATE TABLE renewal_challenges (
+    nonce_hash   TEXT PRIMARY KEY,
+    cert_sha256  TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    used_at      REAL
+);
+"""
+
 # Append only. A database at version N has had migrations 1..N applied, whichever release it came from.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -177,6 +197,12 @@ CREATE TABLE node_restart_lease (
     expires_at  REAL NOT NULL
 );
 """,
+    ),
+    Migration(
+        3,
+        "renewable service accounts (grace after expiry), superseded certificates (reuse detection), the CA "
+        "that issued each certificate (CA rotation), renewal challenges",
+        V3,
     ),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version

@@ -101,11 +101,15 @@ class IdentityStore:
         if cur.rowcount != 1:
             raise IdentityError(f"no such principal {spiffe_id}")
 
-    def record_certificate(self, serial: str, spiffe_id: str, not_after: dt.datetime) -> None:
+    def record_certificate(
+        self, serial: str, spiffe_id: str, not_after: dt.datetime, *, issuer: str | None = None
+    ) -> None:
+        """Remember an issued serial; ``issuer`` is the issuing CA's SHA-256 (a CA rotation looks for the old
+        CA's certificates still in use)."""
         with self._connect() as db:
             db.execute(
-                "INSERT INTO certificates (serial, spiffe_id, not_after, issued_at) VALUES (?,?,?,?)",
-                (serial, spiffe_id, not_after.isoformat(), _now()),
+                "INSERT INTO certificates (serial, spiffe_id, not_after, issued_at, issuer_sha256) VALUES (?,?,?,?,?)",
+                (serial, spiffe_id, not_after.isoformat(), _now(), issuer),
             )
 
     def is_revoked(self, serial: str) -> bool:
