@@ -309,7 +309,7 @@ def revoke_cert(
     state: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Revoke a certificate: refused by the gateway on its next request."""
+    """Revoke a certificate: refused by the gateway on its next request, with the bearer tokens minted with it."""
     owner = IdentityAdmin(state_dir(state)).revoke_cert(serial, reason)
     _revoked("certificate", serial, owner, json_output)
 
@@ -331,3 +331,5 @@ def _revoked(what: str, ident: str, owner: str, json_output: bool) -> None:
         print_json({"revoked": what, "id": ident, "principal": owner})
     else:
         console.print(f"Revoked {what} {ident} of {owner}.", markup=False)
+        if what == "certificate":
+            console.print("Bearer tokens issued with it and browser sessions started with it end too.")

@@ -166,6 +166,8 @@ class Exchange:
             record["raw_query"] = _masked(self.raw_query, self.route)
         if identity is not None:
             record[_CREDENTIAL_FIELD.get(identity.auth_method, "credential_ref")] = identity.credential_id
+            if identity.minted_with is not None:
+                record["minted_with"] = identity.minted_with
         if self.websocket:
             record["websocket"] = True
         if self.policy_input:

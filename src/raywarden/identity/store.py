@@ -303,22 +303,64 @@ class CredentialState:
     principal: Principal | None
 
 
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    spiffe_id: str
+    revoked: bool
+    not_after: float
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """A bearer token's record with its holder and, when it names one, the certificate it was minted with."""
+
+    credential: CredentialState
+    # Minted by its holder over mutual TLS (identity.token), not by an administrator (`sa token`).
+    self_issued: bool
+    # None when the token names no certificate, or names one this cluster never issued.
+    certificate: CertificateRecord | None
+
+
 def lookup_credential(store: IdentityStore, table: str, ident: str) -> CredentialState | None:
     """``table`` is "certificates" (by serial) or "tokens" (by jti); None if this cluster never issued it."""
-    column = {"certificates": "serial", "tokens": "jti"}[table]
     with store._connect() as db:
-        row = db.execute(
-            f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
-            f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
-            (ident,),
-        ).fetchone()
-        if row is None:
+        return _credential(db, table, ident)
+
+
+def lookup_token(store: IdentityStore, jti: str, cert_serial: str | None) -> TokenState | None:
+    """The token ``jti`` and the certificate ``cert_serial`` it names, in one connection; None if this
+    cluster never issued the token."""
+    with store._connect() as db:
+        found = _credential(db, "tokens", jti)
+        if found is None:
             return None
-        groups = tuple(
-            g
-            for (g,) in db.execute(
-                "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],)
-            )
-        )
+        (issued_by,) = db.execute("SELECT issued_by FROM tokens WHERE jti = ?", (jti,)).fetchone()
+        row = None
+        if cert_serial is not None:
+            row = db.execute(
+                "SELECT spiffe_id, revoked_at, not_after FROM certificates WHERE serial = ?", (cert_serial,)
+            ).fetchone()
+    cert = None
+    if row is not None:
+        ends = dt.datetime.fromisoformat(row[2])
+        not_after = (ends if ends.tzinfo else ends.replace(tzinfo=dt.timezone.utc)).timestamp()
+        cert = CertificateRecord(str(cert_serial), row[0], row[1] is not None, not_after)
+    return TokenState(found, issued_by == found.spiffe_id, cert)
+
+
+def _credential(db: sqlite3.Connection, table: str, ident: str) -> CredentialState | None:
+    column = {"certificates": "serial", "tokens": "jti"}[table]
+    row = db.execute(
+        f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
+        f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
+        (ident,),
+    ).fetchone()
+    if row is None:
+        return None
+    groups = tuple(
+        g
+        for (g,) in db.execute("SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],))
+    )
     principal = None if row[2] is None else Principal(row[0], row[2], row[3], groups, bool(row[4]))
     return CredentialState(row[0], row[1] is not None, principal)

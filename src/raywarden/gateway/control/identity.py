@@ -17,7 +17,7 @@ from cryptography import x509
 from raywarden.errors import PKIError, UsageError
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
 from raywarden.gateway.control.renewal import ExpiredRenewal, Issuer
-from raywarden.gateway.tokens import TokenAuthority, expires_iso
+from raywarden.gateway.tokens import MintingCertificate, TokenAuthority, expires_iso
 from raywarden.identity.enrollment import EnrollmentRefused, consume, parse_code, verify_code
 from raywarden.identity.renewal import RenewalStore
 from raywarden.pki.certs import cert_pem, serial_hex
@@ -160,8 +160,12 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         ttl = req.json.get("ttl_seconds")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
             return refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
+        if identity.expires_at is None:  # a verified certificate always has one
+            return refuse(500, "token not issued", "certificate identity without an expiry")
+        # The token names the certificate and ends with it: revoking the certificate stops the token too.
+        minted_with = MintingCertificate(identity.credential_id, identity.expires_at)
         try:
-            issued = tokens.issue(identity.spiffe_id, None if ttl is None else float(ttl))
+            issued = tokens.issue(identity.spiffe_id, None if ttl is None else float(ttl), minted_with=minted_with)
         except UsageError as exc:
             return refuse(400, exc.message, f"token lifetime refused: {exc.message}")
         store.record_token(issued.jti, identity.spiffe_id, issued.expires_at, issued_by=identity.spiffe_id)
@@ -172,6 +176,8 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             req.source,
             jti=issued.jti,
             expires_at=expires_iso(issued.expires_at),
+            cert_serial=identity.credential_id,
+            capped_by_certificate=issued.capped_by_certificate,
         )
         return ControlResponse(
             200,
@@ -180,6 +186,8 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
                 "jti": issued.jti,
                 "expires_at": expires_iso(issued.expires_at),
                 "token_type": "Bearer",
+                "cert_serial": identity.credential_id,
+                "capped_by_certificate": issued.capped_by_certificate,
             },
             {"jti": issued.jti},
         )
