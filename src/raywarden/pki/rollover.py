@@ -19,7 +19,6 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
-import hmac
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,7 +117,7 @@ def parse_rollover(value: object) -> Rollover:
 
 def verify_rollover(statement: Rollover, trusted_old: x509.Certificate, trust_domain: str) -> x509.Certificate:
     """Check that ``trusted_old`` (a CA we already trust) handed over in ``statement``; return the successor."""
-    if not hmac.compare_digest(statement.old_sha256, fingerprint(trusted_old)):
+    if statement.old_sha256 != fingerprint(trusted_old):
         raise PKIError("a CA rollover statement is about another CA than the one trusted here")
     _check_signatures(statement, trusted_old)
     check_ca_certificate(statement.new, statement.role, trust_domain)
@@ -132,7 +131,7 @@ def predecessors(
     overlap the gateway may still present a certificate from one of them."""
     found = []
     for statement in statements:
-        if statement.role != role or not hmac.compare_digest(statement.new_sha256, fingerprint(current)):
+        if statement.role != role or statement.new_sha256 != fingerprint(current):
             continue
         try:
             _check_signatures(statement, statement.old)
