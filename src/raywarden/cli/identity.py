@@ -139,7 +139,8 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
         else:
             console.print(
                 f"Disabled {what} {name}; revoked {counts['certificates']} certificate(s), "
-                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s)."
+                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s), "
+                f"{counts.get('api_keys', 0)} API key(s)."
             )
 
     @sub.command("enable")

@@ -37,6 +37,7 @@ from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.request import Target, canonical_path, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import Routed, RouteKind, match
+from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.upstream import Upstream, UpstreamUnavailable
 from raywarden.gateway.web import Console, WebServices
 from raywarden.policy.engine import PolicyEngine
@@ -77,6 +78,7 @@ class GatewayApp:
             "console_page": ConsolePages(self.services, self.console),
             "console_anonymous": ConsoleAnonymous(self.services, self.console),
             "control": Control(self.services, control),
+            "serve": ServeControl(self.services),
         }
         self.log_tail = LogTail(self.services)
         chain: ASGIApp = self._route

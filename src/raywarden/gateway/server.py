@@ -18,6 +18,7 @@ from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
+from raywarden.gateway.serve.server import beside, serve_alongside
 from raywarden.gateway.tls import PeerCertProtocol, server_context
 from raywarden.gateway.upstream import Upstream
 from raywarden.gateway.web import WebServices
@@ -85,7 +86,7 @@ def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext) -
     return uv_config
 
 
-def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None) -> None:
+def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None, serve_url: str | None = None) -> None:
     config = state.load_config()
     app, audit = build_app(state, dashboard_url, prometheus_url)
     pending: set[asyncio.Task[int]] = set()
@@ -98,14 +99,15 @@ def serve(state: StateDir, dashboard_url: str, prometheus_url: str | None = None
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    uv_config = server_config(app, config, server_context(state, on_refused=audit_handshake_refusal))
-    server = uvicorn.Server(uv_config)
+    tls = server_context(state, on_refused=audit_handshake_refusal)
+    server = uvicorn.Server(server_config(app, config, tls))
+    serve_server = beside(state, app, audit, dashboard_url, serve_url, tls)  # Ray Serve's listener (docs/serve.md)
     audit.append({"kind": "gateway", "event": "start", "listen": str(config.listen)})
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload_policies(app, state, audit))
-        await server.serve()
+        await serve_alongside(server, serve_server)
 
     try:
         asyncio.run(run())
@@ -139,10 +141,11 @@ def main() -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--dashboard-url", required=True)
     parser.add_argument("--prometheus-url", help="the cluster's Prometheus, for Ray's Metrics page (optional)")
+    parser.add_argument("--serve-url", help="Ray Serve's HTTP proxy on loopback, behind the Serve listener (optional)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        serve(StateDir(args.state_dir), args.dashboard_url, args.prometheus_url)
+        serve(StateDir(args.state_dir), args.dashboard_url, args.prometheus_url, args.serve_url)
     except RaywardenError as exc:
         log.error("%s", exc.diagnostics())
         raise SystemExit(1) from None
