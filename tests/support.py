@@ -9,6 +9,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,24 @@ class Cluster:
         jobs: list[dict[str, Any]] = resp.json()
         return jobs
 
-    def audit_records(self) -> list[dict[str, Any]]:
-        records = []
-        for path in sorted(self.state.audit_dir.glob("audit-*.jsonl")):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    records.append(json.loads(line))
-        return records
+    def audit_records(self, settle_s: float = 3.0) -> list[dict[str, Any]]:
+        """The log, once the outcome records of requests decided in the last seconds are in: the gateway writes
+        them after the answer (group commit), so a test that just got its answer may read a moment early."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            records = []
+            for path in sorted(self.state.audit_dir.glob("audit-*.jsonl")):
+                for line in path.read_text().splitlines():
+                    if line.strip():
+                        records.append(json.loads(line))
+            recent = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S")
+            done = {r.get("request_id") for r in records if r.get("kind") == "outcome"}
+            waiting = [
+                r for r in records if r.get("kind") == "request" and r["request_id"] not in done and r["time"] >= recent
+            ]
+            if not waiting or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
 
     def issue(
         self,
@@ -113,7 +125,9 @@ class Cluster:
         return (str(folder / f"{stem}.crt"), str(folder / f"{stem}.key"))
 
 
-def start_cluster(root: Path, *, port: int, profile: str = "test") -> Cluster:
+def start_cluster(
+    root: Path, *, port: int, profile: str = "test", serve_port: int | None = None, **settings: Any
+) -> Cluster:
     home = root / "home"
     state = StateDir(root / "state")
     env_before = os.environ.get("RAYWARDEN_HOME")
@@ -121,11 +135,12 @@ def start_cluster(root: Path, *, port: int, profile: str = "test") -> Cluster:
     try:
         init_state(
             state,
-            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port)),
+            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port), **settings),
             admin_name="admin",
             profile_name=profile,
         )
-        lifecycle.up(state, num_cpus=2)
+        serve_listen = Listen(host="127.0.0.1", port=serve_port) if serve_port is not None else None
+        lifecycle.up(state, num_cpus=2, serve_listen=serve_listen)
     finally:
         if env_before is None:
             os.environ.pop("RAYWARDEN_HOME", None)

@@ -133,6 +133,11 @@ class ClusterConfig(BaseModel):
     # Ray itself refuses packages above 100 MiB (ray_constants.GCS_STORAGE_MAX_SIZE); allow that plus framing.
     max_body_bytes: int = Field(default=101 * 1024 * 1024, ge=1024)
     upstream_timeout_s: float = Field(default=300.0, gt=0)
+    # Answers the gateway filters (job lists, dashboard lists) are read whole up to this size; beyond it the
+    # caller gets a 502 with a hint. Every other answer streams through without a limit.
+    max_filtered_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    # Gateway worker processes sharing the listener; 0: one per core (docs/architecture.md, "Workers").
+    gateway_workers: int = Field(default=0, ge=0, le=256)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
     audit_rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)

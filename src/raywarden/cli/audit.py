@@ -18,6 +18,7 @@ from rich.markup import escape
 from raywarden.audit import AuditVerificationError, VerifyReport, load_audit_public_key, verify_log
 from raywarden.audit.anchor import export_document, load_exported_head
 from raywarden.audit.cluster import open_cluster_audit
+from raywarden.audit.completeness import Completeness, completeness
 from raywarden.audit.keys import load_audit_key
 from raywarden.audit.reader import RecordFilter, follow, iter_records, last_records, parse_time
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
@@ -118,10 +119,28 @@ def verify_command(
         raise
     if key is not None:
         report = dataclasses.replace(report, key_source=source)
+    found = completeness(state.audit_dir, report.verified_from)
     if json_output:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "completeness": found.to_dict()})
         return
     _print_report(report)
+    _print_completeness(found)
+
+
+def _print_completeness(found: Completeness) -> None:
+    """Decisions without outcomes: requests in flight when a gateway stopped abruptly (or right now)."""
+    if found.without_outcome:
+        console.print(
+            f"  [yellow]incomplete[/]: {found.without_outcome} of {found.requests} request(s) have a decision "
+            "record but no outcome record: they were in flight when a gateway process stopped abruptly "
+            "(or are in flight now). This is not tampering: the chain and signatures above verify."
+        )
+        console.print(f"       first request ids: {', '.join(found.examples[:5])}")
+    if found.outcome_only:
+        console.print(
+            f"  [yellow]{found.outcome_only} outcome record(s) without a decision record[/] "
+            "(the gateway never writes these): see `raywarden audit tail`"
+        )
 
 
 def _print_report(report: VerifyReport) -> None:

@@ -102,6 +102,16 @@ def up(
             "cluster started without root admits its one admin only.",
         ),
     ] = False,
+    serve_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--serve-listen",
+            metavar="HOST:PORT",
+            help="Also start Ray Serve, its proxy on loopback only, behind a second HTTPS listener of the gateway "
+            "at HOST:PORT: every call is authenticated (API keys, tokens, certificates), authorized per "
+            "application and audited (docs/serve.md). Kept for later `up`s.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it.
@@ -119,6 +129,7 @@ def up(
             node_ip=node_ip,
             ray_user=ray_user,
             shared_os_user=shared_os_user,
+            serve_listen=Listen.parse(serve_listen) if serve_listen else None,
             progress=lambda msg: spinner.update(msg),
         )
     elapsed = time.monotonic() - started
@@ -128,6 +139,8 @@ def up(
         return
     console.print(f"Cluster up in {elapsed:.1f}s.")
     console.print(f"  gateway:   {info['gateway_url']}  (TLS 1.2+, client certificate required)")
+    if info["serve"]["url"]:
+        console.print(f"  serve:     {info['serve']['url']}  (Ray Serve's applications, API keys accepted)")
     console.print(f"  Ray:       dashboard on {info['ray']['dashboard']} (loopback only, token auth, mutual TLS)")
     _os_user_line(run.ray_user, run.ray_uid)
     if run.node_ip:
@@ -226,6 +239,11 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
     gw, ray = info["gateway"], info["ray"]
     console.print(f"cluster {info['trust_domain']}  ({info['state_dir']})")
     console.print(f"  gateway   {_health(gw['running'], gw['healthy'])}  {info['gateway_url']}")
+    if gw["running"]:
+        workers = ", ".join(str(p) for p in gw["workers"]) or "none answering"
+        console.print(f"            supervisor {gw['pid']}, workers {workers}")
+        if gw["metrics_url"]:
+            console.print(f"            metrics {gw['metrics_url']} (loopback only)")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
     console.print(
         f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "

@@ -61,16 +61,20 @@ def url(port: int) -> str:
     return f"http://{HOST}:{port}"
 
 
-def render_config(targets: list[int]) -> str:
-    """prometheus.yml as JSON (a subset of YAML): Ray's metrics ports on loopback, named in the file."""
+def render_config(targets: list[int], gateway: int | None = None) -> str:
+    """prometheus.yml as JSON (a subset of YAML): Ray's metrics ports on loopback, named in the file, and the
+    gateway's own metrics port (docs/metrics.md, "The gateway's metrics")."""
+    scrape: list[dict[str, object]] = [
+        {
+            "job_name": "ray",
+            "static_configs": [{"targets": [f"{HOST}:{port}" for port in targets], "labels": {"job": "ray"}}],
+        }
+    ]
+    if gateway is not None:
+        scrape.append({"job_name": "raywarden-gateway", "static_configs": [{"targets": [f"{HOST}:{gateway}"]}]})
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [
-            {
-                "job_name": "ray",
-                "static_configs": [{"targets": [f"{HOST}:{port}" for port in targets], "labels": {"job": "ray"}}],
-            }
-        ],
+        "scrape_configs": scrape,
     }
     return json.dumps(config, indent=2) + "\n"
 
@@ -117,9 +121,9 @@ class Prometheus:
         return url(self.port)
 
 
-def spawn(state: StateDir, port: int, targets: list[int]) -> Prometheus:
-    """Write the config (scraping Ray's metrics ports ``targets``) and start Prometheus detached, without
-    waiting for it."""
+def spawn(state: StateDir, port: int, targets: list[int], gateway: int | None = None) -> Prometheus:
+    """Write the config (scraping Ray's metrics ports ``targets`` and the gateway's metrics port) and start
+    Prometheus detached, without waiting for it."""
     prometheus = binary()
     if prometheus is None:
         raise ClusterError("the `prometheus` command is not installed", hint=INSTALL_HINT)
@@ -128,7 +132,7 @@ def spawn(state: StateDir, port: int, targets: list[int]) -> Prometheus:
         ensure_private_dir(state.runtime_dir)  # separated: root's 0711 folder, made by raydir.prepare
     ensure_private_dir(data_dir(state))
     ensure_private_dir(state.logs_dir)
-    write_private(config_path(state), render_config(targets).encode())
+    write_private(config_path(state), render_config(targets, gateway).encode())
     # A Prometheus left over from a crashed `up` holds the data dir's lock; it belongs to this state dir only.
     stop(state, None)
     # Nothing from the CLI's environment: Prometheus needs no secret and no Ray setting.

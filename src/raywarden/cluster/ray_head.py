@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import alive, exit_status, pids_in_session, pids_mentioning, spawn_as, terminate
 from raywarden.cluster.raydir import RayFiles
 from raywarden.cluster.rayuser import RayUser
+from raywarden.cluster.serve import SERVE_ENVIRONMENT
 from raywarden.errors import ClusterError
 from raywarden.files import read_private
 from raywarden.state import StateDir
@@ -73,6 +75,7 @@ def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
         env["HOME"] = os.environ.get("HOME", str(files.home))
     else:
         env.update({"HOME": str(files.home), "USER": files.user.name, "LOGNAME": files.user.name})
+    env.update(SERVE_ENVIRONMENT)
     env.update(
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
@@ -177,7 +180,15 @@ def spawn_head(
     return RayHead(pid, ports)
 
 
-def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None:
+def _agent_listens(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_host: str = HEAD_ADDRESS) -> None:
     token = read_private(state.ray_token).decode().strip()
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
@@ -197,9 +208,11 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float) -> None
                 jobs = requests.get(
                     f"{head.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5
                 )
-                if jobs.status_code == 200:
+                # Submissions go through the head's dashboard agent, which Ray waits for only 10 s: a loaded
+                # host can take longer to start it, so `up` waits until it listens.
+                if jobs.status_code == 200 and _agent_listens(agent_host, head.ports.dashboard_agent_http):
                     return
-                last = f"jobs API answered {jobs.status_code}"
+                last = f"jobs API answered {jobs.status_code}" if jobs.status_code != 200 else "job agent not up"
             else:
                 last = f"dashboard answered {resp.status_code}"
         except requests.RequestException as exc:

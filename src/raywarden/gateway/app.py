@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from raywarden.audit import AuditLog, AuditRecordError, AuditUnavailable
+from raywarden.audit import AuditRecordError, AuditUnavailable
 from raywarden.gateway import responses
+from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlHandler
 from raywarden.gateway.exchange import Exchange
@@ -30,6 +33,7 @@ from raywarden.gateway.handlers.dashboard import Dashboard
 from raywarden.gateway.handlers.ray_api import RayApi
 from raywarden.gateway.handlers.websocket import LogTail
 from raywarden.gateway.jobaccess import FilterError
+from raywarden.gateway.jobrecords import JobDeletions, JobRecords
 from raywarden.gateway.middleware import header
 from raywarden.gateway.middleware.headers import SecurityHeadersMiddleware
 from raywarden.gateway.middleware.host import HostMiddleware
@@ -38,7 +42,8 @@ from raywarden.gateway.request import Target, canonical_path, check_pairs, parse
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import Routed, RouteKind, match
 from raywarden.gateway.serve.control import ServeControl
-from raywarden.gateway.upstream import Upstream, UpstreamUnavailable
+from raywarden.gateway.telemetry import RequestMetrics
+from raywarden.gateway.upstream import AnswerTooLarge, Upstream, UpstreamUnavailable
 from raywarden.gateway.web import Console, WebServices
 from raywarden.policy.engine import PolicyEngine
 
@@ -60,16 +65,31 @@ class GatewayApp:
         *,
         authenticator: Authenticator,
         engine: PolicyEngine,
-        audit: AuditLog,
+        audit: AuditSink,
         upstream: Upstream,
         control: dict[str, ControlHandler],
         max_body_bytes: int,
+        max_filtered_bytes: int,
+        run_dir: Path,
+        shared_locks: bool = False,
         web: WebServices | None = None,
     ) -> None:
+        """``run_dir`` holds what the gateway's workers share at run time: the job deletion log and, with
+        ``shared_locks``, the lock files that hold a package name or submission id across workers."""
         self.engine = engine
         self.audit = audit
         self.upstream = upstream
-        self.services = Services(authenticator, audit, upstream, max_body_bytes)
+        self.jobs = JobRecords(upstream, JobDeletions(run_dir / "job-deletions.log"))
+        self.services = Services(
+            authenticator,
+            audit,
+            upstream,
+            max_body_bytes,
+            self.jobs,
+            max_filtered_bytes,
+            locks_dir=run_dir if shared_locks else None,
+        )
+        self.metrics = RequestMetrics()
         # Browser access (docs/browser.md): without it, console routes answer 404 and no Host is refused.
         self.console = Console(web, upstream) if web is not None else None
         self.handlers: dict[RouteKind, Handler] = {
@@ -134,6 +154,11 @@ class GatewayApp:
                 log.error("audit log unavailable: %s", audit_exc.message)
                 if not started:
                     await _answer(ex, AUDIT_DOWN, scope, receive, tracked)
+        finally:
+            if ex.status is None and started:
+                ex.status = started[0]
+            self.metrics.observe(ex, time.monotonic() - ex.started)
+            self.metrics.job_records(self.jobs.hits, self.jobs.misses)
 
     async def _failed(
         self, ex: Exchange, exc: Exception, scope: Scope, receive: Receive, send: Send, status: int | None
@@ -184,6 +209,8 @@ def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:
     if isinstance(exc, UpstreamUnavailable):
         return responses.ray_unreachable(exc.message)
     if isinstance(exc, FilterError):
+        return responses.unchecked_answer(exc.message)
+    if isinstance(exc, AnswerTooLarge):
         return responses.unchecked_answer(exc.message)
     log.exception("request %s (%s %s) failed", ex.request_id, ex.method, ex.raw_path[:200], exc_info=exc)
     return Refusal(

@@ -12,9 +12,9 @@ from typing import Any
 
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.exchange import Exchange
+from raywarden.gateway.jobrecords import JobRecords
 from raywarden.gateway.responses import HINT_ASK_ADMIN, Refusal
 from raywarden.gateway.routes import Route, Routed
-from raywarden.gateway.upstream import Upstream
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
 from raywarden.policy.entities import (
     job_entity,
@@ -76,8 +76,18 @@ def viewer_for(ex: Exchange, identity: Identity) -> Viewer:
     return Viewer(ex.engine, principal_for(identity), context_for(identity, ex.source))
 
 
+# Besides the route's own action, a job's entity is decided on for these (the 404 for a job the caller may not
+# view, and the redaction of its env values).
+_JOB_ACTIONS = ("jobs.read", "jobs.read_env")
+
+
+def reads_job_status(engine: PolicyEngine, action: str) -> bool:
+    """Whether any policy deciding on a job for ``action`` reads its status, the one attribute that changes."""
+    return any("status" in engine.reads(a) for a in (action, *_JOB_ACTIONS))
+
+
 async def resource_for(
-    found: Routed, identity: Identity, upstream: Upstream, submission: dict[str, Any] | None = None
+    ex: Exchange, found: Routed, identity: Identity, jobs: JobRecords, submission: dict[str, Any] | None = None
 ) -> Resource:
     kind = found.route.resource
     if kind == "cluster":
@@ -90,13 +100,19 @@ async def resource_for(
         return Resource(new_job_entity(submission, identity.spiffe_id))
     job_id = found.params["job_id"]
     # The owner comes from Ray's record of the job, where the gateway wrote it at submission.
-    info = await upstream.job_info(job_id)
+    started = time.monotonic()
+    try:
+        info = await jobs.info(job_id, fresh=reads_job_status(ex.engine, found.route.action))
+    finally:
+        ex.spent("job_lookup", started)
     return Resource(job_entity(job_id, info), known=info is not None)
 
 
 def decide(ex: Exchange, viewer: Viewer, action: str, entity: Entity, groups: tuple[str, ...]) -> Decision:
     """Cedar's decision, and what it was made on, noted on the exchange for its decision record."""
+    started = time.monotonic()
     decision = viewer.decide(action, entity)
+    ex.spent("decision", started)
     note(ex, viewer, action, entity, decision, groups)
     return decision
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -44,6 +44,31 @@ async def read_body(request: Request, limit: int, hint: str | None) -> bytes:
         if len(data) > limit:
             raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
     return bytes(data)
+
+
+class StreamedBody:
+    """A body forwarded as it arrives (a package upload), never held whole: refused (413) as soon as it is
+    known to exceed ``limit``. ``refusal`` keeps the refusal for the handler, since the upstream client
+    reports a failing body as its own error."""
+
+    def __init__(self, request: Request, limit: int, hint: str | None) -> None:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
+        self._request = request
+        self._limit = limit
+        self._hint = hint
+        self.received = 0
+        self.refusal: Refusal | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for part in self._request.stream():
+            self.received += len(part)
+            if self.received > self._limit:
+                self.refusal = Refusal(413, f"request body larger than {self._limit} bytes", hint=self._hint)
+                raise self.refusal
+            if part:
+                yield part
 
 
 async def refuse_body(request: Request) -> None:

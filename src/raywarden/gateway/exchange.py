@@ -2,12 +2,14 @@
 
 Every request gets exactly one decision record (``kind: request``, decision ``allow``, ``deny`` or ``error``)
 and one outcome record (``kind: outcome``, the status sent), whatever happens: the app's last-resort handler
-writes whichever is missing. The decision record is durable before anything is forwarded (principle 5).
+writes whichever is missing. The decision record is durable before anything is forwarded or answered
+(principle 5); the outcome record is submitted to the next group commit and the answer does not wait for it.
+Both carry the request's W3C trace (gateway/trace.py).
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,22 +17,31 @@ from typing import Any
 
 from starlette.types import Scope
 
-from raywarden.audit import AuditLog
+from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.request import Target
 from raywarden.gateway.responses import DecisionWord, Refusal
 from raywarden.gateway.routes import Route
+from raywarden.gateway.trace import Trace, trace_of
 from raywarden.policy.engine import PolicyEngine
 
 # The audit record names the credential that authenticated the request (never the credential itself).
 # Field names avoid "token"/"credential", which the audit writer redacts as secrets.
-_CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti", "session": "session_ref"}
+_CREDENTIAL_FIELD = {
+    "certificate": "cert_serial",
+    "token": "jti",
+    "oidc": "oidc_jti",
+    "session": "session_ref",
+    "api_key": "key_id",  # Serve's API keys: the id only (identity/apikeys.py)
+}
 MAX_RAW_IN_RECORD = 512
+# Which gateway worker decided (several share the listener): after a crash, whose requests were in flight.
+_PID = os.getpid()
 
 
 @dataclass
 class Exchange:
-    audit: AuditLog
+    audit: AuditSink
     # The policy set this request is decided under, even if a reload swaps the app's engine meanwhile.
     engine: PolicyEngine
     request_id: str
@@ -39,6 +50,7 @@ class Exchange:
     raw_path: str
     raw_query: bytes
     started: float
+    trace: Trace
     websocket: bool = False
     path: str | None = None  # the canonical path, once parsed
     target: Target | None = None  # the canonical path and query, once both are parsed and checked
@@ -52,9 +64,17 @@ class Exchange:
     decided: bool = False  # the decision record is written
     finished: bool = False  # the outcome record is written
     extra: dict[str, Any] = field(default_factory=dict)
+    # For the gateway's metrics (gateway/telemetry.py): the decision word and status recorded, and seconds
+    # spent per stage (authentication, decision, audit, upstream).
+    decision: DecisionWord | None = None
+    status: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def spent(self, stage: str, since: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + time.monotonic() - since
 
     @classmethod
-    def begin(cls, scope: Scope, audit: AuditLog, engine: PolicyEngine) -> Exchange:
+    def begin(cls, scope: Scope, audit: AuditSink, engine: PolicyEngine) -> Exchange:
         client = scope.get("client")
         raw = scope.get("raw_path") or str(scope.get("path", "")).encode()
         return cls(
@@ -66,6 +86,7 @@ class Exchange:
             raw_path=raw.decode("latin-1")[:MAX_RAW_IN_RECORD],
             raw_query=bytes(scope.get("query_string", b"")),
             started=time.monotonic(),
+            trace=trace_of(scope),
             websocket=scope.get("type") == "websocket",
         )
 
@@ -85,31 +106,42 @@ class Exchange:
         await self._decision(word, status)
 
     async def refuse(self, refusal: Refusal) -> None:
-        """A refusal: the decision record (unless the request was already allowed) and the outcome record,
-        submitted together so that they share one write and fsync (the log keeps submission order)."""
-        records = []
-        if not self.decided:
-            records.append(self._decision(refusal.decision, refusal.status, reason=refusal.reason))
-        records.append(self.finish(refusal.status, reason=refusal.reason))
-        await asyncio.gather(*records)
+        """A refusal: the decision record (unless the request was already allowed), durable before the answer,
+        and the outcome record right behind it (the log keeps submission order)."""
+        await self._decision(refusal.decision, refusal.status, reason=refusal.reason)
+        await self.finish(refusal.status, reason=refusal.reason)
 
     async def settle(self, status: int, reason: str) -> None:
         """Whatever record is still missing: an error decision (none was recorded) and the outcome."""
-        records = [] if self.decided else [self._decision("error", status, reason=reason)]
-        await asyncio.gather(*records, self.finish(status, reason=reason))
+        await self._decision("error", status, reason=reason)
+        await self.finish(status, reason=reason)
 
     async def finish(self, status: int, **fields: Any) -> None:
+        """The outcome record, submitted to the next group commit; the answer does not wait for its fsync. A
+        crash can lose it only for requests in flight, which `audit verify` reports as incomplete."""
         if self.finished:
             return
         self.finished = True
-        record = {"kind": "outcome", "request_id": self.request_id, "status": status, "latency_ms": self.elapsed_ms()}
-        await self.audit.append_async({**record, **{k: v for k, v in fields.items() if v is not None}})
+        self.status = status
+        record = {
+            "kind": "outcome",
+            "request_id": self.request_id,
+            "status": status,
+            "latency_ms": self.elapsed_ms(),
+            **self.trace.audit_fields(),
+        }
+        self.audit.append_later({**record, **{k: v for k, v in fields.items() if v is not None}})
 
     async def _decision(self, decision: DecisionWord, status: int | None, **fields: Any) -> None:
         if self.decided:
             return
         self.decided = True
-        await self.audit.append_async(self._record(decision, status, fields))
+        self.decision = decision
+        started = time.monotonic()
+        try:
+            await self.audit.append_async(self._record(decision, status, fields))
+        finally:
+            self.spent("audit", started)
 
     def _record(self, decision: DecisionWord, status: int | None, fields: dict[str, Any]) -> dict[str, Any]:
         identity = self.identity
@@ -128,6 +160,8 @@ class Exchange:
             "decision": decision,
             "status": status,
             "latency_ms": self.elapsed_ms(),
+            "gateway_pid": _PID,
+            **self.trace.audit_fields(),
         }
         if self.target is not None and self.target.query and self.route is not None:
             record["query"] = self.target.audit_query(self.route.query)

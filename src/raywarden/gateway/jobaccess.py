@@ -21,10 +21,10 @@ from raywarden.errors import RaywardenError
 from raywarden.gateway.authz import Viewer
 from raywarden.gateway.request import Target
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.upstream import Upstream
+from raywarden.gateway.upstream import MAX_RESPONSE_BYTES, AnswerTooLarge, Upstream
 from raywarden.policy.engine import Entity
 from raywarden.policy.entities import job_entity
-from raywarden.policy.jobattrs import job_entity_id
+from raywarden.policy.jobattrs import job_attrs, job_entity_id
 
 REDACTED = "<redacted>"
 # Ray's event store keeps cluster events (node added, autoscaler) under this key, not under a job.
@@ -37,6 +37,10 @@ Access = tuple[bool, bool]  # (may view the job, may read its env values)
 
 class FilterError(RaywardenError):
     """Ray's answer could not be read, so it cannot be filtered: it is not relayed either."""
+
+
+class StaleJobRecord(FilterError):
+    """Ray's answer names another owner for a job than the record the decision was made on."""
 
 
 def load_json(body: bytes) -> Any:
@@ -78,8 +82,8 @@ def job_access(viewer: Viewer, jobs: list[dict[str, Any]]) -> JobAccess:
     """One batch of decisions over Ray's job list (the same per-job decision as the Jobs API's list)."""
     entities = [job_entity(job_entity_id(j, f"(job {i})"), j) for i, j in enumerate(jobs)]
     entities.append(job_entity("(unknown job)", None))
-    decisions = viewer.decide_many([(a, e) for e in entities for a in ("jobs.read", "jobs.read_env")])
-    pairs = [(decisions[2 * i].allowed, decisions[2 * i + 1].allowed) for i in range(len(entities))]
+    decided = viewer.engine.decide_each(viewer.principal, viewer.context, ("jobs.read", "jobs.read_env"), entities)
+    pairs = [(read.allowed, env.allowed) for read, env in decided]
     names: dict[str, list[int]] = {}
     for index, job in enumerate(jobs):
         for key in ("job_id", "submission_id"):
@@ -90,13 +94,16 @@ def job_access(viewer: Viewer, jobs: list[dict[str, Any]]) -> JobAccess:
     return JobAccess(tuple(pairs[:-1]), pairs[-1], {k: tuple(v) for k, v in names.items()})
 
 
-async def fetch_job_access(upstream: Upstream, viewer: Viewer) -> JobAccess:
+async def fetch_job_access(upstream: Upstream, viewer: Viewer, limit: int = MAX_RESPONSE_BYTES) -> JobAccess:
     """Ray's job list, decided per job for ``viewer``; FilterError when Ray does not answer it."""
-    return job_access(viewer, await fetch_jobs(upstream))
+    return job_access(viewer, await fetch_jobs(upstream, limit))
 
 
-async def fetch_jobs(upstream: Upstream) -> list[dict[str, Any]]:
-    jobs = await upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None)
+async def fetch_jobs(upstream: Upstream, limit: int = MAX_RESPONSE_BYTES) -> list[dict[str, Any]]:
+    try:
+        jobs = await upstream.request("GET", "/api/jobs/", "", {"accept": "application/json"}, None, limit=limit)
+    except AnswerTooLarge as exc:
+        raise FilterError(f"Ray's job list is too large to check: {exc.message}") from None
     if jobs.status != 200:
         raise FilterError(f"Ray answered {jobs.status} for its job list")
     return ray_job_list(jobs.body)
@@ -262,6 +269,8 @@ def filter_job_list(viewer: Viewer, body: bytes) -> tuple[bytes, dict[str, int]]
     if not jobs:
         return body, {"shown": 0, "hidden": 0}
     access = job_access(viewer, jobs)
+    if all(read and env for read, env in access.rows):  # nothing to hide or redact: Ray's bytes as they are
+        return body, {"shown": len(jobs), "hidden": 0}
     kept = Kept(lambda index: access.rows[index] if isinstance(index, int) else access.unknown)
     shown = [e for e in (kept.keep(job, i) for i, job in enumerate(jobs)) if e is not None]
     return json.dumps(shown).encode(), kept.counts
@@ -272,6 +281,14 @@ def filter_job_details(viewer: Viewer, entity: Entity, body: bytes) -> bytes:
     job = load_json(body)
     if not isinstance(job, dict):
         raise FilterError("Ray's job details are not an object")
+    owner = job_attrs(entity.id, job)["owner"]
+    if owner != entity.attrs.get("owner"):
+        # The decision was made on another owner than Ray now reports (a record cached before a change the
+        # gateway did not see): fail closed rather than show it.
+        raise StaleJobRecord(
+            f"Ray's record of job {entity.id[:128]} names owner {owner[:200]!r}, "
+            f"the gateway decided on {str(entity.attrs.get('owner'))[:200]!r}"
+        )
     if viewer.decide("jobs.read_env", entity).allowed:
         return body
     return json.dumps(redact_runtime_envs(job)).encode()

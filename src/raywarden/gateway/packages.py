@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from raywarden.gateway.locks import KeyedLocks
 from raywarden.gateway.responses import Refusal
@@ -20,9 +21,10 @@ from raywarden.gateway.upstream import Upstream
 class PackageUploads:
     """One upload per package name at a time, and none over a stored package."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, locks_dir: Path | None = None) -> None:
         self._upstream = upstream
-        self._locks = KeyedLocks()
+        # Shared by the gateway's workers: two uploads of one name never both pass the check.
+        self._locks = KeyedLocks(locks_dir, "package")
 
     @asynccontextmanager
     async def exclusive(self, path: str) -> AsyncIterator[None]:

@@ -110,6 +110,8 @@ class Route:
     # The console page (gateway/web) that answers a console route.
     page: str = ""
     serve_op: ServeOp | None = None  # "replace": Ray's PUT of every application; "merge": raywarden's, of some
+    # Deletes the job in its path: workers forget their cache of it (gateway/jobrecords.py) before its id is reused.
+    forgets_job: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,7 +140,7 @@ RAY_ROUTES: tuple[Route, ...] = (
     # Job bodies are small (Ray keeps them in its KV store); 1 MiB leaves room for long dependency lists.
     Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit", max_body=1024 * 1024),
     Route("GET", "/api/jobs/{job_id}", "jobs.read", "job", filter="job_details"),
-    Route("DELETE", "/api/jobs/{job_id}", "jobs.delete", "job"),
+    Route("DELETE", "/api/jobs/{job_id}", "jobs.delete", "job", forgets_job=True),
     Route("POST", "/api/jobs/{job_id}/stop", "jobs.stop", "job"),
     Route("GET", "/api/jobs/{job_id}/logs", "jobs.logs", "job"),
     Route("GET", "/api/jobs/{job_id}/logs/tail", "jobs.logs_tail", "job", websocket=True),
@@ -174,14 +176,12 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("POST", "/raywarden/v1/signin-link", "identity.signin_link", anonymous=False),
 )
 
-SERVE_CONFIG_LIMIT = 1024 * 1024  # a deploy config: every application's settings, runtime_envs included
-
 
 def _serve(method: str, path: str, action: str, op: ServeOp, *, body: str = "", dashboard: bool = False) -> Route:
     mount = DASHBOARD_MOUNT if dashboard else ""  # the dashboard's copy of Ray's route
     return Route(
         method, mount + path, action, "serve_app", kind="serve", body="json" if body else "none", mount=mount,
-        max_body={"config": SERVE_CONFIG_LIMIT, "small": CONTROL_JSON_LIMIT}.get(body), session=dashboard,
+        max_body={"config": 1024 * 1024, "small": CONTROL_JSON_LIMIT}.get(body), session=dashboard,
         query=params("api_type") if op == "list" else {}, serve_op=op,
     )  # fmt: skip
 

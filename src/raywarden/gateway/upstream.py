@@ -1,8 +1,14 @@
-"""The one connection from the gateway to Ray: its dashboard on loopback, with Ray's token injected."""
+"""The one connection from the gateway to Ray: its dashboard on loopback, with Ray's token injected.
+
+Answers the gateway filters are read whole, up to a size cap (``read``); every other answer, and every
+package upload, streams through in chunks (``open``), so that a 100 MB package never sits in memory.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +27,18 @@ FORWARDED_REQUEST_HEADERS = frozenset({"accept", "accept-encoding", "content-typ
 FORWARDED_RESPONSE_HEADERS = frozenset(
     {"content-type", "content-encoding", "cache-control", "etag", "last-modified", "content-disposition"}
 )
+# Ray's own lookups the gateway makes (a job's record, the job list for a submission id check).
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+CHUNK_BYTES = 1 << 16
+Body = bytes | AsyncIterable[bytes] | None
 
 
 class UpstreamUnavailable(RaywardenError):
     """Ray's dashboard did not answer (down, starting, or timed out)."""
+
+
+class AnswerTooLarge(RaywardenError):
+    """An answer the gateway must read whole (to filter it) is larger than its cap."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +48,58 @@ class UpstreamResponse:
     body: bytes
 
 
+@dataclass
+class UpstreamStream:
+    """An answer of Ray's still arriving: its status and headers, and its body chunk by chunk. ``close`` it."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    _response: aiohttp.ClientResponse
+    _on_error: Callable[[str], None]
+
+    @property
+    def length(self) -> int | None:
+        """The body's declared length (None: chunked, or not said)."""
+        return self._response.content_length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(CHUNK_BYTES):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._on_error("body")
+            raise UpstreamUnavailable(f"{type(exc).__name__} while Ray sent its answer: {exc}") from None
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; AnswerTooLarge as soon as it exceeds ``limit`` bytes."""
+        declared = self._response.content_length
+        if declared is not None and declared > limit:
+            raise AnswerTooLarge(f"Ray's answer of {declared} bytes exceeds the gateway's cap of {limit} bytes")
+        buffer = bytearray()
+        async for chunk in self.chunks():
+            buffer += chunk
+            if len(buffer) > limit:
+                raise AnswerTooLarge(f"Ray's answer exceeds the gateway's cap of {limit} bytes")
+        return bytes(buffer)
+
+    def close(self) -> None:
+        self._response.release()
+
+
 class Upstream:
-    def __init__(self, base_url: str, token: Secret, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret,
+        timeout_s: float,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=5)
+        # Streams last as long as they last (a log download); only connecting and each read are bounded.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._on_error = on_error or (lambda _: None)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}
@@ -60,26 +119,55 @@ class Upstream:
             raise UpstreamUnavailable("gateway is not started")
         return self._session
 
-    async def request(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes | None
-    ) -> UpstreamResponse:
-        """``path`` and ``query`` are already encoded (gateway/request.py): sent exactly as they are."""
+    async def open(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: Body,
+        *,
+        traceparent: str | None = None,
+        timing: Callable[[float], None] | None = None,
+    ) -> UpstreamStream:
+        """Send the request (``body`` bytes or chunks, streamed) and return once Ray's status and headers are
+        in. ``path`` and ``query`` are already encoded (gateway/request.py): sent exactly as they are."""
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
         forwarded.update(self._auth())
+        if traceparent is not None:
+            forwarded["traceparent"] = traceparent
         url = URL(self.base_url + path + (f"?{query}" if query else ""), encoded=True)
+        started = time.monotonic()
         try:
-            async with self.session.request(method, url, headers=forwarded, data=body, allow_redirects=False) as resp:
-                # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
-                buffer = bytearray()
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    buffer += chunk
-                    if len(buffer) > MAX_RESPONSE_BYTES:
-                        raise UpstreamUnavailable("Ray's response exceeds the gateway's size limit")
-                data = bytes(buffer)
-                kept = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS]
-                return UpstreamResponse(resp.status, kept, data)
+            resp = await self.session.request(method, url, headers=forwarded, data=body, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._on_error("connect" if isinstance(exc, aiohttp.ClientConnectionError) else "request")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if timing is not None:
+                timing(started)
+        kept = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS]
+        return UpstreamStream(resp.status, kept, resp, self._on_error)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: Body,
+        *,
+        limit: int = MAX_RESPONSE_BYTES,
+        traceparent: str | None = None,
+        timing: Callable[[float], None] | None = None,
+    ) -> UpstreamResponse:
+        """As ``open``, with the whole answer read (AnswerTooLarge beyond ``limit`` bytes)."""
+        answer = await self.open(method, path, query, headers, body, traceparent=traceparent, timing=timing)
+        try:
+            data = await answer.read(limit)
+        finally:
+            answer.close()
+        return UpstreamResponse(answer.status, answer.headers, data)
 
     async def job_info(self, job_id: str) -> dict[str, Any] | None:
         """Ray's record of a job, used to give policies its owner; None when Ray does not know it."""
@@ -87,6 +175,7 @@ class Upstream:
         if resp.status == 404:
             return None
         if resp.status != 200:
+            self._on_error("status")
             raise UpstreamUnavailable(f"Ray answered {resp.status} for job {job_id}")
         try:
             info = json.loads(resp.body)
@@ -94,9 +183,13 @@ class Upstream:
             raise UpstreamUnavailable(f"Ray's record of job {job_id} is not JSON") from None
         return info if isinstance(info, dict) else None
 
-    async def websocket(self, path: str) -> aiohttp.ClientWebSocketResponse:
+    async def websocket(self, path: str, traceparent: str | None = None) -> aiohttp.ClientWebSocketResponse:
+        headers = self._auth()
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         try:
             url = URL(self.base_url + path, encoded=True)
-            return await self.session.ws_connect(url, headers=self._auth(), autoping=True)
+            return await self.session.ws_connect(url, headers=headers, autoping=True)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._on_error("websocket")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None

@@ -27,6 +27,19 @@ MAX_TTL_S = 2 * 365 * 86400
 TOUCH_EVERY_S = 30.0
 
 
+# Ray Serve's own rule for application names is loose; a key's scope names them as deploys through the
+# gateway allow (gateway/serve/deployschema.py).
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_app_name(name: str) -> None:
+    if not _APP_NAME.fullmatch(name):
+        raise IdentityError(
+            f"--app {name[:80]!r} is not an application name",
+            hint="letters, digits, '.', '-' and '_', as `raywarden serve list` shows them",
+        )
+
+
 @dataclass(frozen=True)
 class NewApiKey:
     key_id: str

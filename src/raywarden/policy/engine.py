@@ -326,6 +326,11 @@ class PolicyEngine:
         """A policy as Cedar JSON (its "EST")."""
         return self._est[policy_id]
 
+    def reads(self, action: str) -> frozenset[str]:
+        """The attribute names the policies that can apply to ``action`` name (an attribute outside it cannot
+        change a decision on ``action``)."""
+        return self._pruned.slice(action).reads.names
+
     def slice_ids(self, action: str) -> tuple[str, ...]:
         """The ids of the policies whose scope can admit ``action`` (every policy for an undeclared action)."""
         return tuple(slice_for(self._est, action)) if self._pruned.declares(action) else tuple(self._est)

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raywarden.audit import AuditLog
 from raywarden.errors import ConfigError
+from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Identity
 from raywarden.identity.store import IdentityStore
 from raywarden.state import ClusterConfig, StateDir
@@ -20,7 +20,7 @@ class ControlServices:
     state: StateDir
     config: ClusterConfig
     store: IdentityStore
-    audit: AuditLog
+    audit: AuditSink
 
 
 @dataclass(frozen=True)

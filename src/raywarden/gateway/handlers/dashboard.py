@@ -12,9 +12,18 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raywarden.gateway.authz import Viewer, decide, note, refusal_for, resource_for, unknown_job, viewer_for
+from raywarden.gateway.authz import (
+    Viewer,
+    decide,
+    note,
+    reads_job_status,
+    refusal_for,
+    resource_for,
+    unknown_job,
+    viewer_for,
+)
 from raywarden.gateway.exchange import Exchange
-from raywarden.gateway.handlers import Services, answer_filter, authenticate, body_of, forwarded_headers, relay
+from raywarden.gateway.handlers import Services, answer_filter, authenticate, body_of, forward, forwarded_headers
 from raywarden.gateway.jobaccess import fetch_job_access, scope_refusal
 from raywarden.gateway.request import Target, encode_path
 from raywarden.gateway.routes import Routed
@@ -47,7 +56,7 @@ class Dashboard:
         route = found.route
         identity = authenticate(self.services, ex, request.scope, session=route.session)
         await body_of(self.services, request, route)
-        resource = await resource_for(found, identity, self.upstream)
+        resource = await resource_for(ex, found, identity, self.services.jobs)
         viewer = viewer_for(ex, identity)
         entity = resource.entity
         decision = decide(ex, viewer, route.action, entity, identity.groups)
@@ -58,7 +67,11 @@ class Dashboard:
         await ex.allow()
         if not resource.known:
             raise unknown_job(entity.id)
-        access = await fetch_job_access(self.upstream, viewer) if route.needs_job_access else None
+        access = (
+            await fetch_job_access(self.upstream, viewer, self.services.max_filtered_bytes)
+            if route.needs_job_access
+            else None
+        )
         if access is not None:
             scoped = scope_refusal(route.scope, found.target, found.params, access)
             if scoped is not None:
@@ -66,15 +79,14 @@ class Dashboard:
         keep = answer_filter(found, viewer, entity, access)
         path = encode_path(route.upstream_path(found.target.path))
         headers = forwarded_headers(request, filtered=keep is not None)
-        answer = await self.upstream.request(request.method, path, found.target.query_string, headers, None)
-        return await relay(ex, answer, keep)
+        return await forward(self.services, ex, request.method, path, found.target.query_string, headers, None, keep)
 
     async def _driver_log(
         self, ex: Exchange, viewer: Viewer, found: Routed, denied: Decision, entity: Entity, groups: tuple[str, ...]
     ) -> tuple[Decision, Entity]:
         """A job's driver log, asked for by the dashboard's job page: decided as "jobs.logs" on that job."""
         sid = driver_log_job(found.target)
-        info = await self.upstream.job_info(sid) if sid is not None else None
+        info = await self.services.jobs.info(sid, fresh=reads_job_status(ex.engine, "jobs.logs")) if sid else None
         if sid is None or info is None:
             return denied, entity
         job = job_entity(sid, info)

@@ -20,12 +20,14 @@ class LogTail:
     async def handle(self, ex: Exchange, found: Routed, ws: WebSocket) -> None:
         route = found.route
         identity = authenticate(self.services, ex, ws.scope, session=route.session)
-        resource = await resource_for(found, identity, self.upstream)
+        resource = await resource_for(ex, found, identity, self.services.jobs)
         await authorize(ex, route, identity, resource)
         await ex.allow()
         if not resource.known:
             raise unknown_job(resource.entity.id)
-        upstream = await self.upstream.websocket(encode_path(route.upstream_path(found.target.path)))
+        upstream = await self.upstream.websocket(
+            encode_path(route.upstream_path(found.target.path)), traceparent=ex.trace.traceparent
+        )
         await ws.accept()
         closed_by = "ray"
         try:

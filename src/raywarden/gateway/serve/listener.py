@@ -28,8 +28,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from raywarden.audit import AuditLog, AuditRecordError, AuditUnavailable
+from raywarden.audit import AuditRecordError, AuditUnavailable
 from raywarden.gateway import responses
+from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authz import Viewer, context_for, decide, principal_for
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware import header
@@ -74,7 +75,7 @@ class OverLimit(Refusal):
 @dataclass(frozen=True)
 class ListenerServices:
     authenticator: ServeAuthenticator
-    audit: AuditLog
+    audit: AuditSink
     table: AppTable
     limits: LimitStore
     limit_config: ServeLimits

@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import uvicorn
 
-from raywarden.audit import AuditLog
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
+from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
+from raywarden.gateway.protocols import http_protocol
 from raywarden.gateway.serve.callers import ServeAuthenticator
 from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.serve.limits import LimitStore
 from raywarden.gateway.serve.listener import ListenerServices, ServeListener
 from raywarden.gateway.serve.proxy import ServeProxy
 from raywarden.gateway.serve.table import AppTable, Pinned
-from raywarden.gateway.tls import PeerCertProtocol
 from raywarden.gateway.upstream import Upstream
 from raywarden.identity.apikeys import ApiKeys
 from raywarden.identity.serveapps import ServeAppOwners
@@ -35,7 +36,7 @@ LIMITS_FILE = "serve-limits.db"
 def build_listener(
     state: StateDir,
     config: ClusterConfig,
-    audit: AuditLog,
+    audit: AuditSink,
     authenticator: Authenticator,
     engine: Callable[[], PolicyEngine],
     dashboard_url: str,
@@ -84,7 +85,7 @@ def server_for(listener: ServeListener, config: ClusterConfig, tls: ssl.SSLConte
         listener,
         host=config.serve_listen.host,
         port=config.serve_listen.port,
-        http=PeerCertProtocol,
+        http=http_protocol("auto"),
         ws="wsproto",
         lifespan="on",
         access_log=False,
@@ -100,14 +101,20 @@ def server_for(listener: ServeListener, config: ClusterConfig, tls: ssl.SSLConte
     return _SignalsElsewhere(uv_config)
 
 
-async def serve_alongside(api: uvicorn.Server, serve: uvicorn.Server | None) -> None:
-    """Run the API listener, and the Serve listener next to it until the API listener stops."""
-    if serve is None:
-        await api.serve()
+async def serve_alongside(
+    api: uvicorn.Server,
+    api_sockets: list[socket.socket],
+    serve: uvicorn.Server | None,
+    serve_socket: socket.socket | None,
+) -> None:
+    """Run the API listener, and the Serve listener next to it until the API listener stops. Both serve
+    sockets the supervisor bound once for every worker."""
+    if serve is None or serve_socket is None:
+        await api.serve(sockets=api_sockets)
         return
-    task = asyncio.get_running_loop().create_task(serve.serve())
+    task = asyncio.get_running_loop().create_task(serve.serve(sockets=[serve_socket]))
     try:
-        await api.serve()
+        await api.serve(sockets=api_sockets)
     finally:
         serve.should_exit = True
         await asyncio.gather(task, return_exceptions=True)
@@ -116,7 +123,7 @@ async def serve_alongside(api: uvicorn.Server, serve: uvicorn.Server | None) -> 
 def beside(
     state: StateDir,
     app: GatewayApp,
-    audit: AuditLog,
+    audit: AuditSink,
     dashboard_url: str,
     serve_url: str | None,
     tls: ssl.SSLContext,
