@@ -55,6 +55,7 @@ COMMAND_MODULES = (
     "doctor",
     "policy",
     "ui",
+    "serve",
 )
 
 

@@ -77,11 +77,15 @@ def _wait_running(cluster: Cluster) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        resp = requests.get(
-            cluster.dashboard_url() + "/api/serve/applications/",
-            headers={"Authorization": f"Bearer {cluster.ray_token()}"},
-            timeout=10,
-        )
+        try:
+            resp = requests.get(
+                cluster.dashboard_url() + "/api/serve/applications/",
+                headers={"Authorization": f"Bearer {cluster.ray_token()}"},
+                timeout=30,
+            )
+        except requests.RequestException:  # a busy machine: Ray's dashboard may answer late
+            time.sleep(1)
+            continue
         status = {n: a.get("status") for n, a in resp.json().get("applications", {}).items()}
         if all(status.get(name) == "RUNNING" for name in APPS):
             return
@@ -107,6 +111,10 @@ def serve_cluster() -> Iterator[ServeCluster]:
         served = ServeCluster(cluster, f"https://127.0.0.1:{serve_port}", keys)
         _wait_routed(served)
         yield served
+    except Exception:
+        # Keep the cluster's logs of a failed start-up for a look after the run.
+        shutil.copytree(root / "state" / "logs", Path(tempfile.gettempdir()) / f"{root.name}-logs", dirs_exist_ok=True)
+        raise
     finally:
         stop_cluster(root)
         shutil.rmtree(root, ignore_errors=True)

@@ -19,7 +19,9 @@ One call, top to bottom (docs/serve.md):
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,7 @@ from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware import header
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.serve.callers import Caller, ServeAuthenticator
-from raywarden.gateway.serve.limits import LimitStore, Over, Ticket
+from raywarden.gateway.serve.limits import HEARTBEAT_EVERY_S, LimitStore, Over, Ticket
 from raywarden.gateway.serve.proxy import (
     Counted,
     CredentialLapsed,
@@ -96,20 +98,34 @@ class ServeListener:
             await self._recorded(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        beating: asyncio.Task[None] | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.s.proxy.start()
                 await self.s.table.upstream.start()
                 await self.s.table.start()
+                beating = asyncio.get_running_loop().create_task(self._heartbeat())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if beating is not None:
+                    beating.cancel()
                 await self.s.table.close()
                 await self.s.table.upstream.close()
                 await self.s.proxy.close()
                 self.s.limits.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _heartbeat(self) -> None:
+        """Keep this process's concurrency slots alive while it holds them, even with no new call (a long
+        stream): other processes clear the slots of a process whose heartbeat stopped (limits.py)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            try:
+                self.s.limits.heartbeat()
+            except sqlite3.Error as exc:
+                log.warning("Serve limits: heartbeat failed: %s", exc)
 
     # -- the record boundary ----------------------------------------------------------------------------------
 
