@@ -8,8 +8,6 @@
 Deploy them with ``import_path: raywarden.examples.serve_apps:echo`` (or ``:stream``, ``:ws``).
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import time

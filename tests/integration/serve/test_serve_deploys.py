@@ -38,7 +38,8 @@ def test_the_deployer_owns_the_app_and_another_developer_may_not_touch_it(serve_
     assert app["name"] == "devapp" and app["change"] == "create" and app["owner"].endswith("/user/dev-one")
 
     # Another developer may neither replace nor delete it, nor take its paths with a nested prefix.
-    assert _api(serve_cluster, "PUT", OWN, dev2, json=body).status_code == 403
+    moved = {"applications": [{**body["applications"][0], "route_prefix": "/elsewhere"}]}
+    assert _api(serve_cluster, "PUT", OWN, dev2, json=moved).status_code == 403
     assert _api(serve_cluster, "DELETE", OWN + "/devapp", dev2).status_code == 403
     nested = {"applications": [{"name": "thief", "route_prefix": "/devapp/v1", "import_path": f"{EXAMPLES}:echo"}]}
     refused = _api(serve_cluster, "PUT", OWN, dev2, json=nested)

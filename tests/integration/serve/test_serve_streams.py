@@ -47,7 +47,7 @@ def _ssl(served: ServeCluster) -> ssl.SSLContext:
 def test_websockets_are_authorized_relayed_and_audited(serve_cluster: ServeCluster) -> None:
     uri = serve_cluster.url.replace("https://", "wss://") + "/sockets/ws"
     headers = {"Authorization": f"Bearer {serve_cluster.keys['chatbot']}"}
-    with connect(uri, ssl=_ssl(serve_cluster), additional_headers=headers) as ws:
+    with connect(uri, ssl=_ssl(serve_cluster), additional_headers=headers, open_timeout=60, proxy=None) as ws:
         request_id = ws.response.headers["x-request-id"]
         ws.send("hello")
         assert ws.recv(timeout=30) == "echo:hello"
@@ -60,7 +60,7 @@ def test_websockets_are_authorized_relayed_and_audited(serve_cluster: ServeClust
     for key, status in ((None, 401), (serve_cluster.keys["outsider"], 403)):
         refused = {"Authorization": f"Bearer {key}"} if key else {}
         with pytest.raises(InvalidStatus) as caught:
-            connect(uri, ssl=_ssl(serve_cluster), additional_headers=refused).close()
+            connect(uri, ssl=_ssl(serve_cluster), additional_headers=refused, open_timeout=60, proxy=None).close()
         assert caught.value.response.status_code == status
         _decision_and_outcome(serve_cluster, caught.value.response.headers["x-request-id"])
 

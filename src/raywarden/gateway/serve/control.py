@@ -164,7 +164,7 @@ class ServeControl:
             [
                 ServeAppRecord(c.name, c.owner, c.invoke_groups, c.route_prefix, c.config_sha256, deployer, now)
                 for c in changes
-                if c.kind in ("create", "update", "unchanged") and c.name not in carried
+                if c.kind in ("create", "update") and c.name not in carried  # unchanged: its deployer stays
             ],
             [c.name for c in changes if c.kind == "delete"],
         )
