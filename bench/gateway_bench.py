@@ -126,8 +126,12 @@ async def throughput(session: aiohttp.ClientSession, target: Target, path: str, 
 
 
 async def measure(targets: list[Target], job: str, rounds: int, n: int, seconds: float, clients: int) -> None:
+    # Idle connections are dropped after 2 s, before a server's own keep-alive timeout (uvicorn's is 5 s) can
+    # close one just as a request goes out on it.
     sessions = {
-        t.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, ssl=t.ssl or False))
+        t.name: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=clients, ssl=t.ssl or False, keepalive_timeout=2.0)
+        )
         for t in targets
     }
     try:
@@ -229,8 +233,19 @@ def client_ssl(ca: Path, profile: Path) -> ssl.SSLContext:
 
 
 def submit_job(url: str, ctx_files: tuple[str, str], ca: str) -> str:
-    resp = requests.post(url + "/api/jobs/", json={"entrypoint": "echo bench"}, cert=ctx_files, verify=ca, timeout=60)
-    resp.raise_for_status()
+    """The job that ``/api/jobs/{id}`` reads. Ray's job agent can answer 500 while a loaded host is still
+    starting it: such an answer is shown and the submission tried again, for a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = requests.post(
+            url + "/api/jobs/", json={"entrypoint": "echo bench"}, cert=ctx_files, verify=ca, timeout=60
+        )
+        if resp.status_code < 500 or time.monotonic() > deadline:
+            break
+        print(f"submission: {resp.status_code} {resp.text[:300]}; trying again", file=sys.stderr, flush=True)
+        time.sleep(3)
+    if resp.status_code != 200:
+        raise SystemExit(f"the bench's job was refused: {resp.status_code} {resp.text[:500]}")
     return str(resp.json()["submission_id"])
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from raywarden.cluster import admission
 from raywarden.errors import RaywardenError
+from raywarden.files import ensure_private_dir
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
+from raywarden.gateway.locks import KeyedLocks
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.store import IdentityStore
 
 log = logging.getLogger("raywarden.gateway")
 
@@ -27,28 +29,27 @@ FAILURE_WINDOW_S = 600.0
 
 
 class FailureLimiter:
-    """Counts refused enrollment attempts per source address (in memory: a restart forgives)."""
+    """Counts refused enrollment attempts per source address in identity.db, so that every gateway worker
+    counts the same attempts (one limit per address, however many workers share the listener)."""
 
-    def __init__(self, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S) -> None:
+    def __init__(self, store: IdentityStore, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S) -> None:
+        self.store = store
         self.limit = limit
         self.window_s = window_s
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
 
     def blocked(self, source: str) -> bool:
-        recent = self._seen[source]
-        while recent and recent[0] < time.monotonic() - self.window_s:
-            recent.popleft()
-        return len(recent) >= self.limit
+        return self.store.failures_since(f"node-source:{source}", time.time() - self.window_s) >= self.limit
 
     def failed(self, source: str) -> None:
-        self._seen[source].append(time.monotonic())
+        self.store.record_failure(f"node-source:{source}", time.time())
 
 
 def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     registry = NodeRegistry.open(services.state.identity_db)
-    limiter = FailureLimiter()
-    # One enrollment change at a time: the registry and the firewall sets move together.
-    lock = asyncio.Lock()
+    limiter = FailureLimiter(services.store)
+    # One enrollment change at a time, in every worker: the registry and the firewall sets move together.
+    ensure_private_dir(services.state.run_dir)
+    lock = KeyedLocks(services.state.run_dir, "node-registry")
 
     async def guarded(
         request: ControlRequest, event: str, work: Callable[[], tuple[dict[str, Any], dict[str, Any]]]
@@ -60,7 +61,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
                 {"event": event, "reason": f"rate limited: {request.source}"},
             )
         try:
-            async with lock:
+            async with lock.holding("nodes"):
                 body, audit = await asyncio.to_thread(work)
         except NodeRegistryError as exc:
             limiter.failed(request.source)
