@@ -21,7 +21,7 @@ from raywarden.state import StateDir
 
 HOST = "127.0.0.1"
 APPS_PATH = "/api/serve/applications/"
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 180.0  # Serve's controller and proxy start in 3-20 s; a loaded host takes longer
 # Serve's defaults today, pinned so that a future Ray that changes one fails closed: no HAProxy or direct
 # ingress (both bind every interface), and proxy-to-replica calls stay on Ray's mutual-TLS actor calls.
 SERVE_ENVIRONMENT = {
@@ -67,22 +67,28 @@ def start(state: StateDir, dashboard_url: str, port: int, timeout_s: float = STA
     while time.monotonic() < deadline:
         try:
             resp = requests.put(
-                dashboard_url + APPS_PATH, data=json.dumps(body), headers=headers, timeout=max(5.0, timeout_s / 2)
+                dashboard_url + APPS_PATH,
+                data=json.dumps(body),
+                headers=headers,
+                timeout=(5.0, max(5.0, deadline - time.monotonic())),
             )
+        except requests.Timeout:
+            # Ray is still starting Serve: a second PUT would race the first; wait for the proxy instead.
+            last = "Ray's dashboard did not answer the start request in time"
+            break
         except requests.RequestException as exc:
-            last = str(exc)[:200]
+            last = f"{type(exc).__name__}: {exc}"[:400]
             time.sleep(1.0)
             continue
         if resp.status_code == 200:
+            last = "its proxy did not answer"
             break
         last = f"HTTP {resp.status_code}: {resp.text[:200]}"
         if resp.status_code in (400, 501):  # a refused config or no Serve in Ray: retrying will not help
             raise ClusterError(f"Ray Serve did not start: {last}", hint="pip install 'ray[serve]'")
         time.sleep(1.0)
-    else:
-        raise ClusterError(f"Ray Serve did not start: {last}", hint=f"see {state.logs_dir}")
     if not _proxy_answers(port, deadline):
-        raise ClusterError(f"Ray Serve did not start: {last}", hint=f"see {state.logs_dir}")
+        raise ClusterError(f"Ray Serve did not start: {last}", hint=f"see Ray's logs under {state.runtime_dir}")
 
 
 def _proxy_answers(port: int, deadline: float) -> bool:

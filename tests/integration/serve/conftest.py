@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from raywarden.state import StateDir
 from tests.conftest import free_port
 from tests.support import Cluster, run_cli, start_cluster, stop_cluster
 
@@ -113,7 +114,10 @@ def serve_cluster() -> Iterator[ServeCluster]:
         yield served
     except Exception:
         # Keep the cluster's logs of a failed start-up for a look after the run.
-        shutil.copytree(root / "state" / "logs", Path(tempfile.gettempdir()) / f"{root.name}-logs", dirs_exist_ok=True)
+        kept = Path(tempfile.gettempdir()) / f"{root.name}-logs"
+        shutil.copytree(root / "state" / "logs", kept, dirs_exist_ok=True)
+        for ray_logs in (StateDir(root / "state").runtime_dir / "ray").glob("session_*/logs"):
+            shutil.copytree(ray_logs, kept / "ray", dirs_exist_ok=True, ignore_dangling_symlinks=True)
         raise
     finally:
         stop_cluster(root)
