@@ -142,7 +142,11 @@ class ServeListener:
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message = {**message, "headers": [*kept, (b"x-request-id", ex.request_id.encode())]}
             elif message["type"] == "websocket.accept":
-                started.append(101)
+                started.append(101)  # the handshake answer names the request too, for the audit log
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", ex.request_id.encode())],
+                }
             await send(message)
 
         try:
