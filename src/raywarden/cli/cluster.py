@@ -245,6 +245,10 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
         if gw["metrics_url"]:
             console.print(f"            metrics {gw['metrics_url']} (loopback only)")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
+    serve = info["serve"]
+    if serve["enabled"]:
+        where = f"{serve['url']}  (Serve's proxy {serve['proxy'] or 'not running'}, loopback only)"
+        console.print(f"  serve     {'up' if serve['running'] else 'not answering'}  {where}", markup=False)
     console.print(
         f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "
         f"{info['metrics']['status'] or ''}"

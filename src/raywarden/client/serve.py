@@ -62,5 +62,6 @@ def call(profile: Profile, method: str, path: str, body: dict[str, Any] | None =
     if resp.status_code != 200:
         if isinstance(data, dict) and data:
             raise refusal(resp.status_code, data)
-        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {resp.reason}")
+        detail = resp.text.strip()[:300] or resp.reason  # Ray's own refusal of a config is plain text
+        raise GatewayRequestError(resp.status_code, f"gateway answered {resp.status_code}: {detail}")
     return data

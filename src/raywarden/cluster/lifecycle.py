@@ -283,7 +283,7 @@ def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]
 def _serve_status(config: ClusterConfig, run: RunState | None) -> dict[str, Any]:
     """The Serve listener's URL (what clients call) and Serve's own proxy on loopback (docs/serve.md)."""
     listen = config.serve_listen
-    running = run is not None and run.serve_port is not None
+    running = run is not None and run.serve_port is not None and serve.proxy_answers(run.serve_port)
     return {
         "enabled": listen is not None,
         "url": f"https://{listen.url_host()}:{listen.port}" if listen is not None else None,

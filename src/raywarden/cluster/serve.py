@@ -91,6 +91,14 @@ def start(state: StateDir, dashboard_url: str, port: int, timeout_s: float = STA
         raise ClusterError(f"Ray Serve did not start: {last}", hint=f"see Ray's logs under {state.runtime_dir}")
 
 
+def proxy_answers(port: int) -> bool:
+    """Serve's proxy answers on its loopback port (200, or 503 before its first application)."""
+    try:
+        return requests.get(serve_url(port) + "/-/healthz", timeout=2).status_code in (200, 503)
+    except requests.RequestException:
+        return False
+
+
 def _proxy_answers(port: int, deadline: float) -> bool:
     # Until its first application, the proxy answers 503 "Route table is not populated yet": it is up.
     while time.monotonic() < deadline:

@@ -105,12 +105,12 @@ class ServeControl:
             if op == "merge":
                 # Ray's PUT replaces the whole set: every other declarative application goes along unchanged.
                 names = {c.get("name", "default") for c, _ in wanted}
-                kept = [(a.config, None) for n, a in current.items() if a.declarative and n not in names]
+                kept = _kept(current, names)
             else:
                 kept = []
             deleting = [app_name] if op == "delete_one" and app_name else []
             if op == "delete_one":
-                kept = [(a.config, None) for n, a in current.items() if a.declarative and n != app_name]
+                kept = _kept(current, {app_name} if app_name else set())
             changes = plan_changes(
                 [*wanted, *kept], current, records, identity.spiffe_id, replace=op != "merge", deleting=deleting
             )
@@ -305,6 +305,24 @@ class ServeControl:
         for key in [k for k in details if k != "applications"]:
             details[key] = redact_runtime_envs(details[key])
         return shown, hidden
+
+
+def _kept(current: dict[str, RayApp], changed: set[str]) -> list[tuple[dict[str, Any], None]]:
+    """The other declarative applications, sent along unchanged (Ray's PUT replaces the whole set). One being
+    deleted stays deleted; one whose config Ray does not show cannot be sent back, so the deploy waits."""
+    kept: list[tuple[dict[str, Any], None]] = []
+    for name, app in current.items():
+        if not app.declarative or name in changed or app.status == "DELETING":
+            continue
+        if not app.config:
+            raise Refusal(
+                409,
+                f"application {name!r} is changing and its configuration is not known yet",
+                reason=f"no deployed_app_config for {name!r}",
+                hint="retry in a few seconds",
+            )
+        kept.append((app.config, None))
+    return kept
 
 
 def _gateway_headers() -> dict[str, str]:

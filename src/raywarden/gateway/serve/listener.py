@@ -327,7 +327,7 @@ class ServeListener:
             await ws.accept(subprotocol=upstream.protocol)
             counted = Counted()
             await self.s.proxy.relay_websocket(ws, upstream, counted, self._revalidator(scope, ex))
-            await ex.finish(101, closed_by=counted.closed_by, **_counts(counted), **counted.extra)
+            await ex.finish(101, **_counts(counted), **counted.extra)
         finally:
             self.s.limits.release(ticket)
 

@@ -33,6 +33,7 @@ class RayApp:
     declarative: bool
     config: dict[str, Any]  # deployed_app_config: what the last deploy gave it
     deployments: tuple[str, ...]
+    status: str = ""  # Ray's: RUNNING, DEPLOYING, DELETING...
 
 
 @dataclass
@@ -72,6 +73,7 @@ def ray_apps(details: Mapping[str, Any]) -> dict[str, RayApp]:
             info.get("source") != "imperative",
             config if isinstance(config, dict) else {},
             tuple(sorted(deployments)) if isinstance(deployments, dict) else (),
+            str(info.get("status") or ""),
         )
     return found
 
