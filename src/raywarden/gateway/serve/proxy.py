@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from starlette.types import Message, Receive, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from yarl import URL
 
 from raywarden.errors import RaywardenError
@@ -278,12 +278,12 @@ class ServeProxy:
             await upstream.close()
         code = upstream.close_code or 1000
         counted.extra["close_code"] = code
+        if counted.closed_by == "client" or client.client_state == WebSocketState.DISCONNECTED:
+            return  # nothing to tell a client that left
         try:
-            await client.close(
-                code=1000 if counted.closed_by == "serve" else 1008 if "credential" in counted.closed_by else 1001
-            )
-        except RuntimeError:
-            pass  # the client closed already
+            await client.close(code=_close_code(counted.closed_by))
+        except (RuntimeError, OSError):
+            pass  # the client left meanwhile (uvicorn's ClientDisconnected is an OSError)
 
 
 def _close_code(closed_by: str) -> int:
