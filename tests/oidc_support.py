@@ -31,6 +31,9 @@ class Idp:
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     login_claims: dict[str, Any] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    # The JWKS endpoint, misbehaving on demand: answering late, or with an error.
+    jwks_delay_s: float = 0.0
+    jwks_status: int = 200
 
     def add_key(self, kid: str, *, publish: bool = True) -> None:
         self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -141,7 +144,8 @@ def running_idp() -> Iterator[Idp]:
                 self.send_error(404)
                 return
             idp.hits += 1
-            self._send(200, idp.jwks())
+            time.sleep(idp.jwks_delay_s)
+            self._send(idp.jwks_status, idp.jwks() if idp.jwks_status == 200 else {"error": "unavailable"})
 
         def do_POST(self) -> None:
             if self.path != "/token":

@@ -41,12 +41,14 @@ class PolicyError(RaywardenError):
 class AuthenticationError(RaywardenError):
     """A credential was missing, malformed, expired, revoked or from a foreign trust root.
 
-    ``reason`` is precise and goes to the audit log; clients only ever see a generic message.
+    ``reason`` is precise and goes to the audit log. Clients see a generic message, and ``public`` when it is
+    set: what the credential's holder may be told (that it expired, say), never why a forgery failed.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, public: str | None = None) -> None:
         super().__init__("authentication failed", hint=None)
         self.reason = reason
+        self.public = public
 
 
 class GatewayRequestError(RaywardenError):

@@ -18,6 +18,7 @@ from raywarden.cli.common import JsonOption, StateDirOption, console, err_consol
 from raywarden.cluster.lifecycle import read_run_state
 from raywarden.cluster.procs import alive
 from raywarden.errors import ClusterError, PolicyError, UsageError
+from raywarden.identity.names import principal_kind, principal_name
 from raywarden.policy.cases import (
     Case,
     CaseContext,
@@ -272,8 +273,8 @@ def _request_from_record(record: dict[str, Any]) -> PolicyRequest:
             f"audit record {record.get('request_id')} holds no policy decision to replay",
             hint="requests refused before the decision (401, unknown routes) have none",
         )
-    kind = "sa" if "/sa/" in principal_id else "user"
-    principal = principal_entity(principal_id, kind, principal_id.rsplit("/", 1)[-1], tuple(data["groups"]))
+    kind = principal_kind(principal_id)
+    principal = principal_entity(principal_id, kind, principal_name(principal_id), tuple(data["groups"]))
     rtype, _, rid = resource.partition("::")
     parents = () if rtype == "Cluster" else (("Cluster", "ray"),)
     attrs = dict(data.get("resource_attrs") or {})

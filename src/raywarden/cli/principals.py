@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from raywarden.errors import PKIError, UsageError
+from raywarden.identity.names import OidcName
 from raywarden.pki.spiffe import Kind, SpiffeId
 
 PRINCIPAL_FORMS = (
-    "a user as NAME (alice), a service account as sa:NAME, a node as node:NAME, or a full SPIFFE ID "
-    "(spiffe://TRUST_DOMAIN/user/alice)"
+    "a user as NAME (alice), a person from an OIDC issuer as NAMESPACE/NAME (corp/alice), a service account as "
+    "sa:NAME, a node as node:NAME, or a full SPIFFE ID (spiffe://TRUST_DOMAIN/user/alice)"
 )
 _KINDS: dict[str, Kind] = {"user": "user", "sa": "sa", "node": "node"}
 
@@ -17,9 +18,13 @@ def resolve_principal(text: str, trust_domain: str) -> str:
     value = text.strip()
     try:
         if value.startswith("spiffe://"):
-            return str(SpiffeId.parse(value))
+            oidc = OidcName.parse(value)
+            return oidc.spiffe_id if oidc is not None else str(SpiffeId.parse(value))
         if value == "gateway":
             return str(SpiffeId(trust_domain, "gateway"))
+        if "/" in value and ":" not in value:
+            namespace, _, name = value.partition("/")
+            return OidcName(trust_domain, namespace, name).spiffe_id
         kind, sep, name = value.partition(":")
         if not sep:
             return str(SpiffeId(trust_domain, "user", value))

@@ -97,10 +97,11 @@ def login(
 
 
 def logout(profile: ProfileOption = None, json_output: JsonOption = False) -> None:
-    """Delete this machine's key, certificate and token of a profile (default: the current one).
+    """Revoke a profile's certificate and token at the gateway, and delete them from this machine.
 
-    When the cluster's state is on this machine the certificate is revoked too; otherwise the output says
-    until when the gateway still accepts it, and how an administrator revokes it.
+    The profile defaults to the current one. When the gateway cannot revoke them and the cluster's state is on
+    this machine, they are revoked there; otherwise the output says until when the gateway still accepts the
+    certificate, and how an administrator revokes it.
     """
     from raywarden.client.identity import logout as do_logout
     from raywarden.client.profile import load_profile
@@ -149,7 +150,7 @@ def whoami(
         f"({_duration(left)} left)" if left > 0 else "[bold red](expired)[/]"
     )
     if me.groups is None:
-        groups = "[dim]not known on this machine (the head's `raywarden user show NAME` lists them)[/]"
+        groups = "[dim]not known (the gateway did not say; the head's `raywarden user show NAME` lists them)[/]"
     else:
         groups = escape(", ".join(me.groups) or "(none)") + (" [bold red](disabled)[/]" if me.disabled else "")
     source = "current profile" if me.current else "not the current profile"

@@ -21,7 +21,11 @@ def json_object(text: str) -> dict[str, Any] | None:
 
 
 def refusal(status: int, body: dict[str, Any]) -> GatewayRequestError:
-    """The gateway's JSON error as one message: what was refused and why, with its request id."""
+    """The gateway's JSON error as one message: what was refused and why, with its request id. The body's
+    ``status`` is the refusal's own when the gateway sent Ray's job client another (gateway/refusals.py)."""
+    true = body.get("status")
+    if isinstance(true, int) and not isinstance(true, bool) and 400 <= true <= 599:
+        status = true
     try:
         phrase = HTTPStatus(status).phrase.lower()
     except ValueError:

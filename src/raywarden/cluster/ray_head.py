@@ -75,6 +75,18 @@ def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
         env["HOME"] = os.environ.get("HOME", str(files.home))
     else:
         env.update({"HOME": str(files.home), "USER": files.user.name, "LOGNAME": files.user.name})
+        # No installer Ray runs for a runtime_env reads config a job could have written (docs/threat-model.md):
+        # HOME is root's and read-only; pip skips per-user config while PIP_CONFIG_FILE exists, uv reads none.
+        env.update(
+            {
+                "XDG_CONFIG_HOME": str(files.home / ".config"),
+                "XDG_CACHE_HOME": str(files.cache),
+                "PIP_CONFIG_FILE": str(files.pip_config),
+                "PIP_NO_CACHE_DIR": "1",
+                "UV_NO_CONFIG": "1",
+                "UV_NO_CACHE": "1",
+            }
+        )
     env.update(SERVE_ENVIRONMENT)
     env.update(
         {
@@ -197,7 +209,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         if code is not None:
             raise ClusterError(
                 f"Ray exited during start-up (exit code {code})",
-                hint=f"see {state.ray_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
+                hint=f"see {raydir.start_log(state.ray_dir)} and the logs under {state.ray_temp_dir}",
             )
         try:
             resp = requests.get(
@@ -220,7 +232,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         time.sleep(0.3)
     raise ClusterError(
         f"Ray's dashboard did not become ready within {timeout_s:.0f}s ({last})",
-        hint=f"see {state.ray_dir / 'ray-start.log'}",
+        hint=f"see {raydir.start_log(state.ray_dir)}",
     )
 
 

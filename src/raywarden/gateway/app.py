@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from raywarden.audit import AuditRecordError, AuditUnavailable
-from raywarden.gateway import responses
+from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlHandler
@@ -166,7 +166,7 @@ class GatewayApp:
         """Record ``exc`` as the request's refusal and answer it, unless an answer (``status``) already began."""
         if isinstance(exc, (AuditUnavailable, AuditRecordError)):
             raise exc
-        refusal = _as_refusal(ex, exc)
+        refusal = refusals.addressed(_as_refusal(ex, exc), ex, scope)
         if status is not None:
             if not ex.decided:
                 await ex.refuse(refusal)
@@ -187,7 +187,7 @@ class GatewayApp:
         found = match(method, path, websocket=websocket)
         if found is None:
             # An anonymous caller learns nothing about the route table, not even that a route is unknown.
-            authenticate(self.services, ex, scope, session=False)
+            await authenticate(self.services, ex, scope, session=False)
             reason = f"route not in the route table: {method} {path}"[:600]
             raise Refusal(404, "no such route", reason=reason, hint=HINT_UNKNOWN_ROUTE)
         route = found.route
@@ -222,7 +222,7 @@ def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:
 
 
 async def _answer(ex: Exchange, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
-    response: Response = responses.refusal_response(refusal, ex.request_id)
+    response: Response = refusals.response(refusal, ex)
     if scope["type"] == "websocket":
         ws = WebSocket(scope, receive, send)
         if "websocket.http.response" in scope.get("extensions", {}):

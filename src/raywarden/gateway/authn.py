@@ -3,13 +3,18 @@ with a precise reason.
 
 Credentials, in order of precedence: a client certificate verified by the TLS layer against the access CA;
 a bearer token signed by this cluster (gateway/tokens.py); an ID token from a configured OIDC issuer
-(gateway/oidc.py); on dashboard and console routes only, a browser session cookie (identity/sessions.py).
+(gateway/oidc.py, gateway/oidc_people.py); on dashboard and console routes only, a browser session cookie
+(identity/sessions.py).
 The identity store is read on every request (no cache), so a disabled principal, a revoked certificate serial
-or a revoked token id is refused on its next request, and so is a session they created.
+or a revoked token id is refused on its next request, and so is a session they created. A certificate's
+validity window is checked on every request too: TLS checks it only at the handshake, and a kept-alive
+connection or a resumed TLS session (the server issues session tickets) carries no new handshake.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +23,7 @@ from cryptography import x509
 
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
+from raywarden.gateway.oidc_people import admit
 from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
 from raywarden.identity.sessions import SessionRefused, SessionStore
 from raywarden.identity.store import CredentialState, IdentityStore, Principal, lookup_credential
@@ -37,6 +43,8 @@ class Identity:
     # When the credential was issued (a certificate's notBefore, a token's iat, a session's sign-in), read from
     # the verified credential; policies see the time since as the credential's age. None: unknown (very old).
     issued_at: float | None = None
+    # When it stops being accepted (notAfter, exp, the session's absolute lifetime); None: not known.
+    expires_at: float | None = None
 
 
 class MissingCredential(AuthenticationError):
@@ -52,12 +60,15 @@ class Authenticator:
         tokens: TokenAuthority | None = None,
         oidc: OidcFederation | None = None,
         sessions: SessionStore | None = None,
+        single_principal: StateDir | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
         self.tokens = tokens
         self.oidc = oidc
         self.sessions = sessions
+        # The state dir of a cluster whose Ray shares the control plane's OS user: it admits one principal.
+        self.single_principal = single_principal
 
     @classmethod
     def from_state(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> Authenticator:
@@ -67,17 +78,19 @@ class Authenticator:
             tokens=TokenAuthority.for_state(state, config),
             oidc=OidcFederation(oidc_config_path(state)),
             sessions=SessionStore(state.identity_db, store),
+            single_principal=None if config.admits_principals else state,
         )
 
-    def authenticate(
+    async def authenticate(
         self, peer_cert_der: bytes | None, authorization: str | None, session: str | None = None
     ) -> Identity:
         """Raises MissingCredential or AuthenticationError (whose reason is for the audit log only).
-        ``session`` is the session cookie's value, passed only on routes that accept sessions."""
+        ``session`` is the session cookie's value, passed only on routes that accept sessions. Asynchronous
+        because an OIDC issuer's keys may have to be fetched (off the event loop's critical path)."""
         if peer_cert_der:
             return self.from_certificate(peer_cert_der)
         if authorization:
-            return self.from_bearer(authorization)
+            return await self.from_bearer(authorization)
         if session is not None and self.sessions is not None:
             return self.from_session(session)
         raise MissingCredential("no client certificate")
@@ -89,10 +102,13 @@ class Authenticator:
             info = self.sessions.resolve(session)
         except SessionRefused as exc:
             raise AuthenticationError(exc.reason) from None
-        return Identity(info.spiffe_id, info.kind, info.name, info.groups, "session", info.ref, info.created_at)
+        return Identity(
+            info.spiffe_id, info.kind, info.name, info.groups, "session", info.ref, info.created_at, info.expires_at
+        )
 
-    def from_certificate(self, der: bytes) -> Identity:
-        """The TLS layer already checked the chain to the access CA and the validity window."""
+    def from_certificate(self, der: bytes, now: float | None = None) -> Identity:
+        """The TLS layer checked the chain to the access CA, and the validity window at the handshake; the
+        window is checked again here, for requests on a kept-alive connection or a resumed session."""
         try:
             cert = x509.load_der_x509_certificate(der)
             spiffe = spiffe_id_of(cert)
@@ -100,16 +116,29 @@ class Authenticator:
             raise AuthenticationError(f"unusable client certificate: {exc}") from None
         self._check_kind(spiffe, "certificate")
         serial = serial_hex(cert)
+        issued, expires = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        moment = time.time() if now is None else now
+        if moment > expires:
+            at = _iso(expires)
+            raise AuthenticationError(
+                f"certificate {serial} expired at {at} (presented on a connection or TLS session set up before)",
+                public=f"your client certificate expired at {at}; renew it (`raywarden login` again) and reconnect",
+            )
+        if moment < issued:
+            raise AuthenticationError(f"certificate {serial} is not valid before {_iso(issued)}")
         found = lookup_credential(self.store, "certificates", serial)
-        if found is None or found.revoked:
-            raise AuthenticationError(f"certificate {serial} is revoked or was never issued")
+        if found is not None and found.revoked:
+            raise AuthenticationError(
+                f"certificate {serial} is revoked", public=f"your client certificate {serial} is revoked"
+            )
+        if found is None:
+            raise AuthenticationError(f"certificate {serial} was never issued")
         if found.spiffe_id != str(spiffe):
             raise AuthenticationError(f"certificate {serial} was issued to {found.spiffe_id}, not {spiffe}")
         principal = _active(found)
-        issued = cert.not_valid_before_utc.timestamp()
-        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial, issued)
+        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "certificate", serial, issued, expires)
 
-    def from_bearer(self, authorization: str) -> Identity:
+    async def from_bearer(self, authorization: str) -> Identity:
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -130,7 +159,7 @@ class Authenticator:
             except ConfigError as exc:
                 raise AuthenticationError(f"OIDC configuration unusable: {exc.message}") from None
             if issuer is not None:
-                return self._from_id_token(self.oidc, token, header, issuer)
+                return await self._from_id_token(self.oidc, token, header, issuer)
         raise AuthenticationError(
             f"token from unknown issuer {str(iss)[:100]!r} with unknown key id {str(header.get('kid'))[:64]!r}"
         )
@@ -146,24 +175,36 @@ class Authenticator:
         if found is None:
             raise AuthenticationError(f"token id {claims.jti[:64]} was never issued")
         if found.revoked:
-            raise AuthenticationError(f"token id {claims.jti} is revoked")
+            raise AuthenticationError(f"token id {claims.jti} is revoked", public="your bearer token is revoked")
         if found.spiffe_id != str(spiffe):
             raise AuthenticationError(f"token id {claims.jti} was issued to {found.spiffe_id}, not {spiffe}")
         principal = _active(found)
-        return Identity(str(spiffe), spiffe.kind, spiffe.name, principal.groups, "token", claims.jti, claims.issued_at)
+        return Identity(
+            str(spiffe),
+            spiffe.kind,
+            spiffe.name,
+            principal.groups,
+            "token",
+            claims.jti,
+            claims.issued_at,
+            claims.expires_at,
+        )
 
-    def _from_id_token(self, oidc: OidcFederation, token: str, header: dict[str, Any], issuer: OidcIssuer) -> Identity:
-        found = oidc.verify(token, header, issuer)
-        spiffe = SpiffeId(self.trust_domain, "user", found.name)
-        principal = self.store.get(str(spiffe))
-        if principal is None and not found.allow_unregistered:
-            raise AuthenticationError(
-                f"{spiffe} (from {found.issuer}) is not registered and the issuer admits registered users only"
-            )
-        if principal is not None and principal.disabled:
-            raise AuthenticationError(f"principal {spiffe} is disabled")
-        groups = tuple(sorted(set(found.groups) | set(principal.groups if principal else ())))
-        return Identity(str(spiffe), "user", found.name, groups, "oidc", found.credential_id, found.issued_at)
+    async def _from_id_token(
+        self, oidc: OidcFederation, token: str, header: dict[str, Any], issuer: OidcIssuer
+    ) -> Identity:
+        found = await oidc.verify(token, header, issuer)
+        person = admit(found, self.trust_domain, self.store, self.single_principal)
+        return Identity(
+            person.spiffe_id,
+            "user",
+            person.name,
+            person.groups,
+            "oidc",
+            found.credential_id,
+            found.issued_at,
+            found.expires_at,
+        )
 
     def _check_kind(self, spiffe: SpiffeId, what: str) -> None:
         if spiffe.trust_domain != self.trust_domain:
@@ -177,5 +218,9 @@ def _active(found: CredentialState) -> Principal:
     if found.principal is None:
         raise AuthenticationError(f"unknown principal {found.spiffe_id}")
     if found.principal.disabled:
-        raise AuthenticationError(f"principal {found.spiffe_id} is disabled")
+        raise AuthenticationError(f"principal {found.spiffe_id} is disabled", public="your identity is disabled")
     return found.principal
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from raywarden.errors import PolicyError
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.jobrecords import JobRecords
@@ -23,6 +24,7 @@ from raywarden.policy.entities import (
     principal_entity,
     request_context_at,
 )
+from raywarden.policy.explain import Explanation
 
 # When the age of a credential is unknown it counts as very old: a policy asking for a fresh credential then
 # refuses, rather than trusting an age nobody measured.
@@ -129,15 +131,32 @@ def note(
 
 
 def refusal_for(viewer: Viewer, action: str, entity: Entity, decision: Decision, *, job: bool) -> Refusal:
-    """403; but on a job the caller may not even view, the answer reads like a missing job (404)."""
+    """403 that names the action, the resource and what failed (Cedar's explanation); but on a job the caller
+    may not even view, the answer reads like a missing job (404), and the explanation, which would name the
+    job's owner, goes to the audit log only."""
+    explanation = _explained(viewer, action, entity)
     if job and not (decision if action == "jobs.read" else viewer.decide("jobs.read", entity)).allowed:
         return Refusal(
             404,
             NOT_FOUND_MESSAGE,
             hint=NOT_FOUND_HINT,
-            reason=f"{decision.reason}; answered 404 because the caller may not view this job",
+            reason=f"{explanation.summary() if explanation else decision.reason}; answered 404 because the caller "
+            "may not view this job",
         )
-    return Refusal(403, "forbidden", reason=decision.reason, hint=HINT_ASK_ADMIN)
+    if explanation is None:
+        return Refusal(403, "forbidden", reason=decision.reason, hint=HINT_ASK_ADMIN)
+    shown = {"reason": explanation.summary(where=False), "facts": explanation.facts()}
+    return Refusal(403, "forbidden", reason=explanation.summary(), hint=HINT_ASK_ADMIN, shown=shown)
+
+
+def _explained(viewer: Viewer, action: str, entity: Entity) -> Explanation | None:
+    """Cedar's explanation of a refusal (refusals only: it asks Cedar again, strictly); None when the request
+    does not fit the schema, whose message then stays the decision's own."""
+    try:
+        explanation = viewer.engine.explain(PolicyRequest(viewer.principal, action, entity, viewer.context))
+    except PolicyError:
+        return None
+    return None if explanation.decision.allowed else explanation
 
 
 def unknown_job(job_id: str) -> Refusal:

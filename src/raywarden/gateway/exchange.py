@@ -107,9 +107,11 @@ class Exchange:
 
     async def refuse(self, refusal: Refusal) -> None:
         """A refusal: the decision record (unless the request was already allowed), durable before the answer,
-        and the outcome record right behind it (the log keeps submission order)."""
+        and the outcome record right behind it (the log keeps submission order). The outcome holds the status
+        sent, and the refusal's own when Ray's job client is sent another (gateway/refusals.py)."""
         await self._decision(refusal.decision, refusal.status, reason=refusal.reason)
-        await self.finish(refusal.status, reason=refusal.reason)
+        refused = refusal.status if refusal.sent_status != refusal.status else None
+        await self.finish(refusal.sent_status, reason=refusal.reason, refusal_status=refused)
 
     async def settle(self, status: int, reason: str) -> None:
         """Whatever record is still missing: an error decision (none was recorded) and the outcome."""

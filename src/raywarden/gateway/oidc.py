@@ -2,16 +2,21 @@
 
 Configuration lives in the state dir's ``oidc.json`` (re-read when it changes). For each issuer the gateway
 keeps the issuer's JWKS in memory, refetches it when a token names an unknown ``kid`` (at most once per
-``jwks_min_refresh_seconds``), and verifies signature, ``iss``, ``aud``, ``exp``, ``iat`` and ``nbf``.
-The claim named by ``username_claim`` becomes the raywarden user name; groups come only through
+``jwks_min_refresh_seconds``, off the event loop, one fetch however many requests wait for it), and verifies
+signature, ``iss``, ``aud``, ``exp``, ``iat`` and ``nbf``.
+The claim named by ``username_claim`` names the person within the issuer's ``namespace``
+(``spiffe://TD/oidc/NAMESPACE/NAME``), apart from local users and other issuers' people, unless the issuer
+``merge_local_users`` (then it is the local user ``spiffe://TD/user/NAME``). Groups come only through
 ``group_map`` (an IdP group nobody mapped grants nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -19,17 +24,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import jwt
-import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raywarden.errors import AuthenticationError, ConfigError
 from raywarden.gateway.tokens import jwt_failure
+from raywarden.identity.names import OidcName
 from raywarden.pki.spiffe import NAME_RE
 from raywarden.state import StateDir
 
 # Asymmetric algorithms only: an HMAC "secret" would be the issuer's public key (CVE-2016-10555 class).
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"})
+# A key set is a few keys; anything larger is not read (a misbehaving endpoint cannot fill the gateway's memory).
+MAX_JWKS_BYTES = 512 * 1024
+HINT_NAMESPACE = 'give each issuer its own "namespace" in oidc.json (letters, digits, ".", "-", "_")'
 
 
 def oidc_config_path(state: StateDir) -> Path:
@@ -45,8 +54,40 @@ class OidcIssuer(BaseModel):
     groups_claim: str | None = "groups"
     group_map: dict[str, list[str]] = Field(default_factory=dict)
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
-    # False: only people already added with `raywarden user add` may sign in through this issuer.
+    # False: only people already added with `raywarden user add` may sign in through this issuer; they are local
+    # users, so such an issuer must merge with them (merge_local_users).
     allow_unregistered: bool = True
+    # The SPIFFE path segment of this issuer's people (spiffe://TD/oidc/NAMESPACE/NAME). Default: the issuer's
+    # host, with its port when it has one.
+    namespace: str = ""
+    # True: NAME from this issuer is the local user NAME (spiffe://TD/user/NAME), its groups and its jobs, and
+    # the same person as NAME from every other issuer that merges. Only for an issuer that vouches for exactly
+    # the people the local names stand for.
+    merge_local_users: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_namespace(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("namespace") and isinstance(data.get("issuer"), str):
+            return {**data, "namespace": default_namespace(data["issuer"])}
+        return data
+
+    @field_validator("namespace")
+    @classmethod
+    def _segment(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError(f"namespace {value!r} is not a valid SPIFFE path segment; {HINT_NAMESPACE}")
+        return value
+
+    @model_validator(mode="after")
+    def _registered_are_local(self) -> OidcIssuer:
+        if not self.allow_unregistered and not self.merge_local_users:
+            raise ValueError(
+                f"issuer {self.issuer}: allow_unregistered false admits only users added with `raywarden user add`, "
+                'which are local users: set "merge_local_users": true as well (that issuer then speaks for them), '
+                "or allow_unregistered true to keep its people in a namespace of their own"
+            )
+        return self
 
     @field_validator("algorithms")
     @classmethod
@@ -73,6 +114,31 @@ class OidcConfig(BaseModel):
     jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
     jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
 
+    @model_validator(mode="after")
+    def _namespaces_apart(self) -> OidcConfig:
+        """Two issuers in one namespace would be one person per name: merging is never implicit."""
+        seen: dict[str, str] = {}
+        for issuer in self.issuers:
+            if issuer.merge_local_users:
+                continue
+            other = seen.setdefault(issuer.namespace, issuer.issuer)
+            if other != issuer.issuer:
+                raise ValueError(
+                    f"issuers {other} and {issuer.issuer} share the namespace {issuer.namespace!r}; {HINT_NAMESPACE}"
+                )
+        return self
+
+
+def default_namespace(issuer: str) -> str:
+    """The issuer's host (and port) as a SPIFFE path segment: ``https://idp.example:8443/x`` is ``idp.example-8443``."""
+    try:
+        parts = urlsplit(issuer)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return ""
+    segment = re.sub(r"[^a-z0-9._-]+", "-", host).strip("-._") + (f"-{port}" if port else "")
+    return segment[:63] if NAME_RE.fullmatch(segment[:63]) else ""
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -86,15 +152,29 @@ def _is_loopback(host: str) -> bool:
 @dataclass(frozen=True)
 class OidcIdentity:
     issuer: str
-    name: str
+    name: str  # the username claim, lowercased
     groups: tuple[str, ...]
     credential_id: str
     allow_unregistered: bool
     issued_at: float | None = None
+    expires_at: float | None = None
+    # The issuer's namespace, or None when the issuer merges its people with local users.
+    namespace: str | None = None
+
+    def spiffe_id(self, trust_domain: str) -> str:
+        if self.namespace is None:
+            return f"spiffe://{trust_domain}/user/{self.name}"
+        return OidcName(trust_domain, self.namespace, self.name).spiffe_id
+
+    @property
+    def principal_name(self) -> str:
+        """``principal.name`` in policies: NAME for a merged person, NAMESPACE/NAME otherwise."""
+        return self.name if self.namespace is None else f"{self.namespace}/{self.name}"
 
 
 class _Jwks:
-    """One issuer's key set, fetched lazily; refetch on unknown kid is rate-limited."""
+    """One issuer's key set, fetched lazily. A token naming an unknown kid refetches it, at most once per
+    ``min_refresh_s``; requests that arrive while a fetch is under way wait for that one fetch."""
 
     def __init__(self, issuer: OidcIssuer, min_refresh_s: float, timeout_s: float) -> None:
         self.issuer = issuer
@@ -103,33 +183,54 @@ class _Jwks:
         self.keys: dict[str, Any] = {}
         self.fetched_at: float | None = None
         self.fetches = 0
-        self._lock = threading.Lock()
+        self._inflight: asyncio.Future[None] | None = None
 
-    def key(self, kid: str) -> Any:
-        with self._lock:
-            if kid in self.keys:
-                return self.keys[kid]
+    async def key(self, kid: str) -> Any:
+        if kid in self.keys:
+            return self.keys[kid]
+        # No await between the check and the start of a fetch: on one event loop, one request starts it.
+        if self._inflight is None or self._inflight.done():
             now = time.monotonic()
             if self.fetched_at is not None and now - self.fetched_at < self.min_refresh_s:
                 raise AuthenticationError(
                     f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} (JWKS refetch rate-limited)"
                 )
-            self._fetch(now)
-            if kid not in self.keys:
-                raise AuthenticationError(
-                    f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} (not in the refetched JWKS)"
-                )
-            return self.keys[kid]
+            self.fetched_at = now  # a failed fetch counts too: a dead JWKS endpoint is not hammered
+            self.fetches += 1
+            self._inflight = asyncio.ensure_future(self._fetch())
+            # A fetch whose every waiter went away still has its failure read, so none is reported as lost.
+            self._inflight.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Shielded: a client that hangs up does not cancel the fetch the others wait for.
+        await asyncio.shield(self._inflight)
+        if kid not in self.keys:
+            raise AuthenticationError(
+                f"unknown key id {kid[:64]!r} for issuer {self.issuer.issuer} (not in the refetched JWKS)"
+            )
+        return self.keys[kid]
 
-    def _fetch(self, now: float) -> None:
-        self.fetched_at = now  # a failed fetch counts too: a dead JWKS endpoint is not hammered
-        self.fetches += 1
+    async def _fetch(self) -> None:
+        unavailable = f"JWKS of {self.issuer.issuer} unavailable"
         try:
-            resp = requests.get(self.issuer.jwks_url, timeout=self.timeout_s, allow_redirects=False)
-            resp.raise_for_status()
-            keyset = jwt.PyJWKSet.from_dict(resp.json())
-        except (requests.RequestException, ValueError, jwt.PyJWKSetError) as exc:
-            raise AuthenticationError(f"JWKS of {self.issuer.issuer} unavailable: {type(exc).__name__}") from None
+            timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.get(self.issuer.jwks_url, allow_redirects=False) as resp:
+                    if resp.status != 200:
+                        raise AuthenticationError(f"{unavailable}: HTTP {resp.status}")
+                    body = await resp.content.read(MAX_JWKS_BYTES + 1)
+            if len(body) > MAX_JWKS_BYTES:
+                raise AuthenticationError(f"{unavailable}: larger than {MAX_JWKS_BYTES} bytes")
+            keyset = jwt.PyJWKSet.from_dict(json.loads(body))
+        except (
+            aiohttp.ClientError,
+            asyncio.TimeoutError,
+            TimeoutError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            jwt.PyJWTError,
+        ) as exc:
+            raise AuthenticationError(f"{unavailable}: {type(exc).__name__}") from None
         self.keys = {k.key_id: k for k in keyset.keys if k.key_id}
 
 
@@ -167,16 +268,19 @@ class OidcFederation:
         return None
 
     def jwks(self, issuer: str) -> _Jwks:
-        return self._jwks[issuer]
+        found = self._jwks.get(issuer)
+        if found is None:  # the issuer left oidc.json between reading the token and verifying it
+            raise AuthenticationError(f"issuer {issuer} is no longer configured")
+        return found
 
-    def verify(self, token: str, header: dict[str, Any], issuer: OidcIssuer) -> OidcIdentity:
+    async def verify(self, token: str, header: dict[str, Any], issuer: OidcIssuer) -> OidcIdentity:
         alg = header.get("alg")
         if alg not in issuer.algorithms:
             raise AuthenticationError(f"ID token algorithm {alg!r} not accepted for issuer {issuer.issuer}")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthenticationError("ID token has no key id")
-        key = self.jwks(issuer.issuer).key(kid)
+        key = await self.jwks(issuer.issuer).key(kid)
         try:
             claims = jwt.decode(
                 token,
@@ -187,6 +291,11 @@ class OidcFederation:
                 leeway=30,
                 options={"require": ["iss", "aud", "exp", "iat"]},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError(
+                f"ID token from {issuer.issuer}: {jwt_failure(exc)}",
+                public=f"the ID token from {issuer.issuer} has expired",
+            ) from None
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"ID token from {issuer.issuer}: {jwt_failure(exc)}") from None
         raw_name = claims.get(issuer.username_claim)
@@ -197,7 +306,7 @@ class OidcFederation:
         for value in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
             groups.update(issuer.group_map.get(str(value), []))
         ident = claims.get("jti") if isinstance(claims.get("jti"), str) else hashlib.sha256(token.encode()).hexdigest()
-        iat = claims.get("iat")  # required above, and checked by PyJWT to be a number
+        iat, exp = claims.get("iat"), claims.get("exp")  # required above, and checked by PyJWT to be numbers
         return OidcIdentity(
             issuer.issuer,
             raw_name.lower(),
@@ -205,6 +314,8 @@ class OidcFederation:
             f"oidc:{str(ident)[:64]}",
             issuer.allow_unregistered,
             float(iat) if isinstance(iat, int | float) else None,
+            float(exp) if isinstance(exp, int | float) else None,
+            None if issuer.merge_local_users else issuer.namespace,
         )
 
 

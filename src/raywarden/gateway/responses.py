@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 
@@ -19,12 +20,27 @@ HINT_ASK_ADMIN = "ask an administrator for access; policies decide per action an
 
 
 class Refusal(RaywardenError):
-    """Stop handling a request: answer ``status`` with a JSON error; ``reason`` goes to the audit log only."""
+    """Stop handling a request: answer ``status`` with a JSON error; ``reason`` goes to the audit log only.
 
-    def __init__(self, status: int, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
+    ``shown`` is what the caller is told beyond the message and hint (gateway/refusals.py): ``reason``, what a
+    policy's explanation or a credential's holder may know, and ``facts``, the conditions that failed.
+    ``sent_status`` is the status put on the wire: ``status``, except for Ray's job client (refusals.py).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+        shown: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        self.sent_status = status
         self.reason = reason or message
+        self.shown: dict[str, Any] = dict(shown or {})
 
     @property
     def decision(self) -> DecisionWord:
@@ -33,17 +49,18 @@ class Refusal(RaywardenError):
 
 
 def error(status: int, message: str, request_id: str, hint: str | None = None) -> JSONResponse:
-    body: dict[str, str] = {"error": message, "request_id": request_id}
+    body: dict[str, Any] = {"error": message, "request_id": request_id}
     if hint:
         body["hint"] = hint
+    return json_error(status, body, request_id)
+
+
+def json_error(status: int, body: dict[str, Any], request_id: str) -> JSONResponse:
+    """A gateway error answer: ``body`` always holds ``error`` and ``request_id`` (and ``hint`` when there is one)."""
     headers = {GATEWAY_HEADER[0]: GATEWAY_HEADER[1], "x-request-id": request_id, "cache-control": "no-store"}
     if status == 401:
         headers["www-authenticate"] = 'Bearer realm="raywarden"'
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def refusal_response(refusal: Refusal, request_id: str) -> JSONResponse:
-    return error(refusal.status, refusal.message, request_id, refusal.hint)
 
 
 def ray_unreachable(detail: str) -> Refusal:

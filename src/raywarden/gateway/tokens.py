@@ -180,6 +180,10 @@ class TokenAuthority:
                 leeway=self.leeway_s,
                 options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
             )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError(
+                jwt_failure(exc), public="your bearer token has expired; get a new one with `raywarden token`"
+            ) from None
         except jwt.PyJWTError as exc:
             raise AuthenticationError(jwt_failure(exc)) from None
         if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("jti"), str):

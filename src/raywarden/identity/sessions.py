@@ -18,6 +18,7 @@ from typing import Any
 
 from raywarden.errors import RaywardenError
 from raywarden.identity.db import Database
+from raywarden.identity.names import principal_name
 from raywarden.identity.store import IdentityStore, Principal, lookup_credential
 from raywarden.secret import Secret
 
@@ -253,7 +254,7 @@ class SessionStore:
             with self._db.connect() as db:
                 db.execute("UPDATE sessions SET last_seen = ? WHERE session_hash = ?", (moment, hashed))
         groups = set(json.loads(extra))
-        kind, name = "user", spiffe_id.rsplit("/", 1)[-1]
+        kind, name = "user", principal_name(spiffe_id)
         if principal is not None:
             groups |= set(principal.groups)
             kind, name = principal.kind, principal.name

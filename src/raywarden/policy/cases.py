@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raywarden.errors import PolicyError, UsageError
+from raywarden.identity.names import principal_name
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
 from raywarden.policy.entities import (
     job_entity,
@@ -119,7 +120,7 @@ def spiffe_of(name: str, kind: str, trust_domain: str) -> str:
 
 def build_request(case: Case, trust_domain: str) -> PolicyRequest:
     principal_id = spiffe_of(case.principal, case.kind, trust_domain)
-    name = principal_id.rsplit("/", 1)[-1]
+    name = principal_name(principal_id)
     principal = principal_entity(principal_id, case.kind, name, tuple(case.groups))
     ctx = case.context
     context = request_context(ctx.auth_method, ctx.source, ctx.auth_age_s, ctx.time)

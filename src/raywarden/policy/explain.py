@@ -89,13 +89,14 @@ class Explanation:
     # The permits for this action whose scope does not admit the request.
     out_of_scope: tuple[PolicyCheck, ...] = field(default=())
 
-    def summary(self) -> str:
-        """One line for a refusal message and the audit log: action, resource, and what failed."""
+    def summary(self, *, where: bool = True) -> str:
+        """One line for a refusal message and the audit log: action, resource, and what failed. ``where=False``
+        leaves out the files policies are written in (the answer to a refused caller names policies by id)."""
         head = f"{self.action} on {self.resource.display()}"
         if self.decision.allowed:
-            return f"{head} allowed by {_named(self.determining)}"
+            return f"{head} allowed by {_named(self.determining, where)}"
         if self.determining:
-            text = f"{head} refused: forbidden by {_named(self.determining)}"
+            text = f"{head} refused: forbidden by {_named(self.determining, where)}"
         elif self.candidates:
             parts = [
                 f"{c.id} did not apply: {'; '.join(_failure(f) for f in c.failed) or 'its conditions did not hold'}"
@@ -127,9 +128,14 @@ class Explanation:
             "out_of_scope": [c.as_dict() for c in self.out_of_scope],
         }
 
+    def facts(self) -> list[str]:
+        """What failed, one item per failed condition of the permits that could have applied
+        (``runtime_env_facts not in allowed_facts: pip_option:--index-url``)."""
+        return [_failure(f) for c in self.candidates for f in c.failed]
 
-def _named(checks: tuple[PolicyCheck, ...]) -> str:
-    return ", ".join(f"{c.id} ({c.where})" for c in checks)
+
+def _named(checks: tuple[PolicyCheck, ...], where: bool = True) -> str:
+    return ", ".join(f"{c.id} ({c.where})" if where else c.id for c in checks)
 
 
 def _failure(condition: Condition) -> str:

@@ -45,7 +45,9 @@ def milli(value: Any) -> int:
     number = float(value)
     if not math.isfinite(number) or number * 1000 >= _LONG_MAX:
         return _LONG_MAX
-    return max(0, math.ceil(round(number * 1000, 6)))
+    if number <= 0:  # before scaling: a huge negative amount would scale to -inf
+        return 0
+    return math.ceil(round(number * 1000, 6))
 
 
 def _bytes(value: Any) -> int:

@@ -435,8 +435,15 @@ def test_oidc_id_token_through_the_gateway(cluster: Cluster) -> None:
         try:
             ok = _bearer(cluster, idp.id_token(preferred_username="oidc-oscar"))
             assert ok.status_code == 200, ok.text
-            allowed = [r for r in cluster.audit_records() if r.get("principal") == _spiffe(cluster, "oidc-oscar")]
+            # The issuer's people are in its namespace (its host and port), apart from any local oidc-oscar.
+            namespace = "127.0.0.1-" + idp.issuer.rsplit(":", 1)[1]
+            oscar = f"spiffe://{cluster.state.load_config().trust_domain}/oidc/{namespace}/oidc-oscar"
+            allowed = [r for r in cluster.audit_records() if r.get("principal") == oscar]
             assert allowed and allowed[-1]["auth_method"] == "oidc"
+            assert not any(r.get("principal") == _spiffe(cluster, "oidc-oscar") for r in cluster.audit_records())
+            # `--principal NAMESPACE/NAME` names them on the command line.
+            tail = run_cli(cluster, "audit", "tail", "--principal", f"{namespace}/oidc-oscar", "--json", check=True)
+            assert oscar in tail.stdout
             resp = _bearer(cluster, idp.id_token(audience="another-app"))
             assert resp.status_code == 401 and "audience" in _record(cluster, resp)["reason"]
         finally:

@@ -146,15 +146,45 @@ def test_logout_on_the_head_revokes_and_the_gateway_refuses(machine: Machine, cl
     assert who.returncode == 1 and "no profile selected" in who.stderr and TD in who.stderr
 
 
-def test_logout_elsewhere_says_until_when_the_certificate_works(cluster: Cluster, tmp_path: Path) -> None:
+def test_whoami_and_logout_elsewhere_go_through_the_gateway(cluster: Cluster, tmp_path: Path) -> None:
+    """A laptop without the cluster's state: the gateway says who the profile is, and revokes it at logout."""
     laptop = Machine(cluster, tmp_path / "laptop", state_here=False)
     added = _add(cluster, "user", "dan2p")
     laptop.run("login", cluster.url, "--code", added["code"], "--ca-fingerprint", added["ca_fingerprint"], check=True)
+    laptop.run("job", "list", check=True)  # job commands cache a bearer token: logout revokes it too
     me = json.loads(laptop.run("whoami", "--json", check=True).stdout)
-    assert me["groups"] is None and me["gateway_check"] == "accepted"  # groups live on the head
+    folder = laptop.home / "profiles" / me["profile"]
+    cert = (str(folder / "client.crt"), str(folder / "client.key"))
+    token = json.loads((folder / "token.json").read_text())
+    assert me["gateway_check"] == "accepted" and me["groups"] == ["developers"]  # the gateway's view
+    view = me["gateway_view"]
+    assert view["identity"] == f"spiffe://{TD}/user/dan2p" and view["auth_method"] == "certificate"
+    assert view["credential_id"] == me["certificate_serial"] and view["credential_seconds_left"] > 0
+    kept = (Path(shutil.copy(cert[0], tmp_path / "c.crt")), Path(shutil.copy(cert[1], tmp_path / "c.key")))
+    done = json.loads(laptop.run("logout", "--json", check=True).stdout)
+    assert done["revoked"] is True and done["revoked_by"] == "gateway" and not folder.exists()
+    store = IdentityStore.open(cluster.state.identity_db)
+    assert store.certificate_owner(me["certificate_serial"]) == (f"spiffe://{TD}/user/dan2p", True)
+    assert store.token_owner(token["jti"]) == (f"spiffe://{TD}/user/dan2p", True)
+    resp = requests.get(cluster.url + "/api/jobs/", cert=(str(kept[0]), str(kept[1])), verify=cluster.ca, timeout=30)
+    assert resp.status_code == 401 and "revoked" in resp.json()["reason"]
+
+
+def test_logout_when_the_gateway_is_unreachable_says_until_when_the_certificate_works(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    laptop = Machine(cluster, tmp_path / "laptop", state_here=False)
+    added = _add(cluster, "user", "dan3p")
+    laptop.run("login", cluster.url, "--code", added["code"], "--ca-fingerprint", added["ca_fingerprint"], check=True)
+    me = json.loads(laptop.run("whoami", "--json", "--offline", check=True).stdout)
+    profile, serial = laptop.home / "profiles" / me["profile"] / "profile.json", me["certificate_serial"]
+    meta = json.loads(profile.read_text())
+    profile.write_text(json.dumps({**meta, "gateway_url": "https://127.0.0.1:9"}))  # nothing listens there
     out = laptop.run("logout", check=True)
     flat = " ".join(out.stdout.split())
-    assert "still accepts certificate" in flat and f"raywarden revoke cert {me['certificate_serial']}" in flat
+    assert "unreachable" in flat and "still accepts certificate" in flat and f"raywarden revoke cert {serial}" in flat
+    owner = IdentityStore.open(cluster.state.identity_db).certificate_owner(serial)
+    assert owner == (f"spiffe://{TD}/user/dan3p", False)
 
 
 def test_rename_and_use(machine: Machine, cluster: Cluster) -> None:

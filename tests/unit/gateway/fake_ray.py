@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from raywarden.gateway import owner_seal
+
 # Ray's own token header is checked like Ray checks it: a request without the gateway's token is refused.
 AUTH = "Authorization"
 
@@ -103,6 +105,9 @@ class FakeRay:
             "start_time": 1,
             **extra,
         }
+        if owner and submission_id:  # as the gateway submits it: sealed (gateway/owner_seal.py)
+            seal = owner_seal.current().seal(submission_id, owner, job["entrypoint"], job["runtime_env"])
+            job["metadata"][owner_seal.SEAL_KEY] = seal
         self.jobs.append(job)
         return job
 
@@ -191,6 +196,13 @@ class FakeRay:
             ws = web.WebSocketResponse()
             await ws.prepare(request)
             await ws.send_str(f"tail of {ref}\n")
+            # A job whose id starts with "endless" keeps writing, as a running job under `logs --follow` does.
+            while ref.startswith("endless") and not ws.closed:
+                await asyncio.sleep(0.05)
+                try:
+                    await ws.send_str("more\n")
+                except ConnectionError:
+                    break
             await ws.close()
             return ws
         return web.Response(status=404)

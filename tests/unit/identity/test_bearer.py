@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from asyncio import run
 from collections.abc import Callable
 
 import jwt
@@ -56,14 +57,14 @@ def _b64(data: bytes) -> str:
 
 def _reason(auth: Authenticator, token: str) -> str:
     with pytest.raises(AuthenticationError) as refused:
-        auth.authenticate(None, f"Bearer {token}")
+        run(auth.authenticate(None, f"Bearer {token}"))
     assert refused.value.message == "authentication failed"
     return refused.value.reason
 
 
 def test_valid_token_authenticates(state: StateDir) -> None:
     token, jti = _sa_token(state)
-    identity = _auth(state).authenticate(None, f"Bearer {token}")
+    identity = run(_auth(state).authenticate(None, f"Bearer {token}"))
     assert identity.spiffe_id.endswith("/sa/ci-bot") and identity.auth_method == "token"
     assert identity.credential_id == jti and identity.groups == ("developers",)
     header = jwt.get_unverified_header(token)
@@ -136,18 +137,18 @@ def test_bad_tokens_refused_with_precise_reason(state: StateDir, make: Callable[
 def test_clock_skew_allowance(state: StateDir) -> None:
     _, jti = _sa_token(state)
     token = _forge(state, {"exp": int(time.time()) - 5, "jti": jti})
-    assert _auth(state).authenticate(None, f"Bearer {token}").auth_method == "token"
+    assert run(_auth(state).authenticate(None, f"Bearer {token}")).auth_method == "token"
 
 
 def test_revoked_token_and_disabled_principal(state: StateDir) -> None:
     auth = _auth(state)
     admin = IdentityAdmin(state, actor="test")
     token, jti = _sa_token(state)
-    auth.authenticate(None, f"Bearer {token}")
+    run(auth.authenticate(None, f"Bearer {token}"))
     admin.revoke_token(jti, "test")
     assert "revoked" in _reason(auth, token)
     token2, _ = _sa_token(state)
-    auth.authenticate(None, f"Bearer {token2}")
+    run(auth.authenticate(None, f"Bearer {token2}"))
     admin.disable("sa", "ci-bot")
     assert "revoked" in _reason(auth, token2)
     # A fresh authenticator (a restarted gateway) reads the same revocations from disk.
@@ -157,14 +158,14 @@ def test_revoked_token_and_disabled_principal(state: StateDir) -> None:
 def test_other_schemes_and_precedence(state: StateDir) -> None:
     auth = _auth(state)
     with pytest.raises(AuthenticationError) as refused:
-        auth.authenticate(None, "Basic YWxpY2U6cHc=")
+        run(auth.authenticate(None, "Basic YWxpY2U6cHc="))
     assert "scheme" in refused.value.reason
     # A client certificate takes precedence over whatever Authorization header comes with it.
     from cryptography import x509
 
     pem = (state.root.parent / "home" / "profiles" / "unit" / "client.crt").read_bytes()
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    identity = auth.authenticate(der, "Bearer garbage")
+    identity = run(auth.authenticate(der, "Bearer garbage"))
     assert identity.auth_method == "certificate" and identity.name == "admin"
 
 

@@ -66,4 +66,5 @@ HANDLER_MODULES = (
     "identity",
     "nodes",
     "signin",
+    "account",
 )

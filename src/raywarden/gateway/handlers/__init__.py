@@ -35,6 +35,7 @@ from raywarden.gateway.jobaccess import (
 )
 from raywarden.gateway.jobrecords import JobRecords
 from raywarden.gateway.middleware import header
+from raywarden.gateway.oidc_people import AdmissionRefused
 from raywarden.gateway.routes import Route, Routed
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY
 from raywarden.gateway.upstream import AnswerTooLarge, Body, Upstream, UpstreamResponse, UpstreamStream
@@ -64,24 +65,36 @@ class Handler(Protocol):
     async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response: ...
 
 
-def authenticate(services: Services, ex: Exchange, scope: Scope, *, session: bool) -> Identity:
-    """The caller's identity (noted on the exchange), or a 401 whose reason stays in the audit log."""
-    der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
-    cookie = session_cookie(header(scope, b"cookie")) if session else None
+async def authenticate(services: Services, ex: Exchange, scope: Scope, *, session: bool) -> Identity:
+    """The caller's identity (noted on the exchange), or a 401 whose reason stays in the audit log (the
+    caller is told only what a credential's holder may know: that it expired, is revoked)."""
     started = time.monotonic()
     try:
-        ex.identity = services.authenticator.authenticate(der, header(scope, b"authorization"), cookie)
+        ex.identity = await credential_of(services, scope, session=session)
     except MissingCredential as exc:
         raise responses.Refusal(
             401, "authentication required", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL
         ) from None
-    except AuthenticationError as exc:
+    except AdmissionRefused as exc:
         raise responses.Refusal(
-            401, "authentication failed", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL
+            403, "not admitted to this cluster", reason=exc.reason, hint=exc.hint, shown={"reason": exc.public}
+        ) from None
+    except AuthenticationError as exc:
+        shown = {"reason": exc.public} if exc.public else None
+        raise responses.Refusal(
+            401, "authentication failed", reason=exc.reason, hint=responses.HINT_NO_CREDENTIAL, shown=shown
         ) from None
     finally:
         ex.spent("authentication", started)
     return ex.identity
+
+
+async def credential_of(services: Services, scope: Scope, *, session: bool) -> Identity:
+    """Authenticate the credential the request (or WebSocket) presents: its connection's client certificate,
+    its Authorization header, or its session cookie where the route takes one. Raises AuthenticationError."""
+    der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
+    cookie = session_cookie(header(scope, b"cookie")) if session else None
+    return await services.authenticator.authenticate(der, header(scope, b"authorization"), cookie)
 
 
 async def body_of(services: Services, request: Request, route: Route) -> bytes | None:

@@ -42,7 +42,7 @@ class ConsolePages:
         if self.console is None:
             raise _not_configured()
         route = found.route
-        identity = authenticate(self.services, ex, request.scope, session=route.session)
+        identity = await authenticate(self.services, ex, request.scope, session=route.session)
         await body_of(self.services, request, route)
         viewer = await authorize(ex, route, identity, Resource(CLUSTER))
         await ex.allow()

@@ -28,7 +28,7 @@ class Control:
         route = found.route
         identity = None
         if route.auth == "identity":
-            identity = authenticate(self.services, ex, request.scope, session=route.session)
+            identity = await authenticate(self.services, ex, request.scope, session=route.session)
         body = await body_of(self.services, request, route)
         parsed = load_json_object(body) if route.body == "json" else {}
         if identity is not None:

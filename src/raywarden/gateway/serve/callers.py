@@ -34,16 +34,16 @@ class ServeAuthenticator:
         self.authenticator = authenticator
         self.keys = keys
 
-    def authenticate(self, scope: Scope, source: str) -> Caller:
+    async def authenticate(self, scope: Scope, source: str) -> Caller:
         """The caller, or a 401 Refusal whose precise reason is for the audit log only."""
         try:
-            return self._caller(scope, source)
+            return await self._caller(scope, source)
         except MissingCredential as exc:
             raise responses.Refusal(401, "authentication required", reason=exc.reason, hint=HINT) from None
         except AuthenticationError as exc:
             raise responses.Refusal(401, "authentication failed", reason=exc.reason, hint=HINT) from None
 
-    def _caller(self, scope: Scope, source: str) -> Caller:
+    async def _caller(self, scope: Scope, source: str) -> Caller:
         der = scope.get("state", {}).get(PEER_CERT_STATE_KEY)
         authorization = header(scope, b"authorization")
         if not der and authorization:
@@ -51,7 +51,7 @@ class ServeAuthenticator:
             value = value.strip()
             if scheme.lower() == "bearer" and value.startswith(KEY_PREFIX):
                 return self._from_key(value, source)
-        return Caller(self.authenticator.authenticate(der, authorization, None))
+        return Caller(await self.authenticator.authenticate(der, authorization, None))
 
     def _from_key(self, presented: str, source: str) -> Caller:
         key = self.keys.verify(presented)

@@ -68,7 +68,7 @@ class ServeControl:
         self.pinned, self.table = pinned, table
 
     async def handle(self, ex: Exchange, found: Routed, request: Request) -> Response:
-        identity = authenticate(self.services, ex, request.scope, session=found.route.session)
+        identity = await authenticate(self.services, ex, request.scope, session=found.route.session)
         body = await body_of(self.services, request, found.route)
         op = found.route.serve_op
         if op == "list":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from raywarden.audit import AuditRecordError, AuditUnavailable
-from raywarden.gateway import responses
+from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authz import Viewer, context_for, decide, principal_for
 from raywarden.gateway.exchange import Exchange
@@ -181,8 +181,8 @@ class ServeListener:
 
     # -- the steps a call shares, HTTP or WebSocket -----------------------------------------------------------
 
-    def _caller(self, ex: Exchange, scope: Scope) -> Caller:
-        caller = self.s.authenticator.authenticate(scope, ex.source)
+    async def _caller(self, ex: Exchange, scope: Scope) -> Caller:
+        caller = await self.s.authenticator.authenticate(scope, ex.source)
         ex.identity = caller.identity
         if caller.key_apps is not None:
             ex.extra["key_apps"] = list(caller.key_apps)
@@ -240,10 +240,10 @@ class ServeListener:
             raise OverLimit(taken)
         return taken
 
-    def _revalidator(self, scope: Scope, ex: Exchange) -> Callable[[], None]:
-        def still_valid() -> None:
+    def _revalidator(self, scope: Scope, ex: Exchange) -> Callable[[], Awaitable[None]]:
+        async def still_valid() -> None:
             try:
-                self.s.authenticator.authenticate(scope, ex.source)
+                await self.s.authenticator.authenticate(scope, ex.source)
             except Refusal as exc:
                 raise CredentialLapsed(exc.reason) from None
 
@@ -257,7 +257,7 @@ class ServeListener:
         if target.path == "/-/healthz":
             await self._health(ex, scope, receive, send)
             return
-        caller = self._caller(ex, scope)
+        caller = await self._caller(ex, scope)
         self._ready()
         if target.path == "/-/routes":
             await self._routes(ex, caller, scope, receive, send)
@@ -311,7 +311,7 @@ class ServeListener:
     async def _websocket(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         target = serve_target(scope.get("raw_path") or str(scope["path"]).encode(), scope.get("query_string", b""))
         ex.path = target.path
-        caller = self._caller(ex, scope)
+        caller = await self._caller(ex, scope)
         self._ready()
         app = await self._app(ex, target)
         self._authorize(ex, caller, app, "WEBSOCKET", app.below(target.path), _model_id(scope))
@@ -383,7 +383,7 @@ def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:
 
 
 async def _answer(ex: Exchange, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
-    response: Response = responses.refusal_response(refusal, ex.request_id)
+    response: Response = refusals.response(refusal, ex)
     if isinstance(refusal, OverLimit):
         response.headers["retry-after"] = str(refusal.retry_after)
     if scope["type"] == "websocket":

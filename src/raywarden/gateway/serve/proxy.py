@@ -11,7 +11,7 @@ and ``X-Request-Id`` is the audit log's request id (Serve adopts it, so its logs
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -149,7 +149,7 @@ class ServeProxy:
         send: Send,
         receive: Receive,
         counted: Counted,
-        still_valid: Callable[[], None],
+        still_valid: Callable[[], Awaitable[None]],
     ) -> int:
         """Forward one call and stream Serve's answer to ``send``; returns the status sent (499: the caller left).
         ``still_valid`` raises CredentialLapsed when the caller's credential lapsed (checked every
@@ -178,7 +178,7 @@ class ServeProxy:
         body: bytes,
         send: Send,
         counted: Counted,
-        still_valid: Callable[[], None],
+        still_valid: Callable[[], Awaitable[None]],
         timeout: aiohttp.ClientTimeout,
     ) -> int:
         loop = asyncio.get_running_loop()
@@ -197,7 +197,7 @@ class ServeProxy:
                 checked = loop.time()
                 async for chunk in resp.content.iter_any():
                     if loop.time() - checked >= REVALIDATE_EVERY_S:
-                        still_valid()
+                        await still_valid()
                         checked = loop.time()
                     if counted.first_byte_ms is None:
                         counted.first_byte_ms = round((loop.time() - begun) * 1000, 3)
@@ -227,7 +227,7 @@ class ServeProxy:
         client: WebSocket,
         upstream: aiohttp.ClientWebSocketResponse,
         counted: Counted,
-        still_valid: Callable[[], None],
+        still_valid: Callable[[], Awaitable[None]],
     ) -> None:
         """Messages both ways until either side closes (or the credential lapses, or the call lasts too long)."""
 
@@ -238,7 +238,7 @@ class ServeProxy:
                 if message["type"] == "websocket.disconnect":
                     return "client"
                 if asyncio.get_running_loop().time() - checked >= REVALIDATE_EVERY_S:
-                    still_valid()
+                    await still_valid()
                     checked = asyncio.get_running_loop().time()
                 if message.get("text") is not None:
                     counted.bytes_in += len(message["text"].encode())

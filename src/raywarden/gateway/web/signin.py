@@ -10,9 +10,10 @@ from typing import Any
 
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from raywarden.errors import ConfigError
+from raywarden.errors import AuthenticationError, ConfigError
 from raywarden.gateway.cookies import clear_session_cookie, set_session_cookie
 from raywarden.gateway.oidc import OidcIssuer, load_oidc_config, oidc_config_path
+from raywarden.gateway.oidc_people import AdmissionRefused, admit
 from raywarden.gateway.web import oidc_flow, pages
 from raywarden.gateway.web.assets import CONSOLE_CSS
 from raywarden.gateway.web.services import NO_STORE, PageHandler, PageRequest, PageResult, WebServices, html
@@ -189,18 +190,18 @@ class SignIn:
             found = await oidc_flow.redeem(self.web.oidc, issuer, flow, code)
         except oidc_flow.OidcFlowError as exc:
             return self._oidc_refused(401, exc.reason, failed)
-        spiffe = f"spiffe://{self.web.config.trust_domain}/user/{found.name}"
-        principal = self.web.store.get(spiffe)
-        if principal is None and not found.allow_unregistered:
-            return self._oidc_refused(
-                403, f"{spiffe} is not registered and {issuer.issuer} admits registered users only", failed
-            )
-        if principal is not None and principal.disabled:
-            return self._oidc_refused(403, f"principal {spiffe} is disabled", failed)
+        config = self.web.config
+        single = None if config.admits_principals else self.web.state
+        try:
+            person = admit(found, config.trust_domain, self.web.store, single)
+        except AdmissionRefused as exc:
+            return self._oidc_refused(403, exc.reason, f"Not admitted: {exc.public}.")
+        except AuthenticationError as exc:
+            return self._oidc_refused(403, exc.reason, failed)
         now = time.time()
-        new = self._create(spiffe, "oidc", found.credential_id, request.source, now, found.groups)
+        new = self._create(person.spiffe_id, "oidc", found.credential_id, request.source, now, found.groups)
         fields = {
-            "session_principal": spiffe,
+            "session_principal": person.spiffe_id,
             "via": "oidc",
             "oidc_issuer": issuer.issuer,
             "oidc_ref": found.credential_id,
