@@ -22,7 +22,6 @@ RouteKind = Literal[
     "control",  # raywarden's own API, answered by the gateway (handlers/control.py, gateway/control)
     "serve",  # Ray Serve's control routes: deploy, delete, scale, list (gateway/serve/control.py, by serve_op)
 ]
-ServeOp = Literal["replace", "merge", "delete_all", "delete_one", "scale", "groups", "list"]
 # What the policy decides on. A "job" route names a job in its path: a refusal there reads like a missing job.
 ResourceKind = Literal["cluster", "new_job", "job", "package", "serve_app"]
 BodyKind = Literal["none", "job_submit", "package", "json", "form"]
@@ -109,7 +108,7 @@ class Route:
     filter: ResponseFilter | None = None
     # The console page (gateway/web) that answers a console route.
     page: str = ""
-    serve_op: ServeOp | None = None  # "replace": Ray's PUT of every application; "merge": raywarden's, of some
+    serve_op: str | None = None  # "replace": Ray's PUT of every application; "merge": raywarden's, of some
     # Deletes the job in its path: workers forget their cache of it (gateway/jobrecords.py) before its id is reused.
     forgets_job: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
@@ -180,20 +179,18 @@ CONTROL_ROUTES: tuple[Route, ...] = (
 )
 
 
-def _serve(method: str, path: str, action: str, op: ServeOp, *, body: str = "", dashboard: bool = False) -> Route:
-    mount = DASHBOARD_MOUNT if dashboard else ""  # the dashboard's copy of Ray's route
-    return Route(
-        method, mount + path, action, "serve_app", kind="serve", body="json" if body else "none", mount=mount,
+def _serve(method: str, path: str, action: str, op: str, *, body: str = "", dashboard: bool = False) -> Route:
+    return Route(  # dashboard: the dashboard's copy of Ray's route
+        method, DASHBOARD_MOUNT * dashboard + path, action, "serve_app", kind="serve", body="json" if body else "none",
         max_body={"config": 1024 * 1024, "small": CONTROL_JSON_LIMIT}.get(body), session=dashboard,
-        query=params("api_type") if op == "list" else {}, serve_op=op,
+        query=params("api_type") if op == "list" else {}, serve_op=op, mount=DASHBOARD_MOUNT * dashboard,
     )  # fmt: skip
 
 
 # Ray Serve's REST API (stock `serve deploy`, `status`, `config`, `shutdown`) and raywarden's (docs/serve.md).
 _APPS, _OWN_APPS, _V1 = "/api/serve/applications/", "/raywarden/v1/serve/applications", "/api/v1/applications"
 SERVE_ROUTES: tuple[Route, ...] = (
-    _serve("GET", _APPS, "dashboard.view", "list"),
-    _serve("GET", _APPS, "dashboard.view", "list", dashboard=True),
+    *(_serve("GET", _APPS, "dashboard.view", "list", dashboard=d) for d in (False, True)),
     _serve("PUT", _APPS, "serve.deploy", "replace", body="config"),
     _serve("DELETE", _APPS, "serve.delete", "delete_all"),
     _serve("POST", _V1 + "/{app_name}/deployments/{deployment_name}/scale", "serve.scale", "scale", body="small"),
