@@ -21,7 +21,7 @@ from raywarden.cluster.rayuser import RayUser
 from raywarden.cluster.serve import SERVE_ENVIRONMENT
 from raywarden.errors import ClusterError
 from raywarden.files import read_private
-from raywarden.state import StateDir
+from raywarden.state import StateDir, trusted_ca_file
 
 HEAD_ADDRESS = "127.0.0.1"
 
@@ -165,7 +165,9 @@ def prepare_ray_files(state: StateDir, user: RayUser) -> RayFiles:
         user,
         cert=state.node_cert,
         key=state.node_key,
-        ca=state.internal_ca_cert,
+        # The internal CA bundle during a CA rotation: Ray's servers read it once, so both CAs must be in it
+        # before they start (docs/credentials.md).
+        ca=trusted_ca_file(state, "internal"),
         token=state.ray_token,
     )
 

@@ -160,6 +160,17 @@ def forget_secrets(folder: Path) -> None:
             pass
 
 
+def forget_cluster_address(files: RayFiles) -> None:
+    """After Ray stopped: remove the record of its GCS address that `ray start` leaves in its temp dir, as
+    `ray stop` does. Ray refuses to start a head again at a recorded address while any local process names
+    that GCS (a worker node's, still connected), so a restart on the same ports needs it gone."""
+    with _DirFd(os.open(files.folder, _DIR_FLAGS)) as top, _DirFd(_subdir(top.fd, "tmp", files.user)) as temp:
+        try:
+            os.unlink("ray_current_cluster", dir_fd=temp.fd)  # never follows a link
+        except FileNotFoundError:
+            pass
+
+
 def tighten(files: RayFiles) -> None:
     """Once Ray made its session: the folders Ray opens to everyone (0777) are handed to root with Ray's group
     and mode 0770, so that Ray can still write in them, nobody else can enter them, and Ray's later chmods fail

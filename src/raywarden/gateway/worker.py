@@ -99,7 +99,16 @@ async def _serve(
         except RaywardenError as exc:
             log.error("could not record a refused handshake: %s", exc.message)
 
-    tls = server_context(state, on_refused=handshake_refused)
+    def tls_reloaded(fields: dict[str, Any]) -> None:
+        # Called on the event loop during the handshake that swapped in a renewed certificate (gateway/tls.py):
+        # one record per worker, since each swaps on its own.
+        try:
+            audit.append_later({"kind": "tls", "event": "reload", **fields})
+        except RaywardenError as exc:
+            log.error("could not record a TLS reload: %s", exc.message)
+
+    # The certificate is renewed by the supervisor (gateway/renewal.py); this context picks up the new files.
+    tls = server_context(state, on_refused=handshake_refused, on_reload=tls_reloaded)
     server = uvicorn.Server(server_config(app, config, tls, http=os.environ.get(HTTP_ENV, "auto")))
     serve_server = None
     if fds.serve_listener is not None and serve_url is not None:

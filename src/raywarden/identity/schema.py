@@ -192,6 +192,27 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
+        "node certificate renewal: when each node's certificate was issued and how its renewals went, and the "
+        "one restart lease the head grants at a time",
+        """
+CREATE TABLE node_renewals (
+    name            TEXT PRIMARY KEY,
+    cert_issued_at  TEXT NOT NULL,
+    renewed_at      TEXT,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    reported_at     TEXT
+);
+CREATE TABLE node_restart_lease (
+    slot        INTEGER PRIMARY KEY CHECK (slot = 1),
+    node        TEXT NOT NULL,
+    granted_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+""",
+    ),
+    Migration(
+        3,
         "Ray Serve behind the gateway: API keys of service accounts (stored hashed, scoped to apps, with their "
         "last use), the owner, invoker groups and deployer of each Serve application, and the lease that lets "
         "one gateway process deploy at a time",

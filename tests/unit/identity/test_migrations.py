@@ -239,15 +239,15 @@ def _fail_in_data(db: sqlite3.Connection) -> None:
     raise RuntimeError("disk on fire")
 
 
-API_KEYS = "CREATE TABLE scratch_keys (id TEXT PRIMARY KEY);"
-NEXT = CURRENT_VERSION + 1  # a migration this release does not have
+API_KEYS = "CREATE TABLE test_keys (id TEXT PRIMARY KEY);"  # not a real table: a later migration's stand-in
+NEXT = CURRENT_VERSION + 1  # a test's migration comes after the release's own
 
 
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        (Migration(NEXT, "scratch", API_KEYS + "\nINSERT INTO nowhere VALUES (1);"), "no such table: nowhere"),
-        (Migration(NEXT, "scratch", API_KEYS, _fail_in_data), "disk on fire"),
+        (Migration(NEXT, "api keys", API_KEYS + "\nINSERT INTO nowhere VALUES (1);"), "no such table: nowhere"),
+        (Migration(NEXT, "api keys", API_KEYS, _fail_in_data), "disk on fire"),
         # With foreign keys off while migrating, a dangling reference is caught by the check before COMMIT.
         (Migration(NEXT, "drop bob", "DELETE FROM principals WHERE name = 'bob';"), "would break 2 references"),
     ],
@@ -315,7 +315,7 @@ CHILD = textwrap.dedent(
     import json, os, sqlite3, sys, time
     from pathlib import Path
     from raywarden.identity.migrate import ensure_current
-    from raywarden.identity.schema import MIGRATIONS, Migration
+    from raywarden.identity.schema import CURRENT_VERSION, MIGRATIONS, Migration
 
     path, me, peers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 
@@ -325,8 +325,8 @@ CHILD = textwrap.dedent(
             time.sleep(0.01)
         db.execute("INSERT INTO upgrade_runs VALUES (?)", (me,))
 
-    create = "CREATE TABLE upgrade_runs (who TEXT NOT NULL);"
-    extra = Migration(len(MIGRATIONS) + 1, "test: count the runs", create, record)
+    runs = "CREATE TABLE upgrade_runs (who TEXT NOT NULL);"
+    extra = Migration(CURRENT_VERSION + 1, "test: count the runs", runs, record)
     db = sqlite3.connect(path, isolation_level=None)
     (path.parent / f"ready-{me}").touch()
     done = ensure_current(db, path, (*MIGRATIONS, extra))
@@ -348,9 +348,9 @@ def test_processes_opening_at_once_migrate_exactly_once(tmp_path: Path) -> None:
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err.decode()
         outcomes.append(json.loads(out))
-    assert sorted(outcomes, key=repr) == [None, None, [0, NEXT]]
+    assert sorted(outcomes, key=repr) == [None, None, [0, CURRENT_VERSION + 1]]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == NEXT
+        assert db.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION + 1
         assert len(db.execute("SELECT who FROM upgrade_runs").fetchall()) == 1
         ref = reference()
         for table in tables(ref):
