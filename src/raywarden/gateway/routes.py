@@ -182,16 +182,14 @@ CONTROL_ROUTES: tuple[Route, ...] = (
 
 
 def _serve(method: str, path: str, action: str, op: str, *, body: str = "", dashboard: bool = False) -> Route:
-    return Route(  # dashboard: the dashboard's copy of Ray's route
-        method, DASHBOARD_MOUNT * dashboard + path, action, "serve_app", kind="serve", body="json" if body else "none",
-        max_body={"config": 1024 * 1024, "small": CONTROL_JSON_LIMIT}.get(body), session=dashboard,
-        query=params("api_type") if op == "list" else {}, serve_op=op, mount=DASHBOARD_MOUNT * dashboard,
-    )  # fmt: skip
+    mount, query = DASHBOARD_MOUNT * dashboard, params("api_type") if op == "list" else {}
+    return Route(method, mount + path, action, "serve_app", kind="serve", serve_op=op, mount=mount, query=query,
+        body="json" if body else "none", max_body={"config": 1024 * 1024, "small": CONTROL_JSON_LIMIT}.get(body),
+        session=dashboard)  # fmt: skip
 
 
-# Ray Serve's REST API (stock `serve deploy`, `status`, `config`, `shutdown`) and raywarden's (docs/serve.md).
 _APPS, _OWN_APPS, _V1 = "/api/serve/applications/", "/raywarden/v1/serve/applications", "/api/v1/applications"
-SERVE_ROUTES: tuple[Route, ...] = (
+SERVE_ROUTES: tuple[Route, ...] = (  # Ray Serve's REST API (stock `serve` CLI) and raywarden's (docs/serve.md)
     *(_serve("GET", _APPS, "dashboard.view", "list", dashboard=d) for d in (False, True)),
     _serve("PUT", _APPS, "serve.deploy", "replace", body="config"),
     _serve("DELETE", _APPS, "serve.delete", "delete_all"),

@@ -239,7 +239,7 @@ def _fail_in_data(db: sqlite3.Connection) -> None:
     raise RuntimeError("disk on fire")
 
 
-API_KEYS = "CREATE TABLE test_keys (id TEXT PRIMARY KEY);"  # not a real table: a later migration's stand-in
+API_KEYS = "CREATE TABLE scratch_keys (id TEXT PRIMARY KEY);"  # a stand-in: api_keys is a real table now
 NEXT = CURRENT_VERSION + 1  # a test's migration comes after the release's own
 
 
