@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from raywarden.cli.apikeys import key_app
 from raywarden.cli.common import (
     JsonOption,
     StateDirOption,
@@ -27,7 +28,8 @@ user_app = typer.Typer(
     help="People: add, list, show, disable, enable, change groups (on the head host).", no_args_is_help=True
 )
 sa_app = typer.Typer(
-    help="Service accounts for automation: add, list, show, token, disable, enable.", no_args_is_help=True
+    help="Service accounts for automation: add, list, show, token, key (API keys for Serve), disable, enable.",
+    no_args_is_help=True,
 )
 revoke_app = typer.Typer(
     help="Revoke one certificate or bearer token at once (on the head host).", no_args_is_help=True
@@ -58,6 +60,7 @@ def register(app: typer.Typer) -> None:
     for kind, sub in (("user", user_app), ("sa", sa_app)):
         _principal_commands(sub, kind)  # type: ignore[arg-type]
     app.add_typer(user_app, name="user")
+    sa_app.add_typer(key_app, name="key")
     app.add_typer(sa_app, name="sa")
     app.add_typer(revoke_app, name="revoke")
 
@@ -142,7 +145,8 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
         else:
             console.print(
                 f"Disabled {what} {name}; revoked {counts['certificates']} certificate(s), "
-                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s)."
+                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s), "
+                f"{counts.get('api_keys', 0)} API key(s)."
             )
 
     @sub.command("enable")

@@ -57,6 +57,7 @@ COMMAND_MODULES = (
     "doctor",
     "policy",
     "ui",
+    "serve",
 )
 
 

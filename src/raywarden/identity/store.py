@@ -154,8 +154,8 @@ class IdentityStore:
         return found
 
     def disable_and_revoke(self, spiffe_id: str, reason: str) -> dict[str, int]:
-        """Disable a principal and revoke everything it holds, in one transaction: certificates, token ids
-        and pending enrollment codes. Returns how many of each were revoked."""
+        """Disable a principal and revoke everything it holds, in one transaction: certificates, token ids,
+        pending enrollment codes and API keys. Returns how many of each were revoked."""
         now = _now()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -175,8 +175,12 @@ class IdentityStore:
                 "UPDATE enrollments SET revoked_at = ? WHERE spiffe_id = ? AND used_at IS NULL AND revoked_at IS NULL",
                 (now, spiffe_id),
             ).rowcount
+            keys = db.execute(
+                "UPDATE api_keys SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+                (dt.datetime.now(dt.timezone.utc).timestamp(), reason, spiffe_id),
+            ).rowcount
             db.execute("COMMIT")
-        return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes}
+        return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes, "api_keys": keys}
 
     def certificate_owner(self, serial: str) -> tuple[str, bool] | None:
         """(SPIFFE ID, revoked) of an issued serial, or None if the store never recorded it."""

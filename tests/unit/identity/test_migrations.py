@@ -241,11 +241,11 @@ def test_a_missing_file_is_reported_and_never_created(tmp_path: Path) -> None:
 
 
 def _fail_in_data(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO api_keys VALUES ('k1')")
+    db.execute("INSERT INTO scratch_keys VALUES ('k1')")
     raise RuntimeError("disk on fire")
 
 
-API_KEYS = "CREATE TABLE api_keys (id TEXT PRIMARY KEY);"
+API_KEYS = "CREATE TABLE scratch_keys (id TEXT PRIMARY KEY);"  # a stand-in: api_keys is a real table now
 NEXT = CURRENT_VERSION + 1  # a test's migration comes after the release's own
 
 
