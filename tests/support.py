@@ -213,3 +213,13 @@ def raw_https(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def refusal_status(resp: requests.Response) -> int:
+    """The status a refusal stands for. `requests` sends the User-Agent of Ray's job client, to which the gateway
+    sends a policy's 403 on Ray's API as 400 with the true status in the body (gateway/refusals.py)."""
+    if resp.status_code == 400 and resp.headers.get("content-type", "").startswith("application/json"):
+        status = resp.json().get("status")
+        if isinstance(status, int):
+            return status
+    return resp.status_code

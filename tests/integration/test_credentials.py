@@ -16,7 +16,7 @@ from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
-from tests.support import TD, Cluster, tls_context
+from tests.support import TD, Cluster, refusal_status, tls_context
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_user_no_policy_covers_is_forbidden(cluster: Cluster) -> None:
     resp = requests.post(
         cluster.url + "/api/jobs/", json={"entrypoint": "echo hi"}, cert=cert, verify=cluster.ca, timeout=30
     )
-    assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
+    assert refusal_status(resp) == 403 and resp.json()["error"] == "forbidden"
     record = _denial(cluster, resp)
     assert record["action"] == "jobs.submit" and record["principal"] == f"spiffe://{TD}/user/dev"
     assert len(cluster.ray_jobs()) == jobs_before

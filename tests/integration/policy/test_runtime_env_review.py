@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import Cluster, run_cli
+from tests.support import Cluster, refusal_status, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_the_reviews_runtime_env_requests_are_refused_and_named(cluster: Cluster
     dev = cluster.issue(f"rv-{uuid.uuid4().hex[:6]}", groups=("developers",))
     submission_id = f"review-{uuid.uuid4().hex[:8]}"
     refused = submit(cluster, dev, body(submission_id, runtime_env))
-    assert refused.status_code == 403, refused.text
+    assert refusal_status(refused) == 403, refused.text
     [record] = [r for r in records(cluster, refused.json()["request_id"]) if r["kind"] == "request"]
     assert record["decision"] == "deny" and record["action"] == "jobs.submit"
     assert fact in record["policy_input"]["resource_attrs"]["runtime_env_facts"]
@@ -87,7 +87,7 @@ def test_log_files_write_outside_rays_log_directory(cluster: Cluster) -> None:
         target = folder / "outside.log"
         runtime_env = {"config": {"log_files": [str(target)]}}
         dev = cluster.issue(f"lf-{uuid.uuid4().hex[:6]}", groups=("developers",))
-        assert submit(cluster, dev, body(f"lf-dev-{uuid.uuid4().hex[:8]}", runtime_env)).status_code == 403
+        assert refusal_status(submit(cluster, dev, body(f"lf-dev-{uuid.uuid4().hex[:8]}", runtime_env))) == 403
         assert not target.exists()
         allowed = submit(cluster, cluster.admin_cert, body(f"lf-admin-{uuid.uuid4().hex[:8]}", runtime_env))
         assert allowed.status_code == 200, allowed.text
