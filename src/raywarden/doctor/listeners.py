@@ -112,6 +112,11 @@ def _gateway(ctx: DoctorContext) -> Check:
         )
     problems, seen = [], []
     for port, addr in sorted(found.items()):
+        if port == run.gateway_metrics_port:  # plain HTTP by design: loopback, and the control plane's user only
+            seen.append(f"{addr}:{port} (metrics)")
+            if not is_loopback(addr):
+                problems.append(f"{addr}:{port}: the gateway's metrics port is not on loopback")
+            continue
         protected, evidence = gateway_refuses_anonymous(ctx, addr, port)
         seen.append(f"{addr}:{port} ({evidence})")
         if not protected:

@@ -62,12 +62,12 @@ def wait_terminal(cluster: Cluster, cert: tuple[str, str], job_id: str) -> None:
 
 
 def same_error(a: requests.Response, b: requests.Response) -> None:
-    """Two gateway answers that must be indistinguishable apart from what the caller sent (the job id named in
-    the path, as `resource`) and the request id (also in `explain`)."""
+    """Two gateway answers that must be indistinguishable apart from what the caller asked (the route's action,
+    the job id named in the path as `resource`) and the request id (also in `explain`)."""
     assert (a.status_code, a.headers.get("content-type")) == (b.status_code, b.headers.get("content-type"))
 
     def strip(r: requests.Response) -> dict[str, object]:
-        body = {k: v for k, v in r.json().items() if k not in ("request_id", "resource")}
+        body = {k: v for k, v in r.json().items() if k not in ("request_id", "resource", "action")}
         if "explain" in body:
             body["explain"] = str(body["explain"]).replace(r.json()["request_id"], "ID")
         return body
@@ -157,7 +157,7 @@ def test_runtime_env_escapes_are_refused_and_nothing_reaches_ray(cluster: Cluste
     assert refusal_status(refused) == 403 and refused.json()["error"] == "forbidden"
     [record] = [r for r in records_for(cluster, refused.json()["request_id"]) if r["kind"] == "request"]
     assert record["decision"] == "deny" and record["action"] == "jobs.submit"
-    assert record["reason"] == "no policy permits this" and record["policy_version"]
+    assert "no policy permits it" in record["reason"] and record["policy_version"]
     assert submission_id not in {j.get("submission_id") for j in cluster.ray_jobs()}
 
 
