@@ -24,6 +24,7 @@ from raywarden.audit import AuditRecordError, AuditUnavailable
 from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
+from raywarden.gateway.bodies import ClientGone
 from raywarden.gateway.control import ControlHandler
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Handler, Services, authenticate
@@ -164,6 +165,9 @@ class GatewayApp:
         """Record ``exc`` as the request's refusal and answer it, unless an answer (``status``) already began."""
         if isinstance(exc, (AuditUnavailable, AuditRecordError)):
             raise exc
+        if isinstance(exc, ClientGone):
+            await ex.client_gone(exc.status, exc.reason, exc.outcome, exc.bytes_received)
+            return
         refusal = refusals.addressed(_as_refusal(ex, exc), ex, scope)
         if status is not None:
             if not ex.decided:
