@@ -130,7 +130,8 @@ def up(
     gateway_metrics = prometheus.allocate_port(ports, claimed | {prom_port} if prom_port else claimed)
     if node_ip is not None:
         multinode.install_head_firewall(state, config, ports, owners)
-        firewall.add_ports(firewall.table_name(state), [p for p in (prom_port, gateway_metrics) if p is not None])
+        firewall.add_ports(firewall.table_name(state), [prom_port] if prom_port is not None else [])
+        firewall.add_ports(firewall.table_name(state), [gateway_metrics], control=True)
     head: RayHead | None = None
     gateway_pid: int | None = None
     prom: prometheus.Prometheus | None = None
@@ -150,8 +151,10 @@ def up(
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            extra = [p for p in (prom_port, gateway_metrics) if p is not None]
-            fw = firewall.protect(state, ports, exposed, extra=extra, owners=owners)
+            # Ray's dashboard queries Prometheus (RAY_PROMETHEUS_HOST), so Ray's user keeps it; not the
+            # gateway's metrics.
+            extra = [prom_port] if prom_port is not None else []
+            fw = firewall.protect(state, ports, exposed, extra=extra, owners=owners, control=[gateway_metrics])
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))
