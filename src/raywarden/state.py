@@ -5,14 +5,27 @@ One state dir belongs to one cluster. Everything secret in it is 0600 inside 070
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private
@@ -82,6 +95,74 @@ class Listen(BaseModel):
         return f"[{self.host}]" if ":" in self.host else self.host
 
 
+_DURATION_UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+# ASCII digits only: \d would also take other scripts' digits, which int() then reads.
+_DURATION_RE = re.compile(r"(?:([0-9]{1,9})([wdhms]))+")
+_DURATION_PART = re.compile(r"([0-9]{1,9})([wdhms])")
+MAX_DURATION_S = 100 * 366 * 86400
+DURATION_HINT = "a number and a unit, combined as needed: 90s, 2m, 12h, 30d, 1w, 1d12h"
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``2m``, ``90s``, ``1w`` or a combination (``1d12h``). A bare number is refused: it
+    would be a guess between seconds, hours and days."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or not _DURATION_RE.fullmatch(compact):
+        raise ValueError(f"{text!r} is not a duration ({DURATION_HINT})")
+    seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(compact))
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{text!r} is longer than any lifetime raywarden takes (100 years)")
+    return dt.timedelta(seconds=seconds)
+
+
+def format_duration(value: dt.timedelta) -> str:
+    """The shortest text ``parse_duration`` reads back as ``value`` (whole seconds): ``30d``, ``1d12h``, ``2m``."""
+    seconds = int(value.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        count, seconds = divmod(seconds, _DURATION_UNITS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _duration(value: object) -> dt.timedelta:
+    if isinstance(value, dt.timedelta):
+        return value
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError(f"a duration is text ({DURATION_HINT})")
+
+
+def _within(low: str, high: str) -> AfterValidator:
+    lo, hi = parse_duration(low), parse_duration(high)
+
+    def check(value: dt.timedelta) -> dt.timedelta:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {low} and {high}, not {format_duration(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+# A duration in config.json is text such as "30d" (what `init --node-cert-ttl` takes), read back the same way.
+Duration = Annotated[
+    dt.timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
+# Certificate lifetimes short enough to watch renewal happen (2 minutes), and no longer than browsers accept
+# for a server certificate (397 days). The head's certificate lives as long as the cluster is planned to
+# (docs/credentials.md): it is renewed only when its Ray restarts.
+MIN_CERT_TTL = "2m"
+# Fields of releases before durations: old name -> (new name, seconds per unit of the old number).
+LEGACY_LIFETIMES = {
+    "user_cert_hours": ("user_cert_ttl", 3600),
+    "gateway_cert_days": ("gateway_cert_ttl", 86400),
+    "node_cert_days": ("node_cert_ttl", 86400),
+}
+
+
 class ClusterConfig(BaseModel):
     """Settings fixed at ``init`` and read by ``up``, the gateway and the CLI."""
 
@@ -91,9 +172,15 @@ class ClusterConfig(BaseModel):
     listen: Listen = Listen(host="127.0.0.1", port=8443)
     # Extra names the gateway certificate is valid for (DNS names or IP addresses), besides localhost.
     gateway_hosts: list[str] = Field(default_factory=list)
-    user_cert_hours: float = Field(default=12.0, gt=0, le=24 * 7)
-    gateway_cert_days: int = Field(default=90, ge=1, le=397)
-    node_cert_days: int = Field(default=30, ge=1, le=397)
+    # Lifetimes (docs/credentials.md). People's and service accounts' certificates; the gateway's, renewed in
+    # place at 2/3 of its life; worker nodes', renewed with a rolling restart at 2/3; the head node's.
+    user_cert_ttl: Annotated[Duration, _within(MIN_CERT_TTL, "7d")] = dt.timedelta(hours=12)
+    gateway_cert_ttl: Annotated[Duration, _within(MIN_CERT_TTL, "397d")] = dt.timedelta(days=90)
+    node_cert_ttl: Annotated[Duration, _within(MIN_CERT_TTL, "397d")] = dt.timedelta(days=30)
+    head_cert_ttl: Annotated[Duration, _within("1d", "3660d")] = dt.timedelta(days=365)
+    # How long a worker node being restarted for its new certificate lets running tasks finish (at most a
+    # third of its certificate's life: the old certificate must still be valid when Ray stops).
+    node_drain_timeout: Annotated[Duration, _within("10s", "7d")] = dt.timedelta(minutes=10)
     ca_years: int = Field(default=10, ge=1, le=30)
     # Ray itself refuses packages above 100 MiB (ray_constants.GCS_STORAGE_MAX_SIZE); allow that plus framing.
     max_body_bytes: int = Field(default=101 * 1024 * 1024, ge=1024)
@@ -151,6 +238,25 @@ class ClusterConfig(BaseModel):
         accepted that they are not."""
         return self.separated or self.shared_os_user
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_lifetimes(cls, data: Any) -> Any:
+        """config.json from releases before durations: ``user_cert_hours``, ``gateway_cert_days`` and
+        ``node_cert_days`` were numbers; they are read as the same durations."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, (new, unit_s) in LEGACY_LIFETIMES.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(f"{old} and {new} both set; keep {new} only")
+            value = data.pop(old)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{old} must be a positive number")
+            data[new] = dt.timedelta(seconds=round(float(value) * unit_s))
+        return data
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
@@ -201,6 +307,27 @@ class StateDir:
     @property
     def internal_ca_key(self) -> Path:
         return self.pki_dir / "internal-ca.key"
+
+    @property
+    def access_ca_bundle(self) -> Path:
+        """Every access CA trusted at the moment (during a CA rotation: the old and the new one)."""
+        return self.pki_dir / "access-ca-bundle.pem"
+
+    @property
+    def internal_ca_bundle(self) -> Path:
+        """Every internal CA trusted at the moment (during a CA rotation: the old and the new one)."""
+        return self.pki_dir / "internal-ca-bundle.pem"
+
+    @property
+    def renewal_lock(self) -> Path:
+        """Held while the head's own certificates are written, so that readers see a key and its certificate
+        together and a renewal happens once (gateway/renewal.py)."""
+        return self.pki_dir / ".renewal.lock"
+
+    @property
+    def gateway_renewal_status(self) -> Path:
+        """The gateway certificate renewer's last attempt (read by `cert status` and `doctor`)."""
+        return self.run_dir / "gateway-renewal.json"
 
     @property
     def gateway_cert(self) -> Path:
@@ -297,3 +424,12 @@ class StateDir:
     def save_config(self, config: ClusterConfig) -> None:
         ensure_private_dir(self.root)
         write_private(self.config_path, (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode())
+
+
+def trusted_ca_file(state: StateDir, role: Literal["access", "internal"]) -> Path:
+    """The file to verify peers of ``role`` with: the CA bundle while one exists (a CA rotation is under way or
+    done), else the single CA certificate."""
+    bundle = state.access_ca_bundle if role == "access" else state.internal_ca_bundle
+    if bundle.is_file():
+        return bundle
+    return state.access_ca_cert if role == "access" else state.internal_ca_cert

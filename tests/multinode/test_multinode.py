@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,90 +28,15 @@ from raywarden.cluster.ray_head import ray_binary
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.state import StateDir, runtime_dir_for
 from tests.multinode import netns
+from tests.multinode.support import GATEWAY_PORT, Setup
 
 pytestmark = pytest.mark.multinode
 
-GATEWAY_PORT = 8443
-CLI = "raywarden.cli.main"
 REPORT: dict[str, Any] = {}
 
 
 def _skip_reason() -> str | None:
     return netns.unavailable()
-
-
-@dataclass
-class Setup:
-    net: netns.Network
-    root: Path
-    head_state: StateDir
-    fingerprint: str = ""
-    first_token: str = ""
-    join_seconds: list[float] = field(default_factory=list)
-
-    def env(self, role: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
-        env["RAYWARDEN_HOME"] = str(self.root / role / "home")
-        env["HOME"] = str(self.root / role / "home")
-        return env
-
-    def cli(self, role: str, *args: str, check: bool = False, timeout: float = 300) -> Any:
-        return self.net.python(role, CLI, *args, env=self.env(role), check=check, timeout=timeout)
-
-    def head(self, *args: str, check: bool = True) -> Any:
-        return self.cli("head", *args, "--state-dir", str(self.head_state.root), check=check)
-
-    def token(self, ttl: str = "10m") -> str:
-        out = json.loads(self.head("node", "token", "create", "--ttl", ttl, "--json").stdout)
-        assert out["ca_fingerprint"] == self.fingerprint
-        return str(out["token"])
-
-    def join(self, role: str, token: str, *, state: str, name: str, fingerprint: str | None = None) -> Any:
-        started = time.monotonic()
-        result = self.cli(
-            role,
-            "join",
-            f"https://{netns.ROLES['head']}:{GATEWAY_PORT}",
-            "--token",
-            token,
-            "--ca-fingerprint",
-            fingerprint or self.fingerprint,
-            "--name",
-            name,
-            "--num-cpus",
-            "1",
-            "--state-dir",
-            str(self.root / role / state),
-            "--json",
-        )
-        if result.returncode == 0:
-            self.join_seconds.append(round(time.monotonic() - started, 2))
-        return result
-
-    def audit(self) -> list[dict[str, Any]]:
-        records = []
-        for path in sorted(self.head_state.audit_dir.glob("audit-*.jsonl")):
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return records
-
-    def scan(self, role: str) -> dict[str, Any]:
-        ports = sorted(self.net.listening(role))
-        out = self.net.python(
-            "attacker",
-            "tests.multinode.probe",
-            "scan",
-            netns.ROLES[role],
-            *[str(p) for p in ports],
-            check=True,
-            timeout=120,
-        ).stdout
-        listening = self.net.listening(role)
-        return {port: {"bound": listening.get(int(port), "?"), **result} for port, result in json.loads(out).items()}
-
-    def grpc(self, role: str, target: str, ca: Path, cert: str | None = None, key: str | None = None) -> bool:
-        args = [target, str(ca), *([cert, key] if cert and key else [])]
-        out = self.net.python(role, "tests.multinode.probe", "grpc", *args, check=True, timeout=60).stdout
-        return bool(json.loads(out)["ready"])
 
 
 def _stock_ray_scan(net: netns.Network, root: Path) -> dict[str, Any]:
@@ -219,9 +143,13 @@ def test_job_runs_tasks_pinned_to_each_node(mn: Setup) -> None:
 def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(mn: Setup) -> None:
     ray_user = pwd.getpwnam(REPORT["join"]["ray_user"])
     assert ray_user.pw_uid == REPORT["join"]["ray_uid"] != 0
-    pids = mn.net.pids("worker")
+    # Every process on the worker is Ray's, but one: the node agent, the control plane's (root), which holds the
+    # node secret and renews the certificate (cluster/agent.py).
+    agent = REPORT["join"]["agent_pid"]
+    pids = [pid for pid in mn.net.pids("worker") if pid != agent]
     uids = {pid: _uid_of(pid) for pid in pids}
     assert pids and set(uids.values()) == {ray_user.pw_uid}, uids
+    assert _uid_of(agent) == 0 and "raywarden.cluster.agent" in Path(f"/proc/{agent}/cmdline").read_text()
     worker_state = mn.root / "worker" / "state"
     # What Ray needs is in its own folder; the node secret, access CA and node.json stay in the state dir.
     ray_dir = runtime_dir_for(worker_state, separated=True) / "ray"
@@ -236,6 +164,7 @@ def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(
     secret_files = [
         worker_state / "keys" / "node-secret",
         worker_state / "node.json",
+        worker_state / "agent.json",
         worker_state / "pki" / "node.key",
     ]
     script = (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from raywarden.cli.common import (
@@ -25,8 +26,8 @@ from raywarden.cli.common import (
 from raywarden.cluster import lifecycle, worker
 from raywarden.cluster.setup import init_state
 from raywarden.cluster.worker import NodeState
-from raywarden.errors import ClusterError, ConfigError, RaywardenError
-from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen, StateDir
+from raywarden.errors import ClusterError, RaywardenError, UsageError
+from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen, StateDir, parse_duration
 
 
 def register(app: typer.Typer) -> None:
@@ -48,15 +49,73 @@ def init(
     profile: Annotated[
         str | None, typer.Option(help="Name of the admin's client profile (default: the trust domain).")
     ] = None,
+    user_cert_ttl: Annotated[
+        str, typer.Option(metavar="DURATION", help="Lifetime of people's and service accounts' certificates.")
+    ] = "12h",
+    gateway_cert_ttl: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION", help="Lifetime of the gateway's certificate; renewed in place at 2/3 of its life."
+        ),
+    ] = "90d",
+    node_cert_ttl: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="Lifetime of worker nodes' certificates; each node renews at 2/3 of its life and restarts its Ray "
+            "(drained first, one node at a time).",
+        ),
+    ] = "30d",
+    head_cert_ttl: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="Lifetime of the head node's certificate, issued at every `up`: the longest the cluster may run "
+            "without a restart of the head (`raywarden cert rotate --head`). At least 1d.",
+        ),
+    ] = "365d",
+    node_drain_timeout: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="How long running tasks get when a worker is drained for its new certificate (at most a third "
+            "of the node certificate's life is used).",
+        ),
+    ] = "10m",
     json_output: JsonOption = False,
 ) -> None:
-    """Create a cluster: two CAs, the Ray token, gateway and node certificates, audit key, and an admin profile."""
+    """Create a cluster: two CAs, the Ray token, gateway and node certificates, audit key, and an admin profile.
+
+    Durations are a number and a unit, combined as needed: 90s, 2m, 12h, 30d, 1w, 1d12h. Certificate
+    lifetimes are at least 2m (the head's at least 1d)."""
+    lifetimes = {
+        "user_cert_ttl": ("--user-cert-ttl", user_cert_ttl),
+        "gateway_cert_ttl": ("--gateway-cert-ttl", gateway_cert_ttl),
+        "node_cert_ttl": ("--node-cert-ttl", node_cert_ttl),
+        "head_cert_ttl": ("--head-cert-ttl", head_cert_ttl),
+        "node_drain_timeout": ("--node-drain-timeout", node_drain_timeout),
+    }
+    durations = {}
+    for field, (flag, text) in lifetimes.items():
+        try:
+            durations[field] = parse_duration(text)
+        except ValueError as exc:
+            raise UsageError(f"{flag}: {exc}", hint=f"for example {flag} {_EXAMPLES[field]}") from None
     try:
-        config = ClusterConfig(
-            trust_domain=trust_domain, listen=Listen.parse(listen), gateway_hosts=list(gateway_host or [])
+        config = ClusterConfig.model_validate(
+            {
+                "trust_domain": trust_domain,
+                "listen": Listen.parse(listen),
+                "gateway_hosts": list(gateway_host or []),
+                **durations,
+            }
         )
-    except ValueError as exc:
-        raise ConfigError(f"invalid setting: {exc}", hint="see `raywarden init --help`") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        flag = lifetimes[field][0] if field in lifetimes else f"--{field.replace('_', '-')}"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"{flag}: {message}", hint="see `raywarden init --help`") from None
     result = init_state(state_dir(state), config, admin_name=admin, profile_name=profile or trust_domain)
     if json_output:
         print_json(dataclasses.asdict(result))
@@ -67,6 +126,15 @@ def init(
     console.print(f"  access CA SHA-256:    {result.access_ca_fingerprint}")
     console.print(f"  internal CA SHA-256:  {result.internal_ca_fingerprint}")
     print_next(["raywarden", "up", *_state_args(state)])
+
+
+_EXAMPLES = {
+    "user_cert_ttl": "12h",
+    "gateway_cert_ttl": "90d",
+    "node_cert_ttl": "30d",
+    "head_cert_ttl": "365d",
+    "node_drain_timeout": "10m",
+}
 
 
 def up(

@@ -95,16 +95,25 @@ def short_principal(spiffe_id: str | None, trust_domain: str) -> str | None:
 
 def job_row(job: Any, trust_domain: str) -> dict[str, Any]:
     metadata = dict(job.metadata or {})
+    # The gateway vouches for owners (gateway/owner_seal.py): a job it did not seal comes without one.
     owner = metadata.get("raywarden.owner")
+    if metadata.get("raywarden.outside"):
+        owner = None
     return {
         "submission_id": job.submission_id,
         "job_id": job.job_id,
         "status": str(job.status),
         "owner": owner,
-        "owner_short": short_principal(owner, trust_domain),
+        "owner_short": short_principal(owner, trust_domain) if owner else _outside(metadata),
         "entrypoint": job.entrypoint,
         "message": job.message,
         "start_time": job.start_time,
         "end_time": job.end_time,
         "metadata": metadata,
     }
+
+
+def _outside(metadata: dict[str, Any]) -> str | None:
+    if not metadata.get("raywarden.outside"):
+        return None
+    return "(submitted outside the gateway)"

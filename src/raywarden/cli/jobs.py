@@ -236,9 +236,10 @@ def status(
         print_json(row)
         return
     _log_status(job_id, row["status"], row["message"], out_console=True)
+    shown = {**row, "owner": row.get("owner") or row.get("owner_short")}  # or "(submitted outside the gateway)"
     for key in ("owner", "entrypoint", "start_time", "end_time"):
-        if row.get(key) is not None:
-            console.print(f"  {key.replace('_', ' ')}: {row[key]}", markup=False)
+        if shown.get(key) is not None:
+            console.print(f"  {key.replace('_', ' ')}: {shown[key]}", markup=False)
 
 
 @job_app.command("logs")

@@ -50,6 +50,7 @@ COMMAND_MODULES = (
     "audit",
     "scan",
     "nodes",
+    "certs",
     "identity",
     "profiles",
     "doctor",

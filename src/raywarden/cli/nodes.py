@@ -222,7 +222,8 @@ def node_sync(
     state: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """On a worker: fetch the cluster's current nodes from the head and update this node's allow list."""
+    """On a worker: fetch the cluster's current nodes from the head and update this node's allow list now (the
+    node agent does it every minute)."""
     result = worker.sync(state_dir(state).root)
     if json_output:
         print_json(result)
@@ -281,6 +282,7 @@ def join(
     console.print(f"  head GCS   {result['gcs_address']}")
     console.print(f"  OS user    Ray runs as {result['ray_user']} (uid {result['ray_uid']})")
     console.print(f"  firewall   {result['firewall']}; peers {', '.join(result['peers'])}")
+    console.print(f"  agent      pid {result['agent_pid']}: renews the node certificate, keeps peers in step")
     console.print(f"  state dir  {result['state_dir']}", markup=False)
     console.print("To leave the cluster:")
     console.print(f"  {shell_command('raywarden', 'down', '--state-dir', root)}", markup=False)

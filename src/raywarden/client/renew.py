@@ -49,7 +49,7 @@ def ensure_fresh(profile: Profile) -> bool:
     if principal is None or principal.disabled:
         raise ConfigError(f"{spiffe} is disabled or unknown; its certificate is not renewed")
     key = generate_private_key()
-    cert = access.issue(key.public_key(), spiffe, lifetime=dt.timedelta(hours=config.user_cert_hours))
+    cert = access.issue(key.public_key(), spiffe, lifetime=config.user_cert_ttl)
     store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
     profile.replace_certificate(key_pem=private_key_pem(key), cert_pem=cert_pem(cert))
     audit = open_cluster_audit(state, config)

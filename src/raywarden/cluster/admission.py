@@ -6,7 +6,6 @@ the Ray head, because it decides what reaches Ray.
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import secrets
 from typing import Any
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raywarden.cluster import firewall
+from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.ports import WorkerPorts
 from raywarden.files import read_private
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
@@ -23,7 +23,7 @@ from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import ClusterConfig, StateDir, trusted_ca_file
 
 MAX_CSR_BYTES = 4096
 
@@ -87,21 +87,12 @@ def admit(
     plan = head_plan(state)
     if address == plan["node_ip"]:
         raise NodeRegistryError(f"address {address} is the head's own", public="that is the head's address", status=409)
-    public_key = _csr_key(request.csr_pem)
+    public_key = csr_key(request.csr_pem)
     registry.check_admissible(request.name, address)
     token_id = registry.consume_token(Secret(request.token), used_by=f"{request.name}@{address}")
 
-    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
     spiffe = SpiffeId(config.trust_domain, "node", request.name)
-    # Ray's gRPC clients check the server certificate against the IP they dial: the node's address.
-    cert = internal.issue(
-        public_key,
-        spiffe,
-        lifetime=dt.timedelta(days=config.node_cert_days),
-        server=True,
-        client=True,
-        ip_addresses=(address,),
-    )
+    cert = issue_node_certificate(state, config, public_key, spiffe, address)
     node_secret = Secret(secrets.token_urlsafe(32))
     peers = [plan["node_ip"], *registry.active_addresses()]
     firewall.add_peer(firewall.table_name(state), address)
@@ -114,18 +105,21 @@ def admit(
         ports=request.ports.model_dump(),
         node_secret=node_secret,
         token_id=token_id,
+        cert_issued_at=Lifetime.of(cert).issued,
     )
     body = {
         "name": request.name,
         "spiffe_id": str(spiffe),
         "trust_domain": config.trust_domain,
         "node_cert_pem": cert_pem(cert).decode(),
-        "internal_ca_pem": state.internal_ca_cert.read_text(),
+        "internal_ca_pem": trusted_ca_file(state, "internal").read_text(),
         "ray_token": read_private(state.ray_token).decode().strip(),
         "node_secret": node_secret.reveal(),
         "gcs_address": plan["gcs_address"],
         "head": plan,
         "peers": sorted(set(peers)),
+        # How long the node's drain before a restart may last (its agent renews the certificate; cluster/agent.py).
+        "drain_timeout_s": config.node_drain_timeout.total_seconds(),
     }
     audit = {
         "event": "node.join",
@@ -139,11 +133,28 @@ def admit(
     return body, audit
 
 
+def issue_node_certificate(
+    state: StateDir, config: ClusterConfig, public_key: ec.EllipticCurvePublicKey, spiffe: SpiffeId, address: str
+) -> x509.Certificate:
+    """A worker node's certificate, from the internal CA's current files (after a CA rotation: the new CA)."""
+    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
+    # Ray's gRPC clients check the server certificate against the IP they dial: the node's address.
+    return internal.issue(
+        public_key, spiffe, lifetime=config.node_cert_ttl, server=True, client=True, ip_addresses=(address,)
+    )
+
+
 def peers(state: StateDir, registry: NodeRegistry, auth: NodeAuth) -> dict[str, Any]:
     node = registry.authenticate_node(auth.name, Secret(auth.node_secret))
     plan = head_plan(state)
     addresses = {plan["node_ip"], *registry.active_addresses()} - {node.address}
-    return {"peers": sorted(addresses), "revoked": registry.revoked_addresses()}
+    return {
+        "peers": sorted(addresses),
+        "revoked": registry.revoked_addresses(),
+        # Every access CA the gateway's certificate may come from (during a CA rotation, both): the node
+        # learns a new one through the channel its current one authenticates.
+        "access_ca_pem": trusted_ca_file(state, "access").read_text(),
+    }
 
 
 def leave(state: StateDir, registry: NodeRegistry, auth: NodeAuth) -> dict[str, Any]:
@@ -165,7 +176,7 @@ def _address(text: str) -> str:
     return str(ip)
 
 
-def _csr_key(pem: str) -> ec.EllipticCurvePublicKey:
+def csr_key(pem: str) -> ec.EllipticCurvePublicKey:
     """Only the CSR's key is used (proof of possession by its signature); everything else comes from the head."""
     try:
         csr = x509.load_pem_x509_csr(pem.encode())

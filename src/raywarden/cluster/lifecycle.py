@@ -39,13 +39,18 @@ from raywarden.cluster.ray_head import (
     stop_head,
     wait_for_dashboard,
 )
-from raywarden.cluster.setup import gateway_url, issue_gateway_certificate
+from raywarden.cluster.setup import (
+    gateway_url,
+    issue_gateway_certificate,
+    reissue_head_certificate,
+    renew_gateway_certificate_if_due,
+)
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.gateway.runinfo import metrics_url, workers_file
 from raywarden.pki.ca_keys import CertificateAuthority
-from raywarden.pki.certs import fingerprint, load_cert
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.pki.certs import fingerprint, load_cert, serial_hex
+from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
 
 Progress = Callable[[str], None]
 RAY_START_TIMEOUT_S = 120.0
@@ -70,6 +75,8 @@ class RunState(BaseModel):
     # The OS user Ray runs as (absent from older run files: the control plane's own).
     ray_user: str | None = None
     ray_uid: int | None = None
+    # `up --num-cpus`, kept for restarts of the head's Ray (`cert rotate --head`).
+    num_cpus: int | None = None
     # The gateway's own metrics, on loopback (absent from older run files).
     gateway_metrics_port: int | None = None
 
@@ -83,6 +90,10 @@ def read_run_state(state: StateDir) -> RunState | None:
         return RunState.model_validate_json(_run_file(state).read_text())
     except FileNotFoundError:
         return None
+
+
+def write_run_state(state: StateDir, run: RunState) -> None:
+    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
 
 
 def up(
@@ -113,6 +124,9 @@ def up(
     config, user = privsep.choose_ray_user(state, config, ray_user=ray_user, shared_os_user=shared_os_user)
     if node_ip is not None:
         config = multinode.prepare_head(state, config, node_ip)
+    else:
+        reissue_head_certificate(state, config)
+    head_cert = load_cert(state.node_cert)
     for folder in (state.run_dir, state.logs_dir):
         ensure_private_dir(folder)
     files = prepare_ray_files(state, user)
@@ -133,6 +147,7 @@ def up(
         firewall.add_ports(firewall.table_name(state), [prom_port] if prom_port is not None else [])
         firewall.add_ports(firewall.table_name(state), [gateway_metrics], control=True)
     head: RayHead | None = None
+    gateway_renewal: tuple[str, x509.Certificate] | None = None
     gateway_pid: int | None = None
     prom: prometheus.Prometheus | None = None
     try:
@@ -142,6 +157,8 @@ def up(
         if prom_port is not None:
             prom = prometheus.spawn(state, prom_port, ports.metrics(), gateway_metrics)
         head = spawn_head(state, ports, files, num_cpus=num_cpus, node_ip=node_ip, prometheus_url=prom_url)
+        # A gateway certificate that came due while the cluster was down is renewed before the gateway starts.
+        gateway_renewal = renew_gateway_certificate_if_due(state)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
         gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url, gateway_metrics)
@@ -186,9 +203,10 @@ def up(
         metrics=metrics,
         ray_user=user.name,
         ray_uid=user.uid,
+        num_cpus=num_cpus,
         gateway_metrics_port=gateway_metrics,
     )
-    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
+    write_run_state(state, run)
     audit = open_cluster_audit(state, config)
     try:
         audit.append(
@@ -206,6 +224,9 @@ def up(
                 "ray_uid": user.uid,
                 "control_plane_uid": os.geteuid(),
                 "shared_os_user": user.is_current,
+                "head_cert_serial": serial_hex(head_cert),
+                "head_cert_not_after": head_cert.not_valid_after_utc.isoformat(),
+                "gateway_cert_renewed_from": gateway_renewal[0] if gateway_renewal else None,
             }
         )
     finally:
@@ -297,7 +318,7 @@ def _wait_for_gateway(state: StateDir, config: ClusterConfig, pid: int) -> None:
 def _gateway_answers(url: str, state: StateDir) -> bool:
     """Without a credential the gateway must answer 401 from itself: proof that it is serving and refusing."""
     try:
-        resp = requests.get(url, verify=str(state.access_ca_cert), timeout=2)
+        resp = requests.get(url, verify=str(trusted_ca_file(state, "access")), timeout=2)
     except requests.RequestException:
         return False
     return resp.status_code == 401 and resp.headers.get("x-raywarden-gateway") == "1"

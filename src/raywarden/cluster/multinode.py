@@ -15,7 +15,7 @@ from cryptography import x509
 
 from raywarden.cluster import firewall
 from raywarden.cluster.ports import RayPorts, WorkerPorts
-from raywarden.cluster.setup import issue_gateway_certificate, issue_head_node_certificate
+from raywarden.cluster.setup import issue_gateway_certificate, reissue_head_certificate
 from raywarden.errors import ConfigError
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.ca_keys import CertificateAuthority
@@ -49,8 +49,7 @@ def prepare_head(state: StateDir, config: ClusterConfig, node_ip: str) -> Cluste
             f"the gateway listens on {config.listen}, which workers cannot reach",
             hint=f"pass --listen 0.0.0.0:{config.listen.port} or --listen {node_ip}:{config.listen.port}",
         )
-    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
-    issue_head_node_certificate(state, config, internal, node_ip=node_ip)
+    reissue_head_certificate(state, config, node_ip=node_ip)
     san = load_cert(state.gateway_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if ipaddress.ip_address(node_ip) not in san.get_values_for_type(x509.IPAddress):
         config = config.model_copy(update={"gateway_hosts": [*config.gateway_hosts, node_ip]})

@@ -10,9 +10,12 @@ import contextlib
 import ipaddress
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
+
+from raywarden.errors import ClusterError
 
 # Popen objects of processes started by `spawn_as`, kept so that none is garbage-collected (which warns)
 # while its process runs; `exit_status` reaps through them.
@@ -22,7 +25,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 def spawn_detached(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> int:
     """Start a long-lived process in a session of its own (so signals to the CLI never reach it), with
     stdin from /dev/null and stdout/stderr appended to ``log_path``. It outlives the CLI that started it."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = open_log(log_path)
     try:
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -48,11 +51,10 @@ def spawn_as(
     umask: int = 0o077,
 ) -> int:
     """As ``spawn_detached``, as the user ``uid``/``gid`` (None: ours) with no supplementary groups and
-    ``umask``. The process keeps ``log_path`` open: it must be a file that user may write anyway."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    ``umask``. ``log_path`` stays ours (``open_log``): the process writes to it through the descriptor it
+    inherits, and never gets the file itself."""
+    log_fd = open_log(log_path)
     try:
-        if uid is not None and gid is not None:
-            os.fchown(log_fd, uid, gid)
         proc = subprocess.Popen(
             argv,
             env=env,
@@ -71,6 +73,26 @@ def spawn_as(
         os.close(log_fd)
     _CHILDREN[proc.pid] = proc
     return proc.pid
+
+
+def open_log(path: Path) -> int:
+    """Open a log of ours for appending: never through a link, and only a regular file we own. Its folder must
+    be one no other user may write (a name there is then ours), but a link or a file handed to us is refused
+    whatever the folder."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot open the log {path} ({exc.strerror})", hint=f"remove {path} if it is a link; it is made again"
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise ClusterError(
+            f"the log {path} is not a file of ours (uid {st.st_uid}, {st.st_nlink} links)",
+            hint=f"remove {path}; it is made again",
+        )
+    return fd
 
 
 def exit_status(pid: int) -> int | None:

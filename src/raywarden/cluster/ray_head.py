@@ -20,7 +20,7 @@ from raywarden.cluster.raydir import RayFiles
 from raywarden.cluster.rayuser import RayUser
 from raywarden.errors import ClusterError
 from raywarden.files import read_private
-from raywarden.state import StateDir
+from raywarden.state import StateDir, trusted_ca_file
 
 HEAD_ADDRESS = "127.0.0.1"
 
@@ -74,6 +74,18 @@ def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
         env["HOME"] = os.environ.get("HOME", str(files.home))
     else:
         env.update({"HOME": str(files.home), "USER": files.user.name, "LOGNAME": files.user.name})
+        # No installer Ray runs for a runtime_env reads config a job could have written (docs/threat-model.md):
+        # HOME is root's and read-only; pip skips per-user config while PIP_CONFIG_FILE exists, uv reads none.
+        env.update(
+            {
+                "XDG_CONFIG_HOME": str(files.home / ".config"),
+                "XDG_CACHE_HOME": str(files.cache),
+                "PIP_CONFIG_FILE": str(files.pip_config),
+                "PIP_NO_CACHE_DIR": "1",
+                "UV_NO_CONFIG": "1",
+                "UV_NO_CACHE": "1",
+            }
+        )
     env.update(
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.
@@ -151,7 +163,9 @@ def prepare_ray_files(state: StateDir, user: RayUser) -> RayFiles:
         user,
         cert=state.node_cert,
         key=state.node_key,
-        ca=state.internal_ca_cert,
+        # The internal CA bundle during a CA rotation: Ray's servers read it once, so both CAs must be in it
+        # before they start (docs/credentials.md).
+        ca=trusted_ca_file(state, "internal"),
         token=state.ray_token,
     )
 
@@ -195,7 +209,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         if code is not None:
             raise ClusterError(
                 f"Ray exited during start-up (exit code {code})",
-                hint=f"see {state.ray_dir / 'ray-start.log'} and the logs under {state.ray_temp_dir}",
+                hint=f"see {raydir.start_log(state.ray_dir)} and the logs under {state.ray_temp_dir}",
             )
         try:
             resp = requests.get(
@@ -218,7 +232,7 @@ def wait_for_dashboard(state: StateDir, head: RayHead, timeout_s: float, agent_h
         time.sleep(0.3)
     raise ClusterError(
         f"Ray's dashboard did not become ready within {timeout_s:.0f}s ({last})",
-        hint=f"see {state.ray_dir / 'ray-start.log'}",
+        hint=f"see {raydir.start_log(state.ray_dir)}",
     )
 
 

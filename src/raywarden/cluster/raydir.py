@@ -5,21 +5,25 @@ Layout (docs/threat-model.md), for a cluster whose Ray runs as a user of its own
     /var/lib/raywarden/            root, 0711
       ID/                          root, 0711: this cluster's runtime folder (outside the state dir)
         prometheus/                root, 0700: the cluster's Prometheus data (control plane)
+        ray-start.log              root, 0600: `ray start`'s output (Ray writes to the descriptor it inherits)
         ray/                       the Ray user, 0700: Ray's own folder
           node.crt node.key        the node's certificate and key (copies; the state dir keeps the originals)
           internal-ca.crt          the internal CA's certificate (never its key)
           ray-token                Ray's token
-          ray-start.log            `ray start`'s output
-          home/                    HOME of Ray and its jobs
+          cache/                   XDG_CACHE_HOME of Ray and its jobs
           tmp/                     Ray's temp dir (sessions, sockets, logs, jobs' working dirs)
+        home/                      root, 0755, empty: HOME of Ray and its jobs (no job can plant config there)
+        pip.conf                   root, 0644, empty: PIP_CONFIG_FILE (pip then skips per-user config)
 
 Without root, Ray runs as the control plane's user: the folder is ``/tmp/rw-ID/ray`` and Ray reads its
 credentials from the state dir, which it could read anyway.
 
 The control plane writes into Ray's folder only through new files it renames into place, and changes folders
 there only through directory descriptors opened without following links: a job may plant anything in Ray's
-folder, and no privileged call ever follows it. Ray opens its temp, session, sockets, logs and runtime-env
-folders to everyone (0777) whenever one of its processes starts; `tighten` hands them to root with Ray's
+folder, and no privileged call ever follows it or opens a name there. What the control plane itself writes
+(the start log) lives next to Ray's folder, where only it may create names. Ray opens its temp, session,
+sockets, logs and runtime-env folders to everyone (0777) whenever one of its processes starts; `tighten`
+hands them to root with Ray's
 group (0770), where Ray can still write but no longer chmod them.
 """
 
@@ -80,11 +84,30 @@ class RayFiles:
 
     @property
     def home(self) -> Path:
-        return self.folder / "home"
+        """HOME of Ray and its jobs. With a user of its own, a folder of root's that Ray's user cannot write: pip,
+        uv, conda, git and virtualenv read per-user config from HOME, and a job must not plant config that later
+        installs (other people's) follow. Jobs' caches go to ``cache``."""
+        return self.folder / "home" if self.user.is_current else self.folder.parent / "home"
+
+    @property
+    def cache(self) -> Path:
+        """XDG_CACHE_HOME of Ray and its jobs (Ray's own); pip and uv are told to keep no cache."""
+        return self.folder / "cache"
+
+    @property
+    def pip_config(self) -> Path:
+        """PIP_CONFIG_FILE: an empty file of root's. While it exists pip reads no per-user config at all."""
+        return self.folder.parent / "pip.conf"
 
     @property
     def start_log(self) -> Path:
-        return self.folder / "ray-start.log"
+        return start_log(self.folder)
+
+
+def start_log(folder: Path) -> Path:
+    """`ray start`'s output: the control plane's file, in the folder around Ray's (never in Ray's own, where a job
+    could put a link in its place)."""
+    return folder.parent / "ray-start.log"
 
 
 def check_socket_room(temp_dir: Path) -> None:
@@ -112,14 +135,17 @@ def prepare(folder: Path, user: RayUser, *, cert: Path, key: Path, ca: Path, tok
         folder, folder / "node.crt", folder / "node.key", folder / "internal-ca.crt", folder / "ray-token", user
     )
     owner = (user.uid, user.gid)
+    _public_dir(files.home, mode=0o755)
+    write_atomic(files.pip_config, b"# raywarden: Ray's pip reads no per-user config (cluster/raydir.py)\n", mode=0o644)
     write_atomic(files.node_cert, cert.read_bytes(), mode=PUBLIC_FILE_MODE, owner=owner)
     write_atomic(files.ca_cert, ca.read_bytes(), mode=PUBLIC_FILE_MODE, owner=owner)
     write_atomic(files.node_key, key.read_bytes(), mode=PRIVATE_FILE_MODE, owner=owner)
     write_atomic(files.token, token.read_bytes(), mode=PRIVATE_FILE_MODE, owner=owner)
     with _DirFd(os.open(folder, _DIR_FLAGS)) as top:
-        with _DirFd(_subdir(top.fd, "home", user)) as home:
-            os.fchown(home.fd, user.uid, user.gid)
-            os.fchmod(home.fd, 0o700)
+        _unlink_quietly(top.fd, "ray-start.log")  # where earlier releases kept the start log
+        with _DirFd(_subdir(top.fd, "cache", user)) as cache:
+            os.fchown(cache.fd, user.uid, user.gid)
+            os.fchmod(cache.fd, 0o700)
         with _DirFd(_subdir(top.fd, "tmp", user)) as temp:
             _seal(temp.fd, user)
     return files
@@ -130,6 +156,17 @@ def forget_secrets(folder: Path) -> None:
     for name in ("node.key", "ray-token"):
         try:
             os.unlink(folder / name)  # unlink never follows a link
+        except FileNotFoundError:
+            pass
+
+
+def forget_cluster_address(files: RayFiles) -> None:
+    """After Ray stopped: remove the record of its GCS address that `ray start` leaves in its temp dir, as
+    `ray stop` does. Ray refuses to start a head again at a recorded address while any local process names
+    that GCS (a worker node's, still connected), so a restart on the same ports needs it gone."""
+    with _DirFd(os.open(files.folder, _DIR_FLAGS)) as top, _DirFd(_subdir(top.fd, "tmp", files.user)) as temp:
+        try:
+            os.unlink("ray_current_cluster", dir_fd=temp.fd)  # never follows a link
         except FileNotFoundError:
             pass
 
@@ -156,6 +193,12 @@ def tighten(files: RayFiles) -> None:
 
 def shared_folders(temp_dir: Path) -> list[Path]:
     """Folders under Ray's temp dir (down to where Ray makes them 0777) that others may write to."""
+    try:
+        top = os.lstat(temp_dir)
+    except OSError:
+        return []
+    if not stat.S_ISDIR(top.st_mode):
+        return [temp_dir] if stat.S_ISLNK(top.st_mode) else []  # a link planted in place of the temp dir
     found = []
     base = len(temp_dir.parts)
     for folder, dirs, _ in os.walk(temp_dir):
@@ -168,6 +211,13 @@ def shared_folders(temp_dir: Path) -> list[Path]:
         if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
             found.append(Path(folder))
     return found
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)  # unlink never follows a link
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        pass
 
 
 class _DirFd:
@@ -216,9 +266,9 @@ def _seal_path(base_fd: int, relative: str, user: RayUser) -> None:
             os.close(fd)
 
 
-def _public_dir(path: Path) -> None:
-    """A folder of root's that others may enter but not list: the way to Ray's folder."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o711)
+def _public_dir(path: Path, mode: int = 0o711) -> None:
+    """A folder of root's that others may enter but not list (the way to Ray's folder), or read (``mode``)."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
@@ -227,7 +277,7 @@ def _public_dir(path: Path) -> None:
                 f"{path} belongs to uid {st.st_uid}, not to the control plane's user",
                 hint=f"remove it (rm -r {path}); `up` creates it again",
             )
-        os.fchmod(fd, 0o711)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

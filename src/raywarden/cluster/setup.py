@@ -7,16 +7,19 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import Profile, load_profile, profiles_dir, set_current
+from raywarden.cluster import pkilock
+from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.rayuser import DEFAULT_RAY_USER, can_switch_users
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
-from raywarden.pki.certs import cert_pem, fingerprint, serial_hex
+from raywarden.pki.certs import cert_pem, fingerprint, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import ClusterConfig, StateDir
@@ -105,7 +108,7 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
         url = gateway_url(config)
         profile = Profile(profile_name, url, str(admin), str(state.root))
         key = generate_private_key()
-        cert = access.issue(key.public_key(), admin, lifetime=dt.timedelta(hours=config.user_cert_hours))
+        cert = access.issue(key.public_key(), admin, lifetime=config.user_cert_ttl)
         store.record_certificate(serial_hex(cert), str(admin), cert.not_valid_after_utc)
         profile.save(
             key_pem=private_key_pem(key),
@@ -137,7 +140,30 @@ def init_state(state: StateDir, config: ClusterConfig, *, admin_name: str, profi
     )
 
 
-def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> None:
+def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> x509.Certificate:
+    """A new key and certificate for the gateway, written together under the renewal lock: a running gateway
+    picks them up for its next connections (gateway/tls.py)."""
+    with pkilock.holding(state.renewal_lock):
+        return write_gateway_certificate(state, config, access)
+
+
+def renew_gateway_certificate_if_due(
+    state: StateDir, now: dt.datetime | None = None
+) -> tuple[str, x509.Certificate] | None:
+    """A new gateway certificate if the current one is past 2/3 of its life, checked under the renewal lock so
+    that concurrent callers (several gateway processes, `up`) renew once. Returns (old serial, new
+    certificate), or None when it was not due."""
+    with pkilock.holding(state.renewal_lock):
+        current = load_cert(state.gateway_cert)
+        if not Lifetime.of(current).due(now):
+            return None
+        config = state.load_config()
+        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
+        return serial_hex(current), write_gateway_certificate(state, config, access)
+
+
+def write_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> x509.Certificate:
+    """As ``issue_gateway_certificate``, for a caller that already holds the renewal lock."""
     dns, ips = ["localhost"], ["127.0.0.1", "::1"]
     for host in [config.listen.host, *config.gateway_hosts]:
         if host in ("0.0.0.0", "::", "localhost"):  # noqa: S104 - wildcard listen is not a name
@@ -147,7 +173,7 @@ def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: Ce
     cert = access.issue(
         key.public_key(),
         SpiffeId(config.trust_domain, "gateway"),
-        lifetime=dt.timedelta(days=config.gateway_cert_days),
+        lifetime=config.gateway_cert_ttl,
         server=True,
         client=False,
         dns_names=tuple(dict.fromkeys(dns)),
@@ -155,11 +181,15 @@ def issue_gateway_certificate(state: StateDir, config: ClusterConfig, access: Ce
     )
     write_private(state.gateway_key, private_key_pem(key))
     write_public(state.gateway_cert, cert_pem(cert))
+    return cert
 
 
 def issue_head_node_certificate(
     state: StateDir, config: ClusterConfig, internal: CertificateAuthority, node_ip: str | None = None
-) -> None:
+) -> x509.Certificate:
+    """The head's Ray certificate, for ``head_cert_ttl``: the head's GCS and raylet read it once, when they
+    start, and live as long as the cluster, so it is renewed by restarting the head's Ray
+    (`raywarden up`, `raywarden cert rotate --head`; docs/credentials.md)."""
     # Ray's gRPC clients check the server certificate against the address they dial: 127.0.0.1 on a
     # single node, the node IP in multi-node mode (workers dial the head's GCS and raylet there).
     ips = ("127.0.0.1",) if node_ip is None else ("127.0.0.1", node_ip)
@@ -167,14 +197,23 @@ def issue_head_node_certificate(
     cert = internal.issue(
         key.public_key(),
         SpiffeId(config.trust_domain, "node", "head"),
-        lifetime=dt.timedelta(days=config.node_cert_days),
+        lifetime=config.head_cert_ttl,
         server=True,
         client=True,
         dns_names=("localhost",),
         ip_addresses=ips,
     )
-    write_private(state.node_key, private_key_pem(key))
-    write_public(state.node_cert, cert_pem(cert))
+    with pkilock.holding(state.renewal_lock):
+        write_private(state.node_key, private_key_pem(key))
+        write_public(state.node_cert, cert_pem(cert))
+    return cert
+
+
+def reissue_head_certificate(state: StateDir, config: ClusterConfig, node_ip: str | None = None) -> x509.Certificate:
+    """A new head certificate from the internal CA's current files, before the head's Ray starts: Ray reads
+    it once, and it must outlive that start (docs/credentials.md)."""
+    internal = CertificateAuthority.load("internal", config.trust_domain, state.internal_ca_cert, state.internal_ca_key)
+    return issue_head_node_certificate(state, config, internal, node_ip=node_ip)
 
 
 def _is_ip(host: str) -> bool:

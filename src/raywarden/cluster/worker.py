@@ -1,4 +1,5 @@
-"""A worker node: `join` (enroll over the pinned gateway, firewall, start Ray), `sync` and `down`.
+"""A worker node: `join` (enroll over the pinned gateway, firewall, start Ray and the node agent), `sync` and
+`down`.
 
 The join token, the Ray token and the node secret only ever cross a TLS connection verified against the
 access CA whose SHA-256 fingerprint the operator passed on the command line; nothing is sent before that
@@ -10,27 +11,28 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import logging
+import os
 import re
 import shutil
 import socket
 import ssl
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict
 
-from raywarden.cluster import firewall, multinode, raydir
+from raywarden.cluster import firewall, raydir, worker_ray
+from raywarden.cluster.headlink import post
+from raywarden.cluster.nodestate import NodeConfig, NodeState
 from raywarden.cluster.ports import WorkerPorts
-from raywarden.cluster.procs import alive, exit_status, is_loopback, listening_ports, spawn_as
-from raywarden.cluster.ray_head import cluster_pids, node_environment, ray_binary, stop_head
-from raywarden.cluster.raydir import RayFiles
+from raywarden.cluster.procs import alive, exit_status, pids_mentioning, spawn_detached, terminate
+from raywarden.cluster.ray_head import ray_binary
 from raywarden.cluster.rayuser import DEFAULT_RAY_USER, check_interpreter, ensure_ray_user
 from raywarden.errors import ClusterError, ConfigError, PKIError
 from raywarden.files import ensure_private_dir, read_private, write_private, write_public
@@ -38,96 +40,13 @@ from raywarden.pki.certs import fingerprint
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import check_name
 from raywarden.secret import Secret
-from raywarden.state import StateDir, runtime_dir_for
+from raywarden.state import StateDir
 
-
-class NodeConfig(BaseModel):
-    """What `join` learnt, kept in the worker's state dir for `down` and `node sync`."""
-
-    model_config = ConfigDict(extra="forbid")
-    head_url: str
-    name: str
-    spiffe_id: str
-    address: str
-    trust_domain: str
-    gcs_address: str
-    head_ip: str
-    peers: list[str]
-    ports: WorkerPorts
-    access_ca_fingerprint: str
-    joined_at: str
-    ray_pid: int | None = None
-    firewall: str = ""
-    # The OS user this node's Ray runs as (`join` runs as root, so always one of its own).
-    ray_user: str | None = None
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """Paths inside a worker's state dir (the same default location as a head's: a host is one or the other)."""
-
-    root: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "node.json"
-
-    @property
-    def pki_dir(self) -> Path:
-        return self.root / "pki"
-
-    @property
-    def node_key(self) -> Path:
-        return self.pki_dir / "node.key"
-
-    @property
-    def node_cert(self) -> Path:
-        return self.pki_dir / "node.crt"
-
-    @property
-    def internal_ca_cert(self) -> Path:
-        return self.pki_dir / "internal-ca.crt"
-
-    @property
-    def access_ca_cert(self) -> Path:
-        return self.pki_dir / "access-ca.crt"
-
-    @property
-    def ray_token(self) -> Path:
-        return self.root / "keys" / "ray-token"
-
-    @property
-    def node_secret(self) -> Path:
-        return self.root / "keys" / "node-secret"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def ray_dir(self) -> Path:
-        """Ray's own folder (raydir.py); `join` needs root, so a worker's Ray always has a user of its own."""
-        return runtime_dir_for(self.root, separated=True) / "ray"
-
-    @property
-    def ray_temp_dir(self) -> Path:
-        return self.ray_dir / "tmp"
-
-    @property
-    def table(self) -> str:
-        return firewall.table_name(self.root)
-
-    def exists(self) -> bool:
-        return self.config_path.is_file()
-
-    def load(self) -> NodeConfig:
-        try:
-            return NodeConfig.model_validate_json(self.config_path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{self.root} holds no joined worker node", hint="run `raywarden join` first") from None
-
-    def save(self, config: NodeConfig) -> None:
-        write_private(self.config_path, config.model_dump_json(indent=2).encode())
+log = logging.getLogger("raywarden.cluster")
+__all__ = ["NodeConfig", "NodeState", "down", "join", "start_agent", "stop_agent", "sync"]
+AGENT_START_TIMEOUT_S = 15.0
+# `down` lets Ray drain this long: running tasks end or are retried on other nodes before the rest is stopped.
+DOWN_DRAIN_S = 20.0
 
 
 def normalise_fingerprint(text: str) -> str:
@@ -216,7 +135,7 @@ def join(
     name = check_name(name or default_name(), "node name")
     # Preflight before the token is spent: everything that can fail locally fails here.
     firewall.require_available("joining a cluster")
-    ray = ray_binary()
+    ray_binary()
     if node.exists() or StateDir(root).exists():
         raise ConfigError(
             f"{root} already holds a raywarden node or cluster",
@@ -247,7 +166,7 @@ def join(
         "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
         "num_cpus": num_cpus,
     }
-    answer = _post(head_url, "/raywarden/v1/nodes/join", payload, node.access_ca_cert)
+    answer = post(head_url, "/raywarden/v1/nodes/join", payload, node.access_ca_cert)
     enrolled = time.monotonic()
 
     write_private(node.node_key, private_key_pem(key))
@@ -268,21 +187,16 @@ def join(
         access_ca_fingerprint=expected,
         joined_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         ray_user=user.name,
+        num_cpus=num_cpus,
+        drain_timeout_s=float(answer.get("drain_timeout_s", 600.0)),
     )
     node.save(config)
     try:
         owners = firewall.owner_uids(user.uid)
         firewall.install(firewall.FirewallPlan.for_ports(node.table, ports, peers=config.peers, owners=owners))
-        files = raydir.prepare(
-            node.ray_dir, user, cert=node.node_cert, key=node.node_key, ca=node.internal_ca_cert, token=node.ray_token
-        )
-        pid = _start_worker(files, config, ray, num_cpus)
-        config.ray_pid = pid
-        node.save(config)
-        _wait_for_worker(files, config, pid, timeout_s)
-        raydir.tighten(files)
-        exposed = {p: a for p, a in listening_ports(set(cluster_pids(node, pid))).items() if not is_loopback(a)}
-        config.firewall = multinode.cover_unplanned(node.table, ports, exposed)
+        worker_ray.start(node, config, timeout_s=timeout_s)
+        config = node.load()
+        config.agent_pid = start_agent(node)
         node.save(config)
     except BaseException:
         down(root, reason="join failed")
@@ -296,6 +210,7 @@ def join(
         "ray_pid": config.ray_pid,
         "ray_user": user.name,
         "ray_uid": user.uid,
+        "agent_pid": config.agent_pid,
         "firewall": config.firewall,
         "state_dir": str(root),
         "enroll_seconds": round(enrolled - started, 3),
@@ -303,114 +218,75 @@ def join(
     }
 
 
-def _post(head_url: str, path: str, payload: dict[str, Any], ca: Path) -> dict[str, Any]:
-    try:
-        resp = requests.post(head_url.rstrip("/") + path, json=payload, verify=str(ca), timeout=60)
-    except requests.exceptions.SSLError as exc:
-        raise PKIError(
-            f"TLS with the head failed: {exc}",
-            hint="the URL's host must be one the gateway certificate names (the head's --node-ip)",
-        ) from None
-    except requests.RequestException as exc:
-        raise ClusterError(f"cannot reach the head at {head_url}: {type(exc).__name__}") from None
-    try:
-        body: dict[str, Any] = resp.json()
-    except ValueError:
-        body = {"error": resp.text[:300]}
-    if resp.status_code != 200:
-        raise ClusterError(
-            f"the head refused ({resp.status_code}): {body.get('error', '')} (request {body.get('request_id', '?')})",
-            hint=body.get("hint"),
-        )
-    return body
-
-
-def worker_command(files: RayFiles, config: NodeConfig, ray: str, num_cpus: int | None) -> list[str]:
-    p = config.ports
-    command = [
-        ray,
-        "start",
-        "--block",
-        f"--address={config.gcs_address}",
-        f"--node-ip-address={config.address}",
-        f"--temp-dir={files.temp_dir}",
-        f"--node-manager-port={p.node_manager}",
-        f"--object-manager-port={p.object_manager}",
-        f"--dashboard-agent-listen-port={p.dashboard_agent_http}",
-        f"--dashboard-agent-grpc-port={p.dashboard_agent_grpc}",
-        f"--metrics-export-port={p.metrics_export}",
-        f"--runtime-env-agent-port={p.runtime_env_agent}",
-        f"--min-worker-port={p.min_worker}",
-        f"--max-worker-port={p.max_worker}",
-        "--disable-usage-stats",
-    ]
-    if num_cpus is not None:
-        command.append(f"--num-cpus={num_cpus}")
-    return command
-
-
-def _start_worker(files: RayFiles, config: NodeConfig, ray: str, num_cpus: int | None) -> int:
-    same = files.user.is_current
-    return spawn_as(
-        worker_command(files, config, ray, num_cpus),
-        env=node_environment(files, loopback=False),
-        log_path=files.start_log,
-        cwd=files.temp_dir,
-        uid=None if same else files.user.uid,
-        gid=None if same else files.user.gid,
-    )
-
-
-def _wait_for_worker(files: RayFiles, config: NodeConfig, pid: int, timeout_s: float) -> None:
-    """`ray start --block` prints "Ray runtime started" once the raylet registered with the head's GCS."""
-    log_path = files.start_log
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        code = exit_status(pid)
-        if code is not None:
-            raise ClusterError(
-                f"Ray exited during start-up (exit code {code})",
-                hint=f"see {log_path} and the logs under {files.temp_dir}",
-            )
-        if "Ray runtime started" in log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise ClusterError(
-        f"the Ray worker did not register with {config.gcs_address} within {timeout_s:.0f}s", hint=f"see {log_path}"
-    )
-
-
 def sync(root: Path) -> dict[str, Any]:
     """Ask the head for the cluster's current nodes and make this worker's allow set match."""
     node = NodeState(root)
     config = node.load()
     secret = read_private(node.node_secret).decode().strip()
-    answer = _post(
+    answer = post(
         config.head_url, "/raywarden/v1/nodes/peers", {"name": config.name, "node_secret": secret}, node.access_ca_cert
     )
-    wanted = set(answer["peers"])
+    learn_access_cas(node, answer)
+    return apply_peers(node, answer["peers"], answer.get("revoked", []))
+
+
+def learn_access_cas(node: NodeState, answer: dict[str, Any]) -> None:
+    """The access CAs the head trusts now (during a CA rotation, old and new), from an answer that came over a
+    channel the node's current ones verified: from then on the node trusts those for the head."""
+    pem = answer.get("access_ca_pem")
+    if not isinstance(pem, str):
+        return
+    try:
+        cas = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        log.warning("the head sent an unreadable access CA bundle; keeping %s", node.access_ca_cert)
+        return
+    if not cas or not all(_is_ca(ca) for ca in cas):
+        log.warning("the head's access CA bundle holds a certificate that is not a CA; keeping the current one")
+        return
+    new = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
+    if new != node.access_ca_cert.read_bytes():
+        write_public(node.access_ca_cert, new)
+        log.info("access CAs trusted for the head now: %s", ", ".join(fingerprint(ca)[:16] for ca in cas))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def apply_peers(node: NodeState, peers: list[str], revoked: list[str]) -> dict[str, Any]:
+    """Make this worker's allow set the head's current list of nodes."""
+    config = node.load()
+    wanted = set(peers)
     for gone in set(config.peers) - wanted:
         firewall.remove_peer(node.table, gone)
     for new in wanted - set(config.peers):
         firewall.add_peer(node.table, new)
-    for revoked in answer.get("revoked", []):
-        firewall.remove_peer(node.table, revoked)
+    for address in revoked:
+        firewall.remove_peer(node.table, address)
     config.peers = sorted(wanted)
     node.save(config)
     return {"name": config.name, "peers": config.peers}
 
 
 def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
-    """Leave the cluster: tell the head (which audits it and closes its firewall to us), stop Ray, remove our
-    rules, and delete the secrets that belonged to the membership."""
+    """Leave the cluster: stop the node agent, stop Ray (a drain of at most DOWN_DRAIN_S lets running tasks
+    end or move), tell the head (which audits it and closes its firewall to us), remove our rules, and delete
+    the secrets that belonged to the membership."""
     node = NodeState(root)
-    config = node.load()
-    head_acknowledged = False
+    node.load()
+    stop_agent(node)
+    config = node.load()  # the agent may have restarted Ray meanwhile
     was_running = config.ray_pid is not None and alive(config.ray_pid)
+    worker_ray.stop(node, config.ray_pid, DOWN_DRAIN_S)
+    head_acknowledged = False
     if node.node_secret.exists():
         try:
             secret = read_private(node.node_secret).decode().strip()
-            _post(
+            post(
                 config.head_url,
                 "/raywarden/v1/nodes/leave",
                 {"name": config.name, "node_secret": secret},
@@ -419,13 +295,14 @@ def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
             head_acknowledged = True
         except (ClusterError, PKIError, ConfigError):
             head_acknowledged = False
-    left = stop_head(node, config.ray_pid)
+    left = worker_ray.leftovers(node, config.ray_pid)
     firewall.remove_table(node.table)
     if left:
         raise ClusterError(f"processes of this worker are still running: {left}", hint="kill them by hand")
     for secret_file in (node.ray_token, node.node_secret, node.node_key):
         secret_file.unlink(missing_ok=True)
     node.config_path.unlink(missing_ok=True)
+    node.agent_status.unlink(missing_ok=True)
     raydir.forget_secrets(node.ray_dir)
     # rmtree removes symlinks without following them: whatever a job left in Ray's folder goes with it.
     shutil.rmtree(node.ray_temp_dir, ignore_errors=True)
@@ -436,3 +313,36 @@ def down(root: Path, *, reason: str = "down") -> dict[str, Any]:
         "reason": reason,
         "was_running": was_running,
     }
+
+
+def _agent_marker(node: NodeState) -> str:
+    return f"raywarden.cluster.agent --state-dir {node.root} "
+
+
+def start_agent(node: NodeState) -> int:
+    """Start the node agent (cluster/agent.py) as the control plane's user, detached; wait until it runs."""
+    argv = [sys.executable, "-m", "raywarden.cluster.agent", "--state-dir", str(node.root)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYWARDEN_"))}
+    node.agent_status.unlink(missing_ok=True)
+    pid = spawn_detached(argv, env=env, log_path=node.logs_dir / "agent.log")
+    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if exit_status(pid) is not None:
+            raise ClusterError("the node agent exited at start", hint=f"see {node.logs_dir / 'agent.log'}")
+        if node.agent_status.exists():
+            return pid
+        time.sleep(0.1)
+    terminate([pid], grace_s=5)
+    raise ClusterError(
+        f"the node agent did not start within {AGENT_START_TIMEOUT_S:.0f}s", hint=f"see {node.logs_dir / 'agent.log'}"
+    )
+
+
+def stop_agent(node: NodeState) -> None:
+    """Stop this node's agent (the one node.json names, and any other for this state dir)."""
+    config = node.load()
+    found = set(pids_mentioning(_agent_marker(node)))
+    if config.agent_pid is not None and alive(config.agent_pid):
+        found.add(config.agent_pid)
+    if found:
+        terminate(sorted(found), grace_s=15.0)

@@ -137,29 +137,61 @@ def _copied_secrets(ctx: DoctorContext, folder: Path) -> list[str]:
         except OSError:
             continue
     found = []
+    limit = max((len(s) for s in secrets), default=0) + 1
     for entry in os.scandir(folder):
-        if entry.is_file(follow_symlinks=False):
-            try:
-                data = Path(entry.path).read_bytes()
-            except OSError:
-                continue
+        if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size < limit:
+            data = _read_plain_file(folder, entry.name, limit)
             if data in secrets:
                 found.append(f"{entry.path} is a copy of the control plane's {secrets[data]}")
     return found
+
+
+def _read_plain_file(folder: Path, name: str, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of the regular file ``name`` in a folder of Ray's user: never through a link, never
+    a FIFO or device that a job swapped in after the listing (doctor runs as the control plane's user)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _unsealed(temp: Path, user: RayUser) -> list[str]:
     if not temp.is_dir():
         return []
     problems = [f"{p} is writable by everyone" for p in raydir.shared_folders(temp)]
-    sealed = [temp, *[p for p in temp.glob("session_*") if p.is_dir() and not p.is_symlink()]]
+    sealed = [temp, *[p for p in temp.glob("session_*") if _plain_dir(p, temp)]]
     for session in sealed[1:]:
-        sealed += [session / rel for rel in raydir.SESSION_SHARED if (session / rel).is_dir()]
+        sealed += [session / rel for rel in raydir.SESSION_SHARED if _plain_dir(session / rel, temp)]
     for path in sealed:
         st = path.lstat()
         if st.st_mode & 0o007 or (st.st_uid == user.uid and st.st_mode & 0o070):
             problems.append(f"{path} is open ({stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid})")
     return problems[:10]
+
+
+def _plain_dir(path: Path, base: Path) -> bool:
+    """``path`` is a folder reached from ``base`` without any link on the way (a job may have planted one)."""
+    for part in (path, *path.parents):
+        if part == base:
+            return True
+        try:
+            if not stat.S_ISDIR(part.lstat().st_mode):
+                return False
+        except OSError:
+            return False
+    return False
 
 
 def _reach(ctx: DoctorContext, user: RayUser) -> Check:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raywarden.errors import RaywardenError
+from raywarden.gateway import owner_seal
 from raywarden.gateway.authz import Viewer
 from raywarden.gateway.request import Target
 from raywarden.gateway.responses import Refusal
@@ -51,6 +52,11 @@ def load_json(body: bytes) -> Any:
 
 
 def ray_job_list(body: bytes) -> list[dict[str, Any]]:
+    """Ray's job list, each owner as the gateway believes it (gateway/owner_seal.py)."""
+    return owner_seal.current().vouch_all(_raw_job_list(body))[0]
+
+
+def _raw_job_list(body: bytes) -> list[dict[str, Any]]:
     jobs = load_json(body)
     if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
         raise FilterError("Ray's job list is not a list of objects")
@@ -265,11 +271,11 @@ class Kept:
 def filter_job_list(viewer: Viewer, body: bytes) -> tuple[bytes, dict[str, int]]:
     """Ray's job list without the jobs the caller may not view, env values redacted where not allowed. Each
     row is decided on its own record, whatever ids other rows carry."""
-    jobs = ray_job_list(body)
+    jobs, vouched = owner_seal.current().vouch_all(_raw_job_list(body))
     if not jobs:
         return body, {"shown": 0, "hidden": 0}
     access = job_access(viewer, jobs)
-    if all(read and env for read, env in access.rows):  # nothing to hide or redact: Ray's bytes as they are
+    if not vouched and all(read and env for read, env in access.rows):  # nothing to hide, redact or vouch for
         return body, {"shown": len(jobs), "hidden": 0}
     kept = Kept(lambda index: access.rows[index] if isinstance(index, int) else access.unknown)
     shown = [e for e in (kept.keep(job, i) for i, job in enumerate(jobs)) if e is not None]
@@ -278,9 +284,10 @@ def filter_job_list(viewer: Viewer, body: bytes) -> tuple[bytes, dict[str, int]]
 
 def filter_job_details(viewer: Viewer, entity: Entity, body: bytes) -> bytes:
     """One job's record, env values redacted unless the policy allows "jobs.read_env" on it."""
-    job = load_json(body)
-    if not isinstance(job, dict):
+    raw = load_json(body)
+    if not isinstance(raw, dict):
         raise FilterError("Ray's job details are not an object")
+    job = owner_seal.current().vouch(raw)
     owner = job_attrs(entity.id, job)["owner"]
     if owner != entity.attrs.get("owner"):
         # The decision was made on another owner than Ray now reports (a record cached before a change the
@@ -290,5 +297,5 @@ def filter_job_details(viewer: Viewer, entity: Entity, body: bytes) -> bytes:
             f"the gateway decided on {str(entity.attrs.get('owner'))[:200]!r}"
         )
     if viewer.decide("jobs.read_env", entity).allowed:
-        return body
+        return body if job is raw else json.dumps(job).encode()
     return json.dumps(redact_runtime_envs(job)).encode()

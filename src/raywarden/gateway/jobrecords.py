@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from raywarden.gateway import owner_seal
 from raywarden.gateway.upstream import Upstream
 from raywarden.policy.jobattrs import OWNER_KEY
 
@@ -96,6 +97,7 @@ class JobRecords:
         info = await self._upstream.job_info(ref)
         if info is None:
             return None  # not cached: the id may name a job submitted later
+        info = owner_seal.current().vouch(info)  # an owner the gateway did not seal is no owner
         kept = immutable_record(info)
         if self._deletions.size() == before:  # no deletion was written while Ray answered
             self._entries[ref] = kept

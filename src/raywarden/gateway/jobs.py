@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
+import string
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from raywarden.gateway.bodies import BadBody, load_json
+from raywarden.gateway.owner_seal import CLAIMED_KEY, OUTSIDE_KEY, SEAL_KEY, OwnerSeal
 from raywarden.gateway.responses import Refusal
 from raywarden.policy.jobattrs import OWNER_KEY
 
@@ -83,14 +86,28 @@ def parse_submission(body: bytes) -> JobSubmitBody:
         raise BadJobBody(f"{where}: {first['msg']}") from None
 
 
+def _random_id() -> str:
+    """16 letters and digits, like the ids Ray gives submissions without one (job_manager generate_job_id)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(16))
+
+
 def effective_submission_id(job: JobSubmitBody) -> str | None:
     """The id Ray files the job under: ``submission_id``, else the deprecated ``job_id`` (Ray's job agent)."""
     return job.submission_id or job.job_id
 
 
-def stamp_owner(job: JobSubmitBody, owner: str) -> bytes:
-    """Write the caller's SPIFFE ID into the metadata, overwriting whatever the client claimed."""
-    metadata = dict(job.metadata or {})
+def stamp_owner(job: JobSubmitBody, owner: str, seal: OwnerSeal) -> bytes:
+    """Write the caller's SPIFFE ID and the gateway's seal over it into the metadata, overwriting whatever the
+    client claimed (gateway/owner_seal.py). A submission without an id gets one, as Ray would give it: the seal
+    names the submission."""
+    metadata = {k: v for k, v in (job.metadata or {}).items() if k not in (OUTSIDE_KEY, CLAIMED_KEY)}
+    update: dict[str, Any] = {}
+    submission_id = effective_submission_id(job)
+    if submission_id is None:
+        submission_id = update["submission_id"] = f"raysubmit_{_random_id()}"
     metadata[OWNER_KEY] = owner
-    stamped = job.model_copy(update={"metadata": metadata})
+    metadata[SEAL_KEY] = seal.seal(submission_id, owner, job.entrypoint, job.runtime_env)
+    update["metadata"] = metadata
+    stamped = job.model_copy(update=update)
     return json.dumps(stamped.model_dump(exclude_none=True), separators=(",", ":")).encode()

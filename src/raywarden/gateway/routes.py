@@ -171,6 +171,8 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("POST", "/raywarden/v1/nodes/join", "raywarden.node.join", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/peers", "raywarden.node.peers", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/leave", "raywarden.node.leave", anonymous=True),
+    _control("POST", "/raywarden/v1/nodes/renew", "raywarden.node.renew", anonymous=True),
+    _control("POST", "/raywarden/v1/nodes/restarted", "raywarden.node.restarted", anonymous=True),
     _control("POST", "/raywarden/v1/signin-link", "identity.signin_link", anonymous=False),
     # The caller's own identity as the gateway sees it, and revoking the certificate it presents.
     _control("GET", "/raywarden/v1/whoami", "identity.whoami", anonymous=False, json_body=False),

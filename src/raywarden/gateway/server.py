@@ -14,6 +14,7 @@ from raywarden.audit import AuditLog
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.errors import ConfigError, RaywardenError
 from raywarden.files import ensure_private_dir, read_private
+from raywarden.gateway import owner_seal
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink, LocalAudit
 from raywarden.gateway.authn import Authenticator
@@ -52,6 +53,7 @@ def build_app(
         if log_opened is None:
             raise ConfigError("a gateway worker needs its policy set from the supervisor")
         engine = load_policies(state, log_opened)
+    owner_seal.install(owner_seal.OwnerSeal.for_state(state))
     token = Secret(read_private(state.ray_token).decode().strip())
     store = IdentityStore.open(state.identity_db)
     ensure_private_dir(state.run_dir)

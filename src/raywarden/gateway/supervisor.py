@@ -4,8 +4,9 @@ It binds the listener once and starts one worker process per core (gateway/worke
 Each worker appends to the cluster's one audit log itself (bench/audit_workers_bench.py measured that against
 one writer process fed over sockets: docs/audit.md). The supervisor loads and validates the policy set and
 hands the same set to every worker, at start and on SIGHUP (`raywarden policy reload`), recording the reload
-only once every worker has it in force; it restarts a worker that dies; and it serves the gateway's metrics,
-summed over the workers, on a loopback port. docs/architecture.md, "Workers".
+only once every worker has it in force; it restarts a worker that dies; it renews the gateway's certificate
+at 2/3 of its life (gateway/renewal.py; every worker swaps it in by itself, gateway/tls.py); and it serves the
+gateway's metrics, summed over the workers, on a loopback port. docs/architecture.md, "Workers".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from raywarden.errors import ClusterError, RaywardenError
 from raywarden.files import ensure_private_dir, write_private
 from raywarden.gateway.auditwriter import open_gateway_audit
 from raywarden.gateway.gatewaymetrics import MetricsServer
+from raywarden.gateway.renewal import start_gateway_renewal
 from raywarden.gateway.runinfo import workers_file
 from raywarden.gateway.worker import MAX_CONTROL_LINE, WorkerFds
 from raywarden.policy.engine import PolicyEngine
@@ -41,6 +43,8 @@ RELOAD_TIMEOUT_S = 30.0
 STOP_GRACE_S = 12.0
 # A worker that keeps dying is restarted at most this often (seconds between starts).
 RESTART_BACKOFF_S = 1.0
+# How long a stop waits for a certificate renewal under way to finish writing and auditing.
+RENEWAL_STOP_S = 10.0
 
 
 def default_workers() -> int:
@@ -91,7 +95,11 @@ class Supervisor:
             self._load_first(audit)
             listener = _bind(self.config.listen)
             (self.state.run_dir / "job-deletions.log").unlink(missing_ok=True)  # a new gateway caches nothing
-            asyncio.run(self._main(audit, listener))
+            renewer = start_gateway_renewal(self.state, audit)
+            try:
+                asyncio.run(self._main(audit, listener))
+            finally:
+                renewer.stop(RENEWAL_STOP_S)
         finally:
             workers_file(self.state).unlink(missing_ok=True)
             with contextlib.suppress(RaywardenError):

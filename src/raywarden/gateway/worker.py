@@ -92,7 +92,16 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
         except RaywardenError as exc:
             log.error("could not record a refused handshake: %s", exc.message)
 
-    tls = server_context(state, on_refused=handshake_refused)
+    def tls_reloaded(fields: dict[str, Any]) -> None:
+        # Called on the event loop during the handshake that swapped in a renewed certificate (gateway/tls.py):
+        # one record per worker, since each swaps on its own.
+        try:
+            audit.append_later({"kind": "tls", "event": "reload", **fields})
+        except RaywardenError as exc:
+            log.error("could not record a TLS reload: %s", exc.message)
+
+    # The certificate is renewed by the supervisor (gateway/renewal.py); this context picks up the new files.
+    tls = server_context(state, on_refused=handshake_refused, on_reload=tls_reloaded)
     server = uvicorn.Server(server_config(app, config, tls, http=os.environ.get(HTTP_ENV, "auto")))
     control = asyncio.get_running_loop().create_task(_control(app, audit, server, control_reader, control_writer))
     try:

@@ -30,12 +30,20 @@ class NodeRegistryError(RaywardenError):
     """A node operation was refused. ``reason`` is precise and for the audit log; ``public`` for the caller."""
 
     def __init__(
-        self, reason: str, *, public: str = "join refused", status: int = 403, hint: str | None = None
+        self,
+        reason: str,
+        *,
+        public: str = "join refused",
+        status: int = 403,
+        hint: str | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(reason, hint=hint)
         self.reason = reason
         self.public = public
         self.status = status
+        # A refusal that is about timing, not about the caller: ask again after this long.
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,27 @@ class JoinToken:
     token_id: str
     token: Secret
     expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A node's certificate renewals as the head saw them (``cert_issued_at`` None: joined before renewal
+    was recorded, by a previous release)."""
+
+    cert_issued_at: str | None = None
+    renewed_at: str | None = None
+    failures: int = 0
+    last_error: str | None = None
+    reported_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Permission for one node to restart its Ray; the head grants one at a time."""
+
+    node: str
+    granted_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class Node:
     status: str
     joined_at: str
     changed_at: str
+    renewal: Renewal = Renewal()
 
     def public(self) -> dict[str, Any]:
         return {
@@ -68,6 +98,10 @@ class Node:
             "status": self.status,
             "joined_at": self.joined_at,
             "changed_at": self.changed_at,
+            "cert_issued_at": self.renewal.cert_issued_at,
+            "renewed_at": self.renewal.renewed_at,
+            "renew_failures": self.renewal.failures,
+            "renew_error": self.renewal.last_error,
         }
 
 
@@ -190,9 +224,15 @@ class NodeRegistry:
         ports: dict[str, Any],
         node_secret: Secret,
         token_id: str,
+        cert_issued_at: dt.datetime | None = None,
     ) -> None:
         now = _now().isoformat()
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR REPLACE INTO node_renewals (name, cert_issued_at) VALUES (?, ?)",
+                (name, (cert_issued_at or _now()).isoformat()),
+            )
             db.execute(
                 "INSERT OR REPLACE INTO nodes (name, spiffe_id, address, serial, not_after, ports, secret_hash, "
                 "status, joined_at, token_id, changed_at) VALUES (?,?,?,?,?,?,?, 'active', ?,?,?)",
@@ -209,6 +249,7 @@ class NodeRegistry:
                     now,
                 ),
             )
+            db.execute("COMMIT")
 
     def authenticate_node(self, name: str, node_secret: Secret) -> Node:
         """The node secret handed out at join: how a worker proves itself to the gateway (leave, peers)."""
@@ -225,6 +266,77 @@ class NodeRegistry:
         node = self.get(name)
         assert node is not None  # noqa: S101 - read above
         return node
+
+    # -- renewal ------------------------------------------------------------------------------------
+
+    def record_certificate(self, name: str, serial: str, issued_at: dt.datetime, not_after: dt.datetime) -> None:
+        """A renewed certificate for an active node: from now on the one `node list` and `cert status` show."""
+        now = _now().isoformat()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "UPDATE nodes SET serial = ?, not_after = ?, changed_at = ? WHERE name = ? AND status = 'active'",
+                (serial, not_after.isoformat(), now, name),
+            )
+            db.execute(
+                "INSERT INTO node_renewals (name, cert_issued_at, renewed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET cert_issued_at = excluded.cert_issued_at, "
+                "renewed_at = excluded.renewed_at",
+                (name, issued_at.isoformat(), now),
+            )
+            db.execute("COMMIT")
+
+    def record_outcome(self, name: str, *, ok: bool, error: str | None = None) -> int:
+        """What a node reported after its restart; returns its failures in a row."""
+        now = _now().isoformat()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT OR IGNORE INTO node_renewals (name, cert_issued_at) VALUES (?, ?)", (name, now))
+            if ok:
+                db.execute(
+                    "UPDATE node_renewals SET failures = 0, last_error = NULL, reported_at = ? WHERE name = ?",
+                    (now, name),
+                )
+            else:
+                db.execute(
+                    "UPDATE node_renewals SET failures = failures + 1, last_error = ?, reported_at = ? WHERE name = ?",
+                    ((error or "unknown")[:500], now, name),
+                )
+            (failures,) = db.execute("SELECT failures FROM node_renewals WHERE name = ?", (name,)).fetchone()
+            db.execute("COMMIT")
+        return int(failures)
+
+    def acquire_lease(self, name: str, duration: dt.timedelta) -> Lease:
+        """Grant ``name`` the restart lease for ``duration``, unless another node holds one that has not
+        expired: then that node's lease is returned, and ``name`` holds nothing. A node asking again while it
+        holds the lease gets it renewed (its agent restarted)."""
+        now = _now().timestamp()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT node, granted_at, expires_at FROM node_restart_lease WHERE slot = 1").fetchone()
+            if row is not None and row[0] != name and row[2] > now:
+                db.execute("COMMIT")
+                return Lease(row[0], row[1], row[2])
+            lease = Lease(name, now, now + duration.total_seconds())
+            db.execute(
+                "INSERT OR REPLACE INTO node_restart_lease (slot, node, granted_at, expires_at) VALUES (1, ?, ?, ?)",
+                (lease.node, lease.granted_at, lease.expires_at),
+            )
+            db.execute("COMMIT")
+        return lease
+
+    def release_lease(self, name: str) -> bool:
+        """Give the lease back; False when ``name`` did not hold it (it had expired, or was never granted)."""
+        with self._connect() as db:
+            cursor = db.execute("DELETE FROM node_restart_lease WHERE slot = 1 AND node = ?", (name,))
+            return cursor.rowcount == 1
+
+    def current_lease(self) -> Lease | None:
+        with self._connect() as db:
+            row = db.execute("SELECT node, granted_at, expires_at FROM node_restart_lease WHERE slot = 1").fetchone()
+        if row is None or row[2] <= _now().timestamp():
+            return None
+        return Lease(row[0], row[1], row[2])
 
     def mark_left(self, name: str) -> Node:
         with self._connect() as db:
@@ -261,7 +373,7 @@ class NodeRegistry:
         return revoked
 
     def get(self, name: str) -> Node | None:
-        nodes = self._select("WHERE name = ?", (name,))
+        nodes = self._select("WHERE nodes.name = ?", (name,))
         return nodes[0] if nodes else None
 
     def all(self) -> list[Node]:
@@ -277,8 +389,23 @@ class NodeRegistry:
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Node]:
         with self._connect() as db:
             query = (
-                "SELECT name, spiffe_id, address, serial, not_after, ports, status, joined_at, changed_at "
-                "FROM nodes " + where
+                "SELECT nodes.name, spiffe_id, address, serial, not_after, ports, status, joined_at, changed_at, "
+                "cert_issued_at, renewed_at, failures, last_error, reported_at "
+                "FROM nodes LEFT JOIN node_renewals ON node_renewals.name = nodes.name " + where
             )  # `where` is always a constant from this module
             rows = db.execute(query, args).fetchall()
-        return [Node(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8]) for r in rows]
+        return [
+            Node(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                json.loads(r[5]),
+                r[6],
+                r[7],
+                r[8],
+                Renewal(r[9], r[10], r[11] or 0, r[12], r[13]),
+            )
+            for r in rows
+        ]

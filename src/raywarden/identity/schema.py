@@ -157,5 +157,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         "nodes, join tokens, node revocations, browser sessions, sign-in links, OIDC flows",
         V1,
     ),
+    Migration(
+        2,
+        "node certificate renewal: when each node's certificate was issued and how its renewals went, and the "
+        "one restart lease the head grants at a time",
+        """
+CREATE TABLE node_renewals (
+    name            TEXT PRIMARY KEY,
+    cert_issued_at  TEXT NOT NULL,
+    renewed_at      TEXT,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    reported_at     TEXT
+);
+CREATE TABLE node_restart_lease (
+    slot        INTEGER PRIMARY KEY CHECK (slot = 1),
+    node        TEXT NOT NULL,
+    granted_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+""",
+    ),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version

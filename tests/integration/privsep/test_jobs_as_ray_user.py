@@ -90,7 +90,7 @@ def test_a_developers_job_with_working_dir_and_pip_runs_as_rays_user(cluster: Cl
     found = json.loads(line[len("CHECK ") :])
     ray_user = _ray_user(cluster)
     assert found["uid"] == found["task_uid"] == ray_user.pw_uid
-    assert found["home"] == str(cluster.state.ray_dir / "home")
+    assert found["home"] == str(cluster.state.ray_dir.parent / "home")  # root's, read-only (raydir.py)
     assert found["marker"] == marker and found["six"]
     assert found["cwd"].startswith(str(cluster.state.ray_temp_dir) + "/")
     # The dashboard, through the gateway, still reads Ray's state and its logs folder.

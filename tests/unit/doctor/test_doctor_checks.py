@@ -6,23 +6,21 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from raywarden.client.profile import load_profile
-from raywarden.cluster.lifecycle import RunState
-from raywarden.cluster.ports import RayPorts
 from raywarden.doctor import DoctorUnavailable, run_doctor
-from raywarden.doctor.renew import renew_leaf
-from raywarden.errors import ClusterError
 from raywarden.files import write_private, write_public
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, load_cert
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import Listen, StateDir
+from raywarden.state import StateDir
 from tests.unit.doctor.conftest import TD
 
 pytestmark = pytest.mark.unit
@@ -159,28 +157,44 @@ def test_shared_os_user_with_more_than_one_principal_fails(state: StateDir) -> N
     assert run_doctor(state).get("separation.mode").status == "pass"
 
 
-def test_expired_gateway_certificate_fails_and_renew_fixes_it(state: StateDir) -> None:
+def test_expired_gateway_certificate_fails_and_rotate_fixes_it(state: StateDir) -> None:
     _write_gateway_cert(state, dt.timedelta(minutes=-1))
     report = run_doctor(state)
     check = report.get("certs.gateway")
     assert check.status == "fail" and "expired" in check.message
-    assert f"python -m raywarden.doctor.renew gateway --state-dir {state.root}" in (check.fix or "")
+    assert check.fix == f"raywarden cert rotate --gateway --state-dir {state.root}"
     assert report.exit_code() == 1
 
     records_before = _audit_records(state)
-    message = renew_leaf(state, "gateway")
-    assert "new gateway certificate" in message
+    fixed = subprocess.run(
+        [sys.executable, "-m", "raywarden.cli.main", *check.fix.split()[1:], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    serial = json.loads(fixed.stdout)["serial"]
     after = run_doctor(state)
     assert after.get("certs.gateway").status == "pass" and after.get("audit.verify").status == "pass"
     new = _audit_records(state)[len(records_before) :]
-    assert [r["event"] for r in new] == ["cert.renew"] and new[0]["certificate"] == "gateway"
+    assert [r["event"] for r in new] == ["gateway.cert.renew"] and new[0]["serial"] == serial
 
 
 def test_certificate_close_to_expiry_warns_and_strict_fails(state: StateDir) -> None:
-    _write_gateway_cert(state, dt.timedelta(days=3))
+    # The head's certificate is renewed only when the head's Ray restarts: a month ahead is when to plan that.
+    internal = CertificateAuthority.load("internal", TD, state.internal_ca_cert, state.internal_ca_key)
+    key = generate_private_key()
+    cert = internal.issue(
+        key.public_key(), SpiffeId(TD, "node", "head"), lifetime=dt.timedelta(days=3), server=True, client=True
+    )
+    write_private(state.node_key, private_key_pem(key))
+    write_public(state.node_cert, cert_pem(cert))
     report = run_doctor(state)
-    assert report.get("certs.gateway").status == "warn"
+    assert report.get("certs.node").status == "warn"
     assert report.exit_code() == 0 and report.exit_code(strict=True) == 1
+    # A gateway certificate with days left is routine: the gateway renews it at 2/3 of its life.
+    _write_gateway_cert(state, dt.timedelta(days=3))
+    assert run_doctor(state).get("certs.gateway").status == "pass"
 
 
 def test_gateway_certificate_from_a_foreign_ca_fails(state: StateDir) -> None:
@@ -238,25 +252,6 @@ def test_no_state_dir_means_doctor_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(DoctorUnavailable) as info:
         run_doctor(StateDir(tmp_path / "nothing"))
     assert info.value.exit_code == 2 and "no raywarden cluster state" in info.value.message
-
-
-def test_renew_is_refused_while_the_cluster_runs(state: StateDir) -> None:
-    # A run file naming live processes (this test's own pid) is what a running cluster looks like to renew.
-    ports = RayPorts.allocate()
-    run = RunState(
-        ray_pid=os.getpid(),
-        gateway_pid=os.getpid(),
-        ports=ports,
-        listen=Listen(host="127.0.0.1", port=18443),
-        started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        firewall="installed",
-    )
-    write_private(state.run_dir / "cluster.json", run.model_dump_json().encode())
-    before = state.gateway_cert.read_bytes()
-    records_before = len(_audit_records(state))
-    with pytest.raises(ClusterError, match="cluster is running"):
-        renew_leaf(state, "gateway")
-    assert state.gateway_cert.read_bytes() == before and len(_audit_records(state)) == records_before
 
 
 def _audit_records(state: StateDir) -> list[dict[str, object]]:

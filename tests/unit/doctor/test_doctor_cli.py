@@ -66,18 +66,19 @@ def test_failure_exits_1_and_prints_the_fix(state: StateDir) -> None:
 
 
 def test_warning_passes_unless_strict(state: StateDir) -> None:
-    access = CertificateAuthority.load("access", "doctor.test", state.access_ca_cert, state.access_ca_key)
+    # A head certificate two days from its end (renewed only when the head's Ray restarts) is a warning.
+    internal = CertificateAuthority.load("internal", "doctor.test", state.internal_ca_cert, state.internal_ca_key)
     key = generate_private_key()
-    cert = access.issue(
+    cert = internal.issue(
         key.public_key(),
-        SpiffeId("doctor.test", "gateway"),
+        SpiffeId("doctor.test", "node", "head"),
         lifetime=dt.timedelta(days=2),
         server=True,
-        client=False,
+        client=True,
         ip_addresses=("127.0.0.1",),
     )
-    write_private(state.gateway_key, private_key_pem(key))
-    write_public(state.gateway_cert, cert_pem(cert))
+    write_private(state.node_key, private_key_pem(key))
+    write_public(state.node_cert, cert_pem(cert))
     assert _invoke("--state-dir", str(state.root))[0] == 0
     code, out = _invoke("--state-dir", str(state.root), "--strict", "--json")
     assert code == 1 and json.loads(out)["ok"] is False

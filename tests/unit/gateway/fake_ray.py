@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from raywarden.gateway import owner_seal
+
 # Ray's own token header is checked like Ray checks it: a request without the gateway's token is refused.
 AUTH = "Authorization"
 
@@ -100,6 +102,9 @@ class FakeRay:
             "start_time": 1,
             **extra,
         }
+        if owner and submission_id:  # as the gateway submits it: sealed (gateway/owner_seal.py)
+            seal = owner_seal.current().seal(submission_id, owner, job["entrypoint"], job["runtime_env"])
+            job["metadata"][owner_seal.SEAL_KEY] = seal
         self.jobs.append(job)
         return job
 

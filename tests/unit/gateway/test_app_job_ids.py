@@ -65,10 +65,9 @@ def test_rays_own_duplicate_refusal_reads_as_a_409(gateway: Gateway) -> None:
 
 def test_a_reference_that_names_two_jobs_is_shown_only_to_who_may_view_both(gateway: Gateway) -> None:
     """A collision made before the refusal existed (bob's submission id is alice's Ray job id)."""
-    alice_job = gateway.ray.add_job("alice-job", gateway.principal("alice", "developers"))
-    gateway.ray.add_job(alice_job["job_id"], gateway.principal("bob", "developers"))
     secret = {"env_vars": {"TOKEN": "alice-secret"}}
-    alice_job["runtime_env"] = secret
+    alice_job = gateway.ray.add_job("alice-job", gateway.principal("alice", "developers"), runtime_env=secret)
+    gateway.ray.add_job(alice_job["job_id"], gateway.principal("bob", "developers"))
     bob, alice = gateway.bearer("bob"), gateway.bearer("alice")
     for path in (
         "/dashboard/api/v0/tasks?detail=true",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from raywarden.gateway.jobs import MAX_AMOUNT, MAX_ENTRIES, MAX_MEMORY_BYTES, BadJobBody, parse_submission, stamp_owner
+from raywarden.gateway.owner_seal import OwnerSeal
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +62,8 @@ def test_bodies_at_the_bounds_are_forwarded_as_checked() -> None:
             metadata={f"k{i}": "v" for i in range(MAX_ENTRIES)},
         )
     )
-    sent = json.loads(stamp_owner(job, "spiffe://td/user/alice"))
+    sent = json.loads(stamp_owner(job, "spiffe://td/user/alice", OwnerSeal(b"k" * 32)))
     assert sent["entrypoint_num_cpus"] == MAX_AMOUNT and sent["entrypoint_memory"] == MAX_MEMORY_BYTES
-    assert len(sent["entrypoint_resources"]) == MAX_ENTRIES and len(sent["metadata"]) == MAX_ENTRIES + 1
+    assert (
+        len(sent["entrypoint_resources"]) == MAX_ENTRIES and len(sent["metadata"]) == MAX_ENTRIES + 2
+    )  # owner and seal

@@ -7,13 +7,19 @@ import json
 import pytest
 
 from raywarden.gateway.jobs import OWNER_KEY, BadJobBody, parse_submission, stamp_owner
+from raywarden.gateway.owner_seal import OwnerSeal
 
 pytestmark = pytest.mark.unit
 
 
 def test_owner_is_overwritten() -> None:
     body = json.dumps({"entrypoint": "python x.py", "metadata": {OWNER_KEY: "spiffe://td/user/mallory", "a": "b"}})
-    stamped = json.loads(stamp_owner(parse_submission(body.encode()), "spiffe://td/user/alice"))
+    seal = OwnerSeal(b"k" * 32)
+    stamped = json.loads(stamp_owner(parse_submission(body.encode()), "spiffe://td/user/alice", seal))
+    # A submission without an id gets one, like Ray's, so that the seal names it.
+    assert stamped["submission_id"].startswith("raysubmit_")
+    assert seal.owner_of(stamped) == "spiffe://td/user/alice"
+    assert stamped["metadata"].pop("raywarden.owner_seal")
     assert stamped["metadata"] == {OWNER_KEY: "spiffe://td/user/alice", "a": "b"}
     assert stamped["entrypoint"] == "python x.py"
 

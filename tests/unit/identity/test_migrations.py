@@ -154,7 +154,7 @@ def test_the_cli_upgrades_on_first_use_and_says_so(state: StateDir) -> None:
     result = _cli(state, "user", "list", "--json")
     assert result.returncode == 0, result.stderr
     assert {p["name"] for p in json.loads(result.stdout)} == {"alice", "bob", "leaver"}
-    assert "upgraded from version 0 to 1" in result.stderr and ".bak" in result.stderr
+    assert f"upgraded from version 0 to {CURRENT_VERSION}" in result.stderr and ".bak" in result.stderr
     assert version(state.identity_db) == CURRENT_VERSION and len(backups_of(state.identity_db)) == 1
 
 
@@ -240,24 +240,25 @@ def _fail_in_data(db: sqlite3.Connection) -> None:
 
 
 API_KEYS = "CREATE TABLE api_keys (id TEXT PRIMARY KEY);"
+NEXT = CURRENT_VERSION + 1  # a test's migration comes after the release's own
 
 
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        (Migration(2, "api keys", API_KEYS + "\nINSERT INTO nowhere VALUES (1);"), "no such table: nowhere"),
-        (Migration(2, "api keys", API_KEYS, _fail_in_data), "disk on fire"),
+        (Migration(NEXT, "api keys", API_KEYS + "\nINSERT INTO nowhere VALUES (1);"), "no such table: nowhere"),
+        (Migration(NEXT, "api keys", API_KEYS, _fail_in_data), "disk on fire"),
         # With foreign keys off while migrating, a dangling reference is caught by the check before COMMIT.
-        (Migration(2, "drop bob", "DELETE FROM principals WHERE name = 'bob';"), "would break 2 references"),
+        (Migration(NEXT, "drop bob", "DELETE FROM principals WHERE name = 'bob';"), "would break 2 references"),
     ],
     ids=["sql", "data-step", "foreign-key"],
 )
-@pytest.mark.parametrize("start", [0, 1])
+@pytest.mark.parametrize("start", [0, CURRENT_VERSION])
 def test_a_failed_migration_leaves_the_database_as_it_was(
     tmp_path: Path, broken: Migration, message: str, start: int
 ) -> None:
     path = load_fixture(tmp_path / "identity.db")
-    if start == 1:
+    if start:
         IdentityStore.open(path)
         for copy in backups_of(path):
             copy.unlink()
@@ -282,7 +283,7 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
 def test_a_migration_that_commits_on_its_own_is_caught(tmp_path: Path) -> None:
     path = IdentityStore.create(tmp_path / "identity.db").path
     db = sqlite3.connect(path, isolation_level=None)
-    sneaky = Migration(2, "uses executescript", "", lambda c: c.executescript("CREATE TABLE t (x);"))
+    sneaky = Migration(NEXT, "uses executescript", "", lambda c: c.executescript("CREATE TABLE t (x);"))
     with pytest.raises(SchemaError, match="committed on its own, so the database may be partly changed"):
         ensure_current(db, path, (*MIGRATIONS, sneaky))
     assert version(path) == CURRENT_VERSION, "never marked as migrated"
@@ -314,7 +315,7 @@ CHILD = textwrap.dedent(
     import json, os, sqlite3, sys, time
     from pathlib import Path
     from raywarden.identity.migrate import ensure_current
-    from raywarden.identity.schema import MIGRATIONS, Migration
+    from raywarden.identity.schema import CURRENT_VERSION, MIGRATIONS, Migration
 
     path, me, peers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 
@@ -324,7 +325,8 @@ CHILD = textwrap.dedent(
             time.sleep(0.01)
         db.execute("INSERT INTO upgrade_runs VALUES (?)", (me,))
 
-    extra = Migration(2, "test: count the runs", "CREATE TABLE upgrade_runs (who TEXT NOT NULL);", record)
+    runs = "CREATE TABLE upgrade_runs (who TEXT NOT NULL);"
+    extra = Migration(CURRENT_VERSION + 1, "test: count the runs", runs, record)
     db = sqlite3.connect(path, isolation_level=None)
     (path.parent / f"ready-{me}").touch()
     done = ensure_current(db, path, (*MIGRATIONS, extra))
@@ -346,9 +348,9 @@ def test_processes_opening_at_once_migrate_exactly_once(tmp_path: Path) -> None:
         out, err = child.communicate(timeout=300)
         assert child.returncode == 0, err.decode()
         outcomes.append(json.loads(out))
-    assert sorted(outcomes, key=repr) == [None, None, [0, 2]]
+    assert sorted(outcomes, key=repr) == [None, None, [0, CURRENT_VERSION + 1]]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION + 1
         assert len(db.execute("SELECT who FROM upgrade_runs").fetchall()) == 1
         ref = reference()
         for table in tables(ref):

@@ -7,7 +7,6 @@ Refusals tell the client little; the audit record says exactly why.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     state, config, store, audit = services.state, services.config, services.store, services.audit
     access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
     tokens = TokenAuthority.for_state(state, config)
-    lifetime = dt.timedelta(hours=config.user_cert_hours)
+    lifetime = config.user_cert_ttl
 
     def issue(public_key: Any, spiffe: SpiffeId) -> x509.Certificate:
         """Sign with the access CA and record the serial: a certificate the store does not know is refused."""

@@ -1,8 +1,9 @@
-"""Node enrollment over the gateway: ``join`` (credential: a join token), ``peers`` and ``leave`` (credential:
-the node secret handed out at join). All three are anonymous routes: the credential is in the body.
+"""Node enrollment over the gateway: ``join`` (credential: a join token); ``peers``, ``leave``, ``renew`` and
+``restarted`` (credential: the node secret handed out at join). All are anonymous routes: the credential is in
+the body.
 
-Every answer, refusals included, is audited by the gateway's request record; successful joins and leaves
-also get a ``kind: node`` record of their own.
+Every answer, refusals included, is audited by the gateway's request record; successful joins, leaves,
+renewals and restarts also get a ``kind: node`` record of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from raywarden.cluster import admission
+from raywarden.cluster import admission, node_renewal
 from raywarden.errors import RaywardenError
 from raywarden.files import ensure_private_dir
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
@@ -64,10 +65,13 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             async with lock.holding("nodes"):
                 body, audit = await asyncio.to_thread(work)
         except NodeRegistryError as exc:
-            limiter.failed(request.source)
+            if exc.retry_after_s is None:  # "wait your turn" is not a failed attempt
+                limiter.failed(request.source)
             answer: dict[str, Any] = {"error": exc.public}
             if exc.hint:
                 answer["hint"] = exc.hint
+            if exc.retry_after_s is not None:
+                answer["retry_after_s"] = round(exc.retry_after_s, 1)
             return ControlResponse(exc.status, answer, {"event": event, "reason": exc.reason})
         except RaywardenError as exc:
             log.error("%s failed: %s", event, exc.diagnostics())
@@ -103,4 +107,24 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
 
         return await guarded(request, "node.leave", work)
 
-    return {"raywarden.node.join": join, "raywarden.node.peers": peers, "raywarden.node.leave": leave}
+    async def renew(request: ControlRequest) -> ControlResponse:
+        def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            parsed = admission.parse(node_renewal.RenewRequest, request.body)
+            return node_renewal.renew(services.state, services.config, registry, parsed, request.source)
+
+        return await guarded(request, "node.cert.renew", work)
+
+    async def restarted(request: ControlRequest) -> ControlResponse:
+        def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            report = admission.parse(node_renewal.RestartReport, request.body)
+            return node_renewal.restarted(registry, report, request.source)
+
+        return await guarded(request, "node.restarted", work)
+
+    return {
+        "raywarden.node.join": join,
+        "raywarden.node.peers": peers,
+        "raywarden.node.leave": leave,
+        "raywarden.node.renew": renew,
+        "raywarden.node.restarted": restarted,
+    }

@@ -12,6 +12,7 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
+from raywarden.gateway import dashboard_assets
 from raywarden.gateway.authz import (
     Viewer,
     decide,
@@ -67,6 +68,8 @@ class Dashboard:
         await ex.allow()
         if not resource.known:
             raise unknown_job(entity.id)
+        if (asset := await dashboard_assets.serve(ex, found, request.method)) is not None:
+            return asset  # the app's code from the installed package, never from the upstream (dashboard_assets.py)
         access = (
             await fetch_job_access(self.upstream, viewer, self.services.max_filtered_bytes)
             if route.needs_job_access

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from raywarden.gateway import owner_seal
 from raywarden.gateway.authz import authorize, resource_for, unknown_job
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import (
@@ -61,7 +62,7 @@ class RayApi:
             if shape is not None:
                 raise shape
             submission = job.model_dump(exclude_none=True)
-            body = stamp_owner(job, identity.spiffe_id)
+            body = stamp_owner(job, identity.spiffe_id, owner_seal.current())
         resource = await resource_for(ex, found, identity, self.services.jobs, submission)
         viewer = await authorize(ex, route, identity, resource)
         await ex.allow()

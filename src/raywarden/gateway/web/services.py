@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +50,18 @@ class WebServices:
         )
 
 
+_SESSION_NAME = re.compile(r"session_[0-9_-]{1,64}")
+
+
 def ray_session_name(state: StateDir) -> str:
-    """The running Ray session's name (Ray labels every metric with it), from Ray's session_latest link."""
+    """The running Ray session's name (Ray labels every metric with it), from Ray's session_latest link.
+
+    The link is in a folder jobs can write, so only a name of Ray's own form is believed."""
     try:
-        return os.path.basename(os.readlink(state.ray_temp_dir / "session_latest"))
+        name = os.path.basename(os.readlink(state.ray_temp_dir / "session_latest"))
     except OSError:
         return ""
+    return name if _SESSION_NAME.fullmatch(name) else ""
 
 
 @dataclass(frozen=True)
