@@ -125,7 +125,9 @@ class Cluster:
         return (str(folder / f"{stem}.crt"), str(folder / f"{stem}.key"))
 
 
-def start_cluster(root: Path, *, port: int, profile: str = "test") -> Cluster:
+def start_cluster(
+    root: Path, *, port: int, profile: str = "test", serve_port: int | None = None, **settings: Any
+) -> Cluster:
     home = root / "home"
     state = StateDir(root / "state")
     env_before = os.environ.get("RAYWARDEN_HOME")
@@ -133,11 +135,12 @@ def start_cluster(root: Path, *, port: int, profile: str = "test") -> Cluster:
     try:
         init_state(
             state,
-            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port)),
+            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port), **settings),
             admin_name="admin",
             profile_name=profile,
         )
-        lifecycle.up(state, num_cpus=2)
+        serve_listen = Listen(host="127.0.0.1", port=serve_port) if serve_port is not None else None
+        lifecycle.up(state, num_cpus=2, serve_listen=serve_listen)
     finally:
         if env_before is None:
             os.environ.pop("RAYWARDEN_HOME", None)

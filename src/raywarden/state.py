@@ -163,6 +163,41 @@ LEGACY_LIFETIMES = {
 }
 
 
+class ServeLimit(BaseModel):
+    """Requests per second with a burst, and requests at once, for Serve calls (0: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rate: float = Field(ge=0, le=1e6)
+    burst: int = Field(ge=0, le=10**7)
+    concurrency: int = Field(ge=0, le=10**6)
+
+
+class ServeAppLimits(BaseModel):
+    """One application's overrides: of its own limit (``app``) and of each caller's limit on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    app: ServeLimit | None = None
+    principal: ServeLimit | None = None
+
+
+class ServeLimits(BaseModel):
+    """Rate and concurrency limits of Serve calls (docs/serve.md), held across every gateway worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Each principal's calls to one application.
+    principal: ServeLimit = ServeLimit(rate=100, burst=200, concurrency=64)
+    # All calls to one application.
+    app: ServeLimit = ServeLimit(rate=1000, burst=2000, concurrency=512)
+    apps: dict[str, ServeAppLimits] = Field(default_factory=dict)
+
+    def for_app(self, name: str) -> tuple[ServeLimit, ServeLimit]:
+        """(each principal's limit, the application's limit) for application ``name``."""
+        override = self.apps.get(name)
+        if override is None:
+            return self.principal, self.app
+        return override.principal or self.principal, override.app or self.app
+
+
 class ClusterConfig(BaseModel):
     """Settings fixed at ``init`` and read by ``up``, the gateway and the CLI."""
 
@@ -219,6 +254,15 @@ class ClusterConfig(BaseModel):
     # Addresses or networks of reverse proxies in front of the gateway. Only connections from these may name
     # the client's address in X-Forwarded-For; by default no forwarded header is trusted (docs/architecture.md).
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Ray Serve's data path (docs/serve.md): the gateway's second HTTPS listener, in front of Serve's proxy on
+    # loopback. None: `up` starts no Serve and the gateway opens no second listener.
+    serve_listen: Listen | None = None
+    serve_limits: ServeLimits = Field(default_factory=ServeLimits)
+    # A Serve call's request body is read whole (at most this much) before it is forwarded.
+    serve_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024**3)
+    # A Serve answer that sends nothing for this long is cut; no call lasts longer than the maximum.
+    serve_idle_timeout_s: float = Field(default=300.0, gt=0)
+    serve_max_duration_s: float = Field(default=3600.0, gt=0)
 
     # Privilege separation (docs/threat-model.md). The OS user Ray, and so every job, runs as; None: the control
     # plane's own user (no root to switch users). Recorded by `init` and `up` as root.

@@ -15,4 +15,5 @@ def open_cluster_audit(state: StateDir, config: ClusterConfig | None = None) -> 
         checkpoint_every=config.audit_checkpoint_every,
         checkpoint_seconds=config.audit_checkpoint_seconds,
         rotate_bytes=config.audit_rotate_bytes,
+        key_path=state.audit_key,
     )

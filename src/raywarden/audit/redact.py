@@ -38,6 +38,7 @@ _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 _PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_API_KEY = re.compile(r"rwk_[0-9a-f]{16}_[A-Za-z0-9_-]+")  # raywarden's own API keys (identity/apikeys.py)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -53,10 +54,11 @@ def is_secret_key(key: str) -> bool:
 def scrub_text(text: str) -> str:
     """Replace bearer credentials and JWTs inside ``text``; a PEM private key replaces the whole value."""
     # Plain substring tests first: this runs for every string of every record.
-    if "eyJ" not in text and "PRIVATE KEY" not in text and "bearer" not in text.lower():
+    if "eyJ" not in text and "PRIVATE KEY" not in text and "rwk_" not in text and "bearer" not in text.lower():
         return text
     if _PEM_PRIVATE.search(text):
         return REDACTED
+    text = _API_KEY.sub(REDACTED, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _JWT.sub(REDACTED, text)
 

@@ -12,8 +12,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from raywarden.audit.anchor import ExportedHead
-from raywarden.audit.checkpoint import Checkpoint, CheckpointFormatError, parse_checkpoint, signature_problem
+from raywarden.audit.checkpoint import Checkpoint, CheckpointFormatError, signature_problem
 from raywarden.audit.errors import AuditVerificationError, ProblemKind
+from raywarden.audit.keychain import CheckpointLine, SignedRotation, parse_line
 from raywarden.audit.keys import audit_key_fingerprint, load_audit_public_key
 from raywarden.audit.layout import CHECKPOINTS_NAME, PUBLIC_KEY_NAME, Segment, Snapshot, read_prefix, take_snapshot
 from raywarden.audit.record import GENESIS_HEAD, chain_head
@@ -38,6 +39,8 @@ class VerifyReport:
     key_id: str | None = None
     key_source: str = "given"
     against_seq: int | None = None  # the exported head (--against) the log still matches, through this seq
+    # Every key that signed the log, oldest first, with the log size from which on it signs (key rotations).
+    key_chain: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": True, **asdict(self)}
@@ -66,7 +69,7 @@ def verify_log(
         public_key = load_audit_public_key(audit_dir / PUBLIC_KEY_NAME)
         key_source = f"{audit_dir / PUBLIC_KEY_NAME} (same folder as the log, not an independent anchor)"
     snapshot = take_snapshot(audit_dir)
-    checkpoints, checkpoint_problem = _check_checkpoints(snapshot.checkpoints, public_key)
+    checkpoints, uses, checkpoint_problem = _check_checkpoints(snapshot.checkpoints, public_key)
     start_seq, start_head = 0, GENESIS_HEAD
     if since_checkpoint is not None:
         match = [c for c in checkpoints if c.size == since_checkpoint]
@@ -117,19 +120,33 @@ def verify_log(
         key_id=audit_key_fingerprint(public_key) if public_key else None,
         key_source=key_source if public_key else "none (no checkpoints)",
         against_seq=against.seq if against is not None else None,
+        key_chain=tuple((u.key_id, u.from_size) for u in uses),
     )
+
+
+@dataclass(frozen=True)
+class _KeyUse:
+    key_id: str
+    from_size: int  # the log size from which on this key signs
 
 
 def _check_checkpoints(
     data: bytes, public_key: Ed25519PublicKey | None
-) -> tuple[list[Checkpoint], AuditVerificationError | None]:
-    """Valid checkpoints in order, and the first problem among the others (reported by first bad seq)."""
+) -> tuple[list[Checkpoint], list[_KeyUse], AuditVerificationError | None]:
+    """Valid checkpoints in order, the chain of keys that signed them, and the first problem among the lines
+    (reported by first bad seq).
+
+    The file is read in order with one current key: each checkpoint must be signed by it; a key rotation
+    (audit/keychain.py) must come from it, be signed by it and by the next key, and commit to the size and
+    head of the last good checkpoint; then the next key is current. ``public_key`` anchors the chain: it must
+    be one of its keys, the first or any later one (each rotation is signed by both of its keys).
+    """
     good: list[Checkpoint] = []
     problem: AuditVerificationError | None = None
     lines = data.split(b"\n")
     torn = lines.pop()
     if not lines and not torn:
-        return good, None
+        return good, [], None
     if public_key is None:
         raise ConfigError(
             "the audit log has signed checkpoints but no public key was given",
@@ -144,15 +161,31 @@ def _check_checkpoints(
                 "checkpoint", good[-1].size if good else 0, detail, location=f"{CHECKPOINTS_NAME} line {lineno}"
             )
 
+    parsed: list[tuple[int, CheckpointLine | SignedRotation]] = []
     for index, line in enumerate(lines, start=1):
         try:
-            checkpoint, signature = parse_checkpoint(line)
+            parsed.append((index, parse_line(line)))
         except CheckpointFormatError as exc:
             note(f"malformed checkpoint: {exc}", index)
+    key, uses = _first_key(parsed, public_key)
+    anchor_id = audit_key_fingerprint(public_key)
+    chain = [u.key_id for u in uses]
+    if anchor_id not in chain:
+        note(f"the key given ({anchor_id}) is not among the keys that signed this log ({' -> '.join(chain)})", 1)
+    for index, entry in parsed:
+        if isinstance(entry, SignedRotation):
+            rotation = entry.rotation
+            why = _rotation_problem(entry, audit_key_fingerprint(key), good[-1] if good else None)
+            if why is not None:
+                note(f"key rotation at size {rotation.size}: {why}", index)
+                continue
+            key = rotation.to_key
             continue
-        why = signature_problem(checkpoint, signature, public_key)
+        checkpoint, signature = entry
+        why = signature_problem(checkpoint, signature, key)
         if why is not None:
-            note(f"checkpoint for size {checkpoint.size}: {why}", index)
+            retired = any(u.key_id == checkpoint.key_id for u in uses)
+            note(f"checkpoint for size {checkpoint.size}: {why}{' (a retired key)' if retired else ''}", index)
             continue
         if good and checkpoint.size <= good[-1].size:
             note(f"checkpoint for size {checkpoint.size} follows one for {good[-1].size} (replayed?)", index)
@@ -160,7 +193,28 @@ def _check_checkpoints(
         good.append(checkpoint)
     if torn:
         note("incomplete last checkpoint line", len(lines) + 1)
-    return good, problem
+    return good, uses, problem
+
+
+def _first_key(
+    parsed: list[tuple[int, CheckpointLine | SignedRotation]], anchor: Ed25519PublicKey
+) -> tuple[Ed25519PublicKey, list[_KeyUse]]:
+    """The key the log starts with and the chain the rotation lines name. Without rotations it is the anchor;
+    the rotations themselves are checked in order by the caller."""
+    rotations = [entry.rotation for _, entry in parsed if isinstance(entry, SignedRotation)]
+    if not rotations:
+        return anchor, [_KeyUse(audit_key_fingerprint(anchor), 0)]
+    uses = [_KeyUse(rotations[0].from_id, 0), *(_KeyUse(r.to_id, r.size) for r in rotations)]
+    return rotations[0].from_key, uses
+
+
+def _rotation_problem(entry: SignedRotation, current_id: str, last: Checkpoint | None) -> str | None:
+    rotation = entry.rotation
+    if rotation.from_id != current_id:
+        return f"it hands over from {rotation.from_id}, but {current_id} signs the log here (moved or replayed?)"
+    if last is None or (last.size, last.head) != (rotation.size, rotation.head):
+        return "it does not follow the old key's last checkpoint (same size and head)"
+    return entry.problem()
 
 
 @dataclass

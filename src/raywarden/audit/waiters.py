@@ -74,6 +74,8 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, func: Callable[[list[Outcome]]
 
 @dataclass
 class Item:
-    record: dict[str, Any] | None  # None asks for a checkpoint
+    record: dict[str, Any] | None  # None asks for a checkpoint (or, with ``action``, runs it)
     waiter: Waiter
     done: bool = False
+    # Run on the writer thread under the writers' lock, after the batch's records (a key rotation).
+    action: Callable[[], object] | None = None

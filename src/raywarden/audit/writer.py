@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -16,9 +16,10 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from raywarden.audit.checkpoint import Checkpoint, CheckpointFormatError, parse_checkpoint
+from raywarden.audit.checkpoint import Checkpoint, CheckpointFormatError
 from raywarden.audit.errors import AuditRecordError, AuditUnavailable
-from raywarden.audit.keys import audit_key_fingerprint, audit_public_key_pem
+from raywarden.audit.keychain import KeyRotation, newest_key_id
+from raywarden.audit.keys import audit_key_fingerprint, audit_public_key_pem, load_audit_key
 from raywarden.audit.layout import (
     CHECKPOINTS_NAME,
     LOCK_NAME,
@@ -34,13 +35,18 @@ from raywarden.audit.layout import (
 from raywarden.audit.record import GENESIS_HEAD, canonical_json, chain_head, utc_now
 from raywarden.audit.redact import redact
 from raywarden.audit.waiters import AsyncWaiter, Item, Outcome, SyncWaiter, call_in_loop, settle
-from raywarden.errors import ConfigError
+from raywarden.errors import ConfigError, RaywardenError
 from raywarden.files import ensure_private_dir, fsync_dir, write_public
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1024 * 1024
 _FILE_MODE = 0o600
+
+
+def staged_key_path(key_path: Path) -> Path:
+    """Where a rotation writes the new key before it replaces the old one (audit/keyrotation.py)."""
+    return key_path.with_name(key_path.name + ".next")
 
 
 @dataclass
@@ -73,10 +79,13 @@ class AuditLog:
         checkpoint_seconds: float,
         rotate_bytes: int,
         max_batch: int,
+        key_path: Path | None = None,
     ) -> None:
         self.audit_dir = audit_dir
         self._key = signing_key
         self._key_id = audit_key_fingerprint(signing_key)
+        # Where the key is read again when another process rotated it (audit/keyrotation.py).
+        self._key_path = key_path
         self._checkpoint_every = checkpoint_every
         self._checkpoint_seconds = checkpoint_seconds
         self._rotate_bytes = rotate_bytes
@@ -117,10 +126,13 @@ class AuditLog:
         checkpoint_seconds: float = 10.0,
         rotate_bytes: int = 64 * 1024 * 1024,
         max_batch: int = 1024,
+        key_path: Path | None = None,
     ) -> AuditLog:
         """Open (creating if needed) the log in ``audit_dir`` and start its writer thread.
 
         ``max_batch=1`` turns group commit off (one fsync per record); it exists for benchmarks.
+        ``key_path`` is the signing key's file: when another process rotates the key (``rotate_key``), this
+        writer reads the new key from there; without it, a rotation makes this writer fail closed.
         Raises ``AuditUnavailable`` if the folder cannot be written or its tail is inconsistent.
         """
         if checkpoint_every < 1:
@@ -138,6 +150,7 @@ class AuditLog:
             checkpoint_seconds=checkpoint_seconds,
             rotate_bytes=rotate_bytes,
             max_batch=max_batch,
+            key_path=key_path,
         )
         try:
             self._start()
@@ -170,6 +183,26 @@ class AuditLog:
         self._submit(Item(None, waiter))
         result = waiter.wait()
         return result if isinstance(result, Checkpoint) else None
+
+    def rotate_key(self, new_key: Ed25519PrivateKey, *, install: Callable[[], None], actor: str) -> KeyRotation:
+        """Hand the log over to ``new_key``, under the writers' lock: a ``key.rotate`` record, the old key's last
+        checkpoint, then a rotation line signed by both keys (audit/keychain.py). ``install`` puts the new key
+        in place of the old one on disk before the lock is released, so the other writers find it there."""
+        waiter = SyncWaiter()
+
+        def action() -> KeyRotation:
+            return self._rotate_key(new_key, install, actor)
+
+        self._submit(Item(None, waiter, action=action))
+        result = waiter.wait()
+        if not isinstance(result, KeyRotation):
+            raise AuditUnavailable("the key rotation did not complete")
+        return result
+
+    @property
+    def key_id(self) -> str:
+        """The key that signs this log's checkpoints now."""
+        return self._key_id
 
     def close(self) -> None:
         """Write outstanding records and a final checkpoint, stop the writer and release files. Idempotent."""
@@ -233,11 +266,23 @@ class AuditLog:
         except FileNotFoundError:
             write_public(path, pem.encode("ascii"))
             return
+        if existing != pem and self._rotated_to_us():
+            # A rotation to this key was interrupted after its line was written: finish it.
+            write_public(path, pem.encode("ascii"))
+            return
         if existing != pem:
             raise AuditUnavailable(
                 f"{self.audit_dir} belongs to a different audit key than {self._key_id}",
                 hint="restore the original audit key, or move the audit dir aside to start a new log",
             )
+
+    def _rotated_to_us(self) -> bool:
+        path = self.audit_dir / CHECKPOINTS_NAME
+        try:
+            line = read_last_line(path, path.stat().st_size)
+            return line is not None and newest_key_id(line)[1] == self._key_id
+        except (OSError, CheckpointFormatError):
+            return False
 
     def _run(self) -> None:
         while True:
@@ -270,9 +315,14 @@ class AuditLog:
                 records = [item for item in batch if item.record is not None]
                 if records:
                     self._write_records(records)
-                wants_checkpoint = len(records) < len(batch)
+                wants_checkpoint = any(item.record is None and item.action is None for item in batch)
                 if wants_checkpoint or final or self._checkpoint_due():
                     self._write_checkpoint()
+                for item in batch:
+                    if item.action is not None:
+                        result = item.action()  # if it raises, the item is failed below with the rest
+                        item.done = True
+                        item.waiter.resolve(result)
                 newest = self._last_checkpoint
                 for item in batch:
                     if not item.done:
@@ -377,11 +427,51 @@ class AuditLog:
             self._last_cp_size = None
             return
         try:
-            checkpoint, _ = parse_checkpoint(line)
+            size, key_id, checkpoint = newest_key_id(line)
         except CheckpointFormatError as exc:
             raise self._corrupt(path, f"its last checkpoint is malformed ({exc})") from None
-        self._last_cp_size = checkpoint.size
+        if key_id != self._key_id:
+            self._follow_key(key_id)
+        self._last_cp_size = size
         self._last_checkpoint = checkpoint
+
+    def _follow_key(self, key_id: str) -> None:
+        """The log is signed by ``key_id`` now (another process rotated the key): read it from the key file, or
+        fail closed. Never sign with a retired key: its checkpoints would no longer verify."""
+        if self._key_path is not None:
+            for candidate in (self._key_path, staged_key_path(self._key_path)):
+                try:
+                    key = load_audit_key(candidate)
+                except RaywardenError:
+                    continue
+                if audit_key_fingerprint(key) == key_id:
+                    if candidate != self._key_path:
+                        os.replace(candidate, self._key_path)  # finish a rotation interrupted before its rename
+                        fsync_dir(self._key_path.parent)
+                    log.warning("audit: the signing key was rotated to %s; following it", key_id)
+                    self._key, self._key_id = key, key_id
+                    return
+        raise AuditUnavailable(
+            f"the log in {self.audit_dir} is signed by {key_id} now, but this writer holds {self._key_id}",
+            hint="the audit key was rotated (`raywarden audit rotate-key`) and the new key is not in the key file: "
+            "restore it, then restart the gateway",
+        )
+
+    def _rotate_key(self, new_key: Ed25519PrivateKey, install: Callable[[], None], actor: str) -> KeyRotation:
+        old_id, new_id = self._key_id, audit_key_fingerprint(new_key)
+        if old_id == new_id:
+            raise AuditRecordError("the new audit key is the current one")
+        record = {"kind": "audit", "event": "key.rotate", "from": old_id, "to": new_id, "actor": actor}
+        self._write_records([Item(redact(record), SyncWaiter())])
+        self._write_checkpoint()  # the old key's last word covers the rotation record
+        rotation = KeyRotation(self._next_seq, self._head, utc_now(), self._key.public_key(), new_key.public_key())
+        line = rotation.to_line(self._key, new_key)
+        self._append(self._cp_fd, self.audit_dir / CHECKPOINTS_NAME, self._cp_size, line)
+        self._cp_size += len(line)
+        install()
+        self._key, self._key_id = new_key, new_id
+        self._last_checkpoint = None
+        return rotation
 
     def _repair_torn_tail(self, path: Path) -> int:
         """Cut a partial last line left by a crash mid-write; it was never acknowledged to anyone."""

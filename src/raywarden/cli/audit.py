@@ -19,7 +19,7 @@ from raywarden.audit import AuditVerificationError, VerifyReport, load_audit_pub
 from raywarden.audit.anchor import export_document, load_exported_head
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.completeness import Completeness, completeness
-from raywarden.audit.keys import load_audit_key
+from raywarden.audit.keys import audit_public_key_pem, load_audit_key
 from raywarden.audit.reader import RecordFilter, follow, iter_records, last_records, parse_time
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
 from raywarden.cli.principals import PRINCIPAL_FORMS, resolve_principal
@@ -166,6 +166,12 @@ def _print_report(report: VerifyReport) -> None:
     if report.key_id:
         console.print(f"  key: {report.key_id}")
         console.print(f"       from {escape(report.key_source)}")
+    if len(report.key_chain) > 1:
+        console.print(f"  signed by {len(report.key_chain)} keys in turn (audit key rotations):")
+        for index, (key_id, from_size) in enumerate(report.key_chain):
+            until = report.key_chain[index + 1][1] if index + 1 < len(report.key_chain) else None
+            span = f"records {from_size} to {until - 1}" if until is not None else f"from record {from_size} on"
+            console.print(f"    {key_id}  {span}")
     console.print(f"  head: {report.head}")
 
 
@@ -223,6 +229,37 @@ def checkpoint_command(
     if target is not None:
         console.print(f"  exported to {escape(str(target))}: keep a copy off this host")
         console.print(f"  check later with: raywarden audit verify --against {escape(str(target))}")
+
+
+@audit_app.command("rotate-key")
+def rotate_key_command(state_dir_option: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Replace the audit signing key (run as the cluster's operator, on the head).
+
+    The old key signs a last checkpoint and hands over to the new key in a line both keys sign; running gateways
+    follow. `audit verify` follows the chain of keys from any of them. The old private key is deleted; keep the
+    new public key off this host (printed here and by `raywarden status`)."""
+    from raywarden.audit.keyrotation import rotate_audit_key
+    from raywarden.identity.admin import local_actor
+
+    state = state_dir(state_dir_option).require()
+    config = state.load_config()
+    rotation = rotate_audit_key(state, config, actor=local_actor())
+    public_pem = audit_public_key_pem(state.audit_key)
+    info = {
+        "from": rotation.from_id,
+        "to": rotation.to_id,
+        "size": rotation.size,
+        "head": rotation.head.hex(),
+        "time": rotation.time,
+        "public_key": public_pem,
+    }
+    if json_output:
+        print_json(info)
+        return
+    console.print(f"audit key rotated at record {rotation.size}: {rotation.from_id} -> {rotation.to_id}")
+    console.print("  new public key (keep a copy off this host; `audit verify --public-key FILE` accepts either):")
+    console.print(public_pem.rstrip(), markup=False)
+    console.print("  anchor the handover elsewhere: raywarden audit checkpoint --export FILE")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,8 @@ from raywarden.cluster.nodestate import NodeState
 from raywarden.cluster.setup import issue_gateway_certificate
 from raywarden.errors import ClusterError, UsageError
 from raywarden.gateway.renewal import renewal_status
-from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import serial_hex
+from raywarden.pki.trust import gateway_issuer
 from raywarden.state import StateDir, parse_duration
 
 cert_app = typer.Typer(help="The cluster's certificates: expiry, renewal, rotation.", no_args_is_help=True)
@@ -154,8 +154,7 @@ def rotate(
     out = err_console if json_output else console
     if gateway:
         config = target.load_config()
-        access = CertificateAuthority.load("access", config.trust_domain, target.access_ca_cert, target.access_ca_key)
-        cert = issue_gateway_certificate(target, config, access)
+        cert = issue_gateway_certificate(target, config, gateway_issuer(target, config.trust_domain))
         result: dict[str, Any] = {"serial": serial_hex(cert), "not_after": cert.not_valid_after_utc.isoformat()}
         _audit_gateway(target, result)
         if json_output:

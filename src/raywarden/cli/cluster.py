@@ -170,6 +170,16 @@ def up(
             "cluster started without root admits its one admin only.",
         ),
     ] = False,
+    serve_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--serve-listen",
+            metavar="HOST:PORT",
+            help="Also start Ray Serve, its proxy on loopback only, behind a second HTTPS listener of the gateway "
+            "at HOST:PORT: every call is authenticated (API keys, tokens, certificates), authorized per "
+            "application and audited (docs/serve.md). Kept for later `up`s.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start the Ray head (mutual TLS, token auth, loopback only unless --node-ip) and the gateway in front of it.
@@ -187,6 +197,7 @@ def up(
             node_ip=node_ip,
             ray_user=ray_user,
             shared_os_user=shared_os_user,
+            serve_listen=Listen.parse(serve_listen) if serve_listen else None,
             progress=lambda msg: spinner.update(msg),
         )
     elapsed = time.monotonic() - started
@@ -196,6 +207,8 @@ def up(
         return
     console.print(f"Cluster up in {elapsed:.1f}s.")
     console.print(f"  gateway:   {info['gateway_url']}  (TLS 1.2+, client certificate required)")
+    if info["serve"]["url"]:
+        console.print(f"  serve:     {info['serve']['url']}  (Ray Serve's applications, API keys accepted)")
     console.print(f"  Ray:       dashboard on {info['ray']['dashboard']} (loopback only, token auth, mutual TLS)")
     _os_user_line(run.ray_user, run.ray_uid)
     if run.node_ip:
@@ -300,6 +313,10 @@ def status(state: StateDirOption = None, json_output: JsonOption = False) -> Non
         if gw["metrics_url"]:
             console.print(f"            metrics {gw['metrics_url']} (loopback only)")
     console.print(f"  ray       {_health(ray['running'], ray['healthy'])}  {ray['dashboard'] or ''}")
+    serve = info["serve"]
+    if serve["enabled"]:
+        where = f"{serve['url']}  (Serve's proxy {serve['proxy'] or 'not running'}, loopback only)"
+        console.print(f"  serve     {'up' if serve['running'] else 'not answering'}  {where}", markup=False)
     console.print(
         f"  metrics   {_health(info['metrics']['running'], info['metrics']['healthy'])}  "
         f"{info['metrics']['status'] or ''}"

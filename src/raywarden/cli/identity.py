@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from raywarden.cli.apikeys import key_app
 from raywarden.cli.common import (
     JsonOption,
     StateDirOption,
@@ -18,6 +19,7 @@ from raywarden.cli.common import (
     shell_command,
     state_dir,
 )
+from raywarden.errors import UsageError
 from raywarden.gateway.tokens import expires_iso, parse_ttl
 from raywarden.identity.admin import IdentityAdmin, Kind, NewCode
 from raywarden.identity.store import Principal
@@ -26,7 +28,8 @@ user_app = typer.Typer(
     help="People: add, list, show, disable, enable, change groups (on the head host).", no_args_is_help=True
 )
 sa_app = typer.Typer(
-    help="Service accounts for automation: add, list, show, token, disable, enable.", no_args_is_help=True
+    help="Service accounts for automation: add, list, show, token, key (API keys for Serve), disable, enable.",
+    no_args_is_help=True,
 )
 revoke_app = typer.Typer(
     help="Revoke one certificate or bearer token at once (on the head host).", no_args_is_help=True
@@ -57,6 +60,7 @@ def register(app: typer.Typer) -> None:
     for kind, sub in (("user", user_app), ("sa", sa_app)):
         _principal_commands(sub, kind)  # type: ignore[arg-type]
     app.add_typer(user_app, name="user")
+    sa_app.add_typer(key_app, name="key")
     app.add_typer(sa_app, name="sa")
     app.add_typer(revoke_app, name="revoke")
 
@@ -116,6 +120,8 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
             return
         console.print(f"{info['spiffe_id']}  ({'disabled' if info['disabled'] else 'active'})", markup=False)
         console.print(f"  groups: {', '.join(info['groups']) or '-'}", markup=False)
+        if kind == "sa":
+            console.print(f"  renewal after expiry: {_grace_text(info['renew_grace_s'])}", markup=False)
         for cert in info["certificates"]:
             state_text = f"revoked {cert['revoked_at']}" if cert["revoked_at"] else f"valid until {cert['not_after']}"
             console.print(f"  certificate {cert['serial']}  {state_text}", markup=False)
@@ -139,7 +145,8 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
         else:
             console.print(
                 f"Disabled {what} {name}; revoked {counts['certificates']} certificate(s), "
-                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s)."
+                f"{counts['tokens']} token(s), {counts['enrollment_codes']} enrollment code(s), "
+                f"{counts.get('api_keys', 0)} API key(s)."
             )
 
     @sub.command("enable")
@@ -202,6 +209,42 @@ def _principal_commands(sub: typer.Typer, kind: Kind) -> None:
                 },
                 json_output,
             )
+
+        @sub.command("renewal")
+        def sa_renewal(
+            name: NameArg,
+            grace: Annotated[
+                str | None,
+                typer.Option(
+                    "--grace",
+                    help="Renew an expired certificate within this long after it expired, e.g. 7d (at most 30d).",
+                ),
+            ] = None,
+            off: Annotated[bool, typer.Option("--off", help="Renew only before the certificate expires.")] = False,
+            state: StateDirOption = None,
+            json_output: JsonOption = False,
+        ) -> None:
+            """Show or set whether the account's certificate renews after it expired, for unattended use (a CI
+            runner idle over a weekend). The renewal is bound to the account's last key: a certificate that was
+            renewed already and comes back means a copied key, and revokes the account's credentials."""
+            from raywarden.cli.ca import parse_duration
+
+            if grace is not None and off:
+                raise UsageError("--grace and --off exclude each other", hint="`raywarden sa renewal --help`")
+            admin = IdentityAdmin(state_dir(state))
+            if grace is not None or off:
+                admin.set_renewal(name, None if off else parse_duration(grace or "", "--grace"))
+            seconds = admin.describe(admin.get("sa", name))["renew_grace_s"]
+            if json_output:
+                print_json({"name": name, "renew_grace_s": seconds})
+            else:
+                console.print(f"{name}: renewal after expiry {_grace_text(seconds)}", markup=False)
+
+
+def _grace_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "off (the certificate renews while valid only)"
+    return f"within {seconds / 86400:g} days" if seconds >= 86400 else f"within {seconds / 3600:g} hours"
 
 
 def _warn_unreferenced(admin: IdentityAdmin, groups: list[str]) -> None:
@@ -270,7 +313,7 @@ def revoke_cert(
     state: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Revoke a certificate: refused by the gateway on its next request."""
+    """Revoke a certificate: refused by the gateway on its next request, with the bearer tokens minted with it."""
     owner = IdentityAdmin(state_dir(state)).revoke_cert(serial, reason)
     _revoked("certificate", serial, owner, json_output)
 
@@ -292,3 +335,5 @@ def _revoked(what: str, ident: str, owner: str, json_output: bool) -> None:
         print_json({"revoked": what, "id": ident, "principal": owner})
     else:
         console.print(f"Revoked {what} {ident} of {owner}.", markup=False)
+        if what == "certificate":
+            console.print("Bearer tokens issued with it and browser sessions started with it end too.")

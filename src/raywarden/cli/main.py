@@ -48,6 +48,7 @@ COMMAND_MODULES = (
     "cluster",
     "jobs",
     "audit",
+    "ca",
     "scan",
     "nodes",
     "certs",
@@ -56,6 +57,7 @@ COMMAND_MODULES = (
     "doctor",
     "policy",
     "ui",
+    "serve",
 )
 
 

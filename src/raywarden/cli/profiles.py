@@ -178,7 +178,8 @@ def token(
 ) -> None:
     """Print a short-lived bearer token for tools that cannot do mutual TLS (e.g. `ray job submit --headers`).
 
-    Only the token goes to stdout, so that `$(raywarden token)` works; --json adds its id and expiry.
+    Only the token goes to stdout, so that `$(raywarden token)` works; --json adds its id and expiry. The token
+    ends no later than the profile's certificate, and revoking that certificate revokes the token too.
     """
     from raywarden.client.enroll import request_token
     from raywarden.client.profile import load_profile
@@ -188,6 +189,12 @@ def token(
     chosen = load_profile(profile)
     ensure_fresh(chosen)
     answer = request_token(chosen, None if ttl is None else parse_ttl(ttl))
+    if answer.get("capped_by_certificate"):
+        err_console.print(
+            f"note: the token expires at {answer.get('expires_at')}, with the certificate it was issued with "
+            f"({answer.get('cert_serial')}); renew the certificate (`raywarden login` again) for a longer one",
+            markup=False,
+        )
     if json_output:
         print_json(answer)
     else:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from cryptography import x509
 
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
-from raywarden.pki.certs import load_cert
+from raywarden.pki.certs import cert_pem, load_cert
 from raywarden.pki.spiffe import check_name
 from raywarden.state import raywarden_home
 
@@ -48,7 +51,32 @@ class Profile:
 
     @property
     def ca_path(self) -> Path:
+        """The access CAs this profile trusts, as one PEM file: the current CA first, then the previous one while
+        a CA rotation overlaps them. Stock Ray tools take it as ``--verify``."""
         return self.folder / "access-ca.crt"
+
+    def trusted_cas(self) -> list[x509.Certificate]:
+        try:
+            found = x509.load_pem_x509_certificates(self.ca_path.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"profile {self.name!r} has no CA file", hint="log in again") from None
+        except ValueError:
+            raise ConfigError(f"{self.ca_path} is not a PEM certificate file", hint="log in again") from None
+        return found
+
+    def replace_cas(self, cas: list[x509.Certificate]) -> None:
+        write_public(self.ca_path, b"".join(cert_pem(c) for c in cas))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across processes (``flock``): two commands at once renew the certificate only once."""
+        ensure_private_dir(self.folder)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def certificate(self) -> x509.Certificate:
         return load_cert(self.cert_path)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from raywarden.audit import audit_public_key_pem
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.client.profile import list_profiles
-from raywarden.cluster import firewall, multinode, privsep, prometheus, raydir
+from raywarden.cluster import firewall, multinode, privsep, prometheus, raydir, serve
 from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import (
     alive,
@@ -48,8 +48,8 @@ from raywarden.cluster.setup import (
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.gateway.runinfo import metrics_url, workers_file
-from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex
+from raywarden.pki.trust import gateway_issuer
 from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
 
 Progress = Callable[[str], None]
@@ -79,6 +79,8 @@ class RunState(BaseModel):
     num_cpus: int | None = None
     # The gateway's own metrics, on loopback (absent from older run files).
     gateway_metrics_port: int | None = None
+    # Ray Serve's HTTP proxy on the head's loopback, behind the gateway's Serve listener (None: no Serve).
+    serve_port: int | None = None
 
 
 def _run_file(state: StateDir) -> Path:
@@ -104,9 +106,12 @@ def up(
     node_ip: str | None = None,
     ray_user: str | None = None,
     shared_os_user: bool = False,
+    serve_listen: Listen | None = None,
     progress: Progress = lambda _: None,
 ) -> RunState:
     config = state.load_config()
+    if serve_listen is not None or config.serve_listen is not None:
+        serve.require_installed()
     if node_ip is not None:
         # Checked before anything starts: multi-node mode never runs Ray without its firewall.
         node_ip = multinode.check_node_ip(node_ip)
@@ -119,7 +124,16 @@ def up(
         )
     if listen is not None and listen != config.listen:
         config = _change_listen(state, config, listen)
+    if serve_listen is not None and serve_listen != config.serve_listen:
+        config = _change_serve_listen(state, config, serve_listen)
     _require_free(config.listen)
+    if config.serve_listen is not None:
+        if config.serve_listen == config.listen:
+            raise ClusterError(
+                f"--serve-listen {config.serve_listen} is the gateway's own address",
+                hint="give the Serve listener a port of its own, e.g. --serve-listen 0.0.0.0:8000",
+            )
+        _require_free(config.serve_listen)
     # Who Ray runs as is settled (and recorded) before anything starts: a refusal leaves nothing behind.
     config, user = privsep.choose_ray_user(state, config, ray_user=ray_user, shared_os_user=shared_os_user)
     if node_ip is not None:
@@ -142,9 +156,16 @@ def up(
         ports = RayPorts.allocate("0.0.0.0", avoid=claimed)  # noqa: S104 - probing for free ports, Ray binds * here
     prom_port = prometheus.allocate_port(ports, claimed) if metrics_why is None else None
     gateway_metrics = prometheus.allocate_port(ports, claimed | {prom_port} if prom_port else claimed)
+    serve_port = None
+    if config.serve_listen is not None:
+        serve_port = prometheus.allocate_port(ports, claimed | {p for p in (prom_port, gateway_metrics) if p})
+    # Loopback ports of this cluster kept from remote hosts and from other local users: Serve's proxy answers
+    # anyone who reaches it, so only the gateway may. Ray's user keeps Prometheus (its dashboard queries it,
+    # RAY_PROMETHEUS_HOST); the gateway's metrics are the control plane's only (``control`` below).
+    loopback_extra = [p for p in (prom_port, serve_port) if p is not None]
     if node_ip is not None:
         multinode.install_head_firewall(state, config, ports, owners)
-        firewall.add_ports(firewall.table_name(state), [prom_port] if prom_port is not None else [])
+        firewall.add_ports(firewall.table_name(state), loopback_extra)
         firewall.add_ports(firewall.table_name(state), [gateway_metrics], control=True)
     head: RayHead | None = None
     gateway_renewal: tuple[str, x509.Certificate] | None = None
@@ -161,17 +182,15 @@ def up(
         gateway_renewal = renew_gateway_certificate_if_due(state)
         # The gateway needs nothing from Ray until it forwards a request, so it starts while Ray boots
         # (until Ray answers, it refuses requests with 503); `up` returns only when both are ready.
-        gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url, gateway_metrics)
+        s_url = serve.serve_url(serve_port) if serve_port is not None else None
+        gateway_pid = _spawn_gateway(state, head.dashboard_url, prom_url, gateway_metrics, s_url)
         wait_for_dashboard(state, head, RAY_START_TIMEOUT_S, node_ip or HEAD_ADDRESS)
         # Ray has made its session, sockets, logs and runtime-env folders 0777 by now: only its user may enter.
         raydir.tighten(files)
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            # Ray's dashboard queries Prometheus (RAY_PROMETHEUS_HOST), so Ray's user keeps it; not the
-            # gateway's metrics.
-            extra = [prom_port] if prom_port is not None else []
-            fw = firewall.protect(state, ports, exposed, extra=extra, owners=owners, control=[gateway_metrics])
+            fw = firewall.protect(state, ports, exposed, extra=loopback_extra, owners=owners, control=[gateway_metrics])
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))
@@ -179,6 +198,9 @@ def up(
         if prom is not None:
             # Normally ready long before Ray: this costs one request.
             prometheus.wait_ready(state, prom, 30.0)
+        if serve_port is not None:
+            progress("starting Ray Serve (its proxy on loopback, head node only)")
+            serve.start(state, head.dashboard_url, serve_port)
     except BaseException:
         if gateway_pid is not None:
             terminate([gateway_pid], grace_s=5)
@@ -205,6 +227,7 @@ def up(
         ray_uid=user.uid,
         num_cpus=num_cpus,
         gateway_metrics_port=gateway_metrics,
+        serve_port=serve_port,
     )
     write_run_state(state, run)
     audit = open_cluster_audit(state, config)
@@ -227,6 +250,8 @@ def up(
                 "head_cert_serial": serial_hex(head_cert),
                 "head_cert_not_after": head_cert.not_valid_after_utc.isoformat(),
                 "gateway_cert_renewed_from": gateway_renewal[0] if gateway_renewal else None,
+                "serve_listen": str(config.serve_listen) if config.serve_listen else None,
+                "serve_port": serve_port,
             }
         )
     finally:
@@ -278,6 +303,19 @@ def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]
     return listening_ports(set(cluster_pids(state, ray_pid)))
 
 
+def _serve_status(config: ClusterConfig, run: RunState | None) -> dict[str, Any]:
+    """The Serve listener's URL (what clients call) and Serve's own proxy on loopback (docs/serve.md)."""
+    listen = config.serve_listen
+    running = run is not None and run.serve_port is not None and serve.proxy_answers(run.serve_port)
+    return {
+        "enabled": listen is not None,
+        "url": f"https://{listen.url_host()}:{listen.port}" if listen is not None else None,
+        "listen": str(listen) if listen is not None else None,
+        "proxy": serve.serve_url(run.serve_port) if run is not None and run.serve_port is not None else None,
+        "running": running,
+    }
+
+
 def _metrics_unavailable(config: ClusterConfig) -> str | None:
     """Why `up` runs no Prometheus, or None when it does."""
     if not config.metrics:
@@ -287,11 +325,15 @@ def _metrics_unavailable(config: ClusterConfig) -> str | None:
     return None
 
 
-def _spawn_gateway(state: StateDir, dashboard_url: str, prometheus_url: str | None, metrics_port: int) -> int:
+def _spawn_gateway(
+    state: StateDir, dashboard_url: str, prometheus_url: str | None, metrics_port: int, serve_url: str | None
+) -> int:
     """The gateway's supervisor, which starts its workers (gateway/supervisor.py)."""
     argv = [sys.executable, "-m", "raywarden.gateway", "--state-dir", str(state.root), "--dashboard-url", dashboard_url]
     if prometheus_url is not None:
         argv += ["--prometheus-url", prometheus_url]
+    if serve_url is not None:
+        argv += ["--serve-url", serve_url]
     argv += ["--metrics-port", str(metrics_port)]
     return spawn_detached(
         argv,
@@ -338,14 +380,27 @@ def _require_free(listen: Listen) -> None:
             ) from None
 
 
-def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
-    config = config.model_copy(update={"listen": listen})
+def _change_serve_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
+    """The Serve listener's address, kept for later `up`s; its host joins the gateway certificate's names."""
+    config = config.model_copy(update={"serve_listen": listen})
+    if listen.host not in _certificate_names(state) and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
+        hosts = [h for h in (*config.gateway_hosts, listen.host) if h]
+        config = config.model_copy(update={"gateway_hosts": list(dict.fromkeys(hosts))})
+        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
+    state.save_config(config)
+    return config
+
+
+def _certificate_names(state: StateDir) -> set[str]:
     cert = load_cert(state.gateway_cert)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
-    if listen.host not in names and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
-        issue_gateway_certificate(state, config, access)
+    return {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+
+
+def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
+    config = config.model_copy(update={"listen": listen})
+    if listen.host not in _certificate_names(state) and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
+        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
     state.save_config(config)
     for profile in list_profiles():
         if profile.state_dir == str(state.root):
@@ -411,6 +466,7 @@ def status(state: StateDir) -> dict[str, Any]:
             "workers": workers,
             "metrics_url": metrics_url(run.gateway_metrics_port) if run and run.gateway_metrics_port else None,
         },
+        "serve": _serve_status(config, run),
         "ray": {
             "running": ray_up,
             "healthy": dashboard_ok,

@@ -18,8 +18,8 @@ from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import issue_gateway_certificate, reissue_head_certificate
 from raywarden.errors import ConfigError
 from raywarden.identity.nodes import NodeRegistry
-from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import load_cert
+from raywarden.pki.trust import gateway_issuer
 from raywarden.state import ClusterConfig, StateDir
 
 log = logging.getLogger("raywarden.cluster")
@@ -53,8 +53,7 @@ def prepare_head(state: StateDir, config: ClusterConfig, node_ip: str) -> Cluste
     san = load_cert(state.gateway_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if ipaddress.ip_address(node_ip) not in san.get_values_for_type(x509.IPAddress):
         config = config.model_copy(update={"gateway_hosts": [*config.gateway_hosts, node_ip]})
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
-        issue_gateway_certificate(state, config, access)
+        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
         state.save_config(config)
     return config
 

@@ -18,6 +18,7 @@ from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.procs import alive, exit_status, pids_in_session, pids_mentioning, spawn_as, terminate
 from raywarden.cluster.raydir import RayFiles
 from raywarden.cluster.rayuser import RayUser
+from raywarden.cluster.serve import SERVE_ENVIRONMENT
 from raywarden.errors import ClusterError
 from raywarden.files import read_private
 from raywarden.state import StateDir, trusted_ca_file
@@ -86,6 +87,7 @@ def node_environment(files: RayFiles, *, loopback: bool) -> dict[str, str]:
                 "UV_NO_CACHE": "1",
             }
         )
+    env.update(SERVE_ENVIRONMENT)
     env.update(
         {
             # Mutual TLS on every gRPC channel, with this node's internal-CA certificate.

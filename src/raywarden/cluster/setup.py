@@ -22,6 +22,7 @@ from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, fingerprint, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId, check_name
+from raywarden.pki.trust import gateway_issuer
 from raywarden.state import ClusterConfig, StateDir
 
 ADMIN_GROUP = "admins"
@@ -158,8 +159,7 @@ def renew_gateway_certificate_if_due(
         if not Lifetime.of(current).due(now):
             return None
         config = state.load_config()
-        access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
-        return serial_hex(current), write_gateway_certificate(state, config, access)
+        return serial_hex(current), write_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
 
 
 def write_gateway_certificate(state: StateDir, config: ClusterConfig, access: CertificateAuthority) -> x509.Certificate:

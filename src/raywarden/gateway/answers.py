@@ -40,11 +40,6 @@ def filter_dashboard(
     if name == "runtime_envs":
         # Runtime envs are not tied to a job here: values are redacted for everyone.
         return json.dumps(redact_runtime_envs(data)).encode(), {}
-    if name == "serve_apps":
-        # Serve applications belong to the cluster; their env values only to those who may deploy them.
-        if viewer.decide("serve.deploy", CLUSTER).allowed:
-            return body, {}
-        return json.dumps(redact_runtime_envs(data)).encode(), {}
     if access is None:
         raise FilterError("no job decisions for a per-job filter")
     if not isinstance(inner, dict):

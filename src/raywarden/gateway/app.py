@@ -42,6 +42,7 @@ from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.request import Target, canonical_path, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.routes import ROUTES, Routed, RouteKind, match
+from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.telemetry import RequestMetrics
 from raywarden.gateway.upstream import AnswerTooLarge, Upstream, UpstreamUnavailable
 from raywarden.gateway.web import Console, WebServices
@@ -98,6 +99,7 @@ class GatewayApp:
             "console_page": ConsolePages(self.services, self.console),
             "console_anonymous": ConsoleAnonymous(self.services, self.console),
             "control": Control(self.services, control),
+            "serve": ServeControl(self.services),
         }
         self.log_tail = LogTail(self.services)
         chain: ASGIApp = self._route

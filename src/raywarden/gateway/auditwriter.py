@@ -39,5 +39,6 @@ def open_gateway_audit(state: StateDir, config: ClusterConfig) -> MeteredAuditLo
         checkpoint_every=config.audit_checkpoint_every,
         checkpoint_seconds=config.audit_checkpoint_seconds,
         rotate_bytes=config.audit_rotate_bytes,
+        key_path=state.audit_key,  # follows `raywarden audit rotate-key` (audit/keyrotation.py)
     )
     return cast(MeteredAuditLog, audit)  # ``open`` builds ``cls``

@@ -6,9 +6,9 @@ a bearer token signed by this cluster (gateway/tokens.py); an ID token from a co
 (gateway/oidc.py, gateway/oidc_people.py); on dashboard and console routes only, a browser session cookie
 (identity/sessions.py).
 The identity store is read on every request (no cache), so a disabled principal, a revoked certificate serial
-or a revoked token id is refused on its next request, and so is a session they created. A certificate's
-validity window is checked on every request too: TLS checks it only at the handshake, and a kept-alive
-connection or a resumed TLS session (the server issues session tickets) carries no new handshake.
+or a revoked token id is refused on its next request, and so is a session or a bearer token they created. A
+certificate's validity window is checked on every request too: TLS checks it only at the handshake, and a
+kept-alive connection or a resumed TLS session (the server issues session tickets) carries no new handshake.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
 from raywarden.gateway.oidc_people import admit
 from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
 from raywarden.identity.sessions import SessionRefused, SessionStore
-from raywarden.identity.store import CredentialState, IdentityStore, Principal, lookup_credential
+from raywarden.identity.store import (
+    CertificateRecord,
+    CredentialState,
+    IdentityStore,
+    Principal,
+    lookup_credential,
+    lookup_token,
+)
 from raywarden.pki.certs import serial_hex, spiffe_id_of
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.state import ClusterConfig, StateDir
@@ -45,6 +52,8 @@ class Identity:
     issued_at: float | None = None
     # When it stops being accepted (notAfter, exp, the session's absolute lifetime); None: not known.
     expires_at: float | None = None
+    # A bearer token's minting certificate (its serial), whose revocation ends the token; None for the rest.
+    minted_with: str | None = None
 
 
 class MissingCredential(AuthenticationError):
@@ -171,14 +180,24 @@ class Authenticator:
         except PKIError:
             raise AuthenticationError("token subject is not a SPIFFE ID") from None
         self._check_kind(spiffe, "token")
-        found = lookup_credential(self.store, "tokens", claims.jti)
+        found = lookup_token(self.store, claims.jti, claims.cert_serial)
         if found is None:
             raise AuthenticationError(f"token id {claims.jti[:64]} was never issued")
-        if found.revoked:
+        if found.credential.revoked:
             raise AuthenticationError(f"token id {claims.jti} is revoked", public="your bearer token is revoked")
-        if found.spiffe_id != str(spiffe):
-            raise AuthenticationError(f"token id {claims.jti} was issued to {found.spiffe_id}, not {spiffe}")
-        principal = _active(found)
+        if found.credential.spiffe_id != str(spiffe):
+            raise AuthenticationError(f"token id {claims.jti} was issued to {found.credential.spiffe_id}, not {spiffe}")
+        if claims.cert_serial is not None:
+            _check_minting_certificate(claims.jti, claims.cert_serial, found.certificate, str(spiffe))
+        elif found.self_issued:
+            # Minted with a certificate by a release whose tokens did not name it: revoking that certificate
+            # could not stop it. The CLI replaces a refused cached token by itself.
+            raise AuthenticationError(
+                f"token id {claims.jti} was minted with a certificate it does not name (an older release)",
+                public="your bearer token predates tokens bound to their certificate; "
+                "get a new one with `raywarden token`",
+            )
+        principal = _active(found.credential)
         return Identity(
             str(spiffe),
             spiffe.kind,
@@ -188,6 +207,7 @@ class Authenticator:
             claims.jti,
             claims.issued_at,
             claims.expires_at,
+            claims.cert_serial,
         )
 
     async def _from_id_token(
@@ -212,6 +232,24 @@ class Authenticator:
         if spiffe.kind not in ("user", "sa"):
             # The gateway's own certificate shares the access CA; it never speaks for a person.
             raise AuthenticationError(f"{spiffe.kind} {what}s do not authenticate callers")
+
+
+def _check_minting_certificate(jti: str, serial: str, cert: CertificateRecord | None, spiffe_id: str) -> None:
+    """A token lives no longer than the certificate it was minted with, and dies when that is revoked."""
+    if cert is None:
+        raise AuthenticationError(f"token id {jti} names certificate {serial}, which this cluster never issued")
+    if cert.spiffe_id != spiffe_id:
+        raise AuthenticationError(f"token id {jti} names certificate {serial} of {cert.spiffe_id}, not {spiffe_id}")
+    if cert.revoked:
+        raise AuthenticationError(
+            f"token id {jti} was minted with certificate {serial}, which is revoked",
+            public=f"your bearer token was issued with client certificate {serial}, which is revoked",
+        )
+    if time.time() > cert.not_after:
+        raise AuthenticationError(
+            f"token id {jti} outlives certificate {serial} it was minted with (expired at {_iso(cert.not_after)})",
+            public=f"your bearer token was issued with a client certificate that expired at {_iso(cert.not_after)}",
+        )
 
 
 def _active(found: CredentialState) -> Principal:

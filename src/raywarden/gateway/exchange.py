@@ -27,7 +27,13 @@ from raywarden.policy.engine import PolicyEngine
 
 # The audit record names the credential that authenticated the request (never the credential itself).
 # Field names avoid "token"/"credential", which the audit writer redacts as secrets.
-_CREDENTIAL_FIELD = {"certificate": "cert_serial", "token": "jti", "oidc": "oidc_jti", "session": "session_ref"}
+_CREDENTIAL_FIELD = {
+    "certificate": "cert_serial",
+    "token": "jti",
+    "oidc": "oidc_jti",
+    "session": "session_ref",
+    "api_key": "key_id",  # Serve's API keys: the id only (identity/apikeys.py)
+}
 MAX_RAW_IN_RECORD = 512
 # Which gateway worker decided (several share the listener): after a crash, whose requests were in flight.
 _PID = os.getpid()
@@ -171,6 +177,8 @@ class Exchange:
             record["raw_query"] = _masked(self.raw_query, self.route)
         if identity is not None:
             record[_CREDENTIAL_FIELD.get(identity.auth_method, "credential_ref")] = identity.credential_id
+            if identity.minted_with is not None:
+                record["minted_with"] = identity.minted_with
         if self.websocket:
             record["websocket"] = True
         if self.policy_input:

@@ -15,14 +15,15 @@ from typing import Literal
 from raywarden.gateway.request import ParamKind, Target
 
 RouteKind = Literal[
-    "ray_api",  # Ray's Jobs, packages and Serve APIs: forwarded (gateway/handlers/ray_api.py)
+    "ray_api",  # Ray's Jobs and packages APIs: forwarded (gateway/handlers/ray_api.py)
     "dashboard",  # Ray's dashboard under DASHBOARD_MOUNT: forwarded, answers kept per job (handlers/dashboard.py)
     "console_page",  # raywarden's own pages for an identity (handlers/console.py, gateway/web)
     "console_anonymous",  # sign-in, sign-out and the console's static answers (handlers/console.py)
     "control",  # raywarden's own API, answered by the gateway (handlers/control.py, gateway/control)
+    "serve",  # Ray Serve's control routes: deploy, delete, scale, list (gateway/serve/control.py, by serve_op)
 ]
 # What the policy decides on. A "job" route names a job in its path: a refusal there reads like a missing job.
-ResourceKind = Literal["cluster", "new_job", "job", "package"]
+ResourceKind = Literal["cluster", "new_job", "job", "package", "serve_app"]
 BodyKind = Literal["none", "job_submit", "package", "json", "form"]
 # "identity": the caller must authenticate (certificate or bearer) and a policy must permit the action.
 # "anonymous": raywarden's own enrollment endpoints, where the credential is in the body (a one-time code
@@ -51,7 +52,6 @@ ResponseFilter = Literal[
     "node_detail",  # /nodes/{node_id}
     "runtime_envs",  # not tied to a job: env values redacted for everyone
     "profiling_flag",  # profiling offered only to those who may profile
-    "serve_apps",  # Serve env values only for those who may deploy
 ]
 # Filters whose answer names jobs one by one: they need the caller's decision for every job Ray lists.
 PER_JOB_FILTERS: frozenset[str] = frozenset(
@@ -108,8 +108,8 @@ class Route:
     filter: ResponseFilter | None = None
     # The console page (gateway/web) that answers a console route.
     page: str = ""
-    # The route deletes the job in its path: every worker forgets what it cached of the job
-    # (gateway/jobrecords.py), and the id is held against a new submission until they have.
+    serve_op: str | None = None  # "replace": Ray's PUT of every application; "merge": raywarden's, of some
+    # Deletes the job in its path: workers forget their cache of it (gateway/jobrecords.py) before its id is reused.
     forgets_job: bool = False
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -134,6 +134,7 @@ class Route:
 
 RAY_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/version", "cluster.version", "cluster"),
+    Route("GET", "/api/ray/version", "cluster.version", "cluster"),  # what Serve's CLI checks before a deploy
     Route("GET", "/api/jobs/", "jobs.list", "cluster", filter="job_list"),
     # Job bodies are small (Ray keeps them in its KV store); 1 MiB leaves room for long dependency lists.
     Route("POST", "/api/jobs/", "jobs.submit", "new_job", body="job_submit", max_body=1024 * 1024),
@@ -167,6 +168,7 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("GET", "/raywarden/v1/ca", "raywarden.ca", anonymous=True, json_body=False),
     _control("POST", "/raywarden/v1/enroll", "identity.enroll", anonymous=True),
     _control("POST", "/raywarden/v1/renew", "identity.renew", anonymous=False),
+    _control("POST", "/raywarden/v1/renew/expired", "identity.renew_expired", anonymous=True),
     _control("POST", "/raywarden/v1/token", "identity.token", anonymous=False),
     _control("POST", "/raywarden/v1/nodes/join", "raywarden.node.join", anonymous=True),
     _control("POST", "/raywarden/v1/nodes/peers", "raywarden.node.peers", anonymous=True),
@@ -179,19 +181,24 @@ CONTROL_ROUTES: tuple[Route, ...] = (
     _control("POST", "/raywarden/v1/logout", "identity.logout", anonymous=False),
 )
 
-# Ray Serve's REST API for `serve deploy` / `serve shutdown` (SDK and CLI only; admins by default).
-SERVE_ROUTES: tuple[Route, ...] = (
-    Route("PUT", "/api/serve/applications/", "serve.deploy", "cluster", body="json"),
-    Route("DELETE", "/api/serve/applications/", "serve.delete", "cluster"),
-    Route(
-        "POST",
-        "/api/v1/applications/{app_name}/deployments/{deployment_name}/scale",
-        "serve.scale",
-        "cluster",
-        body="json",
-        max_body=CONTROL_JSON_LIMIT,
-    ),
-)
+
+def _serve(method: str, path: str, action: str, op: str, *, body: str = "", dashboard: bool = False) -> Route:
+    mount, query = DASHBOARD_MOUNT * dashboard, params("api_type") if op == "list" else {}
+    return Route(method, mount + path, action, "serve_app", kind="serve", serve_op=op, mount=mount, query=query,
+        body="json" if body else "none", max_body={"config": 1024 * 1024, "small": CONTROL_JSON_LIMIT}.get(body),
+        session=dashboard)  # fmt: skip
+
+
+_APPS, _OWN_APPS, _V1 = "/api/serve/applications/", "/raywarden/v1/serve/applications", "/api/v1/applications"
+SERVE_ROUTES: tuple[Route, ...] = (  # Ray Serve's REST API (stock `serve` CLI) and raywarden's (docs/serve.md)
+    *(_serve("GET", _APPS, "dashboard.view", "list", dashboard=d) for d in (False, True)),
+    _serve("PUT", _APPS, "serve.deploy", "replace", body="config"),
+    _serve("DELETE", _APPS, "serve.delete", "delete_all"),
+    _serve("POST", _V1 + "/{app_name}/deployments/{deployment_name}/scale", "serve.scale", "scale", body="small"),
+    _serve("PUT", _OWN_APPS, "serve.deploy", "merge", body="config"),
+    _serve("DELETE", _OWN_APPS + "/{app_name}", "serve.delete", "delete_one"),
+    _serve("PUT", _OWN_APPS + "/{app_name}/groups", "serve.deploy", "groups", body="small"),
+)  # fmt: skip
 
 # Ray's dashboard web UI under DASHBOARD_MOUNT (docs/browser.md has the classification). The UI only ever
 # issues GET; every route here that changes or executes something is admin-only by default.
@@ -251,7 +258,6 @@ DASHBOARD_ROUTES: tuple[Route, ...] = (
     _dash("/api/v0/tasks/timeline", _VIEW, params("job_id", "download"), scope="query_or_all"),
     _dash("/api/v0/runtime_env_redaction", _VIEW),
     _dash("/api/v0/platform_events", _VIEW),
-    _dash("/api/serve/applications/", _VIEW, params("api_type"), filter="serve_apps"),
     _dash("/api/data/datasets/{job_id}", _VIEW, scope="path"),
     _dash("/api/prometheus_health", _VIEW),
     _dash("/api/profiling_enabled", _VIEW, filter="profiling_flag"),

@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--prometheus-url", help="the cluster's Prometheus, for Ray's Metrics page (optional)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     parser.add_argument("--metrics-port", type=int, help="loopback port for the gateway's own metrics")
+    parser.add_argument("--serve-url", help="Ray Serve's HTTP proxy on loopback, behind the Serve listener (optional)")
     parser.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor for its workers
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,11 +139,14 @@ def main() -> None:
         if args.worker_fds:
             from raywarden.gateway.worker import WorkerFds, run_worker
 
-            run_worker(state, args.dashboard_url, args.prometheus_url, WorkerFds.parse(args.worker_fds))
+            fds = WorkerFds.parse(args.worker_fds)
+            run_worker(state, args.dashboard_url, args.prometheus_url, fds, args.serve_url)
         else:
             from raywarden.gateway.supervisor import Supervisor
 
-            Supervisor(state, args.dashboard_url, args.prometheus_url, args.workers, args.metrics_port).run()
+            Supervisor(
+                state, args.dashboard_url, args.prometheus_url, args.workers, args.metrics_port, args.serve_url
+            ).run()
     except RaywardenError as exc:
         log.error("%s", exc.diagnostics())
         raise SystemExit(1) from None

@@ -72,6 +72,7 @@ class Supervisor:
         prometheus_url: str | None,
         workers: int = 0,
         metrics_port: int | None = None,
+        serve_url: str | None = None,
     ) -> None:
         self.state = state
         self.dashboard_url = dashboard_url
@@ -79,6 +80,9 @@ class Supervisor:
         self.config = state.load_config()
         self.count = workers or self.config.gateway_workers or default_workers()
         self.metrics_port = metrics_port
+        # Ray Serve's proxy on loopback: with it, every worker also serves the Serve listener (docs/serve.md).
+        self.serve_url = serve_url if self.config.serve_listen is not None else None
+        self.serve_listener: socket.socket | None = None
         self.workers: list[Worker] = []
         self._policy: dict[str, Any] = {}
         self._version = ""
@@ -94,6 +98,12 @@ class Supervisor:
         try:
             self._load_first(audit)
             listener = _bind(self.config.listen)
+            if self.serve_url is not None and self.config.serve_listen is not None:
+                try:
+                    self.serve_listener = _bind(self.config.serve_listen, flag="--serve-listen")
+                except ClusterError:
+                    listener.close()
+                    raise
             (self.state.run_dir / "job-deletions.log").unlink(missing_ok=True)  # a new gateway caches nothing
             renewer = start_gateway_renewal(self.state, audit)
             try:
@@ -143,6 +153,7 @@ class Supervisor:
                     "kind": "gateway",
                     "event": "start",
                     "listen": str(self.config.listen),
+                    "serve_listen": str(self.config.serve_listen) if self.serve_listener is not None else None,
                     "workers": [w.pid for w in self.workers],
                     "policy_version": self._version,
                     "metrics_port": self.metrics_port,
@@ -157,6 +168,8 @@ class Supervisor:
                     await asyncio.wait_for(self._stopping.wait(), 0.25)
         finally:
             listener.close()
+            if self.serve_listener is not None:
+                self.serve_listener.close()
             await self._stop_workers()
             if metrics is not None:
                 metrics.stop()
@@ -179,7 +192,8 @@ class Supervisor:
 
     async def _spawn(self, listener: socket.socket) -> Worker:
         control_mine, control_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = WorkerFds(listener.fileno(), control_theirs.fileno())
+        serve_fd = None if self.serve_listener is None else self.serve_listener.fileno()
+        fds = WorkerFds(listener.fileno(), control_theirs.fileno(), serve_fd)
         argv = [
             sys.executable,
             "-m",
@@ -191,11 +205,12 @@ class Supervisor:
         ]
         if self.prometheus_url:
             argv += ["--prometheus-url", self.prometheus_url]
+        if self.serve_url is not None:
+            argv += ["--serve-url", self.serve_url]
         argv += ["--worker-fds", str(fds)]
+        passed = (fds.listener, fds.control) + (() if serve_fd is None else (serve_fd,))
         try:
-            proc = subprocess.Popen(
-                argv, pass_fds=(fds.listener, fds.control), stdin=subprocess.DEVNULL, close_fds=True
-            )
+            proc = subprocess.Popen(argv, pass_fds=passed, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             control_theirs.close()
         self._last_start = time.monotonic()
@@ -314,7 +329,7 @@ def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         writer.write(json.dumps(message).encode() + b"\n")
 
 
-def _bind(listen: Listen) -> socket.socket:
+def _bind(listen: Listen, flag: str = "--listen") -> socket.socket:
     """The one listening socket every worker accepts from (inherited, so the kernel hands each connection to
     a worker that is waiting in accept)."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -324,7 +339,7 @@ def _bind(listen: Listen) -> socket.socket:
         sock.bind((listen.host, listen.port))
     except OSError as exc:
         sock.close()
-        raise ClusterError(f"cannot listen on {listen}: {exc.strerror}", hint="pick another --listen") from None
+        raise ClusterError(f"cannot listen on {listen}: {exc.strerror}", hint=f"pick another {flag}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -1,5 +1,10 @@
 """raywarden's own bearer tokens: EdDSA-signed JWTs, bound to this cluster, short-lived, revocable by id.
 
+A token minted with a client certificate names it (the ``cert_serial`` claim) and ends no later than it: the
+gateway refuses the token once that certificate is revoked (gateway/authn.py), so revoking a copied key's
+certificate also stops the tokens minted with it. Tokens an administrator mints for a service account
+(`raywarden sa token`) name no certificate; their ``jti`` is revoked on its own.
+
 The signing key is an Ed25519 key in the state dir's keys/ folder (0600); its fingerprint is the ``kid``.
 The algorithm is fixed here, never read from the token: ``alg: none``, HMAC (including HMAC keyed with the
 public key) and every other algorithm are refused before any signature check.
@@ -24,12 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from raywarden.errors import AuthenticationError, ConfigError, UsageError
 from raywarden.files import ensure_private_dir, read_private
-from raywarden.pki.certs import fingerprint, load_cert
+from raywarden.pki.trust import cluster_id as first_access_ca
 from raywarden.secret import Secret
 from raywarden.state import ClusterConfig, StateDir
 
 ALGORITHM = "EdDSA"
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti")
+# The serial (lower-case hex) of the client certificate the token was minted with; absent for `sa token`.
+CERT_CLAIM = "cert_serial"
+MAX_SERIAL_HEX = 64
 MAX_TOKEN_BYTES = 8192
 
 
@@ -81,11 +89,22 @@ def parse_ttl(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class MintingCertificate:
+    """The client certificate a token is minted with: the token names it and ends no later than it."""
+
+    serial: str
+    not_after: float
+
+
+@dataclass(frozen=True)
 class IssuedToken:
     token: Secret
     jti: str
     subject: str
     expires_at: float
+    cert_serial: str | None = None
+    # The lifetime asked for was cut short at the minting certificate's expiry.
+    capped_by_certificate: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class TokenClaims:
     jti: str
     expires_at: float
     issued_at: float
+    cert_serial: str | None = None
 
 
 class TokenAuthority:
@@ -123,8 +143,9 @@ class TokenAuthority:
 
     @classmethod
     def for_state(cls, state: StateDir, config: ClusterConfig) -> TokenAuthority:
-        # The access CA's fingerprint identifies the cluster: trust domains can repeat between clusters.
-        cluster_id = fingerprint(load_cert(state.access_ca_cert))[:32]
+        # The first access CA's fingerprint identifies the cluster (trust domains can repeat between clusters);
+        # it stays the same when the access CA is rotated, so tokens outlive a rotation (pki/trust.py).
+        cluster_id = first_access_ca(state)[:32]
         return cls(
             load_or_create_token_key(token_key_path(state)),
             cluster_id=cluster_id,
@@ -143,21 +164,34 @@ class TokenAuthority:
             )
         return ttl
 
-    def issue(self, subject: str, ttl_s: float | None = None, now: float | None = None) -> IssuedToken:
+    def issue(
+        self,
+        subject: str,
+        ttl_s: float | None = None,
+        now: float | None = None,
+        *,
+        minted_with: MintingCertificate | None = None,
+    ) -> IssuedToken:
+        """A token for ``subject``; one ``minted_with`` a certificate names it and expires no later than it."""
         ttl = self.check_ttl(ttl_s)
         issued = int(time.time() if now is None else now)
+        expires = issued + int(ttl)
+        capped = False
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": subject, "aud": self.audience}
+        if minted_with is not None:
+            if int(minted_with.not_after) <= issued:
+                raise UsageError(
+                    f"certificate {minted_with.serial} expires before a token could be used",
+                    hint="renew the certificate (`raywarden login` again), then ask for a token",
+                )
+            capped = int(minted_with.not_after) < expires
+            expires = min(expires, int(minted_with.not_after))
+            claims[CERT_CLAIM] = minted_with.serial
         jti = secrets.token_hex(16)
-        claims = {
-            "iss": self.issuer,
-            "sub": subject,
-            "aud": self.audience,
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + int(ttl),
-            "jti": jti,
-        }
+        claims.update({"iat": issued, "nbf": issued, "exp": expires, "jti": jti})
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
-        return IssuedToken(Secret(token), jti, subject, float(issued + int(ttl)))
+        serial = None if minted_with is None else minted_with.serial
+        return IssuedToken(Secret(token), jti, subject, float(expires), serial, capped)
 
     def claims_issuer(self, header: dict[str, Any], unverified_iss: object) -> bool:
         """Whether a token claims to be ours (by key id or issuer); such a token is verified here only."""
@@ -190,7 +224,14 @@ class TokenAuthority:
             raise AuthenticationError("token sub and jti must be strings")
         if claims["exp"] - claims["iat"] > self.max_ttl_s + self.leeway_s:
             raise AuthenticationError("token lifetime exceeds the cluster's maximum")
-        return TokenClaims(claims["sub"], claims["jti"], float(claims["exp"]), float(claims["iat"]))
+        serial = claims.get(CERT_CLAIM)
+        if serial is not None and not _is_serial(serial):
+            raise AuthenticationError(f"token {CERT_CLAIM} claim is not a certificate serial")
+        return TokenClaims(claims["sub"], claims["jti"], float(claims["exp"]), float(claims["iat"]), serial)
+
+
+def _is_serial(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_SERIAL_HEX and all(c in "0123456789abcdef" for c in value)
 
 
 def jwt_failure(exc: Exception) -> str:

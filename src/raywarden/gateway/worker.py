@@ -26,6 +26,7 @@ from raywarden.errors import RaywardenError
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import LocalAudit
 from raywarden.gateway.auditwriter import open_gateway_audit
+from raywarden.gateway.serve.server import beside, serve_alongside
 from raywarden.gateway.server import build_app, server_config
 from raywarden.gateway.tls import server_context
 from raywarden.policy.engine import CLUSTER_ID, Entity, PolicyEngine
@@ -42,14 +43,16 @@ HTTP_ENV = "RAYWARDEN_GATEWAY_HTTP"
 class WorkerFds:
     listener: int
     control: int
+    serve_listener: int | None = None  # the Serve listener's socket (docs/serve.md), when Serve is on
 
     @classmethod
     def parse(cls, text: str) -> WorkerFds:
-        listener, control = (int(part) for part in text.split(","))
-        return cls(listener, control)
+        parts = [int(part) for part in text.split(",")]
+        return cls(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
 
     def __str__(self) -> str:
-        return f"{self.listener},{self.control}"
+        tail = "" if self.serve_listener is None else f",{self.serve_listener}"
+        return f"{self.listener},{self.control}{tail}"
 
 
 def engine_from_message(message: dict[str, Any]) -> PolicyEngine:
@@ -57,7 +60,9 @@ def engine_from_message(message: dict[str, Any]) -> PolicyEngine:
     return PolicyEngine.from_sources(files, Entity("Cluster", CLUSTER_ID, dict(message["cluster"])))
 
 
-def run_worker(state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds) -> None:
+def run_worker(
+    state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds, serve_url: str | None = None
+) -> None:
     loop_factory: Any = None  # asyncio's own loop when uvloop is missing or not wanted
     if os.environ.get(LOOP_ENV, "uvloop") != "asyncio":
         try:
@@ -67,10 +72,12 @@ def run_worker(state: StateDir, dashboard_url: str, prometheus_url: str | None, 
         except ImportError:
             pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(state, dashboard_url, prometheus_url, fds))
+        runner.run(_serve(state, dashboard_url, prometheus_url, fds, serve_url))
 
 
-async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds) -> None:
+async def _serve(
+    state: StateDir, dashboard_url: str, prometheus_url: str | None, fds: WorkerFds, serve_url: str | None
+) -> None:
     config = state.load_config()
     listener = socket.socket(fileno=fds.listener)
     audit_log = open_gateway_audit(state, config)
@@ -103,9 +110,13 @@ async def _serve(state: StateDir, dashboard_url: str, prometheus_url: str | None
     # The certificate is renewed by the supervisor (gateway/renewal.py); this context picks up the new files.
     tls = server_context(state, on_refused=handshake_refused, on_reload=tls_reloaded)
     server = uvicorn.Server(server_config(app, config, tls, http=os.environ.get(HTTP_ENV, "auto")))
+    serve_server = None
+    if fds.serve_listener is not None and serve_url is not None:
+        serve_server = beside(state, app, audit, dashboard_url, serve_url, tls)
+    serve_socket = None if fds.serve_listener is None else socket.socket(fileno=fds.serve_listener)
     control = asyncio.get_running_loop().create_task(_control(app, audit, server, control_reader, control_writer))
     try:
-        await server.serve(sockets=[listener])
+        await serve_alongside(server, [listener], serve_server, serve_socket)
     finally:
         control.cancel()
         await audit.drain()

@@ -7,6 +7,7 @@ every request, so a change here is in force on the next request.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
@@ -18,7 +19,9 @@ from raywarden.audit.cluster import open_cluster_audit
 from raywarden.cluster.privsep import require_room_for
 from raywarden.errors import RaywardenError, UsageError
 from raywarden.gateway.tokens import IssuedToken, TokenAuthority, expires_iso
+from raywarden.identity.apikeys import KEY_PREFIX, ApiKeyInfo, ApiKeys, NewApiKey, check_app_name
 from raywarden.identity.enrollment import EnrollmentCode, create_code
+from raywarden.identity.renewal import RenewalStore
 from raywarden.identity.store import IdentityError, IdentityStore, Principal
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.state import StateDir
@@ -183,6 +186,44 @@ class IdentityAdmin:
         self._audit("token.issue", principal.spiffe_id, jti=issued.jti, expires_at=expires_iso(issued.expires_at))
         return issued
 
+    def set_renewal(self, name: str, grace: dt.timedelta | None) -> Principal:
+        """Let a service account renew its certificate within ``grace`` after it expired, by proving possession
+        of its key (docs/identities.md "Renewal"); None: only before it expires, as people do."""
+        principal = self.get("sa", name)
+        RenewalStore(self.store).set_renew_grace(principal.spiffe_id, grace)
+        self._audit("sa.renewal", principal.spiffe_id, renew_grace_s=None if grace is None else grace.total_seconds())
+        return principal
+
+    # -- API keys (Serve's data path, docs/serve.md) ----------------------------------------------------------
+
+    def api_key_create(self, name: str, apps: list[str], ttl_s: float) -> NewApiKey:
+        principal = self.get("sa", name)
+        if principal.disabled:
+            raise UsageError(f"service account {name!r} is disabled", hint=f"`raywarden sa enable {name}`")
+        for app in apps:
+            check_app_name(app)
+        self._require_room(principal.spiffe_id, f"give an API key to {principal.spiffe_id}")
+        new = ApiKeys(self.store).create(principal.spiffe_id, apps, ttl_s, created_by=self.actor)
+        self._audit(
+            "api_key.create", principal.spiffe_id, key_id=new.key_id, apps=list(new.apps),
+            expires_at=expires_iso(new.expires_at),
+        )  # fmt: skip
+        return new
+
+    def api_keys(self, name: str | None) -> list[ApiKeyInfo]:
+        return ApiKeys(self.store).keys_of(None if name is None else self.get("sa", name).spiffe_id)
+
+    def api_key_revoke(self, key_id: str, reason: str) -> str:
+        key_id = key_id.strip().removeprefix(KEY_PREFIX).split("_", 1)[0]  # an id, or a whole key pasted
+        keys = ApiKeys(self.store)
+        info = keys.get(key_id)
+        if info is None:
+            raise IdentityError(f"no API key with id {key_id!r}", hint="`raywarden sa key list` shows the ids")
+        if not keys.revoke(key_id, reason):
+            raise IdentityError(f"API key {key_id} is already revoked")
+        self._audit("revoke.api_key", info.spiffe_id, key_id=key_id, reason=reason)
+        return info.spiffe_id
+
     def revoke_cert(self, serial: str, reason: str) -> str:
         serial = serial.strip().lower().removeprefix("0x").replace(":", "")
         owner = self.store.certificate_owner(serial)
@@ -213,12 +254,14 @@ class IdentityAdmin:
         certs = self.store.certificates_of(principal.spiffe_id)
         tokens = self.store.tokens_of(principal.spiffe_id)
         codes = self.store.enrollments_of(principal.spiffe_id)
+        grace = RenewalStore(self.store).renew_grace(principal.spiffe_id)
         return {
             "name": principal.name,
             "kind": principal.kind,
             "spiffe_id": principal.spiffe_id,
             "groups": list(principal.groups),
             "disabled": principal.disabled,
+            "renew_grace_s": None if grace is None else grace.total_seconds(),
             "certificates": certs,
             "tokens": [
                 {**t, "expires_at": expires_iso(float(t["expires_at"] or 0))}

@@ -149,6 +149,59 @@ CREATE TABLE IF NOT EXISTS oidc_flows (
 );
 """
 
+# Renewal and CA rotation (docs/identities.md, docs/credentials.md): which service accounts may renew an
+# expired certificate and for how long after it expired; which certificate superseded which (a superseded
+# certificate presented again means its key was copied); which CA issued each certificate (an access CA
+# rotation finishes only when none of the old CA's certificates is still valid); single-use challenges that an
+# expired certificate's key signs to prove possession.
+V3 = """
+ALTER TABLE principals ADD COLUMN renew_grace_s REAL;
+ALTER TABLE certificates ADD COLUMN issuer_sha256 TEXT;
+ALTER TABLE certificates ADD COLUMN superseded_by TEXT;
+ALTER TABLE certificates ADD COLUMN superseded_at TEXT;
+CREATE TABLE renewal_challenges (
+    nonce_hash   TEXT PRIMARY KEY,
+    cert_sha256  TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    used_at      REAL
+);
+"""
+
+# Serve's data path (docs/serve.md). An API key is "rwk_<key_id>_<secret>": only the secret's SHA-256 is kept.
+# apps: a JSON list of the application names the key may call, or "[]" for every app its account may call.
+V4 = """
+CREATE TABLE api_keys (
+    key_id         TEXT PRIMARY KEY,
+    secret_sha256  TEXT NOT NULL,
+    spiffe_id      TEXT NOT NULL REFERENCES principals(spiffe_id) ON DELETE CASCADE,
+    apps           TEXT NOT NULL DEFAULT '[]',
+    created_at     REAL NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     REAL NOT NULL,
+    revoked_at     REAL,
+    reason         TEXT,
+    last_used_at   REAL,
+    last_used_from TEXT
+);
+CREATE INDEX api_keys_by_principal ON api_keys(spiffe_id);
+CREATE TABLE serve_apps (
+    name           TEXT PRIMARY KEY,
+    owner          TEXT NOT NULL,
+    invoke_groups  TEXT NOT NULL DEFAULT '[]',
+    route_prefix   TEXT,
+    config_sha256  TEXT NOT NULL,
+    deployed_by    TEXT NOT NULL,
+    deployed_at    REAL NOT NULL
+);
+CREATE TABLE serve_deploy_lease (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    holder  TEXT NOT NULL,
+    until   REAL NOT NULL
+);
+"""
+
 # Append only. A database at version N has had migrations 1..N applied, whichever release it came from.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -177,6 +230,19 @@ CREATE TABLE node_restart_lease (
     expires_at  REAL NOT NULL
 );
 """,
+    ),
+    Migration(
+        3,
+        "renewable service accounts (grace after expiry), superseded certificates (reuse detection), the CA "
+        "that issued each certificate (CA rotation), renewal challenges",
+        V3,
+    ),
+    Migration(
+        4,
+        "Ray Serve behind the gateway: API keys of service accounts (stored hashed, scoped to apps, with their "
+        "last use), the owner, invoker groups and deployer of each Serve application, and the lease that lets "
+        "one gateway process deploy at a time",
+        V4,
     ),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version

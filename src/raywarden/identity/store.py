@@ -101,11 +101,15 @@ class IdentityStore:
         if cur.rowcount != 1:
             raise IdentityError(f"no such principal {spiffe_id}")
 
-    def record_certificate(self, serial: str, spiffe_id: str, not_after: dt.datetime) -> None:
+    def record_certificate(
+        self, serial: str, spiffe_id: str, not_after: dt.datetime, *, issuer: str | None = None
+    ) -> None:
+        """Remember an issued serial; ``issuer`` is the issuing CA's SHA-256 (a CA rotation looks for the old
+        CA's certificates still in use)."""
         with self._connect() as db:
             db.execute(
-                "INSERT INTO certificates (serial, spiffe_id, not_after, issued_at) VALUES (?,?,?,?)",
-                (serial, spiffe_id, not_after.isoformat(), _now()),
+                "INSERT INTO certificates (serial, spiffe_id, not_after, issued_at, issuer_sha256) VALUES (?,?,?,?,?)",
+                (serial, spiffe_id, not_after.isoformat(), _now(), issuer),
             )
 
     def is_revoked(self, serial: str) -> bool:
@@ -150,8 +154,8 @@ class IdentityStore:
         return found
 
     def disable_and_revoke(self, spiffe_id: str, reason: str) -> dict[str, int]:
-        """Disable a principal and revoke everything it holds, in one transaction: certificates, token ids
-        and pending enrollment codes. Returns how many of each were revoked."""
+        """Disable a principal and revoke everything it holds, in one transaction: certificates, token ids,
+        pending enrollment codes and API keys. Returns how many of each were revoked."""
         now = _now()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -171,8 +175,12 @@ class IdentityStore:
                 "UPDATE enrollments SET revoked_at = ? WHERE spiffe_id = ? AND used_at IS NULL AND revoked_at IS NULL",
                 (now, spiffe_id),
             ).rowcount
+            keys = db.execute(
+                "UPDATE api_keys SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+                (dt.datetime.now(dt.timezone.utc).timestamp(), reason, spiffe_id),
+            ).rowcount
             db.execute("COMMIT")
-        return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes}
+        return {"certificates": certs, "tokens": tokens, "enrollment_codes": codes, "api_keys": keys}
 
     def certificate_owner(self, serial: str) -> tuple[str, bool] | None:
         """(SPIFFE ID, revoked) of an issued serial, or None if the store never recorded it."""
@@ -299,22 +307,64 @@ class CredentialState:
     principal: Principal | None
 
 
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    spiffe_id: str
+    revoked: bool
+    not_after: float
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """A bearer token's record with its holder and, when it names one, the certificate it was minted with."""
+
+    credential: CredentialState
+    # Minted by its holder over mutual TLS (identity.token), not by an administrator (`sa token`).
+    self_issued: bool
+    # None when the token names no certificate, or names one this cluster never issued.
+    certificate: CertificateRecord | None
+
+
 def lookup_credential(store: IdentityStore, table: str, ident: str) -> CredentialState | None:
     """``table`` is "certificates" (by serial) or "tokens" (by jti); None if this cluster never issued it."""
-    column = {"certificates": "serial", "tokens": "jti"}[table]
     with store._connect() as db:
-        row = db.execute(
-            f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
-            f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
-            (ident,),
-        ).fetchone()
-        if row is None:
+        return _credential(db, table, ident)
+
+
+def lookup_token(store: IdentityStore, jti: str, cert_serial: str | None) -> TokenState | None:
+    """The token ``jti`` and the certificate ``cert_serial`` it names, in one connection; None if this
+    cluster never issued the token."""
+    with store._connect() as db:
+        found = _credential(db, "tokens", jti)
+        if found is None:
             return None
-        groups = tuple(
-            g
-            for (g,) in db.execute(
-                "SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],)
-            )
-        )
+        (issued_by,) = db.execute("SELECT issued_by FROM tokens WHERE jti = ?", (jti,)).fetchone()
+        row = None
+        if cert_serial is not None:
+            row = db.execute(
+                "SELECT spiffe_id, revoked_at, not_after FROM certificates WHERE serial = ?", (cert_serial,)
+            ).fetchone()
+    cert = None
+    if row is not None:
+        ends = dt.datetime.fromisoformat(row[2])
+        not_after = (ends if ends.tzinfo else ends.replace(tzinfo=dt.timezone.utc)).timestamp()
+        cert = CertificateRecord(str(cert_serial), row[0], row[1] is not None, not_after)
+    return TokenState(found, issued_by == found.spiffe_id, cert)
+
+
+def _credential(db: sqlite3.Connection, table: str, ident: str) -> CredentialState | None:
+    column = {"certificates": "serial", "tokens": "jti"}[table]
+    row = db.execute(
+        f"SELECT c.spiffe_id, c.revoked_at, p.kind, p.name, p.disabled FROM {table} c "  # noqa: S608
+        f"LEFT JOIN principals p ON p.spiffe_id = c.spiffe_id WHERE c.{column} = ?",
+        (ident,),
+    ).fetchone()
+    if row is None:
+        return None
+    groups = tuple(
+        g
+        for (g,) in db.execute("SELECT group_name FROM memberships WHERE spiffe_id = ? ORDER BY group_name", (row[0],))
+    )
     principal = None if row[2] is None else Principal(row[0], row[2], row[3], groups, bool(row[4]))
     return CredentialState(row[0], row[1] is not None, principal)

@@ -7,8 +7,13 @@ from its CA, so keeping the roots apart is what stops a user certificate from re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
+import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,12 +25,57 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from raywarden.errors import PKIError
 from raywarden.files import read_private, write_private, write_public
+from raywarden.pki.certs import fingerprint
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
 
 Role = Literal["access", "internal"]
 # Leaves start a little in the past so that small clock differences between hosts do not reject them.
 BACKDATE = dt.timedelta(minutes=5)
+# In the pki folder: held shared while a CA's certificate and key are read, exclusive while a rotation
+# swaps them (pki/rotation.py), so that no signer ever reads a certificate with the other CA's key.
+CA_LOCK_NAME = ".ca.lock"
+
+
+_held = threading.local()  # pki folders this thread holds exclusively: reads inside need no second lock
+
+
+@contextlib.contextmanager
+def ca_lock(pki_dir: Path, *, exclusive: bool) -> Iterator[None]:
+    """``flock`` on the pki folder's lock file; without a writable folder (a read-only copy) no lock is taken."""
+    held: set[Path] = getattr(_held, "dirs", set())
+    if pki_dir.resolve() in held:
+        yield
+        return
+    try:
+        fd = os.open(pki_dir / CA_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        if exclusive:
+            raise PKIError(f"cannot lock {pki_dir} for a CA change", hint="run as the cluster's operator") from None
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if exclusive:
+            _held.dirs = held | {pki_dir.resolve()}
+        yield
+    finally:
+        if exclusive:
+            _held.dirs = held
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def destroy_ca_key(path: Path) -> None:
+    """Overwrite a retired CA key in place, then remove it: nothing should sign with it again."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    with path.open("r+b") as handle:
+        handle.write(b"\0" * size)
+        handle.flush()
+        os.fsync(handle.fileno())
+    path.unlink()
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -56,6 +106,11 @@ class CertificateAuthority:
 
     def __repr__(self) -> str:  # never show the key
         return f"CertificateAuthority(role={self.role!r}, trust_domain={self.trust_domain!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the CA certificate (what clients pin and `raywarden ca status` shows)."""
+        return fingerprint(self.certificate)
 
     @classmethod
     def create(cls, role: Role, trust_domain: str, *, years: int) -> CertificateAuthority:
@@ -90,11 +145,17 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, role: Role, trust_domain: str, cert_path: Path, key_path: Path) -> CertificateAuthority:
+        with ca_lock(cert_path.parent, exclusive=False):
+            try:
+                cert_bytes = cert_path.read_bytes()
+            except FileNotFoundError:
+                raise PKIError(f"{role} CA certificate {cert_path} is missing", hint="run `raywarden init`") from None
+            key_bytes = read_private(key_path)
         try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        except FileNotFoundError:
-            raise PKIError(f"{role} CA certificate {cert_path} is missing", hint="run `raywarden init`") from None
-        key = serialization.load_pem_private_key(read_private(key_path), password=None)
+            cert = x509.load_pem_x509_certificate(cert_bytes)
+        except ValueError:
+            raise PKIError(f"{cert_path} is not a PEM certificate", hint="restore it from a backup") from None
+        key = serialization.load_pem_private_key(key_bytes, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PKIError(f"{key_path} is not an ECDSA key")
         if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
@@ -104,6 +165,14 @@ class CertificateAuthority:
     def save(self, cert_path: Path, key_path: Path) -> None:
         write_private(key_path, private_key_pem(self._key))
         write_public(cert_path, self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def sign_statement(self, context: bytes, body: bytes) -> bytes:
+        """ECDSA (SHA-256) over ``context + body``: a CA speaking about its successor (pki/rollover.py).
+
+        The context string keeps such a signature from ever passing for a certificate's or a CRL's."""
+        if not context.endswith(b"\n") or b"\n" in context[:-1]:
+            raise PKIError("a statement's context is one line ending in a newline")
+        return self._key.sign(context + body, ec.ECDSA(hashes.SHA256()))
 
     def issue(
         self,

@@ -26,6 +26,7 @@ from raywarden.policy.entities import (
     request_context,
 )
 from raywarden.policy.jobattrs import OWNER_KEY
+from raywarden.policy.serveattrs import new_serve_app_attrs, new_serve_app_entity, serve_app_entity, serve_context
 from raywarden.state import ClusterConfig
 
 CLUSTER_ACTIONS_RESOURCE = "Cluster"
@@ -37,6 +38,11 @@ class CaseContext(BaseModel):
     source: str = "127.0.0.1"
     auth_age_s: float = 60.0
     time: dt.datetime | None = None
+    # serve.invoke only: the call's method and path below the route prefix, an API key's app scope, a model id.
+    method: str = "POST"
+    path: str = "/"
+    api_key_apps: list[str] | None = None
+    model_id: str | None = None
 
 
 class Case(BaseModel):
@@ -49,7 +55,9 @@ class Case(BaseModel):
     groups: list[str] = Field(default_factory=list)
     action: str
     # jobs.submit: the submission body as sent to POST /api/jobs/. Job actions: owner (a name or SPIFFE ID),
-    # status, entrypoint, submission_id, job_id, type. packages.*: name.
+    # status, entrypoint, submission_id, job_id, type. packages.*: name. serve.deploy: one application's config
+    # (name, route_prefix, import_path, runtime_env, deployments) plus owner, exists, overlapped_owners and
+    # invoke_groups. Other serve.* actions: name, route_prefix, deployments, owner, invoke_groups.
     resource: dict[str, Any] = Field(default_factory=dict)
     context: CaseContext = Field(default_factory=CaseContext)
     expect: str = Field(pattern="^(allow|deny)$")
@@ -114,11 +122,13 @@ def build_request(case: Case, trust_domain: str) -> PolicyRequest:
     principal_id = spiffe_of(case.principal, case.kind, trust_domain)
     name = principal_name(principal_id)
     principal = principal_entity(principal_id, case.kind, name, tuple(case.groups))
+    ctx = case.context
+    context = request_context(ctx.auth_method, ctx.source, ctx.auth_age_s, ctx.time)
+    if case.action == "serve.invoke":
+        apps = tuple(ctx.api_key_apps) if ctx.api_key_apps is not None else None
+        context = serve_context(context, ctx.method, ctx.path, apps, ctx.model_id)
     return PolicyRequest(
-        principal,
-        case.action,
-        resource_entity(case.action, case.resource, principal_id, trust_domain),
-        request_context(case.context.auth_method, case.context.source, case.context.auth_age_s, case.context.time),
+        principal, case.action, resource_entity(case.action, case.resource, principal_id, trust_domain), context
     )
 
 
@@ -137,6 +147,28 @@ def resource_entity(action: str, attrs: dict[str, Any], principal_id: str, trust
         return job_entity(job_id, info)
     if action.startswith("packages."):
         return package_entity(str(attrs.get("name", "_ray_pkg_test.zip")))
+    if action == "serve.deploy":
+        owner = spiffe_of(str(attrs["owner"]), "user", trust_domain) if attrs.get("owner") else principal_id
+        overlapped = [spiffe_of(str(o), "user", trust_domain) if o else "" for o in attrs.get("overlapped_owners", [])]
+        app = {k: v for k, v in attrs.items() if k not in ("owner", "exists", "overlapped_owners", "invoke_groups")}
+        return new_serve_app_entity(
+            new_serve_app_attrs(
+                {"name": "app", **app},
+                exists=bool(attrs.get("exists", False)),
+                owner=owner,
+                overlapped_owners=overlapped,
+                invoke_groups=[str(g) for g in attrs.get("invoke_groups", [])],
+            )
+        )
+    if action.startswith("serve."):
+        owner = spiffe_of(str(attrs["owner"]), "user", trust_domain) if attrs.get("owner") else ""
+        return serve_app_entity(
+            str(attrs.get("name", "app")),
+            route_prefix=attrs.get("route_prefix"),
+            deployments=[str(d) for d in attrs.get("deployments", [])],
+            owner=owner,
+            invoke_groups=[str(g) for g in attrs.get("invoke_groups", [])],
+        )
     return Entity("Cluster", CLUSTER_ID)
 
 

@@ -18,6 +18,8 @@ from starlette.testclient import TestClient
 
 from raywarden.cluster.setup import init_state
 from raywarden.gateway.app import GatewayApp
+from raywarden.gateway.serve.control import ServeControl
+from raywarden.gateway.serve.table import Pinned
 from raywarden.gateway.server import build_app
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY
 from raywarden.gateway.tokens import TokenAuthority
@@ -31,6 +33,7 @@ from tests.unit.gateway.fake_ray import FakeRay
 
 TD = "td.test"
 PORT = 8443
+SERVE_PORT = 8000  # where the fake Serve is pinned (Serve's proxy on loopback)
 BASE_URL = f"https://127.0.0.1:{PORT}"
 WS_URL = f"wss://127.0.0.1:{PORT}"
 
@@ -173,6 +176,9 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway
     ray.probe = lambda: read_records(state.audit_dir)
     ray.start()
     app, audit = build_app(state, ray.url)
+    serve = app.handlers["serve"]
+    if isinstance(serve, ServeControl):  # as `up --serve-listen` makes it: Serve pinned on loopback
+        serve.attach(Pinned("127.0.0.1", SERVE_PORT), None)
     store = IdentityStore.open(state.identity_db)
     try:
         with TestClient(app, base_url=BASE_URL, client=("127.0.0.1", 50000)) as client:

@@ -46,6 +46,9 @@ class FakeRay:
     # When set, Ray's job list answer, as is (to show what the gateway does with an answer it cannot read).
     job_list_body: bytes | None = None
     url: str = ""
+    # Ray Serve as its REST API describes it: None until the first deploy (or after a DELETE) starts it.
+    serve_http: dict[str, Any] | None = None
+    serve_apps: dict[str, dict[str, Any]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -146,6 +149,8 @@ class FakeRay:
             return web.json_response({"version": "4", "ray_version": "2.60.0", "ray_commit": "fake"})
         if path.startswith("/api/packages/"):
             return self._package(request)
+        if path == "/api/serve/applications/" or path.startswith("/api/v1/applications/"):
+            return await self._serve(request)
         answer = self._dashboard(request)
         if answer is not None:
             return answer
@@ -202,6 +207,56 @@ class FakeRay:
             return ws
         return web.Response(status=404)
 
+    def add_serve_app(self, name: str, prefix: str | None, *, imperative: bool = False, **config: Any) -> None:
+        """An application as Ray runs it (``imperative``: made by a job's serve.run, not by a deploy)."""
+        self.serve_http = self.serve_http or {"host": "127.0.0.1", "port": 8000}
+        app_config = {"name": name, "route_prefix": prefix, "import_path": "apps:echo", **config}
+        self.serve_apps[name] = {
+            "name": name,
+            "route_prefix": prefix,
+            "status": "RUNNING",
+            "source": "imperative" if imperative else "declarative",
+            "deployed_app_config": None if imperative else app_config,
+            "deployments": {"Echo": {"name": "Echo", "status": "HEALTHY"}},
+        }
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        """Serve's REST API (ray/dashboard/modules/serve/serve_head.py), as far as the gateway uses it."""
+        if request.path.endswith("/scale"):
+            return web.json_response({"message": "Scaling request received."})
+        if request.method == "GET":
+            if self.serve_http is None:
+                return web.json_response({"controller_info": {}, "proxies": {}, "applications": {}})
+            return web.json_response(
+                {
+                    "proxy_location": "HeadOnly",
+                    "http_options": self.serve_http,
+                    "grpc_options": {"port": 9000, "grpc_servicer_functions": []},
+                    "applications": self.serve_apps,
+                }
+            )
+        if request.method == "DELETE":
+            self.serve_http, self.serve_apps = None, {}
+            return web.Response()
+        body = json.loads(await request.read())
+        # Serve keeps the listener of its first start; later settings are ignored.
+        self.serve_http = self.serve_http or dict(body.get("http_options") or {"host": "0.0.0.0", "port": 8000})  # noqa: S104
+        kept = {n: a for n, a in self.serve_apps.items() if a["source"] == "imperative"}
+        for app in body.get("applications", []):
+            prefix = app.get("route_prefix", "/")
+            if app.get("import_path") == "fail:me":
+                return web.Response(status=400, text="ValidationError(model='ServeDeploySchema', errors=[...])")
+            kept[app["name"]] = {
+                "name": app["name"],
+                "route_prefix": prefix,
+                "status": "DEPLOYING",
+                "source": "declarative",
+                "deployed_app_config": app,
+                "deployments": {d["name"]: {"name": d["name"]} for d in app.get("deployments", [])},
+            }
+        self.serve_apps = kept
+        return web.Response()
+
     def _package(self, request: web.Request) -> web.Response:
         stored = getattr(self, "_packages", {})
         self._packages = stored
@@ -248,8 +303,6 @@ class FakeRay:
             return web.Response(text=f"log lines for {request.rel_url.raw_query_string}")
         if path == "/api/profiling_enabled":
             return web.json_response({"result": True, "data": {"profilingEnabled": True}})
-        if path == "/api/serve/applications/" and request.method == "GET":
-            return web.json_response({"applications": {}})
         return None
 
 

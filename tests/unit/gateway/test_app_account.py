@@ -119,6 +119,9 @@ def test_logout_needs_the_certificate_itself(gateway: Gateway) -> None:
     assert refused.status_code == 403 and refused.json()["action"] == "identity.logout"  # Cedar's permit
     admin = gateway.client.post(LOGOUT, json={}, headers=gateway.bearer("admin"))  # admins pass Cedar: the handler
     assert admin.status_code == 403 and "present that certificate" in admin.json()["error"]
+    # The handler's own refusal says what was refused, as the gateway's refusals do.
+    assert admin.json()["action"] == "identity.logout" and admin.json()["resource"] == refused.json()["resource"]
+    assert admin.json()["request_id"] == admin.headers["x-request-id"]
     assert gateway.store.certificate_owner(_serial(der)) == (spiffe("tess"), False)
 
 

@@ -72,10 +72,10 @@ def test_a_body_where_none_belongs_and_an_oversized_body(gateway: Gateway) -> No
 
 
 def test_a_policy_denial_is_403_with_a_hint(gateway: Gateway) -> None:
-    resp = gateway.client.delete("/api/serve/applications/", headers=gateway.bearer("alice", "developers"))
+    resp = gateway.client.get("/dashboard/worker/traceback?pid=1", headers=gateway.bearer("alice", "developers"))
     record = _refused(gateway, resp, 403, "forbidden")
-    assert record["decision"] == "deny" and record["action"] == "serve.delete" and resp.json()["hint"]
-    assert gateway.ray.requests("DELETE") == []
+    assert record["decision"] == "deny" and record["action"] == "dashboard.profile" and resp.json()["hint"]
+    assert [r for r in gateway.ray.received if "traceback" in r.path] == []
 
 
 def test_another_developers_job_reads_like_a_missing_one(gateway: Gateway) -> None:

@@ -244,15 +244,6 @@ def test_node_pages_show_only_workers_and_actors_of_viewable_jobs() -> None:
     assert json.loads(_filter("/nodes", alice, hosts, access)[0]) == json.loads(hosts)
 
 
-def test_serve_application_env_values_only_for_those_who_may_deploy() -> None:
-    apps = {"applications": {"app": {"deployed_app_config": {"runtime_env": {"env_vars": {"K": SECRET}}}}}}
-    viewer_body, _ = _filter(
-        "/api/serve/applications/", _viewer("viewers", name="vera"), json.dumps(apps).encode(), None
-    )
-    admin_body, _ = _filter("/api/serve/applications/", _viewer("admins", name="ada"), json.dumps(apps).encode(), None)
-    assert SECRET not in viewer_body.decode() and SECRET in admin_body.decode()
-
-
 @pytest.mark.parametrize(
     ("template", "params", "query"),
     [

@@ -14,6 +14,7 @@ from raywarden.policy.entities import (
     request_context,
 )
 from raywarden.policy.jobattrs import OWNER_KEY
+from raywarden.policy.serveattrs import new_serve_app_attrs, new_serve_app_entity, serve_app_entity, serve_context
 from raywarden.state import ClusterConfig
 
 TD = "td.test"
@@ -47,7 +48,36 @@ def submission(submitter: str, **body: Any) -> Entity:
     return new_job_entity({"entrypoint": "python main.py", **body}, spiffe(submitter))
 
 
+def serve_app(owner: str | None, groups: tuple[str, ...] = (), name: str = "llm") -> Entity:
+    """A Serve application Ray runs, owned by ``owner`` (None: not deployed through the gateway)."""
+    return serve_app_entity(
+        name, route_prefix=f"/{name}", deployments=["Model"], owner=spiffe(owner) if owner else "", invoke_groups=groups
+    )
+
+
+def new_serve_app(owner: str, *, exists: bool = False, overlapped: tuple[str, ...] = (), **config: Any) -> Entity:
+    """What a deploy asks of one application (its config as in `serve build` output)."""
+    app = {"name": "llm", "route_prefix": "/llm", "import_path": "apps:model", **config}
+    attrs = new_serve_app_attrs(
+        app, exists=exists, owner=spiffe(owner), overlapped_owners=overlapped, invoke_groups=["app-users"]
+    )
+    return new_serve_app_entity(attrs)
+
+
+def serve_call_context(key_apps: tuple[str, ...] | None = None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    return serve_context(base or CONTEXT, "POST", "/v1/chat/completions", key_apps, None)
+
+
+def context_for(action: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The context the gateway gives ``action``: a Serve call's carries its method and path too."""
+    return serve_call_context(None, base) if action == "serve.invoke" else (base or CONTEXT)
+
+
 def resource_for(action: str, owner: str | None = "alice") -> Entity:
+    if action == "serve.deploy":
+        return new_serve_app(owner or "alice", exists=owner is None)
+    if action.startswith("serve."):
+        return serve_app(owner, ("app-users",))
     if action in ("cluster.version", "jobs.list") or action.startswith("identity."):
         return Entity("Cluster", CLUSTER_ID)
     if action.startswith("packages."):

@@ -19,7 +19,15 @@ from raywarden.policy.cache import DecisionCache, Uncacheable, freeze
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest, schema_actions
 from raywarden.policy.entities import job_entity, package_entity, request_context
 from raywarden.policy.jobattrs import OWNER_KEY
-from tests.unit.policy.policy_support import engine, principal, spiffe, submission
+from tests.unit.policy.policy_support import (
+    engine,
+    new_serve_app,
+    principal,
+    serve_app,
+    serve_call_context,
+    spiffe,
+    submission,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -62,6 +70,13 @@ BODIES = [
     {"runtime_env": {"pip": ["--index-url https://mirror/simple", "torch"]}},
     {"runtime_env": {"pip": ["requests"], "env_vars": {"PIP_INDEX_URL": "x"}}},
     {"runtime_env": {"working_dir": "gcs://_ray_pkg_a.zip"}, "entrypoint_num_gpus": 1},
+]
+
+
+SERVE_CONFIGS = [
+    {},
+    {"deployments": [{"name": "Model", "ray_actor_options": {"num_cpus": 8}}]},
+    {"runtime_env": {"env_vars": {"RAY_SERVE_X": "1"}}},
 ]
 
 
@@ -114,9 +129,17 @@ def requests(draw: st.DrawFn) -> PolicyRequest:
         resource = submission(who.attrs["name"], **draw(st.sampled_from(BODIES)))
     elif action.startswith("packages."):
         resource = package_entity(draw(st.sampled_from(["_ray_pkg_a.zip", "_ray_pkg_b.zip"])))
+    elif action == "serve.deploy":
+        resource = new_serve_app(draw(st.sampled_from(["alice", "bob"])), **draw(st.sampled_from(SERVE_CONFIGS)))
+    elif action.startswith("serve."):
+        owner = draw(st.sampled_from(["alice", "ci", None]))
+        resource = serve_app(owner, draw(st.sampled_from([(), ("ops",), ("developers", "viewers")])))
     else:
         resource = Entity("Cluster", CLUSTER_ID)
-    return PolicyRequest(who, action, resource, draw(contexts))
+    context = draw(contexts)
+    if action == "serve.invoke":
+        context = serve_call_context(draw(st.sampled_from([None, ("llm",), ("other",)])), context)
+    return PolicyRequest(who, action, resource, context)
 
 
 CACHED = engine(extra=ALL_OPERATOR_POLICIES)

@@ -152,7 +152,7 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(cache_size: int |
     every policy and every attribute. Operator policies of every scope shape take part."""
     from raywarden.policy.engine import schema_actions
     from raywarden.policy.entities import request_context
-    from tests.unit.policy.policy_support import resource_for
+    from tests.unit.policy.policy_support import context_for, resource_for
 
     extra = [
         (
@@ -183,8 +183,9 @@ def test_fast_path_decides_as_the_strict_path_for_every_action(cache_size: int |
                 for owner in ("alice", None):
                     for context in contexts:
                         on_job = action in job_actions or action in ("jobs.submit", "packages.read", "packages.upload")
+                        on_job = on_job or action.startswith("serve.")
                         resource = resource_for(action, owner) if on_job else Entity("Cluster", CLUSTER_ID)
-                        request = PolicyRequest(who, action, resource, context)
+                        request = PolicyRequest(who, action, resource, context_for(action, context))
                         assert eng.decide(request) == eng.decide(request, strict=True), (who.id, action, owner)
 
 

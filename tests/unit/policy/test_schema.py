@@ -8,8 +8,8 @@ from raywarden.gateway.routes import ACTIONS, ROUTES
 from raywarden.policy.engine import PolicyEngine, schema_actions, shipped_schema
 
 pytestmark = pytest.mark.unit
-# Actions asked by the gateway itself while filtering responses, not by a route.
-RESPONSE_ACTIONS = frozenset({"jobs.read_env"})
+# Actions asked by the gateway itself while filtering responses, not by a route, and the Serve listener's.
+RESPONSE_ACTIONS = frozenset({"jobs.read_env", "serve.read_env", "serve.invoke"})
 
 
 def test_every_route_action_is_declared_and_every_declared_action_is_routed() -> None:
@@ -36,6 +36,7 @@ def test_shipped_pack_loads_and_every_policy_has_an_id() -> None:
     engine = PolicyEngine.load()
     ids = [p.id for p in engine.policies]
     assert {"admins-all", "developers-client", "developers-own-jobs", "developers-submit", "viewers-read"} <= set(ids)
+    assert {"serve-invoke-owner", "serve-invoke-groups", "serve-api-key-scope", "serve-deploy-developers"} <= set(ids)
     assert all("#" not in i for i in ids), "shipped policies carry @id annotations"
     assert len(ids) == len(set(ids))
 

@@ -33,6 +33,8 @@ def describe(identity: Identity, trust_domain: str, now: float | None = None) ->
         "credential_issued_at": expires_iso(identity.issued_at) if identity.issued_at is not None else None,
         "credential_expires_at": expires_iso(expires) if expires is not None else None,
         "credential_seconds_left": int(expires - moment) if expires is not None else None,
+        # The certificate a bearer token was minted with: revoking it ends the token too.
+        "minted_with_cert_serial": identity.minted_with,
         "trust_domain": trust_domain,
     }
 

@@ -2,7 +2,9 @@
 
 ``POST /raywarden/v1/enroll`` is anonymous (the code in the body is the credential); ``renew`` and ``token``
 need a client certificate (a bearer token cannot mint or extend credentials) and a Cedar permit.
-Refusals tell the client little; the audit record says exactly why.
+``POST /raywarden/v1/renew/expired`` is anonymous too: a renewable service account's expired certificate
+cannot pass the TLS handshake, so its key proves possession by signing a single-use challenge instead
+(renewal.py). Refusals tell the client little; the audit record says exactly why.
 """
 
 from __future__ import annotations
@@ -14,27 +16,36 @@ from cryptography import x509
 
 from raywarden.errors import PKIError, UsageError
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
-from raywarden.gateway.tokens import TokenAuthority, expires_iso
+from raywarden.gateway.control.renewal import ExpiredRenewal, Issuer
+from raywarden.gateway.tokens import MintingCertificate, TokenAuthority, expires_iso
 from raywarden.identity.enrollment import EnrollmentRefused, consume, parse_code, verify_code
-from raywarden.pki.ca_keys import CertificateAuthority
+from raywarden.identity.renewal import RenewalStore
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.csr import read_csr
 from raywarden.pki.spiffe import SpiffeId
+from raywarden.pki.trust import CurrentCA, trust_answer
 
 HINT_CODE = "ask your administrator for a new enrollment code (`raywarden user add` / `user enable`)"
 
 
 def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     state, config, store, audit = services.state, services.config, services.store, services.audit
-    access = CertificateAuthority.load("access", config.trust_domain, state.access_ca_cert, state.access_ca_key)
+    # The current access CA, read again after a rotation (`raywarden ca rotate access`) swaps it.
+    access = CurrentCA(state, "access", config.trust_domain)
     tokens = TokenAuthority.for_state(state, config)
     lifetime = config.user_cert_ttl
+    renewals = RenewalStore(store)
 
     def issue(public_key: Any, spiffe: SpiffeId) -> x509.Certificate:
         """Sign with the access CA and record the serial: a certificate the store does not know is refused."""
-        cert = access.issue(public_key, spiffe, lifetime=lifetime)
-        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc)
+        ca = access.get()
+        cert = ca.issue(public_key, spiffe, lifetime=lifetime)
+        store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc, issuer=ca.fingerprint)
         return cert
+
+    def cert_answer(cert: x509.Certificate, spiffe_id: str) -> dict[str, Any]:
+        # Renewals also carry the CA answer, so a client learns of a CA rotation on its next renewal.
+        return {**cert_body(cert, spiffe_id), "ca": trust_answer(state, config.trust_domain)}
 
     async def event(name: str, principal: str, actor: str, source: str, **fields: Any) -> None:
         await audit.append_async(
@@ -44,19 +55,19 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
     async def enroll(req: ControlRequest) -> ControlResponse:
         code_text, csr_text = req.json.get("code"), req.json.get("csr")
         if not isinstance(code_text, str) or not isinstance(csr_text, str):
-            return _refuse(400, "an enrollment needs a code and a csr", "enrollment body without code or csr")
+            return refuse(400, "an enrollment needs a code and a csr", "enrollment body without code or csr")
         try:
             code = parse_code(code_text)
             principal = verify_code(store, code, req.source)
         except UsageError:
             store.record_failure(f"enroll-source:{req.source}", _now())
-            return _refuse(401, "enrollment refused", "malformed enrollment code", HINT_CODE)
+            return refuse(401, "enrollment refused", "malformed enrollment code", HINT_CODE)
         except EnrollmentRefused as exc:
-            return _refuse(exc.status, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
+            return refuse(exc.status, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
         try:
             spiffe, public_key = read_csr(csr_text)
         except PKIError as exc:
-            return _refuse(
+            return refuse(
                 400,
                 f"unusable certificate signing request: {exc.message}",
                 f"bad CSR: {exc.message}",
@@ -64,7 +75,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             )
         if str(spiffe) != principal.spiffe_id:
             store.record_failure(f"enroll-source:{req.source}", _now())
-            return _refuse(
+            return refuse(
                 403,
                 "enrollment refused",
                 f"CSR asks for {spiffe} but the code enrolls {principal.spiffe_id}",
@@ -74,7 +85,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         try:
             consume(store, code)
         except EnrollmentRefused as exc:
-            return _refuse(401, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
+            return refuse(401, "enrollment refused", exc.reason, HINT_CODE, enrollment_id=code.code_id)
         cert = issue(public_key, spiffe)
         await event(
             "enroll",
@@ -87,61 +98,76 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         )
         return ControlResponse(
             200,
-            _cert_body(cert, str(spiffe)),
+            cert_answer(cert, str(spiffe)),
             {"enrolled": str(spiffe), "enrollment_id": code.code_id, "serial": serial_hex(cert)},
         )
+
+    expired = ExpiredRenewal(services, renewals, Issuer(issue, cert_answer))
 
     async def renew(req: ControlRequest) -> ControlResponse:
         identity = req.identity
         if identity is None or identity.auth_method != "certificate":
-            return _refuse(
+            return refuse(
                 403,
                 "renewal requires your current client certificate",
                 f"renewal attempted with {identity.auth_method if identity else 'no'} authentication",
             )
         csr_text = req.json.get("csr")
         if not isinstance(csr_text, str):
-            return _refuse(400, "a renewal needs a csr", "renewal body without csr")
+            return refuse(400, "a renewal needs a csr", "renewal body without csr")
         try:
             spiffe, public_key = read_csr(csr_text)
         except PKIError as exc:
-            return _refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}")
+            return refuse(400, f"unusable certificate signing request: {exc.message}", f"bad CSR: {exc.message}")
         if str(spiffe) != identity.spiffe_id:
-            return _refuse(
+            return refuse(
                 403,
                 "a certificate can only be renewed for its own identity",
                 f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}",
             )
+        previous = identity.credential_id
+        if identity.kind == "sa" and renewals.renew_grace(identity.spiffe_id) is not None:
+            # A renewable account's certificate is renewed once: a second renewal means two holders of its key.
+            found = renewals.certificate(previous)
+            if found is not None and found.superseded_by is not None:
+                return await expired.reuse(identity.spiffe_id, previous, found.superseded_by, req.source)
         cert = issue(public_key, spiffe)
+        if not renewals.supersede(previous, serial_hex(cert)) and identity.kind == "sa":
+            if renewals.renew_grace(identity.spiffe_id) is not None:
+                return await expired.reuse(identity.spiffe_id, previous, serial_hex(cert), req.source)
         await event(
             "cert.renew",
             str(spiffe),
             identity.spiffe_id,
             req.source,
-            previous_serial=identity.credential_id,
+            previous_serial=previous,
             serial=serial_hex(cert),
             not_after=cert.not_valid_after_utc.isoformat(),
         )
         return ControlResponse(
-            200, _cert_body(cert, str(spiffe)), {"serial": serial_hex(cert), "previous_serial": identity.credential_id}
+            200, cert_answer(cert, str(spiffe)), {"serial": serial_hex(cert), "previous_serial": previous}
         )
 
     async def token(req: ControlRequest) -> ControlResponse:
         identity = req.identity
         if identity is None or identity.auth_method != "certificate":
             # A bearer token that could mint bearer tokens would never expire.
-            return _refuse(
+            return refuse(
                 403,
                 "tokens are issued to certificate holders only",
                 f"token requested with {identity.auth_method if identity else 'no'} authentication",
             )
         ttl = req.json.get("ttl_seconds")
         if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
-            return _refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
+            return refuse(400, "ttl_seconds must be a number", "non-numeric ttl_seconds")
+        if identity.expires_at is None:  # a verified certificate always has one
+            return refuse(500, "token not issued", "certificate identity without an expiry")
+        # The token names the certificate and ends with it: revoking the certificate stops the token too.
+        minted_with = MintingCertificate(identity.credential_id, identity.expires_at)
         try:
-            issued = tokens.issue(identity.spiffe_id, None if ttl is None else float(ttl))
+            issued = tokens.issue(identity.spiffe_id, None if ttl is None else float(ttl), minted_with=minted_with)
         except UsageError as exc:
-            return _refuse(400, exc.message, f"token lifetime refused: {exc.message}")
+            return refuse(400, exc.message, f"token lifetime refused: {exc.message}")
         store.record_token(issued.jti, identity.spiffe_id, issued.expires_at, issued_by=identity.spiffe_id)
         await event(
             "token.issue",
@@ -150,6 +176,8 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             req.source,
             jti=issued.jti,
             expires_at=expires_iso(issued.expires_at),
+            cert_serial=identity.credential_id,
+            capped_by_certificate=issued.capped_by_certificate,
         )
         return ControlResponse(
             200,
@@ -158,21 +186,28 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
                 "jti": issued.jti,
                 "expires_at": expires_iso(issued.expires_at),
                 "token_type": "Bearer",
+                "cert_serial": identity.credential_id,
+                "capped_by_certificate": issued.capped_by_certificate,
             },
             {"jti": issued.jti},
         )
 
-    return {"identity.enroll": enroll, "identity.renew": renew, "identity.token": token}
+    return {
+        "identity.enroll": enroll,
+        "identity.renew": renew,
+        "identity.renew_expired": expired.handle,
+        "identity.token": token,
+    }
 
 
-def _refuse(status: int, message: str, reason: str, hint: str | None = None, **audit: Any) -> ControlResponse:
+def refuse(status: int, message: str, reason: str, hint: str | None = None, **audit: Any) -> ControlResponse:
     body: dict[str, Any] = {"error": message}
     if hint:
         body["hint"] = hint
     return ControlResponse(status, body, {"reason": reason, **audit})
 
 
-def _cert_body(cert: Any, spiffe_id: str) -> dict[str, Any]:
+def cert_body(cert: Any, spiffe_id: str) -> dict[str, Any]:
     return {
         "certificate_pem": cert_pem(cert).decode(),
         "identity": spiffe_id,

@@ -42,4 +42,9 @@ class Control:
         else:
             await ex.finish(result.status, **result.audit)
         headers = {responses.GATEWAY_HEADER[0]: responses.GATEWAY_HEADER[1], "cache-control": "no-store"}
-        return JSONResponse({**result.body, "request_id": ex.request_id}, status_code=result.status, headers=headers)
+        refused: dict[str, str] = {}
+        if identity is not None and result.status >= 400:
+            # What was refused, as the gateway's own refusals say it to a caller who authenticated (refusals.py).
+            refused = {name: value for name, value in (("action", ex.action), ("resource", ex.resource)) if value}
+        answer = {**result.body, **refused, "request_id": ex.request_id}
+        return JSONResponse(answer, status_code=result.status, headers=headers)
