@@ -225,6 +225,12 @@ class ClusterConfig(BaseModel):
     max_filtered_answer_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     # Gateway worker processes sharing the listener; 0: one per core (docs/architecture.md, "Workers").
     gateway_workers: int = Field(default=0, ge=0, le=256)
+    # Slow clients (docs/architecture.md, "Slow clients"): a request's headers must arrive within this many
+    # seconds, its body must make progress at least this often, and each worker holds at most this many
+    # connections (the longest idle one is closed to make room).
+    gateway_header_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    gateway_body_idle_seconds: float = Field(default=60.0, gt=0, le=3600)
+    gateway_max_connections: int = Field(default=1024, ge=1, le=100_000)
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
     audit_rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)

@@ -162,3 +162,29 @@ def test_down_stops_prometheus_and_closes_its_port() -> None:
     finally:
         stop_cluster(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the local-user rule is installed with the firewall, as root")
+def test_rays_user_reaches_prometheus_but_not_the_gateways_metrics(cluster: Cluster) -> None:
+    """Replay of the metrics-reach finding: every job runs as Ray's user. Ray's dashboard queries Prometheus
+    (RAY_PROMETHEUS_HOST), so that stays open to it; the gateway's own metrics are the control plane's only."""
+    run = _run(cluster)
+    assert run.firewall == "installed" and run.ray_user and run.ray_uid != os.geteuid()
+    assert run.gateway_metrics_port is not None
+
+    def probe(port: int | None, *prefix: str) -> str:
+        return subprocess.run(
+            [*prefix, "/usr/bin/python3", "-c", _PROBE, str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+
+    as_ray = ("setpriv", f"--reuid={run.ray_uid}", f"--regid={run.ray_uid}", "--clear-groups")
+    assert probe(run.gateway_metrics_port, *as_ray) == "refused"
+    assert probe(run.prometheus_port, *as_ray) == "open"
+    assert probe(run.gateway_metrics_port) == "open"
+    assert (
+        probe(run.gateway_metrics_port, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups") == "refused"
+    )

@@ -55,6 +55,7 @@ class WriterStats:
 
     records: int = 0
     batches: int = 0
+    turns: int = 0  # times the writer thread woke to work (a batch or a due checkpoint)
     checkpoints: int = 0
     rotations: int = 0
 
@@ -294,6 +295,7 @@ class AuditLog:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 final = self._closing and not self._queue
+            self.stats.turns += 1
             self._process(batch, final=final)
             if final:
                 return
@@ -565,7 +567,9 @@ class AuditLog:
 
     def _write_checkpoint(self) -> None:
         if self._last_cp_size is not None and self._last_cp_size >= self._next_seq:
-            return  # nothing new to sign
+            # Nothing new to sign (another writer signed this size): clean all the same, or _run never waits.
+            self._dirty_since = None
+            return
         checkpoint = Checkpoint(size=self._next_seq, head=self._head, time=utc_now(), key_id=self._key_id)
         line = checkpoint.to_line(self._key)
         self._append(self._cp_fd, self.audit_dir / CHECKPOINTS_NAME, self._cp_size, line)

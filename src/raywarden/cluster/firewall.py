@@ -6,6 +6,8 @@ and `node revoke` change who may connect without reloading any rule:
 
 - ``ray_ports``: Ray's gRPC and agent ports and the worker port range. Loopback and ``@peers`` only.
 - ``metrics_ports``: Ray's Prometheus ports, plaintext without authentication: loopback only, for everyone.
+- ``control_ports``: the gateway's own metrics port: loopback only, and on this host only the control plane's
+  user may connect (not Ray's user, so no job reads the gateway's request counts).
 - ``peers``: IPv4 addresses of the cluster's other nodes.
 - ``banned``: revoked nodes. Every TCP packet from them is dropped (except to the gateway, so that a rejoin
   attempt gets a clear, audited refusal), which also cuts connections this node opened towards them.
@@ -56,6 +58,7 @@ class FirewallPlan:
     # The users whose processes may connect to Ray's ports on this host (Ray's, the control plane's);
     # empty: any local user.
     owner_uids: tuple[int, ...] = ()
+    control_ports: tuple[int, ...] = ()
 
     @classmethod
     def for_ports(
@@ -68,6 +71,7 @@ class FirewallPlan:
         gateway_port: int | None = None,
         extra: Iterable[int] = (),
         owners: Iterable[int] = (),
+        control: Iterable[int] = (),
     ) -> FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
@@ -81,6 +85,7 @@ class FirewallPlan:
             gateway_port,
             extra=tuple(sorted(set(extra))),
             owner_uids=tuple(sorted(set(owners) | {os.geteuid()})),
+            control_ports=tuple(sorted(set(control))),
         )
 
 
@@ -108,22 +113,24 @@ def ruleset(plan: FirewallPlan) -> str:
         f"  set banned {{ type ipv4_addr;{elements(plan.banned)} }}\n"
         f"  set ray_ports {{ type inet_service; flags interval;{elements(ports)} }}\n"
         f"  set metrics_ports {{ type inet_service;{elements(str(p) for p in plan.metrics_ports)} }}\n"
+        f"  set control_ports {{ type inet_service;{elements(str(p) for p in plan.control_ports)} }}\n"
         f"  chain input {{\n"
         f"    type filter hook input priority -10; policy accept;\n"
         f"    iif lo accept\n"
         f"{banned_rule}"
         f"    tcp dport @metrics_ports drop\n"
+        f"    tcp dport @control_ports drop\n"
         f"    ip saddr @peers tcp dport @ray_ports accept\n"
         f"    tcp dport @ray_ports drop\n"
         f"  }}\n"
-        f"{_local_users_chain(plan.owner_uids)}"
+        f"{_local_users_chain(plan.owner_uids, os.geteuid())}"
         f"}}\n"
     )
 
 
-def _local_users_chain(owner_uids: tuple[int, ...]) -> str:
+def _local_users_chain(owner_uids: tuple[int, ...], control_uid: int) -> str:
     """Connections from this host (all leave through lo) by anyone but Ray's and the control plane's users:
-    refused at once."""
+    refused at once; to the control plane's own ports, by anyone but its user."""
     if not owner_uids:
         return ""
     owners = "{ " + ", ".join(str(uid) for uid in owner_uids) + " }"
@@ -132,6 +139,7 @@ def _local_users_chain(owner_uids: tuple[int, ...]) -> str:
         f"    type filter hook output priority -10; policy accept;\n"
         f"    oif lo meta skuid != {owners} tcp dport @ray_ports reject with tcp reset\n"
         f"    oif lo meta skuid != {owners} tcp dport @metrics_ports reject with tcp reset\n"
+        f"    oif lo meta skuid != {control_uid} tcp dport @control_ports reject with tcp reset\n"
         f"  }}\n"
     )
 
@@ -164,16 +172,22 @@ def install(plan: FirewallPlan) -> None:
 
 
 def protect(
-    state: StateDir, ports: RayPorts, exposed: dict[int, str], extra: Iterable[int] = (), owners: Iterable[int] = ()
+    state: StateDir,
+    ports: RayPorts,
+    exposed: dict[int, str],
+    extra: Iterable[int] = (),
+    owners: Iterable[int] = (),
+    control: Iterable[int] = (),
 ) -> str:
     """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit.
 
-    ``extra``: more loopback ports of this cluster (its Prometheus) kept from other local users."""
+    ``extra``: more loopback ports of this cluster (its Prometheus) kept from other local users; ``control``:
+    ports only the control plane's user may reach (the gateway's metrics)."""
     why = available()
     if why is not None:
         return _unprotected(exposed, why)
     try:
-        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra, owners=owners))
+        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra, owners=owners, control=control))
     except ClusterError as exc:
         return _unprotected(exposed, exc.message[:200])
     return "installed"
@@ -192,13 +206,13 @@ def ban(table: str, address: str) -> bool:
     return _element("add", table, "banned", _ipv4(address))
 
 
-def add_ports(table: str, ports: Iterable[int]) -> bool:
+def add_ports(table: str, ports: Iterable[int], *, control: bool = False) -> bool:
     values = [str(int(p)) for p in ports]
-    return bool(values) and _element("add", table, "ray_ports", ", ".join(values))
+    return bool(values) and _element("add", table, "control_ports" if control else "ray_ports", ", ".join(values))
 
 
 _TABLE = re.compile(r"^table inet (raywarden_\w+) \{\n(.*?)^\}", re.DOTALL | re.MULTILINE)
-_PORT_SET = re.compile(r"set (ray_ports|metrics_ports) \{[^}]*?elements = \{([^}]*)\}", re.DOTALL)
+_PORT_SET = re.compile(r"set (ray_ports|metrics_ports|control_ports) \{[^}]*?elements = \{([^}]*)\}", re.DOTALL)
 
 
 def claimed_ports(except_table: str | None = None) -> frozenset[int]:

@@ -160,11 +160,13 @@ def up(
     if config.serve_listen is not None:
         serve_port = prometheus.allocate_port(ports, claimed | {p for p in (prom_port, gateway_metrics) if p})
     # Loopback ports of this cluster kept from remote hosts and from other local users: Serve's proxy answers
-    # anyone who reaches it, so only the gateway may.
-    loopback_extra = [p for p in (prom_port, gateway_metrics, serve_port) if p is not None]
+    # anyone who reaches it, so only the gateway may. Ray's user keeps Prometheus (its dashboard queries it,
+    # RAY_PROMETHEUS_HOST); the gateway's metrics are the control plane's only (``control`` below).
+    loopback_extra = [p for p in (prom_port, serve_port) if p is not None]
     if node_ip is not None:
         multinode.install_head_firewall(state, config, ports, owners)
         firewall.add_ports(firewall.table_name(state), loopback_extra)
+        firewall.add_ports(firewall.table_name(state), [gateway_metrics], control=True)
     head: RayHead | None = None
     gateway_renewal: tuple[str, x509.Certificate] | None = None
     gateway_pid: int | None = None
@@ -188,7 +190,7 @@ def up(
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            fw = firewall.protect(state, ports, exposed, extra=loopback_extra, owners=owners)
+            fw = firewall.protect(state, ports, exposed, extra=loopback_extra, owners=owners, control=[gateway_metrics])
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))

@@ -24,6 +24,7 @@ from raywarden.audit import AuditRecordError, AuditUnavailable
 from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
+from raywarden.gateway.bodies import ClientGone
 from raywarden.gateway.control import ControlHandler
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Handler, Services, authenticate
@@ -40,7 +41,7 @@ from raywarden.gateway.middleware.host import HostMiddleware
 from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.request import Target, canonical_path, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import Routed, RouteKind, match
+from raywarden.gateway.routes import ROUTES, Routed, RouteKind, match
 from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.telemetry import RequestMetrics
 from raywarden.gateway.upstream import AnswerTooLarge, Upstream, UpstreamUnavailable
@@ -140,6 +141,8 @@ class GatewayApp:
                 message = {**message, "headers": [*headers, (b"x-request-id", ex.request_id.encode())]}
             elif message["type"] == "websocket.accept":
                 started.append(101)
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", ex.request_id.encode())]}
             await send(message)
 
         try:
@@ -166,6 +169,9 @@ class GatewayApp:
         """Record ``exc`` as the request's refusal and answer it, unless an answer (``status``) already began."""
         if isinstance(exc, (AuditUnavailable, AuditRecordError)):
             raise exc
+        if isinstance(exc, ClientGone):
+            await ex.client_gone(exc.status, exc.reason, exc.outcome, exc.bytes_received)
+            return
         refusal = refusals.addressed(_as_refusal(ex, exc), ex, scope)
         if status is not None:
             if not ex.decided:
@@ -188,6 +194,16 @@ class GatewayApp:
         if found is None:
             # An anonymous caller learns nothing about the route table, not even that a route is unknown.
             await authenticate(self.services, ex, scope, session=False)
+            allowed = [] if websocket else _methods_for(path)
+            if allowed and method not in allowed:
+                wrong = Refusal(
+                    405,
+                    f"{method} is not answered on this path",
+                    reason=f"method not in the route table: {method} {path}"[:600],
+                    hint=f"use {', '.join(allowed)}",
+                )
+                wrong.headers["allow"] = ", ".join(allowed)
+                raise wrong
             reason = f"route not in the route table: {method} {path}"[:600]
             raise Refusal(404, "no such route", reason=reason, hint=HINT_UNKNOWN_ROUTE)
         route = found.route
@@ -244,3 +260,12 @@ def _browser_navigation(scope: Scope) -> bool:
         return False
     mode = header(scope, b"sec-fetch-mode")
     return mode == "navigate" if mode is not None else "text/html" in (header(scope, b"accept") or "")
+
+
+def _methods_for(path: str) -> list[str]:
+    """The methods the route table answers on ``path``, for a 405's Allow header (HEAD as ``match`` allows it)."""
+    found = [route for route in ROUTES if not route.websocket and route.regex.match(path)]
+    methods = {route.method for route in found}
+    if any(route.method == "GET" and route.mount for route in found):
+        methods.add("HEAD")
+    return sorted(methods)

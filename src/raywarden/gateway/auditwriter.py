@@ -15,7 +15,8 @@ from raywarden.state import ClusterConfig, StateDir
 
 class MeteredAuditLog(AuditLog):
     def _process(self, batch: list[Item], *, final: bool) -> None:
-        AUDIT_BATCH.observe(len(batch))
+        if batch:  # a turn for a due checkpoint alone is not a group commit
+            AUDIT_BATCH.observe(len(batch))
         AUDIT_QUEUE.set(len(self._queue) + len(batch))
         try:
             super()._process(batch, final=final)

@@ -13,8 +13,9 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from raywarden.gateway.deadlines import CONNECTION_STATE_KEY
 from raywarden.gateway.request import BadQuery, Pairs, ParamKind, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
 
@@ -33,13 +34,41 @@ class BadBody(Refusal):
         super().__init__(400, message, reason=f"bad request body: {message}", hint=hint)
 
 
+class ClientGone(Refusal):
+    """The client left before its request body ended: it hung up (``client_aborted``, recorded with status
+    499, "client closed request") or stalled past the body idle timeout (``client_timeout``, 408). Nobody is
+    left to answer; the records say what happened and how much arrived."""
+
+    def __init__(self, request: Request, received: int) -> None:
+        mark = request.scope.get("state", {}).get(CONNECTION_STATE_KEY)
+        timed_out = bool(getattr(mark, "timed_out", False))
+        self.outcome = "client_timeout" if timed_out else "client_aborted"
+        self.bytes_received = received
+        what = "stalled past the body idle timeout" if timed_out else "closed the connection"
+        super().__init__(
+            408 if timed_out else 499,
+            f"the client {what} before its request body ended",
+            reason=f"{self.outcome}: request body ended after {received} bytes",
+        )
+
+
+async def _parts(request: Request, received: list[int]) -> AsyncIterator[bytes]:
+    """``request.stream()``, with a client that leaves mid-body turned into ``ClientGone``."""
+    try:
+        async for part in request.stream():
+            received[0] += len(part)
+            yield part
+    except ClientDisconnect:
+        raise ClientGone(request, received[0]) from None
+
+
 async def read_body(request: Request, limit: int, hint: str | None) -> bytes:
     """The whole body, refused (413) as soon as it is known to be larger than ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
     data = bytearray()
-    async for part in request.stream():
+    async for part in _parts(request, [0]):
         data += part
         if len(data) > limit:
             raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
@@ -62,18 +91,21 @@ class StreamedBody:
         self.refusal: Refusal | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for part in self._request.stream():
-            self.received += len(part)
-            if self.received > self._limit:
-                self.refusal = Refusal(413, f"request body larger than {self._limit} bytes", hint=self._hint)
-                raise self.refusal
-            if part:
-                yield part
+        try:
+            async for part in _parts(self._request, [self.received]):
+                self.received += len(part)
+                if self.received > self._limit:
+                    raise Refusal(413, f"request body larger than {self._limit} bytes", hint=self._hint)
+                if part:
+                    yield part
+        except Refusal as refusal:
+            self.refusal = refusal
+            raise
 
 
 async def refuse_body(request: Request) -> None:
     """A body on a route that takes none is a smuggling attempt or a client bug: refuse it."""
-    async for part in request.stream():
+    async for part in _parts(request, [0]):
         if part:
             raise Refusal(400, "this route takes no request body", hint="send the request without a body")
 

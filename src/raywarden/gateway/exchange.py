@@ -113,6 +113,11 @@ class Exchange:
         refused = refusal.status if refusal.sent_status != refusal.status else None
         await self.finish(refusal.sent_status, reason=refusal.reason, refusal_status=refused)
 
+    async def client_gone(self, status: int, reason: str, outcome: str, bytes_received: int) -> None:
+        """The client left mid-request (gateway/bodies.py ClientGone): no answer is sent; the records say so."""
+        await self._decision("deny", status, reason=reason)
+        await self.finish(status, reason=reason, outcome=outcome, bytes_received=bytes_received)
+
     async def settle(self, status: int, reason: str) -> None:
         """Whatever record is still missing: an error decision (none was recorded) and the outcome."""
         await self._decision("error", status, reason=reason)

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocols, handing the verified client certificate to the app (gateway/tls.py says why).
+"""uvicorn's HTTP protocols, handing the verified client certificate to the app (gateway/tls.py says why) and
+enforcing read deadlines and a connection bound (gateway/deadlines.py).
 
 httptools (C) parses HTTP/1.1 when it is installed and is what the gateway runs; h11 (pure Python) is the
 fallback. Both give the app the same scope."""
@@ -8,9 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
+from raywarden.gateway.deadlines import ReadDeadlines, ReadLimits
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY, PeerCertProtocol
+
+DEFAULT_LIMITS = ReadDeadlines.limits
 
 
 def _httptools() -> type[Any] | None:
@@ -29,9 +31,10 @@ def _httptools() -> type[Any] | None:
     return PeerCertHttpTools
 
 
-def http_protocol(parser: str = "auto") -> type[H11Protocol] | type[Any]:
+def http_protocol(parser: str = "auto", limits: ReadLimits = DEFAULT_LIMITS) -> type[Any]:
     """The protocol class for ``parser`` ("httptools", "h11" or "auto": httptools when installed)."""
     httptools = _httptools() if parser != "h11" else None
     if httptools is None and parser == "httptools":
         raise ImportError("httptools is not installed")
-    return httptools or PeerCertProtocol
+    base = httptools or PeerCertProtocol
+    return type(f"Deadline{base.__name__}", (ReadDeadlines, base), {"limits": limits})

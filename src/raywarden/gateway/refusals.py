@@ -81,4 +81,6 @@ def body(refusal: Refusal, ex: Exchange) -> dict[str, Any]:
 
 
 def response(refusal: Refusal, ex: Exchange) -> JSONResponse:
-    return json_error(refusal.sent_status, body(refusal, ex), ex.request_id)
+    answer = json_error(refusal.sent_status, body(refusal, ex), ex.request_id)
+    answer.headers.update(refusal.headers)
+    return answer

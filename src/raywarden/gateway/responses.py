@@ -41,6 +41,7 @@ class Refusal(RaywardenError):
         self.sent_status = status
         self.reason = reason or message
         self.shown: dict[str, Any] = dict(shown or {})
+        self.headers: dict[str, str] = {}  # extra answer headers (Allow on a 405)
 
     @property
     def decision(self) -> DecisionWord:

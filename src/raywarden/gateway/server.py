@@ -19,6 +19,7 @@ from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink, LocalAudit
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
+from raywarden.gateway.deadlines import ReadLimits
 from raywarden.gateway.protocols import http_protocol
 from raywarden.gateway.telemetry import upstream_error
 from raywarden.gateway.upstream import Upstream
@@ -90,6 +91,14 @@ def load_policies(state: StateDir, audit: AuditLog) -> PolicyEngine:
     return engine
 
 
+def read_limits(config: ClusterConfig) -> ReadLimits:
+    return ReadLimits(
+        header_seconds=config.gateway_header_timeout_seconds,
+        body_idle_seconds=config.gateway_body_idle_seconds,
+        max_connections=config.gateway_max_connections,
+    )
+
+
 def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext, http: str = "auto") -> uvicorn.Config:
     """uvicorn's settings for the gateway. Forwarded headers (X-Forwarded-For, -Proto) choose the client's
     address only on connections from ``trusted_proxies``; by default none is trusted, whatever uvicorn's own
@@ -98,7 +107,7 @@ def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext, h
         app,
         host=config.listen.host,
         port=config.listen.port,
-        http=http_protocol(http),
+        http=http_protocol(http, read_limits(config)),
         ws="wsproto",
         lifespan="on",
         access_log=False,

@@ -141,6 +141,9 @@ class Upstream:
         try:
             resp = await self.session.request(method, url, headers=forwarded, data=body, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            ours = _body_error(exc)
+            if ours is not None:  # the request body failed on the client's side (too large, client left)
+                raise ours from None
             self._on_error("connect" if isinstance(exc, aiohttp.ClientConnectionError) else "request")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -193,3 +196,15 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._on_error("websocket")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+def _body_error(exc: BaseException) -> RaywardenError | None:
+    """Our own error raised by the streamed body's iterator, which aiohttp wraps as a connection error."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, RaywardenError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

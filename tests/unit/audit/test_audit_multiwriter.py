@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,28 @@ def test_cli_process_appends_while_a_long_running_writer_is_open(tmp_path: Path)
         assert result.returncode == 0, result.stderr
         assert gateway.append({"kind": "request"}) == 3  # picked up the other process's records
     assert verify_log(tmp_path / "audit", public_key=key.public_key()).records == 4
+
+
+def test_writer_idles_once_another_writer_signed_its_records(tmp_path: Path) -> None:
+    """Replays the idle spin: worker A's records signed by worker B left A "dirty" and its thread never waited."""
+    key = load_or_create_audit_key(tmp_path / "audit.key")
+    first = AuditLog.open(tmp_path / "audit", signing_key=key, checkpoint_seconds=0.2)
+    second = AuditLog.open(tmp_path / "audit", signing_key=key, checkpoint_seconds=60)
+    try:
+        first.append({"kind": "cluster", "writer": "first"})
+        second.append({"kind": "cluster", "writer": "second"})
+        signed = second.checkpoint()
+        assert signed is not None and signed.size == 2
+        # Let the first writer's checkpoint deadline pass: it wakes once, finds size 2 signed, and goes back to
+        # sleep. Before the fix it woke again at once, thousands of times a second.
+        deadline = time.monotonic() + 10
+        while first.stats.turns < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        turns = first.stats.turns
+        time.sleep(0.5)
+        assert first.stats.turns - turns <= 1
+        assert first.stats.batches == 1 and first.stats.checkpoints == 0
+    finally:
+        first.close()
+        second.close()
+    assert verify_log(tmp_path / "audit", public_key=key.public_key()).records == 2
