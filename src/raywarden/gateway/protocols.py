@@ -7,10 +7,15 @@ fallback. Both give the app the same scope."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
 
 from raywarden.gateway.deadlines import ReadDeadlines, ReadLimits
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY, PeerCertProtocol
+from raywarden.state import ClusterConfig, Listen
 
 DEFAULT_LIMITS = ReadDeadlines.limits
 
@@ -38,3 +43,38 @@ def http_protocol(parser: str = "auto", limits: ReadLimits = DEFAULT_LIMITS) -> 
         raise ImportError("httptools is not installed")
     base = httptools or PeerCertProtocol
     return type(f"Deadline{base.__name__}", (ReadDeadlines, base), {"limits": limits})
+
+
+def read_limits(config: ClusterConfig) -> ReadLimits:
+    return ReadLimits(
+        header_seconds=config.gateway_header_timeout_seconds,
+        body_idle_seconds=config.gateway_body_idle_seconds,
+        max_connections=config.gateway_max_connections,
+    )
+
+
+def listener_config(
+    app: ASGIApp, listen: Listen, config: ClusterConfig, tls: ssl.SSLContext, http: str = "auto"
+) -> uvicorn.Config:
+    """uvicorn's settings for one of the gateway's listeners (the API's, or Serve's): the same protocol, read
+    deadlines and TLS context. Forwarded headers (X-Forwarded-For, -Proto) choose the client's address only on
+    connections from ``trusted_proxies``; by default none is trusted, whatever uvicorn's own defaults (loopback)
+    or FORWARDED_ALLOW_IPS say."""
+    uv_config = uvicorn.Config(
+        app,
+        host=listen.host,
+        port=listen.port,
+        http=http_protocol(http, read_limits(config)),
+        ws="wsproto",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=True,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies),
+    )
+    uv_config.load()
+    uv_config.ssl = tls  # uvicorn builds a context only from file paths: ours verifies client certificates
+    return uv_config

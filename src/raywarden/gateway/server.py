@@ -19,8 +19,7 @@ from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink, LocalAudit
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
-from raywarden.gateway.deadlines import ReadLimits
-from raywarden.gateway.protocols import http_protocol
+from raywarden.gateway.protocols import listener_config
 from raywarden.gateway.telemetry import upstream_error
 from raywarden.gateway.upstream import Upstream
 from raywarden.gateway.web import WebServices
@@ -91,36 +90,9 @@ def load_policies(state: StateDir, audit: AuditLog) -> PolicyEngine:
     return engine
 
 
-def read_limits(config: ClusterConfig) -> ReadLimits:
-    return ReadLimits(
-        header_seconds=config.gateway_header_timeout_seconds,
-        body_idle_seconds=config.gateway_body_idle_seconds,
-        max_connections=config.gateway_max_connections,
-    )
-
-
 def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext, http: str = "auto") -> uvicorn.Config:
-    """uvicorn's settings for the gateway. Forwarded headers (X-Forwarded-For, -Proto) choose the client's
-    address only on connections from ``trusted_proxies``; by default none is trusted, whatever uvicorn's own
-    defaults (loopback) or FORWARDED_ALLOW_IPS say."""
-    uv_config = uvicorn.Config(
-        app,
-        host=config.listen.host,
-        port=config.listen.port,
-        http=http_protocol(http, read_limits(config)),
-        ws="wsproto",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        date_header=True,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-        proxy_headers=bool(config.trusted_proxies),
-        forwarded_allow_ips=list(config.trusted_proxies),
-    )
-    uv_config.load()
-    uv_config.ssl = tls  # uvicorn builds a context only from file paths: ours verifies client certificates
-    return uv_config
+    """uvicorn's settings for the gateway's API listener."""
+    return listener_config(app, config.listen, config, tls, http)
 
 
 def main() -> None:

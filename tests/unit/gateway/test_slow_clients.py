@@ -174,3 +174,24 @@ def test_connections_beyond_the_bound_close_the_longest_idle(server: tuple[int, 
     assert read_all(held[0]) == b""  # the oldest was closed to make room
     newest.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert newest.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_serve_listener_has_the_api_listeners_deadlines() -> None:
+    """Both listeners are built by one function: a slow client is no cheaper on Serve's listener."""
+    import ssl
+
+    from raywarden.gateway.deadlines import ReadDeadlines
+    from raywarden.gateway.protocols import read_limits
+    from raywarden.gateway.serve.server import server_for
+    from raywarden.state import ClusterConfig, Listen
+
+    config = ClusterConfig(serve_listen=Listen(host="127.0.0.1", port=8000), gateway_header_timeout_seconds=7)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    served = server_for(app, config, tls)  # type: ignore[arg-type]
+    protocol: Any = served.config.http
+    assert issubclass(protocol, ReadDeadlines) and protocol.limits == read_limits(config)
+    assert protocol.limits.header_seconds == 7 and served.config.ssl is tls

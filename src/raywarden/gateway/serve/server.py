@@ -16,7 +16,7 @@ from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
-from raywarden.gateway.protocols import http_protocol
+from raywarden.gateway.protocols import listener_config
 from raywarden.gateway.serve.callers import ServeAuthenticator
 from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.serve.limits import LimitStore
@@ -81,23 +81,8 @@ class _SignalsElsewhere(uvicorn.Server):
 def server_for(listener: ServeListener, config: ClusterConfig, tls: ssl.SSLContext) -> uvicorn.Server:
     if config.serve_listen is None:
         raise ValueError("no serve_listen in the cluster config")
-    uv_config = uvicorn.Config(
-        listener,
-        host=config.serve_listen.host,
-        port=config.serve_listen.port,
-        http=http_protocol("auto"),
-        ws="wsproto",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        date_header=True,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-        proxy_headers=bool(config.trusted_proxies),
-        forwarded_allow_ips=list(config.trusted_proxies),
-    )
-    uv_config.load()
-    uv_config.ssl = tls
+    # The same read deadlines and connection bound as the API listener: a slow client is no cheaper here.
+    uv_config = listener_config(listener, config.serve_listen, config, tls)
     return _SignalsElsewhere(uv_config)
 
 
