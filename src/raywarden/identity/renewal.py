@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from raywarden.identity.store import IdentityError, IdentityStore
+from raywarden.identity.store import IdentityError, IdentityStore, revoke_held
 from raywarden.secret import Secret
 
 # A challenge is answered at once by a client that asked for it: a minute is plenty, and little to replay.
@@ -104,14 +104,7 @@ class RenewalStore:
         now = _now_iso()
         with self.store._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            certs = db.execute(
-                "UPDATE certificates SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id),
-            ).rowcount
-            tokens = db.execute(
-                "UPDATE tokens SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id),
-            ).rowcount
+            certs, tokens = revoke_held(db, spiffe_id, now, reason)
             db.execute("COMMIT")
         return {"certificates": certs, "tokens": tokens}
 

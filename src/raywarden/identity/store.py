@@ -163,14 +163,7 @@ class IdentityStore:
             if cur.rowcount != 1:
                 db.execute("ROLLBACK")
                 raise IdentityError(f"no such principal {spiffe_id}")
-            certs = db.execute(
-                "UPDATE certificates SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id),
-            ).rowcount
-            tokens = db.execute(
-                "UPDATE tokens SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
-                (now, reason, spiffe_id),
-            ).rowcount
+            certs, tokens = revoke_held(db, spiffe_id, now, reason)
             codes = db.execute(
                 "UPDATE enrollments SET revoked_at = ? WHERE spiffe_id = ? AND used_at IS NULL AND revoked_at IS NULL",
                 (now, spiffe_id),
@@ -324,6 +317,20 @@ class TokenState:
     self_issued: bool
     # None when the token names no certificate, or names one this cluster never issued.
     certificate: CertificateRecord | None
+
+
+def revoke_held(db: sqlite3.Connection, spiffe_id: str, now: str, reason: str) -> tuple[int, int]:
+    """Revoke every certificate and token ``spiffe_id`` holds, in the caller's transaction: (certificates,
+    tokens) revoked."""
+    certs = db.execute(
+        "UPDATE certificates SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+        (now, reason, spiffe_id),
+    ).rowcount
+    tokens = db.execute(
+        "UPDATE tokens SET revoked_at = ?, reason = ? WHERE spiffe_id = ? AND revoked_at IS NULL",
+        (now, reason, spiffe_id),
+    ).rowcount
+    return certs, tokens
 
 
 def lookup_credential(store: IdentityStore, table: str, ident: str) -> CredentialState | None:
