@@ -45,10 +45,11 @@ import requests
 
 from raywarden.cluster import lifecycle
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.runinfo import workers_file
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 TD = "bench.raywarden"
 

@@ -37,7 +37,8 @@ from gateway_bench import (
 from raywarden.cluster import lifecycle
 from raywarden.cluster.procs import cmdline, terminate
 from raywarden.cluster.setup import init_state
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.config import ClusterConfig, Listen
+from raywarden.state import StateDir
 
 VARIANTS = {
     "uvloop+httptools": {"RAYWARDEN_GATEWAY_LOOP": "uvloop", "RAYWARDEN_GATEWAY_HTTP": "httptools"},

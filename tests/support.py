@@ -18,12 +18,13 @@ import requests
 
 from raywarden.cluster import lifecycle
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 TD = "test.raywarden"
 

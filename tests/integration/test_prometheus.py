@@ -17,8 +17,9 @@ import requests
 
 from raywarden.cluster import lifecycle, prometheus
 from raywarden.cluster.procs import alive, cmdline, listening_ports, pids_mentioning, tcp_listeners
+from raywarden.config import ClusterConfig
 from raywarden.errors import ClusterError
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 from tests.conftest import free_port
 from tests.support import Cluster, start_cluster, stop_cluster
 

@@ -26,8 +26,10 @@ from raywarden.cli.common import (
 from raywarden.cluster import lifecycle, worker
 from raywarden.cluster.setup import init_state
 from raywarden.cluster.worker import NodeState
+from raywarden.config import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen
+from raywarden.durations import parse_duration
 from raywarden.errors import ClusterError, RaywardenError, UsageError
-from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen, StateDir, parse_duration
+from raywarden.state import StateDir
 
 
 def register(app: typer.Typer) -> None:

@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from raywarden.cluster import firewall
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.ports import WorkerPorts
+from raywarden.config import ClusterConfig
 from raywarden.files import read_private
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 
 MAX_CSR_BYTES = 4096
 

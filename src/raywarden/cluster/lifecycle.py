@@ -45,12 +45,13 @@ from raywarden.cluster.setup import (
     reissue_head_certificate,
     renew_gateway_certificate_if_due,
 )
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ClusterError
 from raywarden.files import ensure_private_dir, read_private, write_private
 from raywarden.gateway.runinfo import metrics_url, workers_file
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex
 from raywarden.pki.trust import gateway_issuer
-from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 
 Progress = Callable[[str], None]
 RAY_START_TIMEOUT_S = 120.0

@@ -9,8 +9,9 @@ from typing import cast
 from raywarden.audit import AuditLog
 from raywarden.audit.keys import load_or_create_audit_key
 from raywarden.audit.waiters import Item
+from raywarden.config import ClusterConfig
 from raywarden.gateway.telemetry import AUDIT_BATCH, AUDIT_FSYNC, AUDIT_QUEUE
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 class MeteredAuditLog(AuditLog):

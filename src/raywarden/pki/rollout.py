@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raywarden.audit.cluster import open_cluster_audit
+from raywarden.config import ClusterConfig
 from raywarden.errors import PKIError
 from raywarden.identity.nodes import Node
 from raywarden.identity.renewal import MAX_RENEW_GRACE, RenewalStore
@@ -23,7 +24,7 @@ from raywarden.pki import rotation
 from raywarden.pki.ca_keys import Role
 from raywarden.pki.rotation import Step
 from raywarden.pki.trust import CaFiles, parse_time, read_rotation, status
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 @dataclass(frozen=True)

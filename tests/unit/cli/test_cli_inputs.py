@@ -19,9 +19,10 @@ from raywarden.client.jobs import choose_profile
 from raywarden.client.profile import Profile, load_profile, profiles_dir
 from raywarden.cluster.lifecycle import RunState
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ClusterError, UsageError
 from raywarden.identity.admin import IdentityAdmin
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 

@@ -20,6 +20,7 @@ from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig, NodeState
 from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.doctor import run_doctor
 from raywarden.files import write_private, write_public
 from raywarden.identity.nodes import NodeRegistry
@@ -27,7 +28,7 @@ from raywarden.pki.certs import cert_pem, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "status.test"

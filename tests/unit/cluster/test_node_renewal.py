@@ -23,6 +23,7 @@ from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig
 from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import PKIError
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
 from raywarden.pki.ca_keys import CertificateAuthority
@@ -30,7 +31,7 @@ from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.keys import generate_private_key
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "renew.test"
