@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, runstate
 from raywarden.cluster.setup import init_state
 from raywarden.config import ClusterConfig, Listen
 from raywarden.identity.store import IdentityStore
@@ -59,7 +59,7 @@ class Cluster:
         return self.state.ray_token.read_text().strip()
 
     def dashboard_url(self) -> str:
-        run = lifecycle.read_run_state(self.state)
+        run = runstate.read_run_state(self.state)
         assert run is not None
         return f"http://127.0.0.1:{run.ports.dashboard}"
 

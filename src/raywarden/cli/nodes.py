@@ -24,7 +24,7 @@ from raywarden.cli.common import (
     state_dir,
 )
 from raywarden.cluster import firewall, worker
-from raywarden.cluster.lifecycle import RunState, read_run_state
+from raywarden.cluster.runstate import RunState, read_run_state
 from raywarden.config import ClusterConfig
 from raywarden.errors import UsageError
 from raywarden.identity.nodes import NodeRegistry, NodeRegistryError

@@ -15,8 +15,8 @@ from rich.markup import escape
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.reader import RecordFilter, iter_records, last_records
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
-from raywarden.cluster.lifecycle import read_run_state
 from raywarden.cluster.procs import alive
+from raywarden.cluster.runstate import read_run_state
 from raywarden.config import ClusterConfig
 from raywarden.errors import ClusterError, PolicyError, UsageError
 from raywarden.identity.names import principal_kind, principal_name

@@ -60,7 +60,7 @@ def parse(model: type[BaseModel], body: bytes | None) -> Any:
 
 def head_plan(state: StateDir) -> dict[str, Any]:
     """What a worker needs to know about the head: read from the running head's run state."""
-    from raywarden.cluster.lifecycle import read_run_state
+    from raywarden.cluster.runstate import read_run_state
 
     run = read_run_state(state)
     if run is None or run.node_ip is None:

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from raywarden.cli import main as cli_main
-from raywarden.cluster import admission, lifecycle
+from raywarden.cluster import admission, runstate
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig, NodeState
 from raywarden.cluster.ports import RayPorts, WorkerPorts
@@ -78,7 +78,7 @@ def add_worker(state: StateDir, name: str, lifetime: dt.timedelta) -> x509.Certi
 
 def pretend_running(state: StateDir) -> None:
     """A run file naming live processes (this test's own pid): what a running cluster looks like to doctor."""
-    run = lifecycle.RunState(
+    run = runstate.RunState(
         ray_pid=os.getpid(),
         gateway_pid=os.getpid(),
         ports=RayPorts.allocate(),
@@ -86,7 +86,7 @@ def pretend_running(state: StateDir) -> None:
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         firewall="installed",
     )
-    lifecycle.write_run_state(state, run)
+    runstate.write_run_state(state, run)
 
 
 def overdue_gateway(state: StateDir, minutes_left: int = 1) -> x509.Certificate:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from raywarden.cluster import admission, lifecycle, node_renewal, worker_ray
+from raywarden.cluster import admission, node_renewal, runstate, worker_ray
 from raywarden.cluster.agent import NodeAgent
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig
@@ -47,7 +47,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StateDir:
     )
     init_state(target, config, admin_name="admin", profile_name="renew")
     # A head running in multi-node mode, as `up --node-ip` records it.
-    run = lifecycle.RunState(
+    run = runstate.RunState(
         ray_pid=os.getpid(),
         gateway_pid=os.getpid(),
         ports=RayPorts.allocate(),
@@ -56,7 +56,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StateDir:
         firewall="installed (multi-node)",
         node_ip=HEAD_IP,
     )
-    lifecycle.write_run_state(target, run)
+    runstate.write_run_state(target, run)
     return target
 
 
