@@ -27,7 +27,8 @@ from raywarden.cluster import firewall, worker
 from raywarden.cluster.runstate import RunState, read_run_state
 from raywarden.config import ClusterConfig
 from raywarden.errors import UsageError
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import fingerprint, load_cert
 from raywarden.secret import Secret
 

@@ -19,7 +19,8 @@ from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.ports import WorkerPorts
 from raywarden.config import ClusterConfig
 from raywarden.files import read_private
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId

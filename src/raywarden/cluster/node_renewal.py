@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from raywarden.cluster.admission import MAX_CSR_BYTES, csr_key, head_plan, issue_node_certificate
 from raywarden.cluster.certlife import Lifetime, now_utc
 from raywarden.config import ClusterConfig
-from raywarden.identity.nodes import Node, NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import Node, NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret

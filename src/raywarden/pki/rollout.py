@@ -17,7 +17,7 @@ from typing import Any
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.config import ClusterConfig
 from raywarden.errors import PKIError
-from raywarden.identity.nodes import Node
+from raywarden.identity.node_records import Node
 from raywarden.identity.renewal import MAX_RENEW_GRACE, RenewalStore
 from raywarden.identity.store import IdentityStore
 from raywarden.pki import rotation

@@ -25,7 +25,8 @@ from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import init_state
 from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import PKIError
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.keys import generate_private_key
