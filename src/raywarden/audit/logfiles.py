@@ -24,9 +24,9 @@ from raywarden.audit.layout import (
     PUBLIC_KEY_NAME,
     ExclusiveLock,
     Segment,
-    complete_length,
     list_segments,
     read_last_line,
+    repair_torn_tail,
     segment_name,
     write_all,
 )
@@ -72,6 +72,7 @@ class LogFiles:
         checkpoint_seconds: float,
         rotate_bytes: int,
         stats: WriterStats,
+        on_append: Callable[[float], None],
     ) -> None:
         self.audit_dir = audit_dir
         self._key = signing_key
@@ -82,6 +83,7 @@ class LogFiles:
         self._checkpoint_seconds = checkpoint_seconds
         self._rotate_bytes = rotate_bytes
         self._stats = stats
+        self._on_append = on_append  # told how long each write and fsync took (the gateway's metrics)
         self._lock_fd = -1
         self._cp_fd = -1
         self._cp_ino = 0
@@ -188,7 +190,7 @@ class LogFiles:
             self._seg, self._next_seq, self._head = None, 0, GENESIS_HEAD
             return
         newest = segments[-1]
-        size = self._repair_torn_tail(newest.path)
+        size = repair_torn_tail(newest.path)
         found = self._head_after(newest, size)
         if found is None:
             # An empty newest segment (crash right after rotating): the chain continues from the one before.
@@ -226,7 +228,7 @@ class LogFiles:
         if created:
             fsync_dir(self.audit_dir)
         self._cp_ino = os.fstat(self._cp_fd).st_ino
-        self._cp_size = self._repair_torn_tail(path)
+        self._cp_size = repair_torn_tail(path)
         line = read_last_line(path, self._cp_size)
         if line is None:
             self._last_cp_size = None
@@ -278,20 +280,6 @@ class LogFiles:
         self.last_checkpoint = None
         return rotation
 
-    def _repair_torn_tail(self, path: Path) -> int:
-        """Cut a partial last line left by a crash mid-write; it was never acknowledged to anyone."""
-        size = path.stat().st_size
-        good = complete_length(path, size)
-        if good != size:
-            log.warning("audit: removing %d bytes of an incomplete last line from %s", size - good, path)
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.ftruncate(fd, good)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return good
-
     # -- writing ---------------------------------------------------------------------------------------------
 
     def write_records(self, items: list[Item]) -> None:
@@ -341,6 +329,7 @@ class LogFiles:
 
     def _append(self, fd: int, path: Path, size_before: int, data: bytes) -> None:
         """Write and fsync, or roll the file back to ``size_before`` so no unacknowledged bytes linger."""
+        started = time.monotonic()
         try:
             write_all(fd, data)
             os.fsync(fd)
@@ -351,6 +340,8 @@ class LogFiles:
             except OSError:
                 log.exception("audit: could not roll back %s after a failed write", path)
             raise
+        finally:
+            self._on_append(time.monotonic() - started)
 
     def _rotate(self) -> Segment:
         if self._seg is not None and (self._last_cp_size or 0) < self._next_seq:

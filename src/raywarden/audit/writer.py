@@ -56,6 +56,7 @@ class AuditLog:
             checkpoint_seconds=checkpoint_seconds,
             rotate_bytes=rotate_bytes,
             stats=self.stats,
+            on_append=self._append_took,
         )
 
         self._cond = threading.Condition()
@@ -196,6 +197,10 @@ class AuditLog:
                 raise AuditUnavailable("the audit log is closed", hint="reopen it (restart the gateway)")
             self._queue.append(item)
             self._cond.notify()
+
+    def _append_took(self, seconds: float) -> None:
+        """Called on the writer thread after each write and fsync, or its failure, with the time it took.
+        Nothing to do here; the gateway's log measures it (gateway/auditwriter.py)."""
 
     # -- writer thread ---------------------------------------------------------------------------------------
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import cast
 
 from raywarden.audit import AuditLog
@@ -24,12 +22,8 @@ class MeteredAuditLog(AuditLog):
         finally:
             AUDIT_QUEUE.set(len(self._queue))
 
-    def _append(self, fd: int, path: Path, size_before: int, data: bytes) -> None:
-        started = time.monotonic()
-        try:
-            super()._append(fd, path, size_before, data)
-        finally:
-            AUDIT_FSYNC.observe(time.monotonic() - started)
+    def _append_took(self, seconds: float) -> None:
+        AUDIT_FSYNC.observe(seconds)
 
 
 def open_gateway_audit(state: StateDir, config: ClusterConfig) -> MeteredAuditLog:
