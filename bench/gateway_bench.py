@@ -43,12 +43,13 @@ from typing import Any
 import aiohttp
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, runstate
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.runinfo import workers_file
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 TD = "bench.raywarden"
 
@@ -271,7 +272,7 @@ asyncio.run(fill())
 
 
 def fill_jobs(state: StateDir, count: int, owners: list[str]) -> None:
-    run = lifecycle.read_run_state(state)
+    run = runstate.read_run_state(state)
     if run is None:
         raise SystemExit("the cluster is not up")
     env = {
@@ -353,7 +354,7 @@ def main() -> None:
             profile_name="bench",
         )
         lifecycle.up(state, num_cpus=2)
-        run = lifecycle.read_run_state(state)
+        run = runstate.read_run_state(state)
         assert run is not None
         dashboard = f"http://127.0.0.1:{run.ports.dashboard}"
         profile = root / "home" / "profiles" / "bench"

@@ -34,10 +34,11 @@ from gateway_bench import (
     submit_job,
 )
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, runstate
 from raywarden.cluster.procs import cmdline, terminate
 from raywarden.cluster.setup import init_state
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.config import ClusterConfig, Listen
+from raywarden.state import StateDir
 
 VARIANTS = {
     "uvloop+httptools": {"RAYWARDEN_GATEWAY_LOOP": "uvloop", "RAYWARDEN_GATEWAY_HTTP": "httptools"},
@@ -46,7 +47,7 @@ VARIANTS = {
 
 
 def restart_gateway(state: StateDir, argv: list[str], env: dict[str, str], url: str) -> int:
-    run = lifecycle.read_run_state(state)
+    run = runstate.read_run_state(state)
     assert run is not None
     terminate([run.gateway_pid], grace_s=15)
     proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,7 +84,7 @@ def main() -> None:
             profile_name="bench",
         )
         lifecycle.up(state, num_cpus=2)
-        run = lifecycle.read_run_state(state)
+        run = runstate.read_run_state(state)
         assert run is not None
         argv = cmdline(run.gateway_pid).split()
         url = f"https://127.0.0.1:{port}"

@@ -24,12 +24,13 @@ from pathlib import Path
 import requests
 
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.tokens import TokenAuthority
 from raywarden.identity.admin import IdentityAdmin
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.certs import fingerprint, load_cert
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 
 def _pct(values: list[float], q: float) -> float:

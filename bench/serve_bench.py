@@ -33,7 +33,8 @@ import requests
 
 from raywarden.cluster import lifecycle
 from raywarden.cluster.setup import init_state
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.config import ClusterConfig, Listen
+from raywarden.state import StateDir
 
 TD = "bench.raywarden"
 APPS = {"echo": ("/echo", "echo"), "stream": ("/stream", "stream")}

@@ -16,14 +16,15 @@ from typing import Any
 
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, runstate
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 TD = "test.raywarden"
 
@@ -58,7 +59,7 @@ class Cluster:
         return self.state.ray_token.read_text().strip()
 
     def dashboard_url(self) -> str:
-        run = lifecycle.read_run_state(self.state)
+        run = runstate.read_run_state(self.state)
         assert run is not None
         return f"http://127.0.0.1:{run.ports.dashboard}"
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.cluster.procs import cmdline
 from raywarden.cluster.ray_head import cluster_pids
 from tests.browser.browser_support import chromium, missing_browser, nss_home, shot, sign_in, signin_path
@@ -376,7 +376,7 @@ def _node_id(cluster: Cluster) -> str:
 
 def _ray_python_pid(cluster: Cluster) -> int:
     """A Python process of Ray's (its dashboard agent): py-spy runs as Ray's user and may attach to those only."""
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     for pid in cluster_pids(cluster.state, run.ray_pid):
         if cmdline(pid).startswith("ray::DashboardAgent"):

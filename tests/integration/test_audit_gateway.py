@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, runstate
 from tests.conftest import free_port
 from tests.support import Cluster, run_cli, start_cluster, stop_cluster
 
@@ -51,7 +51,7 @@ def test_gateway_crash_loses_no_acknowledged_record() -> None:
     root = Path(tempfile.mkdtemp(prefix="rwc-"))
     try:
         c = start_cluster(root, port=free_port(), profile="crash")
-        run = lifecycle.read_run_state(c.state)
+        run = runstate.read_run_state(c.state)
         assert run is not None
         received: list[str] = []
         lock = threading.Lock()

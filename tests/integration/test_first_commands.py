@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import lifecycle, report
 from raywarden.state import StateDir
 from tests.conftest import free_port
 
@@ -79,12 +79,12 @@ def test_next_hints_run_and_down_asks_before_killing_jobs(place: tuple[Path, Sta
     assert refused.returncode == 1
     assert job in refused.stderr and "spiffe://first.test/user/admin" in refused.stderr
     assert "--force" in refused.stderr and f"raywarden job stop {job}" in refused.stderr
-    assert lifecycle.status(state)["ray"]["running"]
+    assert report.status(state)["ray"]["running"]
 
     stopped = run("down", "--state-dir", str(state.root), "--force", "--json")
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout)["stopped"] is True
-    assert not lifecycle.status(state)["ray"]["running"]
+    assert not report.status(state)["ray"]["running"]
 
     # Nothing running any more: `down` needs no --force.
     again = run("down", "--state-dir", str(state.root))

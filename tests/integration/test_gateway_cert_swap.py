@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography import x509
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.gateway.runinfo import workers_file
 from raywarden.pki.certs import load_cert, serial_hex
 from tests.support import Cluster, run_cli, tls_context
@@ -69,7 +69,7 @@ def _swaps(cluster: Cluster, serial: str) -> list[dict[str, Any]]:
 
 
 def test_a_new_gateway_certificate_reaches_every_worker_without_a_restart(cluster: Cluster) -> None:
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     workers = _workers(cluster)
     old = serial_hex(load_cert(cluster.state.gateway_cert))
@@ -121,7 +121,7 @@ def test_a_new_gateway_certificate_reaches_every_worker_without_a_restart(cluste
     issued = [r for r in records if r.get("event") == "gateway.cert.renew" and r.get("serial") == new]
     assert len(issued) == 1 and issued[0]["actor"].startswith("local:")
     # Nothing restarted: the same supervisor, the same workers.
-    after = lifecycle.read_run_state(cluster.state)
+    after = runstate.read_run_state(cluster.state)
     assert after is not None and after.gateway_pid == run.gateway_pid
     assert _workers(cluster) == workers
     assert not [r for r in records if r.get("event") == "worker_exit" and r.get("pid") in workers]

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.gateway.runinfo import workers_file
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.certs import load_cert, serial_hex
@@ -131,7 +131,7 @@ def test_metrics_are_served_on_loopback_and_move(cluster: Cluster) -> None:
     status = json.loads(run_cli(cluster, "status", "--json", check=True).stdout)
     url = status["gateway"]["metrics_url"]
     assert url.startswith("http://127.0.0.1:")
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None and run.gateway_metrics_port is not None
     prom_config = (cluster.state.root / "prometheus" / "prometheus.yml").read_text()
     if run.prometheus_port is not None:
@@ -190,7 +190,7 @@ def test_traceparent_is_continued_and_written_into_both_records(cluster: Cluster
 
 
 def _gateway_rss(cluster: Cluster) -> int:
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     total = 0
     for pid in [run.gateway_pid, *workers(cluster)]:

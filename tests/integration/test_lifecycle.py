@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import report, runstate
 from raywarden.cluster.procs import alive, is_loopback, pids_mentioning, tcp_listeners
 from tests.conftest import free_port
 from tests.support import Cluster, run_cli, start_cluster, stop_cluster
@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_ray_listens_on_loopback_or_is_firewalled(cluster: Cluster) -> None:
-    listeners = lifecycle.ray_listeners(cluster.state)
+    listeners = runstate.ray_listeners(cluster.state)
     assert listeners, "found no Ray listeners at all"
     exposed = {p: a for p, a in listeners.items() if not is_loopback(a)}
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     if exposed:
         assert run.firewall == "installed", f"Ray ports exposed without firewall: {exposed}"
@@ -43,9 +43,9 @@ for port in sys.argv[1:]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the local-user rule is installed with the firewall, as root")
 def test_other_local_users_cannot_reach_rays_ports(cluster: Cluster) -> None:
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None and run.firewall == "installed"
-    listening = lifecycle.ray_listeners(cluster.state)
+    listening = runstate.ray_listeners(cluster.state)
     ray_ports = [str(p) for p in (run.ports.dashboard, run.ports.gcs, *run.ports.metrics()) if p in listening]
     assert len(ray_ports) >= 3, f"too few of Ray's ports listen to make the test meaningful: {ray_ports}"
     gateway = str(run.listen.port)
@@ -85,7 +85,7 @@ def test_second_cluster_is_independent_and_down_leaves_nothing() -> None:
     root = Path(tempfile.mkdtemp(prefix="rwt2-"))
     try:
         second = start_cluster(root, port=free_port(), profile="second")
-        run = lifecycle.read_run_state(second.state)
+        run = runstate.read_run_state(second.state)
         assert run is not None
         ports = set(run.ports.all_fixed()) | {run.listen.port}
         result = run_cli(second, "job", "submit", "--", "python", "-c", "print('from the second cluster')")
@@ -109,5 +109,5 @@ def test_second_cluster_is_independent_and_down_leaves_nothing() -> None:
 
 
 def test_first_cluster_still_healthy_after_the_second_went_down(cluster: Cluster) -> None:
-    info = lifecycle.status(cluster.state)
+    info = report.status(cluster.state)
     assert info["gateway"]["healthy"] and info["ray"]["healthy"]

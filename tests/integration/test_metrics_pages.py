@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from tests.support import Cluster
 
 pytestmark = [
@@ -28,7 +28,7 @@ def _get(cluster: Cluster, cert: tuple[str, str], path: str) -> requests.Respons
 
 
 def test_the_health_check_names_the_gateways_panels_for_those_who_see_every_job(cluster: Cluster) -> None:
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None and run.prometheus_port is not None
     health = _get(cluster, cluster.admin_cert, "/dashboard/api/grafana_health").json()
     assert health["result"] is True and health["data"]["grafanaHost"] == "/ui/metrics"

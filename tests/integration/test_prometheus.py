@@ -15,18 +15,19 @@ from typing import Any
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle, prometheus
+from raywarden.cluster import lifecycle, prometheus, report, runstate
 from raywarden.cluster.procs import alive, cmdline, listening_ports, pids_mentioning, tcp_listeners
+from raywarden.config import ClusterConfig
 from raywarden.errors import ClusterError
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 from tests.conftest import free_port
 from tests.support import Cluster, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.integration
 
 
-def _run(cluster: Cluster) -> lifecycle.RunState:
-    run = lifecycle.read_run_state(cluster.state)
+def _run(cluster: Cluster) -> runstate.RunState:
+    run = runstate.read_run_state(cluster.state)
     assert run is not None and run.prometheus_pid is not None and run.prometheus_port is not None, run
     return run
 
@@ -89,7 +90,7 @@ def test_rays_dashboard_uses_this_prometheus(cluster: Cluster) -> None:
 
 def test_status_and_audit_report_metrics(cluster: Cluster) -> None:
     run = _run(cluster)
-    info = lifecycle.status(cluster.state)["metrics"]
+    info = report.status(cluster.state)["metrics"]
     assert info == {
         "running": True,
         "healthy": True,
@@ -150,7 +151,7 @@ def test_down_stops_prometheus_and_closes_its_port() -> None:
     root = Path(tempfile.mkdtemp(prefix="rwtp-"))
     try:
         second = start_cluster(root, port=free_port(), profile="prom")
-        run = lifecycle.read_run_state(second.state)
+        run = runstate.read_run_state(second.state)
         assert run is not None and run.prometheus_pid is not None and run.prometheus_port is not None
         assert prometheus.marker(second.state) in cmdline(run.prometheus_pid)
         stop_cluster(root)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.cluster.procs import pids_mentioning
 from raywarden.gateway.routes import CONTROL_JSON_LIMIT
 from raywarden.state import StateDir
@@ -65,11 +65,11 @@ def test_init_with_a_profile_name_in_use_is_refused(cluster: Cluster, tmp_path: 
 
 
 def test_up_twice_is_refused(cluster: Cluster) -> None:
-    run_before = lifecycle.read_run_state(cluster.state)
+    run_before = runstate.read_run_state(cluster.state)
     result = run_cli(cluster, "up")
     assert result.returncode != 0
     assert "is already up" in result.stderr and "raywarden down" in result.stderr
-    assert lifecycle.read_run_state(cluster.state) == run_before
+    assert runstate.read_run_state(cluster.state) == run_before
 
 
 def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> 
     result = run_cli(cluster, "up", "--state-dir", str(fresh.root))
     assert result.returncode != 0
     assert "cannot listen on" in result.stderr and "--listen" in result.stderr
-    assert lifecycle.read_run_state(fresh) is None
+    assert runstate.read_run_state(fresh) is None
     assert not pids_mentioning(str(fresh.ray_temp_dir))
 
 

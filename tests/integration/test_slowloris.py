@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from raywarden.state import ClusterConfig
+from raywarden.config import ClusterConfig
 from tests.support import Cluster, tls_context
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,8 @@ import pytest
 
 from raywarden.cluster.firewall import FirewallPlan, ruleset
 from raywarden.cluster.ports import RayPorts
-from raywarden.identity.nodes import MAX_TOKEN_FAILURES, NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import MAX_TOKEN_FAILURES, NodeRegistry
 from raywarden.identity.store import IdentityStore
 from raywarden.secret import Secret
 

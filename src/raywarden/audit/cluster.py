@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from raywarden.audit.keys import load_or_create_audit_key
 from raywarden.audit.writer import AuditLog
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.config import ClusterConfig
+from raywarden.state import StateDir
 
 
 def open_cluster_audit(state: StateDir, config: ClusterConfig | None = None) -> AuditLog:

@@ -20,10 +20,11 @@ from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.keychain import KeyRotation, newest_key_id
 from raywarden.audit.keys import audit_key_fingerprint, audit_public_key_pem
 from raywarden.audit.layout import CHECKPOINTS_NAME, PUBLIC_KEY_NAME, read_last_line
-from raywarden.audit.writer import staged_key_path
+from raywarden.audit.logfiles import staged_key_path
+from raywarden.config import ClusterConfig
 from raywarden.errors import RaywardenError
 from raywarden.files import fsync_dir, write_private, write_public
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 def rotate_audit_key(state: StateDir, config: ClusterConfig, *, actor: str) -> KeyRotation:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ CHECKPOINTS_NAME = "checkpoints.jsonl"
 LOCK_NAME = ".lock"
 PUBLIC_KEY_NAME = "audit-key.pub"
 _SEGMENT_RE = re.compile(r"audit-(\d{12,20})\.jsonl")
+
+log = logging.getLogger(__name__)
 
 
 def segment_name(first_seq: int) -> str:
@@ -75,6 +78,22 @@ def complete_length(path: Path, size: int) -> int:
                 return start + nl + 1
             pos = start
     return 0
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a partial last line left by a crash mid-write (it was never acknowledged to anyone); return the
+    length that is left."""
+    size = path.stat().st_size
+    good = complete_length(path, size)
+    if good != size:
+        log.warning("audit: removing %d bytes of an incomplete last line from %s", size - good, path)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, good)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return good
 
 
 @contextlib.contextmanager

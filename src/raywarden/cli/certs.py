@@ -27,11 +27,12 @@ from raywarden.cluster.agent import agent_status
 from raywarden.cluster.certlife import describe_left
 from raywarden.cluster.nodestate import NodeState
 from raywarden.cluster.setup import issue_gateway_certificate
+from raywarden.durations import parse_duration
 from raywarden.errors import ClusterError, UsageError
 from raywarden.gateway.renewal import renewal_status
 from raywarden.pki.certs import serial_hex
 from raywarden.pki.trust import gateway_issuer
-from raywarden.state import StateDir, parse_duration
+from raywarden.state import StateDir
 
 cert_app = typer.Typer(help="The cluster's certificates: expiry, renewal, rotation.", no_args_is_help=True)
 HEALTH_COLOUR = {"ok": "green", "renewal due": "yellow", "expiring": "yellow", "overdue": "red", "expired": "red"}

@@ -23,11 +23,13 @@ from raywarden.cli.common import (
     print_next,
     state_dir,
 )
-from raywarden.cluster import lifecycle, worker
+from raywarden.cluster import lifecycle, report, worker
 from raywarden.cluster.setup import init_state
 from raywarden.cluster.worker import NodeState
+from raywarden.config import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen
+from raywarden.durations import parse_duration
 from raywarden.errors import ClusterError, RaywardenError, UsageError
-from raywarden.state import DEFAULT_LISTEN, DEFAULT_TRUST_DOMAIN, ClusterConfig, Listen, StateDir, parse_duration
+from raywarden.state import StateDir
 
 
 def register(app: typer.Typer) -> None:
@@ -201,7 +203,7 @@ def up(
             progress=lambda msg: spinner.update(msg),
         )
     elapsed = time.monotonic() - started
-    info = lifecycle.status(target)
+    info = report.status(target)
     if json_output:
         print_json({"seconds": round(elapsed, 2), **info})
         return
@@ -300,7 +302,7 @@ def _leave(root: Path, json_output: bool) -> None:
 
 def status(state: StateDirOption = None, json_output: JsonOption = False) -> None:
     """Health of Ray and the gateway, the gateway URL, CA fingerprints, certificate expiry, audit public key."""
-    info = lifecycle.status(state_dir(state).require())
+    info = report.status(state_dir(state).require())
     if json_output:
         print_json(info)
         return

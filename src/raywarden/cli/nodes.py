@@ -24,12 +24,13 @@ from raywarden.cli.common import (
     state_dir,
 )
 from raywarden.cluster import firewall, worker
-from raywarden.cluster.lifecycle import RunState, read_run_state
+from raywarden.cluster.runstate import RunState, read_run_state
+from raywarden.config import ClusterConfig
 from raywarden.errors import UsageError
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import fingerprint, load_cert
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig
 
 node_app = typer.Typer(help="Worker nodes: join tokens, the node list, revocation.", no_args_is_help=True)
 token_app = typer.Typer(help="Single-use join tokens for worker nodes.", no_args_is_help=True)

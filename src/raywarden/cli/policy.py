@@ -15,8 +15,9 @@ from rich.markup import escape
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.audit.reader import RecordFilter, iter_records, last_records
 from raywarden.cli.common import JsonOption, StateDirOption, console, err_console, print_json, state_dir
-from raywarden.cluster.lifecycle import read_run_state
 from raywarden.cluster.procs import alive
+from raywarden.cluster.runstate import read_run_state
+from raywarden.config import ClusterConfig
 from raywarden.errors import ClusterError, PolicyError, UsageError
 from raywarden.identity.names import principal_kind, principal_name
 from raywarden.policy.cases import (
@@ -31,7 +32,7 @@ from raywarden.policy.engine import Entity, PolicyEngine, PolicyRequest, policy_
 from raywarden.policy.entities import cluster_entity, principal_entity
 from raywarden.policy.explain import Explanation
 from raywarden.policy.jobattrs import runtime_env_attrs, runtime_env_facts
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 policy_app = typer.Typer(
     name="policy", help="Validate, test, explain and reload the Cedar policies.", no_args_is_help=True

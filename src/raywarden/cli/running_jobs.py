@@ -7,9 +7,9 @@ from typing import Any
 
 import requests
 
-from raywarden.cluster.lifecycle import read_run_state
 from raywarden.cluster.procs import alive
 from raywarden.cluster.ray_head import HEAD_ADDRESS
+from raywarden.cluster.runstate import read_run_state
 from raywarden.errors import RaywardenError
 from raywarden.files import read_private
 from raywarden.gateway.owner_seal import CLAIMED_KEY, OUTSIDE_TEXT, OwnerSeal

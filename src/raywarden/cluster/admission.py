@@ -17,13 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from raywarden.cluster import firewall
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.ports import WorkerPorts
+from raywarden.config import ClusterConfig
 from raywarden.files import read_private
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 
 MAX_CSR_BYTES = 4096
 
@@ -59,7 +61,7 @@ def parse(model: type[BaseModel], body: bytes | None) -> Any:
 
 def head_plan(state: StateDir) -> dict[str, Any]:
     """What a worker needs to know about the head: read from the running head's run state."""
-    from raywarden.cluster.lifecycle import read_run_state
+    from raywarden.cluster.runstate import read_run_state
 
     run = read_run_state(state)
     if run is None or run.node_ip is None:

@@ -16,10 +16,10 @@ from typing import Any
 
 from raywarden.audit.cluster import open_cluster_audit
 from raywarden.cluster import prometheus, raydir
-from raywarden.cluster.lifecycle import RAY_START_TIMEOUT_S, read_run_state, write_run_state
 from raywarden.cluster.procs import alive
 from raywarden.cluster.ray_head import prepare_ray_files, spawn_head, stop_head, wait_for_dashboard
 from raywarden.cluster.rayuser import RayUser
+from raywarden.cluster.runstate import RAY_START_TIMEOUT_S, read_run_state, write_run_state
 from raywarden.cluster.setup import reissue_head_certificate
 from raywarden.errors import ClusterError
 from raywarden.pki.certs import load_cert, serial_hex

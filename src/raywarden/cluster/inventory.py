@@ -13,10 +13,12 @@ from cryptography import x509
 
 from raywarden.cluster.certlife import Lifetime, describe_left, now_utc
 from raywarden.cluster.nodestate import NodeState
+from raywarden.config import ClusterConfig
 from raywarden.errors import RaywardenError
-from raywarden.identity.nodes import Node, NodeRegistry
+from raywarden.identity.node_records import Node
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import fingerprint, load_cert, serial_hex, spiffe_id_of
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 Health = Literal["ok", "renewal due", "overdue", "expiring", "expired", "unreadable"]
 # The head's certificate is renewed only when the head's Ray restarts: warned about this long before expiry.

@@ -1,101 +1,47 @@
-"""`up`, `down` and `status` for one state dir: Ray head, firewall and gateway, started and stopped in order."""
+"""`up` and `down` for one state dir: Ray head, firewall and gateway, started and stopped in order (`status`:
+cluster/report.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import ssl
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import requests
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict
 
-from raywarden.audit import audit_public_key_pem
 from raywarden.audit.cluster import open_cluster_audit
-from raywarden.client.profile import list_profiles
 from raywarden.cluster import firewall, multinode, privsep, prometheus, raydir, serve
+from raywarden.cluster.listen import change_listen, change_serve_listen, require_free
 from raywarden.cluster.ports import RayPorts
-from raywarden.cluster.procs import (
-    alive,
-    exit_status,
-    is_loopback,
-    listening_ports,
-    pids_mentioning,
-    spawn_detached,
-    terminate,
-)
+from raywarden.cluster.procs import alive, exit_status, is_loopback, pids_mentioning, spawn_detached, terminate
 from raywarden.cluster.ray_head import (
     HEAD_ADDRESS,
     RayHead,
-    cluster_pids,
     prepare_ray_files,
     spawn_head,
     stop_head,
     wait_for_dashboard,
 )
-from raywarden.cluster.setup import (
-    gateway_url,
-    issue_gateway_certificate,
-    reissue_head_certificate,
-    renew_gateway_certificate_if_due,
+from raywarden.cluster.report import gateway_answers
+from raywarden.cluster.runstate import (
+    RAY_START_TIMEOUT_S,
+    RunState,
+    ray_listeners,
+    read_run_state,
+    run_file,
+    write_run_state,
 )
+from raywarden.cluster.setup import gateway_url, reissue_head_certificate, renew_gateway_certificate_if_due
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ClusterError
-from raywarden.files import ensure_private_dir, read_private, write_private
-from raywarden.gateway.runinfo import metrics_url, workers_file
-from raywarden.pki.certs import fingerprint, load_cert, serial_hex
-from raywarden.pki.trust import gateway_issuer
-from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
+from raywarden.files import ensure_private_dir
+from raywarden.pki.certs import load_cert, serial_hex
+from raywarden.state import StateDir
 
 Progress = Callable[[str], None]
-RAY_START_TIMEOUT_S = 120.0
-
-
-class RunState(BaseModel):
-    """What `up` started, so that `down` and `status` find exactly those processes."""
-
-    model_config = ConfigDict(extra="forbid")
-    ray_pid: int
-    gateway_pid: int
-    ports: RayPorts
-    listen: Listen
-    started_at: str
-    firewall: str  # "installed", or why it is not
-    # Multi-node mode: the head's address on the network workers use (None: single node, all on loopback).
-    node_ip: str | None = None
-    # The cluster's Prometheus (None: not running; `metrics` says why). Absent from older run files.
-    prometheus_pid: int | None = None
-    prometheus_port: int | None = None
-    metrics: str | None = None
-    # The OS user Ray runs as (absent from older run files: the control plane's own).
-    ray_user: str | None = None
-    ray_uid: int | None = None
-    # `up --num-cpus`, kept for restarts of the head's Ray (`cert rotate --head`).
-    num_cpus: int | None = None
-    # The gateway's own metrics, on loopback (absent from older run files).
-    gateway_metrics_port: int | None = None
-    # Ray Serve's HTTP proxy on the head's loopback, behind the gateway's Serve listener (None: no Serve).
-    serve_port: int | None = None
-
-
-def _run_file(state: StateDir) -> Path:
-    return state.run_dir / "cluster.json"
-
-
-def read_run_state(state: StateDir) -> RunState | None:
-    try:
-        return RunState.model_validate_json(_run_file(state).read_text())
-    except FileNotFoundError:
-        return None
-
-
-def write_run_state(state: StateDir, run: RunState) -> None:
-    write_private(_run_file(state), run.model_dump_json(indent=2).encode())
 
 
 def up(
@@ -123,17 +69,17 @@ def up(
             hint="`raywarden status` shows it; `raywarden down` stops it",
         )
     if listen is not None and listen != config.listen:
-        config = _change_listen(state, config, listen)
+        config = change_listen(state, config, listen)
     if serve_listen is not None and serve_listen != config.serve_listen:
-        config = _change_serve_listen(state, config, serve_listen)
-    _require_free(config.listen)
+        config = change_serve_listen(state, config, serve_listen)
+    require_free(config.listen)
     if config.serve_listen is not None:
         if config.serve_listen == config.listen:
             raise ClusterError(
                 f"--serve-listen {config.serve_listen} is the gateway's own address",
                 hint="give the Serve listener a port of its own, e.g. --serve-listen 0.0.0.0:8000",
             )
-        _require_free(config.serve_listen)
+        require_free(config.serve_listen)
     # Who Ray runs as is settled (and recorded) before anything starts: a refusal leaves nothing behind.
     config, user = privsep.choose_ray_user(state, config, ray_user=ray_user, shared_os_user=shared_os_user)
     if node_ip is not None:
@@ -277,43 +223,13 @@ def down(state: StateDir, *, progress: Progress = lambda _: None) -> dict[str, A
         raydir.forget_secrets(state.ray_dir)
     if left:
         raise ClusterError(f"processes of this cluster are still running: {left}", hint="kill them by hand")
-    _run_file(state).unlink(missing_ok=True)
+    run_file(state).unlink(missing_ok=True)
     audit = open_cluster_audit(state, config)
     try:
         audit.append({"kind": "cluster", "event": "down", "actor": _local_actor(), "was_running": run is not None})
     finally:
         audit.close()
     return {"stopped": run is not None, "state_dir": str(state.root)}
-
-
-def _gateway_workers(state: StateDir) -> list[int]:
-    """The gateway's worker processes that are alive, as its supervisor lists them."""
-    try:
-        listed = json.loads(workers_file(state).read_text()).get("workers", [])
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [int(p) for p in listed if isinstance(p, int) and alive(p)]
-
-
-def ray_listeners(state: StateDir, ray_pid: int | None = None) -> dict[int, str]:
-    """TCP ports Ray's processes of this cluster listen on, with the address each is bound to."""
-    if ray_pid is None:
-        run = read_run_state(state)
-        ray_pid = run.ray_pid if run else None
-    return listening_ports(set(cluster_pids(state, ray_pid)))
-
-
-def _serve_status(config: ClusterConfig, run: RunState | None) -> dict[str, Any]:
-    """The Serve listener's URL (what clients call) and Serve's own proxy on loopback (docs/serve.md)."""
-    listen = config.serve_listen
-    running = run is not None and run.serve_port is not None and serve.proxy_answers(run.serve_port)
-    return {
-        "enabled": listen is not None,
-        "url": f"https://{listen.url_host()}:{listen.port}" if listen is not None else None,
-        "listen": str(listen) if listen is not None else None,
-        "proxy": serve.serve_url(run.serve_port) if run is not None and run.serve_port is not None else None,
-        "running": running,
-    }
 
 
 def _metrics_unavailable(config: ClusterConfig) -> str | None:
@@ -351,146 +267,11 @@ def _wait_for_gateway(state: StateDir, config: ClusterConfig, pid: int) -> None:
             raise ClusterError(
                 f"the gateway exited during start-up (exit code {code})", hint=f"see {state.logs_dir / 'gateway.log'}"
             )
-        if _gateway_answers(url, state):
+        if gateway_answers(url, state):
             return
         time.sleep(0.1)
     raise ClusterError("the gateway did not answer within 30s", hint=f"see {state.logs_dir / 'gateway.log'}")
 
 
-def _gateway_answers(url: str, state: StateDir) -> bool:
-    """Without a credential the gateway must answer 401 from itself: proof that it is serving and refusing."""
-    try:
-        resp = requests.get(url, verify=str(trusted_ca_file(state, "access")), timeout=2)
-    except requests.RequestException:
-        return False
-    return resp.status_code == 401 and resp.headers.get("x-raywarden-gateway") == "1"
-
-
-def _require_free(listen: Listen) -> None:
-    import socket
-
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((listen.host, listen.port))
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot listen on {listen}: {exc.strerror}", hint="pick another address with --listen HOST:PORT"
-            ) from None
-
-
-def _change_serve_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
-    """The Serve listener's address, kept for later `up`s; its host joins the gateway certificate's names."""
-    config = config.model_copy(update={"serve_listen": listen})
-    if listen.host not in _certificate_names(state) and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
-        hosts = [h for h in (*config.gateway_hosts, listen.host) if h]
-        config = config.model_copy(update={"gateway_hosts": list(dict.fromkeys(hosts))})
-        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
-    state.save_config(config)
-    return config
-
-
-def _certificate_names(state: StateDir) -> set[str]:
-    cert = load_cert(state.gateway_cert)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
-
-
-def _change_listen(state: StateDir, config: ClusterConfig, listen: Listen) -> ClusterConfig:
-    config = config.model_copy(update={"listen": listen})
-    if listen.host not in _certificate_names(state) and listen.host not in ("0.0.0.0", "::"):  # noqa: S104
-        issue_gateway_certificate(state, config, gateway_issuer(state, config.trust_domain))
-    state.save_config(config)
-    for profile in list_profiles():
-        if profile.state_dir == str(state.root):
-            meta = profile.folder / "profile.json"
-            data = json.loads(meta.read_text())
-            data["gateway_url"] = gateway_url(config)
-            write_private(meta, (json.dumps(data, indent=2) + "\n").encode())
-    return config
-
-
 def _local_actor() -> str:
     return f"local:{os.getuid()}"
-
-
-def status(state: StateDir) -> dict[str, Any]:
-    config = state.load_config()
-    run = read_run_state(state)
-    ray_up = run is not None and alive(run.ray_pid)
-    gateway_up = run is not None and alive(run.gateway_pid)
-    dashboard_ok = False
-    if ray_up and run is not None:
-        try:
-            token = read_private(state.ray_token).decode().strip()
-            resp = requests.get(
-                f"http://{HEAD_ADDRESS}:{run.ports.dashboard}/api/version",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=3,
-            )
-            dashboard_ok = resp.status_code == 200
-        except requests.RequestException:
-            dashboard_ok = False
-    gateway_ok = gateway_up and _gateway_answers(gateway_url(config) + "/api/version", state)
-    workers = _gateway_workers(state) if gateway_up else []
-    prom_up = run is not None and run.prometheus_pid is not None and alive(run.prometheus_pid)
-    prom_ok = (
-        prom_up and run is not None and run.prometheus_port is not None and prometheus.is_ready(run.prometheus_port)
-    )
-    now = dt.datetime.now(dt.timezone.utc)
-    certs = {}
-    for name, path in (
-        ("access_ca", state.access_ca_cert),
-        ("internal_ca", state.internal_ca_cert),
-        ("gateway", state.gateway_cert),
-        ("node", state.node_cert),
-    ):
-        cert = load_cert(path)
-        certs[name] = {
-            "not_after": cert.not_valid_after_utc.isoformat(),
-            "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 2),
-        }
-    exposed = {}
-    if ray_up:
-        exposed = {str(p): a for p, a in ray_listeners(state).items() if not is_loopback(a)}
-    return {
-        "state_dir": str(state.root),
-        "trust_domain": config.trust_domain,
-        "gateway_url": gateway_url(config),
-        "gateway": {
-            "running": gateway_up,
-            "healthy": gateway_ok,
-            "listen": str(config.listen),
-            "pid": run.gateway_pid if run else None,
-            "workers": workers,
-            "metrics_url": metrics_url(run.gateway_metrics_port) if run and run.gateway_metrics_port else None,
-        },
-        "serve": _serve_status(config, run),
-        "ray": {
-            "running": ray_up,
-            "healthy": dashboard_ok,
-            "pid": run.ray_pid if run else None,
-            "os_user": run.ray_user if run else config.ray_user,
-            "os_uid": run.ray_uid if run else None,
-            "shares_control_plane_user": not config.separated,
-            "node_ip": run.node_ip if run else None,
-            "dashboard": f"http://{HEAD_ADDRESS}:{run.ports.dashboard}" if run else None,
-            "non_loopback_listeners": exposed,
-            "firewall": run.firewall if run else None,
-        },
-        "metrics": {
-            "running": prom_up,
-            "healthy": prom_ok,
-            "pid": run.prometheus_pid if run else None,
-            "url": prometheus.url(run.prometheus_port) if run and run.prometheus_port else None,
-            "status": run.metrics if run else None,
-        },
-        "fingerprints": {
-            "access_ca": fingerprint(load_cert(state.access_ca_cert)),
-            "internal_ca": fingerprint(load_cert(state.internal_ca_cert)),
-        },
-        "certificates": certs,
-        "audit_public_key": audit_public_key_pem(state.audit_key),
-        "tls": {"minimum_version": ssl.TLSVersion.TLSv1_2.name},
-    }

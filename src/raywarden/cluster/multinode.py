@@ -16,11 +16,12 @@ from cryptography import x509
 from raywarden.cluster import firewall
 from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import issue_gateway_certificate, reissue_head_certificate
+from raywarden.config import ClusterConfig
 from raywarden.errors import ConfigError
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import load_cert
 from raywarden.pki.trust import gateway_issuer
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 log = logging.getLogger("raywarden.cluster")
 

@@ -16,11 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raywarden.cluster.admission import MAX_CSR_BYTES, csr_key, head_plan, issue_node_certificate
 from raywarden.cluster.certlife import Lifetime, now_utc
-from raywarden.identity.nodes import Node, NodeRegistry, NodeRegistryError
+from raywarden.config import ClusterConfig
+from raywarden.identity.node_records import Node, NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.spiffe import NAME_RE, SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 
 # A lease covers the drain and then the restart: this long for the restart (Ray took 20-60 s on a busy host).
 RESTART_BUDGET = dt.timedelta(minutes=3)

@@ -11,9 +11,10 @@ import json
 from typing import Any
 
 from raywarden.cluster.rayuser import DEFAULT_RAY_USER, RayUser, can_switch_users, check_interpreter, ensure_ray_user
+from raywarden.config import ClusterConfig
 from raywarden.errors import ConfigError, UsageError
 from raywarden.identity.store import IdentityStore, Principal
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 SHARED_HINT = (
     "run `raywarden up` as root, so that Ray runs as an OS user of its own; or accept that any job can read "

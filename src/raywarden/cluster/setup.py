@@ -15,6 +15,7 @@ from raywarden.client.profile import Profile, load_profile, profiles_dir, set_cu
 from raywarden.cluster import pkilock
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.rayuser import DEFAULT_RAY_USER, can_switch_users
+from raywarden.config import ClusterConfig
 from raywarden.errors import ConfigError
 from raywarden.files import ensure_private_dir, write_private, write_public
 from raywarden.identity.store import IdentityStore
@@ -23,7 +24,7 @@ from raywarden.pki.certs import cert_pem, fingerprint, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId, check_name
 from raywarden.pki.trust import gateway_issuer
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 ADMIN_GROUP = "admins"
 

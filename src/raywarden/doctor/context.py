@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raywarden.client.profile import Profile, list_profiles
-from raywarden.cluster.lifecycle import RunState, read_run_state
 from raywarden.cluster.procs import alive
+from raywarden.cluster.runstate import RunState, read_run_state
+from raywarden.config import ClusterConfig
 from raywarden.errors import RaywardenError
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 @dataclass(frozen=True)

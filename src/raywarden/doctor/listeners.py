@@ -8,8 +8,8 @@ import re
 import subprocess
 
 from raywarden.cluster import firewall
-from raywarden.cluster.lifecycle import ray_listeners
 from raywarden.cluster.procs import is_loopback, listening_ports
+from raywarden.cluster.runstate import ray_listeners
 from raywarden.doctor.context import DoctorContext
 from raywarden.doctor.probe import gateway_refuses_anonymous
 from raywarden.doctor.report import Check, command, failed, passed, skipped

@@ -41,7 +41,8 @@ from raywarden.gateway.middleware.host import HostMiddleware
 from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.request import Target, canonical_path, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import ROUTES, Routed, RouteKind, match
+from raywarden.gateway.route_model import Routed, RouteKind
+from raywarden.gateway.routes import ROUTES, match
 from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.telemetry import RequestMetrics
 from raywarden.gateway.upstream import AnswerTooLarge, Upstream, UpstreamUnavailable

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import cast
 
 from raywarden.audit import AuditLog
 from raywarden.audit.keys import load_or_create_audit_key
 from raywarden.audit.waiters import Item
+from raywarden.config import ClusterConfig
 from raywarden.gateway.telemetry import AUDIT_BATCH, AUDIT_FSYNC, AUDIT_QUEUE
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 class MeteredAuditLog(AuditLog):
@@ -23,12 +22,8 @@ class MeteredAuditLog(AuditLog):
         finally:
             AUDIT_QUEUE.set(len(self._queue))
 
-    def _append(self, fd: int, path: Path, size_before: int, data: bytes) -> None:
-        started = time.monotonic()
-        try:
-            super()._append(fd, path, size_before, data)
-        finally:
-            AUDIT_FSYNC.observe(time.monotonic() - started)
+    def _append_took(self, seconds: float) -> None:
+        AUDIT_FSYNC.observe(seconds)
 
 
 def open_gateway_audit(state: StateDir, config: ClusterConfig) -> MeteredAuditLog:

@@ -21,6 +21,7 @@ from typing import Any
 import jwt
 from cryptography import x509
 
+from raywarden.config import ClusterConfig
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
 from raywarden.gateway.oidc_people import admit
@@ -36,7 +37,7 @@ from raywarden.identity.store import (
 )
 from raywarden.pki.certs import serial_hex, spiffe_id_of
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 @dataclass(frozen=True)

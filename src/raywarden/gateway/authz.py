@@ -15,7 +15,7 @@ from raywarden.gateway.authn import Identity
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.jobrecords import JobRecords
 from raywarden.gateway.responses import HINT_ASK_ADMIN, Refusal
-from raywarden.gateway.routes import Route, Routed
+from raywarden.gateway.route_model import Route, Routed
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
 from raywarden.policy.entities import (
     job_entity,

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from raywarden.gateway import responses
 from raywarden.gateway.exchange import Exchange
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 
 # The dashboard's templates that name a file of its build (ray/dashboard/http_server_head.py serves the same).
 _FILES = {"/": "index.html", "/favicon.ico": "favicon.ico"}

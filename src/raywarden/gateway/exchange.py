@@ -21,7 +21,7 @@ from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.request import Target
 from raywarden.gateway.responses import DecisionWord, Refusal
-from raywarden.gateway.routes import Route
+from raywarden.gateway.route_model import Route
 from raywarden.gateway.trace import Trace, trace_of
 from raywarden.policy.engine import PolicyEngine
 

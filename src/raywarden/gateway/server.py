@@ -12,6 +12,7 @@ import uvicorn
 
 from raywarden.audit import AuditLog
 from raywarden.audit.cluster import open_cluster_audit
+from raywarden.config import ClusterConfig
 from raywarden.errors import ConfigError, RaywardenError
 from raywarden.files import ensure_private_dir, read_private
 from raywarden.gateway import owner_seal
@@ -26,7 +27,7 @@ from raywarden.gateway.web import WebServices
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.engine import PolicyEngine
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 log = logging.getLogger("raywarden.gateway")
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raywarden.audit import AuditLog
+from raywarden.config import Listen
 from raywarden.errors import ClusterError, RaywardenError
 from raywarden.files import ensure_private_dir, write_private
 from raywarden.gateway.auditwriter import open_gateway_audit
@@ -35,7 +36,7 @@ from raywarden.gateway.worker import MAX_CONTROL_LINE, WorkerFds
 from raywarden.policy.engine import PolicyEngine
 from raywarden.policy.entities import cluster_entity
 from raywarden.policy.sources import policy_files
-from raywarden.state import Listen, StateDir
+from raywarden.state import StateDir
 
 log = logging.getLogger("raywarden.gateway")
 READY_TIMEOUT_S = 60.0

@@ -27,11 +27,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from raywarden.config import ClusterConfig
 from raywarden.errors import AuthenticationError, ConfigError, UsageError
 from raywarden.files import ensure_private_dir, read_private
 from raywarden.pki.trust import cluster_id as first_access_ca
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 ALGORITHM = "EdDSA"
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti")

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from raywarden.audit.cluster import open_cluster_audit
+from raywarden.config import ClusterConfig
 from raywarden.errors import PKIError
-from raywarden.identity.nodes import Node
+from raywarden.identity.node_records import Node
 from raywarden.identity.renewal import MAX_RENEW_GRACE, RenewalStore
 from raywarden.identity.store import IdentityStore
 from raywarden.pki import rotation
 from raywarden.pki.ca_keys import Role
 from raywarden.pki.rotation import Step
 from raywarden.pki.trust import CaFiles, parse_time, read_rotation, status
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ def ray_started_before(state: StateDir, moment: dt.datetime) -> list[Waiting]:
     """Ray processes that read their CA file and certificate before ``moment``: the head's, and each active
     node's, as of its join or its last renewal whose restart it reported as done (a node restarts Ray with the
     certificate and CA bundle of the renewal answer, cluster/node_renewal.py)."""
-    from raywarden.cluster.lifecycle import read_run_state
     from raywarden.cluster.procs import alive
+    from raywarden.cluster.runstate import read_run_state
     from raywarden.identity.nodes import NodeRegistry
 
     found: list[Waiting] = []
@@ -240,7 +241,7 @@ def _reissue_gateway(state: StateDir, config: ClusterConfig) -> None:
 
 
 def _reissue_head_node(state: StateDir, config: ClusterConfig) -> None:
-    from raywarden.cluster.lifecycle import read_run_state
+    from raywarden.cluster.runstate import read_run_state
     from raywarden.cluster.setup import issue_head_node_certificate
 
     run = read_run_state(state)

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from raywarden.config import ClusterConfig
 from raywarden.errors import PKIError
 from raywarden.files import write_private
 from raywarden.pki.ca_keys import CertificateAuthority, Role, ca_lock, destroy_ca_key
@@ -34,7 +35,7 @@ from raywarden.pki.trust import (
     read_rotation,
     write_rotation,
 )
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 DEFAULT_OVERLAP = dt.timedelta(days=7)
 MIN_OVERLAP = dt.timedelta(minutes=2)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from raywarden.config import ClusterConfig
 from raywarden.errors import PolicyError, UsageError
 from raywarden.identity.names import principal_name
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
@@ -27,7 +28,6 @@ from raywarden.policy.entities import (
 )
 from raywarden.policy.jobattrs import OWNER_KEY
 from raywarden.policy.serveattrs import new_serve_app_attrs, new_serve_app_entity, serve_app_entity, serve_context
-from raywarden.state import ClusterConfig
 
 CLUSTER_ACTIONS_RESOURCE = "Cluster"
 

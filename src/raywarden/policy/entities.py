@@ -11,9 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from raywarden.config import ClusterConfig
 from raywarden.policy.engine import CLUSTER_ID, Entity
 from raywarden.policy.jobattrs import job_attrs, milli, submission_attrs
-from raywarden.state import ClusterConfig
 
 IN_CLUSTER = (("Cluster", CLUSTER_ID),)
 PRINCIPAL_TYPES = {"user": "User", "sa": "ServiceAccount"}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from raywarden.scan.errors import ScanError
 from raywarden.scan.findings import EndpointReport, Finding, ScanResult, severity_rank
-from raywarden.scan.probes import HTTP_PATHS, ProbeOptions, probe_endpoint
+from raywarden.scan.http_answers import HTTP_PATHS
+from raywarden.scan.probes import ProbeOptions, probe_endpoint
 from raywarden.scan.targets import DEFAULT_MAX_HOSTS, ScanPlan, plan_scan
 
 ProgressCallback = Callable[[int, int], None]

@@ -19,7 +19,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.gateway.oidc import oidc_config_path
 from raywarden.gateway.tokens import TokenAuthority, load_or_create_token_key, token_key_path
 from raywarden.identity.enrollment import MAX_SOURCE_FAILURES
@@ -389,7 +389,7 @@ def test_user_certificate_useless_against_ray_grpc(cluster: Cluster, tmp_path: P
 
     added = _add(cluster, "mallory")
     profile = _login(cluster, tmp_path / "mallory-machine", added)
-    run = lifecycle.read_run_state(cluster.state)
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     root = cluster.state.internal_ca_cert.read_bytes()
     token = [("authorization", f"Bearer {cluster.ray_token()}")]

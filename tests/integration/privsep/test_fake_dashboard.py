@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from raywarden.cluster.lifecycle import read_run_state
+from raywarden.cluster.runstate import read_run_state
 from raywarden.gateway.dashboard_assets import build_dir
 from tests import attack_jobs
 from tests.conftest import free_port

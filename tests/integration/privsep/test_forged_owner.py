@@ -11,7 +11,7 @@ import secrets
 import pytest
 import requests
 
-from raywarden.cluster.lifecycle import read_run_state
+from raywarden.cluster.runstate import read_run_state
 from tests import attack_jobs
 from tests.support import Cluster, run_cli
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from raywarden.cluster.lifecycle import read_run_state
+from raywarden.cluster.runstate import read_run_state
 from tests.support import Cluster
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from raywarden.cli import scan as scan_cli
-from raywarden.cluster import lifecycle
+from raywarden.cluster import runstate
 from raywarden.cluster.procs import is_loopback
 from raywarden.scan import ScanResult, scan_targets
 from tests.support import Cluster
@@ -42,13 +42,13 @@ def _cli() -> typer.Typer:
     return app
 
 
-def _run(cluster: Cluster) -> lifecycle.RunState:
-    run = lifecycle.read_run_state(cluster.state)
+def _run(cluster: Cluster) -> runstate.RunState:
+    run = runstate.read_run_state(cluster.state)
     assert run is not None
     return run
 
 
-def _ray_ports(run: lifecycle.RunState) -> dict[int, str]:
+def _ray_ports(run: runstate.RunState) -> dict[int, str]:
     return {port: name for name, port in run.ports.model_dump().items() if name not in ("min_worker", "max_worker")}
 
 
@@ -88,7 +88,7 @@ def test_every_finding_above_info_is_a_known_loopback_only_listener(cluster: Clu
     assert result.errors == []
     above = {(f.id, names.get(f.port, str(f.port))) for f in result.findings if f.severity != "info"}
     assert above <= KNOWN_LOOPBACK_FINDINGS, _above_info(result)
-    listeners = lifecycle.ray_listeners(cluster.state, run.ray_pid)
+    listeners = runstate.ray_listeners(cluster.state, run.ray_pid)
     exposed = {port: addr for port, addr in listeners.items() if not is_loopback(addr)}
     assert exposed == {} or run.firewall.startswith("installed"), exposed
 

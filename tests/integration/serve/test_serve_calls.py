@@ -39,7 +39,7 @@ def test_status_names_the_serve_listener_and_serve_stays_on_loopback(serve_clust
     assert info["serve"]["url"] == serve_cluster.url
     assert info["serve"]["running"] is True
     proxy_port = int(info["serve"]["proxy"].rsplit(":", 1)[1])
-    from raywarden.cluster.lifecycle import ray_listeners
+    from raywarden.cluster.runstate import ray_listeners
 
     listeners = ray_listeners(serve_cluster.cluster.state)
     assert listeners.get(proxy_port) in ("127.0.0.1", "127.0.0.1:" + str(proxy_port)) or str(

@@ -16,8 +16,9 @@ from raywarden.audit import AuditLog, AuditVerificationError, verify_log
 from raywarden.audit.anchor import export_document, load_exported_head
 from raywarden.cli.audit import register
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ConfigError
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 from tests.unit.audit.audit_support import MakeLog, request_record
 
 pytestmark = pytest.mark.unit

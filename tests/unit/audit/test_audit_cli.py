@@ -10,9 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 from raywarden.audit import AuditLog, AuditVerificationError, audit_public_key_pem, load_or_create_audit_key
-from raywarden.cli.audit import format_record, register
+from raywarden.cli.audit import register
+from raywarden.cli.audit_records import format_record
+from raywarden.config import ClusterConfig
 from raywarden.errors import UsageError
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 from tests.unit.audit.audit_support import request_record, segment_lines, write_lines
 
 pytestmark = pytest.mark.unit

@@ -22,11 +22,12 @@ from raywarden.audit.anchor import export_document, load_exported_head
 from raywarden.audit.checkpoint import Checkpoint
 from raywarden.audit.keychain import KeyRotation
 from raywarden.audit.layout import CHECKPOINTS_NAME, PUBLIC_KEY_NAME, list_segments
+from raywarden.audit.logfiles import staged_key_path
 from raywarden.audit.record import canonical_json
-from raywarden.audit.writer import staged_key_path
 from raywarden.cli.audit import register
 from raywarden.cluster.setup import init_state
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.config import ClusterConfig, Listen
+from raywarden.state import StateDir
 from tests.unit.audit.audit_support import checkpoint_lines, request_record, segment_lines, write_lines
 
 pytestmark = pytest.mark.unit

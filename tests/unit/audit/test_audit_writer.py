@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from raywarden.audit import AuditLog, AuditRecordError, AuditUnavailable, verify_log
 from raywarden.audit.layout import list_segments
-from raywarden.audit.writer import MAX_RECORD_BYTES
+from raywarden.audit.logfiles import MAX_RECORD_BYTES
 from tests.unit.audit.audit_support import MakeLog, checkpoint_lines, request_record, segment_lines
 
 pytestmark = pytest.mark.unit

@@ -17,11 +17,12 @@ from raywarden.cli.running_jobs import RunningJob
 from raywarden.client.bearer import bearer_token, cached_token_id
 from raywarden.client.jobs import choose_profile
 from raywarden.client.profile import Profile, load_profile, profiles_dir
-from raywarden.cluster.lifecycle import RunState
+from raywarden.cluster.runstate import RunState
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ClusterError, UsageError
 from raywarden.identity.admin import IdentityAdmin
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 

@@ -20,11 +20,12 @@ from raywarden.client.profile import (
     set_current,
 )
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ConfigError, RaywardenError
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.certs import serial_hex
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 

@@ -15,11 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from raywarden.cli import main as cli_main
-from raywarden.cluster import admission, lifecycle
+from raywarden.cluster import admission, runstate
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig, NodeState
 from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.doctor import run_doctor
 from raywarden.files import write_private, write_public
 from raywarden.identity.nodes import NodeRegistry
@@ -27,7 +28,7 @@ from raywarden.pki.certs import cert_pem, load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "status.test"
@@ -77,7 +78,7 @@ def add_worker(state: StateDir, name: str, lifetime: dt.timedelta) -> x509.Certi
 
 def pretend_running(state: StateDir) -> None:
     """A run file naming live processes (this test's own pid): what a running cluster looks like to doctor."""
-    run = lifecycle.RunState(
+    run = runstate.RunState(
         ray_pid=os.getpid(),
         gateway_pid=os.getpid(),
         ports=RayPorts.allocate(),
@@ -85,7 +86,7 @@ def pretend_running(state: StateDir) -> None:
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         firewall="installed",
     )
-    lifecycle.write_run_state(state, run)
+    runstate.write_run_state(state, run)
 
 
 def overdue_gateway(state: StateDir, minutes_left: int = 1) -> x509.Certificate:

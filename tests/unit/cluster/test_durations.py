@@ -12,9 +12,11 @@ import pytest
 
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
+from raywarden.durations import format_duration, parse_duration
 from raywarden.errors import ConfigError
 from raywarden.pki.certs import load_cert
-from raywarden.state import ClusterConfig, Listen, StateDir, format_duration, parse_duration, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 
 pytestmark = pytest.mark.unit
 

@@ -17,20 +17,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from raywarden.cluster import admission, lifecycle, node_renewal, worker_ray
+from raywarden.cluster import admission, node_renewal, runstate, worker_ray
 from raywarden.cluster.agent import NodeAgent
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.nodestate import NodeConfig
 from raywarden.cluster.ports import RayPorts, WorkerPorts
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import PKIError
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.keys import generate_private_key
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "renew.test"
@@ -46,7 +48,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StateDir:
     )
     init_state(target, config, admin_name="admin", profile_name="renew")
     # A head running in multi-node mode, as `up --node-ip` records it.
-    run = lifecycle.RunState(
+    run = runstate.RunState(
         ray_pid=os.getpid(),
         gateway_pid=os.getpid(),
         ports=RayPorts.allocate(),
@@ -55,7 +57,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StateDir:
         firewall="installed (multi-node)",
         node_ip=HEAD_IP,
     )
-    lifecycle.write_run_state(target, run)
+    runstate.write_run_state(target, run)
     return target
 
 

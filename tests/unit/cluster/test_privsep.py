@@ -18,9 +18,10 @@ import pytest
 
 from raywarden.cluster import privsep, rayuser
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import ClusterError, ConfigError, UsageError
 from raywarden.identity.admin import IdentityAdmin
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "privsep.test"

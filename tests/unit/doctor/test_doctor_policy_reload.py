@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from raywarden.audit.cluster import open_cluster_audit
-from raywarden.cluster.lifecycle import RunState
+from raywarden.cluster.runstate import RunState
 from raywarden.doctor import policy as policy_checks
 from raywarden.doctor.context import DoctorContext
 from raywarden.policy.engine import PolicyEngine

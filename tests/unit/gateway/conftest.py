@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from starlette.testclient import TestClient
 
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.serve.control import ServeControl
 from raywarden.gateway.serve.table import Pinned
@@ -28,7 +29,7 @@ from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import serial_hex
 from raywarden.pki.keys import generate_private_key
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 from tests.unit.gateway.fake_ray import FakeRay
 
 TD = "td.test"

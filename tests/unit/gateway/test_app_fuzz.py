@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from raywarden.gateway.routes import ROUTES, Route
+from raywarden.gateway.route_model import Route
+from raywarden.gateway.routes import ROUTES
 from tests.unit.gateway.conftest import Gateway
 
 pytestmark = pytest.mark.unit

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.cookies import session_cookie, set_session_cookie
 from raywarden.gateway.middleware.headers import CONSOLE_CSP, DASHBOARD_CSP, PROFILE_CSP, csp_for
 from raywarden.gateway.middleware.host import HostMiddleware
 from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.responses import Refusal
-from raywarden.state import ClusterConfig, Listen
 
 pytestmark = pytest.mark.unit
 CONFIG = ClusterConfig(

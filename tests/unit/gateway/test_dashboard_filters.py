@@ -19,7 +19,8 @@ from raywarden.gateway.jobaccess import (
 )
 from raywarden.gateway.request import BadQuery, Target, check_pairs, parse_pairs
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import DASHBOARD_ROUTES, Route
+from raywarden.gateway.route_model import Route
+from raywarden.gateway.routes import DASHBOARD_ROUTES
 from raywarden.policy.entities import request_context
 from tests.unit.policy.policy_support import engine, principal, spiffe
 

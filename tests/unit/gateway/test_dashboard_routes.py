@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from raywarden.gateway.routes import CONSOLE_ROUTES, DASHBOARD_MOUNT, DASHBOARD_ROUTES, SERVE_ROUTES, match
+from raywarden.gateway.route_model import DASHBOARD_MOUNT
+from raywarden.gateway.routes import CONSOLE_ROUTES, DASHBOARD_ROUTES, SERVE_ROUTES, match
 from raywarden.policy.engine import CLUSTER_ID, Entity
 from tests.unit.policy.policy_support import decide, engine, principal
 

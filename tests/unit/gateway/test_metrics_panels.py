@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from raywarden.config import ClusterConfig
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.authz import Viewer
 from raywarden.gateway.metrics.chart import Line, format_value, legend_name, render
@@ -25,7 +26,7 @@ from raywarden.identity.sessions import SessionStore
 from raywarden.identity.store import IdentityStore
 from raywarden.policy.entities import request_context
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 from tests.unit.policy.policy_support import engine, principal, spiffe
 
 pytestmark = pytest.mark.unit

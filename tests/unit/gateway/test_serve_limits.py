@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from raywarden.config import ServeLimit
 from raywarden.gateway.serve.limits import DEAD_AFTER_S, LimitStore, Over, Ticket
-from raywarden.state import ServeLimit
 
 pytestmark = pytest.mark.unit
 

@@ -23,9 +23,10 @@ import pytest
 import uvicorn
 
 from raywarden.cluster.setup import init_state
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.server import build_app, server_config
 from raywarden.gateway.tls import server_context
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 from tests.unit.gateway.conftest import TD, read_records
 from tests.unit.gateway.fake_ray import FakeRay
 

@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from raywarden.cluster import pkilock
 from raywarden.cluster.certlife import Lifetime
 from raywarden.cluster.setup import init_state, issue_gateway_certificate
+from raywarden.config import ClusterConfig, Listen
 from raywarden.files import write_private, write_public
 from raywarden.gateway import renewal, tls
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import load_cert, serial_hex
 from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.state import StateDir
 
 pytestmark = pytest.mark.unit
 TD = "tls.test"

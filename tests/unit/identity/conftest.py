@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from raywarden.cluster.setup import init_state
-from raywarden.state import ClusterConfig, Listen, StateDir
+from raywarden.config import ClusterConfig, Listen
+from raywarden.state import StateDir
 
 TD = "unit.raywarden"
 

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from raywarden.client.profile import load_profile
 from raywarden.cluster.setup import init_state, renew_gateway_certificate_if_due
+from raywarden.config import ClusterConfig, Listen
 from raywarden.errors import PKIError
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.identity.store import IdentityStore
@@ -27,7 +28,7 @@ from raywarden.pki.rotation import issued_by
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.pki.trust import CaFiles, CurrentCA, cluster_id, read_rotation, trust_answer
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, Listen, StateDir, trusted_ca_file
+from raywarden.state import StateDir, trusted_ca_file
 from tests.unit.gateway.conftest import read_records
 
 pytestmark = pytest.mark.unit

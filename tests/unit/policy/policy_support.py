@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raywarden.config import ClusterConfig
 from raywarden.policy.engine import CLUSTER_ID, Decision, Entity, PolicyEngine, PolicyRequest
 from raywarden.policy.entities import (
     cluster_entity,
@@ -15,7 +16,6 @@ from raywarden.policy.entities import (
 )
 from raywarden.policy.jobattrs import OWNER_KEY
 from raywarden.policy.serveattrs import new_serve_app_attrs, new_serve_app_entity, serve_app_entity, serve_context
-from raywarden.state import ClusterConfig
 
 TD = "td.test"
 CONTEXT = request_context("certificate", "127.0.0.1", 60)

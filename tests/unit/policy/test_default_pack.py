@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from raywarden.config import ClusterConfig
 from raywarden.gateway.routes import RAY_ROUTES
 from raywarden.policy.entities import request_context
-from raywarden.state import ClusterConfig
 from tests.unit.policy.policy_support import CONTEXT, decide, engine, job, principal, resource_for, submission
 
 pytestmark = pytest.mark.unit

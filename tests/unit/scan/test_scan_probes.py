@@ -8,7 +8,7 @@ import json
 import pytest
 
 from raywarden.scan.findings import EndpointReport
-from raywarden.scan.probes import (
+from raywarden.scan.http_answers import (
     HTTP_PATHS,
     P_AGENT,
     P_AUTH_MODE,
@@ -17,10 +17,9 @@ from raywarden.scan.probes import (
     P_SERVE_ROUTES,
     P_VERSION,
     EndpointOutcome,
-    ProbeOptions,
-    _analyse_http,
-    probe_endpoint,
+    analyse_http,
 )
+from raywarden.scan.probes import ProbeOptions, probe_endpoint
 from raywarden.scan.targets import Endpoint
 from raywarden.scan.wire import (
     USER_AGENT,
@@ -81,7 +80,7 @@ def _analyse(responses: dict[str, HttpResponse | None], tls: TlsInfo = PLAIN) ->
     full: dict[str, HttpResponse | None] = {p: _resp(404, b"404: Not Found", ctype="text/plain") for p in HTTP_PATHS}
     full.update(responses)
     out = EndpointOutcome(EndpointReport(EP.host, EP.port, EP.target))
-    _analyse_http(EP, EP.url(tls=tls.tls), tls, full, out)
+    analyse_http(EP, EP.url(tls=tls.tls), tls, full, out)
     return sorted((f.id, f.severity) for f in out.findings)
 
 
@@ -163,7 +162,7 @@ def test_server_text_cannot_inject_control_characters() -> None:
     out = EndpointOutcome(EndpointReport(EP.host, EP.port, EP.target))
     full: dict[str, HttpResponse | None] = dict.fromkeys(HTTP_PATHS)
     full[P_VERSION] = _resp(200, {"ray_version": "2.60.0\x1b]8;;http://evil\x07"})
-    _analyse_http(EP, "http://x", PLAIN, full, out)
+    analyse_http(EP, "http://x", PLAIN, full, out)
     assert all("\x1b" not in f.evidence for f in out.findings)
 
 

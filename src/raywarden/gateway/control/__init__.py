@@ -6,11 +6,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from raywarden.config import ClusterConfig
 from raywarden.errors import ConfigError
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Identity
 from raywarden.identity.store import IdentityStore
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 
 @dataclass(frozen=True)

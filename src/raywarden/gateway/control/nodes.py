@@ -19,7 +19,8 @@ from raywarden.errors import RaywardenError
 from raywarden.files import ensure_private_dir
 from raywarden.gateway.control import ControlHandler, ControlRequest, ControlResponse, ControlServices
 from raywarden.gateway.locks import KeyedLocks
-from raywarden.identity.nodes import NodeRegistry, NodeRegistryError
+from raywarden.identity.node_records import NodeRegistryError
+from raywarden.identity.nodes import NodeRegistry
 from raywarden.identity.store import IdentityStore
 
 log = logging.getLogger("raywarden.gateway")

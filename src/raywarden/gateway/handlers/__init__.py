@@ -36,7 +36,7 @@ from raywarden.gateway.jobaccess import (
 from raywarden.gateway.jobrecords import JobRecords
 from raywarden.gateway.middleware import header
 from raywarden.gateway.oidc_people import AdmissionRefused
-from raywarden.gateway.routes import Route, Routed
+from raywarden.gateway.route_model import Route, Routed
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY
 from raywarden.gateway.upstream import AnswerTooLarge, Body, Upstream, UpstreamResponse, UpstreamStream
 from raywarden.policy.engine import Entity

@@ -16,7 +16,8 @@ from raywarden.gateway.cookies import session_cookie
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Services, authenticate, body_of
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import FORM_FIELDS, Routed
+from raywarden.gateway.route_model import Routed
+from raywarden.gateway.routes import FORM_FIELDS
 from raywarden.gateway.web import Console
 from raywarden.gateway.web.oidc_flow import BINDING_COOKIE
 from raywarden.gateway.web.services import PageRequest

@@ -16,7 +16,7 @@ from raywarden.gateway.bodies import load_json_object
 from raywarden.gateway.control import ControlHandler, ControlRequest
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Services, authenticate, body_of
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 
 
 class Control:

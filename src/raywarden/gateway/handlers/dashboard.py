@@ -27,7 +27,7 @@ from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Services, answer_filter, authenticate, body_of, forward, forwarded_headers
 from raywarden.gateway.jobaccess import fetch_job_access, scope_refusal
 from raywarden.gateway.request import Target, encode_path
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 from raywarden.policy.engine import Decision, Entity
 from raywarden.policy.entities import job_entity
 

@@ -32,7 +32,7 @@ from raywarden.gateway.locks import KeyedLocks
 from raywarden.gateway.packages import PackageUploads
 from raywarden.gateway.request import encode_path
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 from raywarden.gateway.upstream import Body, UpstreamUnavailable
 
 # What Ray's head answers (500, with a traceback) when its job agent refuses a submission id it holds.

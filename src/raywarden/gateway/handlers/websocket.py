@@ -18,7 +18,7 @@ from raywarden.gateway.authz import authorize, resource_for, unknown_job
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Services, authenticate, credential_of
 from raywarden.gateway.request import encode_path
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 
 
 class LogTail:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raywarden.gateway.routes import DASHBOARD_MOUNT
+from raywarden.gateway.route_model import DASHBOARD_MOUNT
 
 # raywarden's own pages: no script at all, styles from the gateway only, forms post back to it only.
 CONSOLE_CSP = (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raywarden.config import ClusterConfig
 from raywarden.gateway.middleware import header
 from raywarden.gateway.responses import Refusal
-from raywarden.state import ClusterConfig
 
 
 def gateway_host_names(config: ClusterConfig) -> frozenset[str]:

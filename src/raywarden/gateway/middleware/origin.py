@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raywarden.config import ClusterConfig
 from raywarden.gateway.cookies import session_cookie
 from raywarden.gateway.middleware import header
 from raywarden.gateway.middleware.host import gateway_host_names
 from raywarden.gateway.responses import Refusal
-from raywarden.state import ClusterConfig
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Requests a page of the gateway's own origin makes (or the user typing the URL).

@@ -32,7 +32,7 @@ from raywarden.gateway.handlers import Services, authenticate, body_of, relay
 from raywarden.gateway.jobaccess import redact_runtime_envs
 from raywarden.gateway.request import encode_path
 from raywarden.gateway.responses import Refusal
-from raywarden.gateway.routes import Routed
+from raywarden.gateway.route_model import Routed
 from raywarden.gateway.serve.deployschema import GROUP_NAME, parse_deploy
 from raywarden.gateway.serve.plan import Change, RayApp, config_sha256, plan_changes, ray_apps
 from raywarden.gateway.serve.table import AppTable, Pinned

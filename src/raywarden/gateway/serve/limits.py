@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raywarden.config import ServeLimit
 from raywarden.files import PRIVATE_FILE_MODE
-from raywarden.state import ServeLimit
 
 HEARTBEAT_EVERY_S = 5.0
 DEAD_AFTER_S = 30.0

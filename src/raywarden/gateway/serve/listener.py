@@ -31,6 +31,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from raywarden.audit import AuditRecordError, AuditUnavailable
+from raywarden.config import ServeLimits
 from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authz import Viewer, context_for, decide, principal_for
@@ -50,7 +51,6 @@ from raywarden.gateway.serve.table import AppTable, ServeApp
 from raywarden.gateway.serve.target import ServeTarget, serve_target
 from raywarden.policy.engine import PolicyEngine
 from raywarden.policy.serveattrs import serve_context
-from raywarden.state import ServeLimits
 
 log = logging.getLogger("raywarden.gateway.serve")
 INVOKE = "serve.invoke"

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from raywarden.config import ClusterConfig
 from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink
@@ -28,7 +29,7 @@ from raywarden.identity.apikeys import ApiKeys
 from raywarden.identity.serveapps import ServeAppOwners
 from raywarden.policy.engine import PolicyEngine
 from raywarden.secret import Secret
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 LIMITS_FILE = "serve-limits.db"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.responses import HTMLResponse, Response
 
+from raywarden.config import ClusterConfig
 from raywarden.gateway.authn import Identity
 from raywarden.gateway.authz import Viewer
 from raywarden.gateway.metrics.prometheus import Prometheus
@@ -18,7 +19,7 @@ from raywarden.gateway.oidc import OidcFederation, oidc_config_path
 from raywarden.gateway.request import Target
 from raywarden.identity.sessions import SessionStore
 from raywarden.identity.store import IdentityStore
-from raywarden.state import ClusterConfig, StateDir
+from raywarden.state import StateDir
 
 NO_STORE = {"cache-control": "no-store"}
 
