@@ -13,9 +13,9 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from raywarden.config import ClusterConfig, Listen
 from raywarden.gateway.deadlines import ReadDeadlines, ReadLimits
 from raywarden.gateway.tls import PEER_CERT_STATE_KEY, PeerCertProtocol
-from raywarden.state import ClusterConfig, Listen
 
 DEFAULT_LIMITS = ReadDeadlines.limits
 

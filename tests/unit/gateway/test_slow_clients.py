@@ -180,10 +180,10 @@ def test_the_serve_listener_has_the_api_listeners_deadlines() -> None:
     """Both listeners are built by one function: a slow client is no cheaper on Serve's listener."""
     import ssl
 
+    from raywarden.config import ClusterConfig, Listen
     from raywarden.gateway.deadlines import ReadDeadlines
     from raywarden.gateway.protocols import read_limits
     from raywarden.gateway.serve.server import server_for
-    from raywarden.state import ClusterConfig, Listen
 
     config = ClusterConfig(serve_listen=Listen(host="127.0.0.1", port=8000), gateway_header_timeout_seconds=7)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
