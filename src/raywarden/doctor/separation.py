@@ -270,7 +270,9 @@ def _processes(ctx: DoctorContext, user: RayUser) -> Check:
     )
 
 
-_OWNERS = re.compile(r"meta skuid != (\{[^}]*\}|\d+)")
+_OWNERS = re.compile(r"meta skuid != (\{[^}]*\}|\d+) tcp dport @(\w+)")
+# The gateway's own metrics are the control plane's alone (cluster/firewall.py); Ray's ports admit both users.
+_CONTROL_PLANE_ONLY = "control_ports"
 
 
 def _firewall(ctx: DoctorContext, user: RayUser) -> Check:
@@ -292,8 +294,9 @@ def _firewall(ctx: DoctorContext, user: RayUser) -> Check:
         return failed("separation.firewall", f"nftables table {table} is not loaded", _restart_as_root(ctx))
     rules = _OWNERS.findall(listed.stdout)
     wanted = {os.geteuid(), user.uid}
-    seen = [{int(u) for u in re.findall(r"\d+", r)} for r in rules]
-    if len(seen) < 2 or any(s != wanted for s in seen):
+    seen = [{int(u) for u in re.findall(r"\d+", uids)} for uids, _ in rules]
+    expected = [{os.geteuid()} if ports == _CONTROL_PLANE_ONLY else wanted for _, ports in rules]
+    if len(seen) < 2 or seen != expected:
         return failed(
             "separation.firewall",
             f"the owner rules of table {table} admit uids {sorted(set().union(*seen)) if seen else 'anyone'}, "
