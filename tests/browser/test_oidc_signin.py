@@ -11,6 +11,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
+from raywarden.gateway.oidc import default_namespace
 from tests.browser.browser_support import chromium, missing_browser, nss_home, shot
 from tests.oidc_support import Idp, running_idp
 from tests.support import Cluster
@@ -45,7 +46,9 @@ def test_oidc_sign_in_with_pkce(cluster: Cluster, idp: Idp) -> None:
         page.goto(f"{cluster.url}/ui/signin")
         page.get_by_role("link", name=f"Sign in with {idp.issuer}").click()
         page.wait_for_url(f"{cluster.url}/ui/")
-        expect(page.locator("main")).to_contain_text(f"spiffe://test.raywarden/user/{name}")
+        # OIDC people are namespaced per issuer (gateway/oidc.py), apart from local users of the same name.
+        namespace = default_namespace(idp.issuer)
+        expect(page.locator("main")).to_contain_text(f"spiffe://test.raywarden/oidc/{namespace}/{name}")
         expect(page.locator("main")).to_contain_text("developers")  # group_map: eng -> developers
         shot(page, "console-whoami-oidc")
         page.goto(f"{cluster.url}/dashboard/")
