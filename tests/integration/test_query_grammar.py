@@ -89,9 +89,17 @@ def test_a_literal_hash_is_refused(cluster: Cluster, two: Two) -> None:
         f"/dashboard/api/v0/tasks/summarize?{mine}#",
         f"/dashboard/api/v0/tasks?{mine}#&detail=1",
     ):
-        status, _, body = raw_https(cluster, "GET", target, cert=two.bob)
-        record = _refused(cluster, status, body)
-        assert "'#'" in json.loads(body)["error"] and "#" in record["raw_query"]
+        status, headers, body = raw_https(cluster, "GET", target, cert=two.bob)
+        if status == 400:  # h11 hands the app the whole target: the gateway refuses the '#'
+            record = _refused(cluster, status, body)
+            assert "'#'" in json.loads(body)["error"] and "#" in record["raw_query"]
+            continue
+        # httptools drops the fragment before the app: nothing after '#' is decided on or forwarded.
+        request_id = {k.lower(): v for k, v in headers.items()}["x-request-id"]
+        [record] = [r for r in _records(cluster, request_id) if r["kind"] == "request"]
+        after = target.split("#", 1)[1]
+        decided = str(record.get("raw_query") or record.get("query") or "")
+        assert "#" not in decided and (not after or after not in decided), record
 
 
 def test_ray_answers_the_query_that_was_checked(cluster: Cluster, two: Two) -> None:
