@@ -157,9 +157,10 @@ def test_the_workers_ray_runs_as_its_own_user_away_from_the_enrollment_material(
         "internal-ca.crt",
         "node.crt",
         "node.key",
-        "ray-start.log",
         "ray-token",
     ]
+    # Ray's start log is root's, beside Ray's folder, never inside it (cluster/raydir.py).
+    assert not (ray_dir / "ray-start.log").exists()
     assert ray_dir.stat().st_uid == ray_user.pw_uid and stat.S_IMODE(ray_dir.stat().st_mode) == 0o700
     secret_files = [
         worker_state / "keys" / "node-secret",
