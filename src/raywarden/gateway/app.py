@@ -229,29 +229,15 @@ def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:
         return responses.unchecked_answer(exc.message)
     if isinstance(exc, AnswerTooLarge):
         return responses.unchecked_answer(exc.message)
-    log.exception("request %s (%s %s) failed", ex.request_id, ex.method, ex.raw_path[:200], exc_info=exc)
-    return Refusal(
-        500,
-        "the gateway failed on this request",
-        reason=f"internal error: {type(exc).__name__}: {exc}"[:500],
-        hint="the gateway's log has the details under this request id",
-    )
+    return refusals.internal_error(ex, exc, log)
 
 
 async def _answer(ex: Exchange, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
     response: Response = refusals.response(refusal, ex)
-    if scope["type"] == "websocket":
-        ws = WebSocket(scope, receive, send)
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await ws.send_denial_response(response)
-        else:
-            # Without the ASGI denial-response extension, closing before accepting makes the server answer 403.
-            await ws.close(code=1011 if refusal.status >= 500 else 1008, reason=refusal.message[:120])
-        return
-    if refusal.status == 401 and _browser_navigation(scope):
+    if scope["type"] == "http" and refusal.status == 401 and _browser_navigation(scope):
         # A person opening a page without a session is shown the sign-in page, not a JSON error.
         response = RedirectResponse("/ui/signin", status_code=303, headers={"cache-control": "no-store"})
-    await response(scope, receive, send)
+    await refusals.send(response, refusal, scope, receive, send)
 
 
 def _browser_navigation(scope: Scope) -> bool:

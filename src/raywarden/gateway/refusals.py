@@ -18,10 +18,12 @@ are, and the body's ``note`` says that Ray's advice after it does not apply.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from starlette.responses import JSONResponse
-from starlette.types import Scope
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware import header
@@ -84,3 +86,27 @@ def response(refusal: Refusal, ex: Exchange) -> JSONResponse:
     answer = json_error(refusal.sent_status, body(refusal, ex), ex.request_id)
     answer.headers.update(refusal.headers)
     return answer
+
+
+def internal_error(ex: Exchange, exc: Exception, log: logging.Logger) -> Refusal:
+    """The audited 500 for an exception no step turned into a refusal; the details go to the gateway's log."""
+    log.exception("request %s (%s %s) failed", ex.request_id, ex.method, ex.raw_path[:200], exc_info=exc)
+    return Refusal(
+        500,
+        "the gateway failed on this request",
+        reason=f"internal error: {type(exc).__name__}: {exc}"[:500],
+        hint="the gateway's log has the details under this request id",
+    )
+
+
+async def send(response: Response, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send a refusal over HTTP, or refuse a WebSocket handshake with it."""
+    if scope["type"] == "websocket":
+        ws = WebSocket(scope, receive, send)
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await ws.send_denial_response(response)
+        else:
+            # Without the ASGI denial-response extension, closing before accepting makes the server answer 403.
+            await ws.close(code=1011 if refusal.status >= 500 else 1008, reason=refusal.message[:120])
+        return
+    await response(scope, receive, send)

@@ -373,24 +373,11 @@ def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:
             reason=f"Serve unavailable: {exc.message}",
             hint="retry; `raywarden status` on the head shows whether Serve is up",
         )
-    log.exception("Serve call %s (%s %s) failed", ex.request_id, ex.method, ex.raw_path[:200], exc_info=exc)
-    return Refusal(
-        500,
-        "the gateway failed on this request",
-        reason=f"internal error: {type(exc).__name__}: {exc}"[:500],
-        hint="the gateway's log has the details under this request id",
-    )
+    return refusals.internal_error(ex, exc, log)
 
 
 async def _answer(ex: Exchange, refusal: Refusal, scope: Scope, receive: Receive, send: Send) -> None:
     response: Response = refusals.response(refusal, ex)
     if isinstance(refusal, OverLimit):
         response.headers["retry-after"] = str(refusal.retry_after)
-    if scope["type"] == "websocket":
-        ws = WebSocket(scope, receive, send)
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await ws.send_denial_response(response)
-        else:
-            await ws.close(code=1011 if refusal.status >= 500 else 1008, reason=refusal.message[:120])
-        return
-    await response(scope, receive, send)
+    await refusals.send(response, refusal, scope, receive, send)
