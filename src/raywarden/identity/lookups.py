@@ -34,6 +34,8 @@ class _Stamp:
 
 
 class CachedLookups:
+    """Not thread-safe: one per event loop (the gateway authenticates on its loop's thread)."""
+
     def __init__(self, store: IdentityStore, max_entries: int = MAX_ENTRIES) -> None:
         self.store = store
         self._max_entries = max_entries
