@@ -7,6 +7,7 @@ import http.client
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,14 @@ def test_up_twice_is_refused(cluster: Cluster) -> None:
 
 
 def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    # The second cluster is another operator's, with a home of its own: its `init` makes its profile the
+    # current one, which in the shared home would point every later test's CLI at the wrong CA.
     fresh = StateDir(tmp_path / "state")
+    other = replace(cluster, home=tmp_path / "home")
     taken = cluster.url.removeprefix("https://")
-    created = run_cli(cluster, "init", "--state-dir", str(fresh.root), "--profile", "taken-port", "--listen", taken)
+    created = run_cli(other, "init", "--state-dir", str(fresh.root), "--profile", "taken-port", "--listen", taken)
     assert created.returncode == 0, created.stderr
-    result = run_cli(cluster, "up", "--state-dir", str(fresh.root))
+    result = run_cli(other, "up", "--state-dir", str(fresh.root))
     assert result.returncode != 0
     assert "cannot listen on" in result.stderr and "--listen" in result.stderr
     assert runstate.read_run_state(fresh) is None
