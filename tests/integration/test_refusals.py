@@ -22,10 +22,20 @@ from tests.support import Cluster, run_cli, tls_context
 pytestmark = pytest.mark.integration
 
 
+# What a running cluster itself writes while a test runs: its audit log, run files, logs and identity.db (sessions,
+# limiters, last uses). Everything else in a state dir (config, keys, certificates, policies) is what `init` makes.
+_LIVE = ("audit", "run", "logs")
+
+
 def _digest(folder: Path) -> str:
-    """A fingerprint of every file under ``folder`` (names and bytes): proves nothing was rewritten."""
+    """A fingerprint of every file under ``folder`` (names and bytes) but the live ones: proves nothing was
+    rewritten."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "audit" not in p.parts):
+    for path in sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not set(p.relative_to(folder).parts) & set(_LIVE) and not p.name.startswith("identity.db")
+    ):
         h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -47,11 +57,12 @@ def _record(cluster: Cluster, request_id: str) -> dict[str, object]:
 
 
 def test_init_over_an_existing_cluster_is_refused(cluster: Cluster) -> None:
-    before = _digest(cluster.state.root)
+    before, principals_before = _digest(cluster.state.root), _identity_rows(cluster)["principals"]
     result = run_cli(cluster, "init", "--state-dir", str(cluster.state.root), "--profile", "another")
     assert result.returncode != 0
     assert "already holds a raywarden cluster" in result.stderr and "hint:" in result.stderr
     assert _digest(cluster.state.root) == before
+    assert _identity_rows(cluster)["principals"] == principals_before
     assert not (cluster.home / "profiles" / "another").exists()
 
 
