@@ -7,6 +7,7 @@ import http.client
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,20 @@ from tests.support import Cluster, run_cli, tls_context
 pytestmark = pytest.mark.integration
 
 
+# What a running cluster itself writes while a test runs: its audit log, run files, logs and identity.db (sessions,
+# limiters, last uses). Everything else in a state dir (config, keys, certificates, policies) is what `init` makes.
+_LIVE = ("audit", "run", "logs")
+
+
 def _digest(folder: Path) -> str:
-    """A fingerprint of every file under ``folder`` (names and bytes): proves nothing was rewritten."""
+    """A fingerprint of every file under ``folder`` (names and bytes) but the live ones: proves nothing was
+    rewritten."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "audit" not in p.parts):
+    for path in sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not set(p.relative_to(folder).parts) & set(_LIVE) and not p.name.startswith("identity.db")
+    ):
         h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -46,11 +57,12 @@ def _record(cluster: Cluster, request_id: str) -> dict[str, object]:
 
 
 def test_init_over_an_existing_cluster_is_refused(cluster: Cluster) -> None:
-    before = _digest(cluster.state.root)
+    before, principals_before = _digest(cluster.state.root), _identity_rows(cluster)["principals"]
     result = run_cli(cluster, "init", "--state-dir", str(cluster.state.root), "--profile", "another")
     assert result.returncode != 0
     assert "already holds a raywarden cluster" in result.stderr and "hint:" in result.stderr
     assert _digest(cluster.state.root) == before
+    assert _identity_rows(cluster)["principals"] == principals_before
     assert not (cluster.home / "profiles" / "another").exists()
 
 
@@ -73,11 +85,14 @@ def test_up_twice_is_refused(cluster: Cluster) -> None:
 
 
 def test_up_on_a_taken_port_starts_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    # The second cluster is another operator's, with a home of its own: its `init` makes its profile the
+    # current one, which in the shared home would point every later test's CLI at the wrong CA.
     fresh = StateDir(tmp_path / "state")
+    other = replace(cluster, home=tmp_path / "home")
     taken = cluster.url.removeprefix("https://")
-    created = run_cli(cluster, "init", "--state-dir", str(fresh.root), "--profile", "taken-port", "--listen", taken)
+    created = run_cli(other, "init", "--state-dir", str(fresh.root), "--profile", "taken-port", "--listen", taken)
     assert created.returncode == 0, created.stderr
-    result = run_cli(cluster, "up", "--state-dir", str(fresh.root))
+    result = run_cli(other, "up", "--state-dir", str(fresh.root))
     assert result.returncode != 0
     assert "cannot listen on" in result.stderr and "--listen" in result.stderr
     assert runstate.read_run_state(fresh) is None
