@@ -199,7 +199,9 @@ def start_old_gateway(
     script = (
         "import sys; from pathlib import Path;"
         "from raywarden.cluster.setup import init_state;"
-        "from raywarden.state import ClusterConfig, Listen, StateDir;"
+        "from raywarden.state import StateDir\n"
+        "try:\n from raywarden.config import ClusterConfig, Listen\n"
+        "except ImportError:\n from raywarden.state import ClusterConfig, Listen\n"
         f"init_state(StateDir(Path({str(old_state)!r})), ClusterConfig(trust_domain={TD!r}, "
         f"listen=Listen(host='127.0.0.1', port={port}), metrics=False), admin_name='admin', profile_name='old')"
     )
@@ -381,7 +383,7 @@ def main() -> None:
                     old_url,
                     {},
                     client_ssl(root / "old-state" / "pki" / "access-ca.crt", old_profile),
-                    lambda: [old_pid],
+                    lambda: children(old_pid),  # a supervisor and its workers, or one process
                 )
             )
         workers = json.loads(workers_file(state).read_text())["workers"]

@@ -22,6 +22,7 @@ import requests
 
 from raywarden.cluster import runstate
 from raywarden.gateway.runinfo import workers_file
+from raywarden.identity.admin import IdentityAdmin
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.certs import load_cert, serial_hex
 from tests.support import Cluster, run_cli, tls_context
@@ -82,6 +83,48 @@ def test_a_revocation_reaches_every_worker(cluster: Cluster) -> None:
     assert {r.status_code for r in refused} == {401}
     if len(workers(cluster)) > 1:
         assert decided_by(cluster, refused) == set(workers(cluster))
+
+
+def kept_sessions(n: int, cert: tuple[str, str] | None = None) -> list[requests.Session]:
+    """``n`` sessions of one connection each: once opened, each stays with the worker that accepted it."""
+    sessions = []
+    for _ in range(n):
+        session = requests.Session()
+        session.mount("https://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1))
+        session.cert = cert
+        sessions.append(session)
+    return sessions
+
+
+def test_a_revocation_reaches_connections_kept_alive_to_every_worker(cluster: Cluster) -> None:
+    """Each worker remembers verified credentials (a certificate's parse, a token's signature, the store's
+    answers while it is unchanged): a revocation must still refuse the very next request on a connection
+    that authenticated a moment before, at every worker."""
+    admin = IdentityAdmin(cluster.state, actor="test")
+    admin.add("sa", "kept-bot", ["viewers"])
+    issued = admin.sa_token("kept-bot", 600)
+    bearer = {"authorization": f"Bearer {issued.token.reveal()}"}
+    cert = cluster.issue("kept-user", groups=("viewers",))
+    by_token, by_cert = kept_sessions(16), kept_sessions(16, cert)
+
+    def each(sessions: list[requests.Session], **kw: Any) -> list[requests.Response]:
+        return [s.get(cluster.url + "/api/version", verify=cluster.ca, timeout=60, **kw) for s in sessions]
+
+    try:
+        for _ in range(3):  # every connection authenticated, and its credential remembered, more than once
+            assert {r.status_code for r in each(by_token, headers=bearer)} == {200}
+            assert {r.status_code for r in each(by_cert)} == {200}
+        admin.revoke_token(issued.jti, "test")
+        refused = each(by_token, headers=bearer)
+        assert {r.status_code for r in refused} == {401}
+        IdentityStore.open(cluster.state.identity_db).revoke_certificate(serial_hex(load_cert(Path(cert[0]))), "test")
+        refused += each(by_cert)
+        assert {r.status_code for r in refused} == {401}
+        if len(workers(cluster)) > 1:
+            assert decided_by(cluster, refused) == set(workers(cluster))
+    finally:
+        for session in by_token + by_cert:
+            session.close()
 
 
 def test_a_policy_reload_reaches_every_worker_before_it_is_confirmed(cluster: Cluster) -> None:

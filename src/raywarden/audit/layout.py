@@ -80,6 +80,23 @@ def complete_length(path: Path, size: int) -> int:
     return 0
 
 
+def complete_tail_line(path: Path, size: int, window: int = 8192) -> bytes | None:
+    """The last line (without its newline) of the first ``size`` bytes of ``path``, when they end with a
+    complete line that starts within the last ``window`` bytes; None otherwise (a torn tail, a long line)."""
+    start = max(0, size - window)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, size - start, start)
+    finally:
+        os.close(fd)
+    if len(data) != size - start or not data.endswith(b"\n"):
+        return None
+    before = data.rfind(b"\n", 0, len(data) - 1)
+    if before < 0 and start > 0:
+        return None
+    return data[before + 1 : -1]
+
+
 def repair_torn_tail(path: Path) -> int:
     """Cut a partial last line left by a crash mid-write (it was never acknowledged to anyone); return the
     length that is left."""

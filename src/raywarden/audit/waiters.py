@@ -52,6 +52,19 @@ class AsyncWaiter(Waiter):
         call_in_loop(self.loop, settle, [(self.future, None, error)])
 
 
+class CallbackWaiter(Waiter):
+    """Nobody waits: ``on_done`` runs on the writer thread with None once the record is durable, or the error."""
+
+    def __init__(self, on_done: Callable[[BaseException | None], None]) -> None:
+        self.on_done = on_done
+
+    def resolve(self, value: object) -> None:
+        self.on_done(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.on_done(error)
+
+
 Outcome = tuple["asyncio.Future[object]", object, BaseException | None]
 
 

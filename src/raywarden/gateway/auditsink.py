@@ -8,6 +8,7 @@ Every gateway process (each worker, and the single process of the offline tests)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -15,6 +16,8 @@ from typing import Any, Protocol
 from raywarden.audit import AuditLog, AuditUnavailable
 
 log = logging.getLogger("raywarden.gateway")
+# How often ``drain`` looks whether the records submitted with ``append_later`` are all settled.
+DRAIN_POLL_S = 0.005
 
 
 class AuditSink(Protocol):
@@ -43,7 +46,10 @@ class LocalAudit:
 
     def __init__(self, audit: AuditLog, on_failed: Callable[[str], None] | None = None) -> None:
         self.log = audit
-        self._later: set[asyncio.Task[int]] = set()
+        # Records submitted with ``append_later`` and those settled: each counter has one writer (the event
+        # loop, the log's writer thread), so their difference is the queue without a lock.
+        self._submitted = 0
+        self._settled = 0
         self._on_failed = on_failed
         self._failure: str | None = None
 
@@ -56,29 +62,46 @@ class LocalAudit:
         try:
             return await self.log.append_async(record)
         except AuditUnavailable as exc:
-            if self.log.failed and self._on_failed is not None and self._failure is None:
-                self._failure = exc.message.removeprefix("audit log unavailable: ")
-                self._on_failed(self._failure)
+            self._heard(exc)
             raise
 
     def append_later(self, record: Mapping[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self.append_async(record))
-        self._later.add(task)
-        task.add_done_callback(self._done)
+        """The record joins the log's next batch (audit/writer.py ``submit_later``): no task, no future, and no
+        turn of the writer of its own; a failure is logged and fails the log as ``append_async`` would."""
+        if self._failure is not None:
+            log.error("audit: an outcome record was not written: %s", self._failure)
+            return
+        loop = asyncio.get_running_loop()
 
-    def _done(self, task: asyncio.Task[int]) -> None:
-        self._later.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            log.error("audit: an outcome record was not written: %s", getattr(error, "message", error))
+        def done(error: BaseException | None) -> None:  # on the writer thread
+            self._settled += 1
+            if error is not None:
+                log.error("audit: an outcome record was not written: %s", getattr(error, "message", error))
+                if isinstance(error, AuditUnavailable):
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+                        loop.call_soon_threadsafe(self._heard, error)
+
+        self._submitted += 1  # before the writer can settle it
+        try:
+            self.log.submit_later(record, done)
+        except AuditUnavailable as exc:
+            self._submitted -= 1
+            log.error("audit: an outcome record was not written: %s", exc.message)
+            self._heard(exc)
+
+    def _heard(self, exc: AuditUnavailable) -> None:
+        """A write failed: with several workers, the others are told (once) to refuse too."""
+        if self.log.failed and self._on_failed is not None and self._failure is None:
+            self._failure = exc.message.removeprefix("audit log unavailable: ")
+            self._on_failed(self._failure)
 
     async def drain(self) -> None:
-        while self._later:
-            await asyncio.gather(*list(self._later), return_exceptions=True)
+        while self.queued:
+            await asyncio.sleep(DRAIN_POLL_S)
 
     @property
     def queued(self) -> int:
-        return len(self._later)
+        return self._submitted - self._settled
 
     def close(self) -> None:
         self.log.close()

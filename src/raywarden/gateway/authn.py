@@ -5,15 +5,19 @@ Credentials, in order of precedence: a client certificate verified by the TLS la
 a bearer token signed by this cluster (gateway/tokens.py); an ID token from a configured OIDC issuer
 (gateway/oidc.py, gateway/oidc_people.py); on dashboard and console routes only, a browser session cookie
 (identity/sessions.py).
-The identity store is read on every request (no cache), so a disabled principal, a revoked certificate serial
-or a revoked token id is refused on its next request, and so is a session or a bearer token they created. A
-certificate's validity window is checked on every request too: TLS checks it only at the handshake, and a
-kept-alive connection or a resumed TLS session (the server issues session tickets) carries no new handshake.
+The identity store is consulted on every request, so a disabled principal, a revoked certificate serial or a
+revoked token id is refused on its next request, and so is a session or a bearer token they created: its
+answers are kept only while identity.db is unchanged, which SQLite tells on every request
+(identity/lookups.py). A certificate's validity window is checked on every request too: TLS checks it only at
+the handshake, and a kept-alive connection or a resumed TLS session (the server issues session tickets)
+carries no new handshake. What never changes is parsed once: a certificate's DER bytes (cached by their exact
+value).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,16 +29,10 @@ from raywarden.config import ClusterConfig
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
 from raywarden.gateway.oidc_people import admit
-from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority
+from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority, TokenClaims
+from raywarden.identity.lookups import CachedLookups
 from raywarden.identity.sessions import SessionRefused, SessionStore
-from raywarden.identity.store import (
-    CertificateRecord,
-    CredentialState,
-    IdentityStore,
-    Principal,
-    lookup_credential,
-    lookup_token,
-)
+from raywarden.identity.store import CertificateRecord, CredentialState, IdentityStore, Principal
 from raywarden.pki.certs import serial_hex, spiffe_id_of
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.state import StateDir
@@ -74,6 +72,7 @@ class Authenticator:
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
+        self.lookups = CachedLookups(store)
         self.tokens = tokens
         self.oidc = oidc
         self.sessions = sessions
@@ -119,14 +118,8 @@ class Authenticator:
     def from_certificate(self, der: bytes, now: float | None = None) -> Identity:
         """The TLS layer checked the chain to the access CA, and the validity window at the handshake; the
         window is checked again here, for requests on a kept-alive connection or a resumed session."""
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            spiffe = spiffe_id_of(cert)
-        except (ValueError, PKIError) as exc:
-            raise AuthenticationError(f"unusable client certificate: {exc}") from None
+        spiffe, serial, issued, expires = _certificate_facts(der)
         self._check_kind(spiffe, "certificate")
-        serial = serial_hex(cert)
-        issued, expires = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
         moment = time.time() if now is None else now
         if moment > expires:
             at = _iso(expires)
@@ -136,7 +129,7 @@ class Authenticator:
             )
         if moment < issued:
             raise AuthenticationError(f"certificate {serial} is not valid before {_iso(issued)}")
-        found = lookup_credential(self.store, "certificates", serial)
+        found = self.lookups.credential("certificates", serial)
         if found is not None and found.revoked:
             raise AuthenticationError(
                 f"certificate {serial} is revoked", public=f"your client certificate {serial} is revoked"
@@ -155,6 +148,10 @@ class Authenticator:
             raise AuthenticationError(f"unsupported authorization scheme {scheme[:20]!r}")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("Authorization value too large")
+        if self.tokens is not None:
+            known = self.tokens.recall(token)
+            if known is not None:  # verified before, by its exact text; its expiry checked again just now
+                return self._own_token_identity(known)
         try:
             header = jwt.get_unverified_header(token)
             unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
@@ -175,13 +172,17 @@ class Authenticator:
         )
 
     def _from_own_token(self, tokens: TokenAuthority, token: str, header: dict[str, Any]) -> Identity:
-        claims = tokens.verify(token, header)
+        return self._own_token_identity(tokens.verify(token, header))
+
+    def _own_token_identity(self, claims: TokenClaims) -> Identity:
+        """Who a verified token of ours speaks for, if its record, its holder and its minting certificate
+        still allow it (read from identity.db on every request)."""
         try:
             spiffe = SpiffeId.parse(claims.subject)
         except PKIError:
             raise AuthenticationError("token subject is not a SPIFFE ID") from None
         self._check_kind(spiffe, "token")
-        found = lookup_token(self.store, claims.jti, claims.cert_serial)
+        found = self.lookups.token(claims.jti, claims.cert_serial)
         if found is None:
             raise AuthenticationError(f"token id {claims.jti[:64]} was never issued")
         if found.credential.revoked:
@@ -233,6 +234,18 @@ class Authenticator:
         if spiffe.kind not in ("user", "sa"):
             # The gateway's own certificate shares the access CA; it never speaks for a person.
             raise AuthenticationError(f"{spiffe.kind} {what}s do not authenticate callers")
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_facts(der: bytes) -> tuple[SpiffeId, str, float, float]:
+    """A client certificate's SPIFFE ID, serial and validity window. The TLS layer verified its chain at the
+    handshake; these facts depend on its bytes alone, so they are parsed once per distinct certificate."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        spiffe = spiffe_id_of(cert)
+    except (ValueError, PKIError) as exc:
+        raise AuthenticationError(f"unusable client certificate: {exc}") from None
+    return spiffe, serial_hex(cert), cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
 
 
 def _check_minting_certificate(jti: str, serial: str, cert: CertificateRecord | None, spiffe_id: str) -> None:

@@ -8,6 +8,11 @@ certificate also stops the tokens minted with it. Tokens an administrator mints 
 The signing key is an Ed25519 key in the state dir's keys/ folder (0600); its fingerprint is the ``kid``.
 The algorithm is fixed here, never read from the token: ``alg: none``, HMAC (including HMAC keyed with the
 public key) and every other algorithm are refused before any signature check.
+
+A token that verified is remembered (by its exact text, a bounded number of them), so that a client sending
+the same token on every request pays for one signature check: what was verified depends on the text and this
+authority's key alone, except its expiry, which is checked again on every use. A token not yet valid is never
+remembered, and a valid one stays valid until it expires. Revocation is not decided here (gateway/authn.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,8 @@ REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti")
 CERT_CLAIM = "cert_serial"
 MAX_SERIAL_HEX = 64
 MAX_TOKEN_BYTES = 8192
+# Verified tokens remembered per gateway process (gateway/authn.py asks ``recall`` before parsing a token).
+MAX_REMEMBERED = 4096
 
 
 def token_key_path(state: StateDir) -> Path:
@@ -138,6 +146,7 @@ class TokenAuthority:
         self.leeway_s = leeway_s
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TokenAuthority(kid={self.kid!r}, issuer={self.issuer!r})"
@@ -198,8 +207,27 @@ class TokenAuthority:
         """Whether a token claims to be ours (by key id or issuer); such a token is verified here only."""
         return header.get("kid") == self.kid or unverified_iss == self.issuer
 
+    def recall(self, token: str) -> TokenClaims | None:
+        """The claims of ``token`` if this authority verified it before (None: verify it), its expiry checked
+        now as PyJWT checks it; raises AuthenticationError once it expired."""
+        claims = self._verified.get(token)
+        if claims is None:
+            return None
+        if claims.expires_at <= time.time() - self.leeway_s:
+            del self._verified[token]
+            raise _expired(jwt.ExpiredSignatureError("Signature has expired"))
+        self._verified.move_to_end(token)
+        return claims
+
     def verify(self, token: str, header: dict[str, Any]) -> TokenClaims:
         """Raises AuthenticationError with the precise reason; returns the verified claims."""
+        claims = self._verify(token, header)
+        self._verified[token] = claims
+        while len(self._verified) > MAX_REMEMBERED:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str, header: dict[str, Any]) -> TokenClaims:
         alg = header.get("alg")
         if alg != ALGORITHM:
             raise AuthenticationError(f"token algorithm {alg!r} refused (this cluster signs with {ALGORITHM} only)")
@@ -216,9 +244,7 @@ class TokenAuthority:
                 options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthenticationError(
-                jwt_failure(exc), public="your bearer token has expired; get a new one with `raywarden token`"
-            ) from None
+            raise _expired(exc) from None
         except jwt.PyJWTError as exc:
             raise AuthenticationError(jwt_failure(exc)) from None
         if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("jti"), str):
@@ -229,6 +255,12 @@ class TokenAuthority:
         if serial is not None and not _is_serial(serial):
             raise AuthenticationError(f"token {CERT_CLAIM} claim is not a certificate serial")
         return TokenClaims(claims["sub"], claims["jti"], float(claims["exp"]), float(claims["iat"]), serial)
+
+
+def _expired(exc: jwt.ExpiredSignatureError) -> AuthenticationError:
+    return AuthenticationError(
+        jwt_failure(exc), public="your bearer token has expired; get a new one with `raywarden token`"
+    )
 
 
 def _is_serial(value: object) -> bool:

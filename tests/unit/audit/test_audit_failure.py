@@ -6,9 +6,7 @@ These use real failures (a file size limit, a full tmpfs, a read-only remount), 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,24 +63,6 @@ def test_unwritable_location_refuses_to_open(tmp_path: Path, key: Ed25519Private
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(AuditUnavailable, match="cannot write"):
         AuditLog.open(tmp_path / "file" / "audit", signing_key=key)
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a really full filesystem. Needs root (and a kernel that lets us mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_fails_closed_until_reopened(tiny_tmpfs: Path, key: Ed25519PrivateKey) -> None:

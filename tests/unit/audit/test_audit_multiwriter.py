@@ -94,6 +94,24 @@ def test_two_logs_in_one_process(tmp_path: Path, key: Ed25519PrivateKey) -> None
     assert verify_log(tmp_path / "audit", public_key=key.public_key()).records == 3
 
 
+def test_a_writer_that_died_mid_line_is_repaired_by_the_next(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """A writer killed mid-write leaves a partial line in the segment another writer holds open: that one
+    notices on its next batch (the segment grew without ending in a newline), cuts it and continues."""
+    first = AuditLog.open(tmp_path / "audit", signing_key=key)
+    second = AuditLog.open(tmp_path / "audit", signing_key=key)
+    try:
+        assert [first.append({"n": 1}), second.append({"n": 2})] == [0, 1]
+        segment = list_segments(tmp_path / "audit")[-1].path
+        with segment.open("ab") as torn:  # what a SIGKILL between two write() calls leaves
+            torn.write(b'{"kind":"request","seq":2,"pr')
+        assert first.append({"n": 3}) == 2
+        assert second.append({"n": 4}) == 3
+    finally:
+        first.close()
+        second.close()
+    assert verify_log(tmp_path / "audit", public_key=key.public_key()).records == 4
+
+
 def test_cli_process_appends_while_a_long_running_writer_is_open(tmp_path: Path) -> None:
     key = load_or_create_audit_key(tmp_path / "audit.key")
     with AuditLog.open(tmp_path / "audit", signing_key=key) as gateway:

@@ -180,3 +180,30 @@ def test_ttl_parsing_and_limits(state: StateDir) -> None:
     with pytest.raises(UsageError, match="outside"):
         authority.issue("spiffe://unit.raywarden/user/admin", 13 * 3600)
     assert authority.check_ttl(None) == 900
+
+
+def test_a_remembered_token_is_refused_once_it_expires(state: StateDir) -> None:
+    """The signature is checked once per token; its expiry on every use, with the same reason as PyJWT's."""
+    config = state.load_config()
+    authority = TokenAuthority(
+        load_or_create_token_key(token_key_path(state)),
+        cluster_id="c1",
+        trust_domain=config.trust_domain,
+        leeway_s=0,
+        default_ttl_s=60,
+        max_ttl_s=600,
+    )
+    issued = authority.issue(f"spiffe://{config.trust_domain}/sa/ci-bot", ttl_s=1)
+    token = issued.token.reveal()
+    claims = authority.verify(token, jwt.get_unverified_header(token))
+    assert authority.recall(token) == claims
+    assert authority.recall(token + "x") is None  # remembered by its exact text only
+    while time.time() < issued.expires_at:
+        time.sleep(0.2)
+    with pytest.raises(AuthenticationError) as refused:
+        authority.recall(token)
+    assert refused.value.reason.startswith("token expired") and "expired" in (refused.value.public or "")
+    assert authority.recall(token) is None  # forgotten: verifying it again refuses it the same way
+    with pytest.raises(AuthenticationError) as again:
+        authority.verify(token, jwt.get_unverified_header(token))
+    assert again.value.reason == refused.value.reason
