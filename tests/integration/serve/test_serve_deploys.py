@@ -72,8 +72,14 @@ def test_raywarden_serve_deploy_list_groups_and_delete(serve_cluster: ServeClust
         run_cli(cluster, "serve", "deploy", str(config), "--group", "app-users", "--json", check=True).stdout
     )
     assert deployed["applications"][0]["name"] == "cliapp"
-    listed = json.loads(run_cli(cluster, "serve", "list", "--json", check=True).stdout)
-    assert any(a["name"] == "cliapp" and a["route_prefix"] == "/cliapp" for a in listed)
+    # Serve applies a deploy after answering it (as stock `serve deploy` says): the list shows it once applied.
+    deadline = time.monotonic() + 180
+    while True:
+        listed = json.loads(run_cli(cluster, "serve", "list", "--json", check=True).stdout)
+        if any(a["name"] == "cliapp" and a["route_prefix"] == "/cliapp" for a in listed):
+            break
+        assert time.monotonic() < deadline, f"cliapp is not listed: {listed}"
+        time.sleep(1)
     # app-users may call it (the chatbot's key), once it runs.
     deadline = time.monotonic() + 180
     while serve_cluster.call("GET", "/cliapp/", serve_cluster.keys["chatbot"]).status_code != 200:
