@@ -14,6 +14,8 @@ from raywarden.state import StateDir
 from tests.multinode import netns
 
 GATEWAY_PORT = 8443
+# In the ephemeral range on purpose: the firewall's rule for wildcard listeners there must exempt it.
+SERVE_PORT = 45443
 CLI = "raywarden.cli.main"
 
 

@@ -28,7 +28,7 @@ from raywarden.cluster.ray_head import ray_binary
 from raywarden.identity.nodes import NodeRegistry
 from raywarden.state import StateDir, runtime_dir_for
 from tests.multinode import netns
-from tests.multinode.support import GATEWAY_PORT, Setup
+from tests.multinode.support import GATEWAY_PORT, SERVE_PORT, Setup
 
 pytestmark = pytest.mark.multinode
 
@@ -86,7 +86,16 @@ def mn() -> Iterator[Setup]:
         REPORT["before_stock_ray_head"] = _stock_ray_scan(net, root)
         init = setup.head("init", "--listen", f"0.0.0.0:{GATEWAY_PORT}", "--trust-domain", "mn.raywarden", "--json")
         setup.fingerprint = json.loads(init.stdout)["access_ca_fingerprint"]
-        setup.head("up", "--node-ip", netns.ROLES["head"], "--num-cpus", "1", "--json")
+        setup.head(
+            "up",
+            "--node-ip",
+            netns.ROLES["head"],
+            "--num-cpus",
+            "1",
+            "--serve-listen",
+            f"0.0.0.0:{SERVE_PORT}",
+            "--json",
+        )
         setup.first_token = setup.token()
         result = setup.join("worker", setup.first_token, state="state", name="worker-1")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -197,6 +206,86 @@ def _uid_of(pid: int) -> int:
     raise AssertionError(f"no Uid line for {pid}")
 
 
+SERVE_CONFIG = """\
+applications:
+- name: echo
+  route_prefix: /echo
+  import_path: raywarden.examples.serve_apps:echo
+  deployments:
+  - name: Echo
+    num_replicas: 2
+    max_replicas_per_node: 1
+"""
+
+
+WILDCARD = ("*", "0.0.0.0", "::")  # noqa: S104 - addresses as `ss` shows them
+
+
+def _wildcard_ephemeral_listeners(mn: Setup, role: str) -> set[int]:
+    low, high = (int(x) for x in mn.net.run(role, ["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).stdout.split())
+    return {
+        port
+        for port, addr in mn.net.listening(role).items()
+        if addr in WILDCARD and low <= port <= high and port not in (GATEWAY_PORT, SERVE_PORT)
+    }
+
+
+def _probe(mn: Setup, source: str, target: str, ports: set[int]) -> dict[str, Any]:
+    out = mn.net.python(
+        source, "tests.multinode.probe", "scan", netns.ROLES[target], *map(str, sorted(ports)), check=True, timeout=120
+    ).stdout
+    return dict(json.loads(out))
+
+
+def test_serve_replicas_on_both_nodes_answer_only_through_the_gateway(mn: Setup) -> None:
+    """Each Serve replica opens a gRPC server on [::] at a port the kernel picks: no host but a cluster node
+    reaches it, while the Serve listener (a port in that same range) answers everyone, with a 401."""
+    before = {role: _wildcard_ephemeral_listeners(mn, role) for role in ("head", "worker")}
+    config = mn.root / "serve.yaml"
+    config.write_text(SERVE_CONFIG)
+    mn.head("sa", "add", "mnbot", "--group", "app-users", "--create-group")
+    mn.cli("head", "serve", "deploy", str(config), "--group", "app-users", "--json", check=True)
+    key = mn.head("sa", "key", "create", "mnbot", "--app", "echo").stdout.strip()
+    replicas: dict[str, set[int]] = {}
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        replicas = {role: _wildcard_ephemeral_listeners(mn, role) - before[role] for role in before}
+        listed = json.loads(mn.cli("head", "serve", "list", "--json", check=True).stdout)
+        if all(replicas.values()) and listed and listed[0]["status"] == "RUNNING":
+            break
+        time.sleep(2)
+    REPORT["serve_replica_ports"] = {role: sorted(ports) for role, ports in replicas.items()}
+    assert all(replicas.values()), f"no replica listener on each node: {replicas}"
+    for role, ports in replicas.items():
+        # From the attacker's host: nothing connects, in plaintext or TLS.
+        for port, result in _probe(mn, "attacker", role, ports).items():
+            assert result["plain"]["result"] == result["tls"]["result"] == "filtered", (role, port, result)
+    # A cluster node still may (the replica's own mutual TLS then decides): the rule is not a blanket drop.
+    from_worker = _probe(mn, "worker", "head", replicas["head"])
+    assert all(r["plain"]["result"] != "filtered" for r in from_worker.values()), from_worker
+    call = (
+        "import requests, json\n"
+        "out = []\n"
+        "for key in (None, 'rwk_forged', {key!r}):\n"
+        "    headers = {{'Authorization': 'Bearer ' + key}} if key else {{}}\n"
+        "    r = requests.post('https://{host}:{port}/echo/hello', headers=headers, data=b'hi', verify=False,"
+        " timeout=30)\n"
+        "    out.append(r.status_code)\n"
+        "print(json.dumps(out))\n"
+    ).format(key=key, host=netns.ROLES["head"], port=SERVE_PORT)
+    answers = mn.net.run("attacker", [sys.executable, "-W", "ignore", "-c", call], check=True).stdout
+    assert json.loads(answers) == [401, 401, 200], answers
+    calls = [
+        r
+        for r in mn.audit()
+        if r.get("kind") == "request"
+        and str(r.get("path", "")).startswith("/echo/")
+        and r.get("source") == netns.ROLES["attacker"]
+    ]
+    assert [r["decision"] for r in calls] == ["deny", "deny", "allow"], calls
+    assert [r.get("status") for r in calls[:2]] == [401, 401], calls
+
+
 def test_attacker_gets_no_application_data_from_any_port(mn: Setup) -> None:
     head = mn.scan("head")
     worker = mn.scan("worker")
@@ -206,8 +295,8 @@ def test_attacker_gets_no_application_data_from_any_port(mn: Setup) -> None:
     leaks = []
     for role, results in (("head", head), ("worker", worker)):
         for port, r in results.items():
-            if role == "head" and int(port) == GATEWAY_PORT:
-                continue  # the gateway is the front door; checked below
+            if role == "head" and int(port) in (GATEWAY_PORT, SERVE_PORT):
+                continue  # the gateway's listeners are the front door; checked below and in the Serve test
             if r["plain"]["data"] or r["tls"]["data"]:
                 leaks.append((role, port, r))
     assert not leaks, leaks

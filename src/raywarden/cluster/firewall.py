@@ -11,6 +11,11 @@ and `node revoke` change who may connect without reloading any rule:
 - ``peers``: IPv4 addresses of the cluster's other nodes.
 - ``banned``: revoked nodes. Every TCP packet from them is dropped (except to the gateway, so that a rejoin
   attempt gets a clear, audited refusal), which also cuts connections this node opened towards them.
+- ``ephemeral_ports``: this host's ephemeral range (``ip_local_port_range``). Ray opens listeners there that
+  no port option moves: each Serve replica's inter-deployment gRPC server binds ``[::]:0``. A new connection
+  to a wildcard-bound listener in that range is let in from loopback and ``@peers`` only (``socket wildcard``).
+- ``public_ports``: the gateway's API and Serve listeners, exempt from the rule above when the operator picks
+  a port in the ephemeral range.
 
 On this host, only processes of Ray's user (Ray, its workers, jobs) and of the control plane's user (the
 gateway, Prometheus, the CLI) may connect to those ports (``meta skuid``): other local users are refused, so
@@ -59,6 +64,8 @@ class FirewallPlan:
     # empty: any local user.
     owner_uids: tuple[int, ...] = ()
     control_ports: tuple[int, ...] = ()
+    ephemeral_range: tuple[int, int] | None = None
+    public_ports: tuple[int, ...] = ()
 
     @classmethod
     def for_ports(
@@ -72,6 +79,7 @@ class FirewallPlan:
         extra: Iterable[int] = (),
         owners: Iterable[int] = (),
         control: Iterable[int] = (),
+        public: Iterable[int] = (),
     ) -> FirewallPlan:
         metrics = tuple(ports.metrics())
         others = tuple(p for p in ports.all_fixed() if p not in metrics)
@@ -86,7 +94,18 @@ class FirewallPlan:
             extra=tuple(sorted(set(extra))),
             owner_uids=tuple(sorted(set(owners) | {os.geteuid()})),
             control_ports=tuple(sorted(set(control))),
+            ephemeral_range=ephemeral_range(),
+            public_ports=tuple(sorted({*public, *((gateway_port,) if gateway_port else ())})),
         )
+
+
+def ephemeral_range() -> tuple[int, int] | None:
+    """The ports the kernel picks for a bind to port 0 in this network namespace."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
 
 
 def owner_uids(ray_uid: int) -> tuple[int, ...]:
@@ -106,6 +125,7 @@ def ruleset(plan: FirewallPlan) -> str:
         if plan.gateway_port
         else "    ip saddr @banned drop\n"
     )
+    ephemeral = f"{plan.ephemeral_range[0]}-{plan.ephemeral_range[1]}" if plan.ephemeral_range else ""
     # Drop, not reject: an attacker's probe learns nothing, not even that a port is filtered.
     return (
         f"table inet {plan.table} {{\n"
@@ -114,6 +134,8 @@ def ruleset(plan: FirewallPlan) -> str:
         f"  set ray_ports {{ type inet_service; flags interval;{elements(ports)} }}\n"
         f"  set metrics_ports {{ type inet_service;{elements(str(p) for p in plan.metrics_ports)} }}\n"
         f"  set control_ports {{ type inet_service;{elements(str(p) for p in plan.control_ports)} }}\n"
+        f"  set ephemeral_ports {{ type inet_service; flags interval;{elements([ephemeral] if ephemeral else [])} }}\n"
+        f"  set public_ports {{ type inet_service;{elements(str(p) for p in plan.public_ports)} }}\n"
         f"  chain input {{\n"
         f"    type filter hook input priority -10; policy accept;\n"
         f"    iif lo accept\n"
@@ -122,6 +144,11 @@ def ruleset(plan: FirewallPlan) -> str:
         f"    tcp dport @control_ports drop\n"
         f"    ip saddr @peers tcp dport @ray_ports accept\n"
         f"    tcp dport @ray_ports drop\n"
+        f"    ip saddr @peers tcp dport @ephemeral_ports accept\n"
+        # A SYN to a listener bound to every address: the connections this host opened itself, and its
+        # listeners on one address, are untouched.
+        f"    tcp dport @ephemeral_ports tcp dport != @public_ports tcp flags & (syn | ack) == syn "
+        f"socket wildcard 1 drop\n"
         f"  }}\n"
         f"{_local_users_chain(plan.owner_uids, os.geteuid())}"
         f"}}\n"
@@ -178,16 +205,21 @@ def protect(
     extra: Iterable[int] = (),
     owners: Iterable[int] = (),
     control: Iterable[int] = (),
+    public: Iterable[int] = (),
 ) -> str:
     """Single-node mode: install the rules when we can. Returns a one-line status for `status` and the audit.
 
     ``extra``: more loopback ports of this cluster (its Prometheus) kept from other local users; ``control``:
-    ports only the control plane's user may reach (the gateway's metrics)."""
+    ports only the control plane's user may reach (the gateway's metrics); ``public``: the gateway's listeners,
+    which other hosts must reach whatever port they are on."""
     why = available()
     if why is not None:
         return _unprotected(exposed, why)
     try:
-        install(FirewallPlan.for_ports(table_name(state), ports, extra=extra, owners=owners, control=control))
+        plan = FirewallPlan.for_ports(
+            table_name(state), ports, extra=extra, owners=owners, control=control, public=public
+        )
+        install(plan)
     except ClusterError as exc:
         return _unprotected(exposed, exc.message[:200])
     return "installed"

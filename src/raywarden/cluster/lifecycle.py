@@ -136,7 +136,15 @@ def up(
         progress("checking Ray's listeners")
         exposed = {p: a for p, a in ray_listeners(state, head.pid).items() if not is_loopback(a)}
         if node_ip is None:
-            fw = firewall.protect(state, ports, exposed, extra=loopback_extra, owners=owners, control=[gateway_metrics])
+            fw = firewall.protect(
+                state,
+                ports,
+                exposed,
+                extra=loopback_extra,
+                owners=owners,
+                control=[gateway_metrics],
+                public=multinode.public_ports(config),
+            )
         else:
             fw = multinode.cover_unplanned(firewall.table_name(state), ports, exposed)
         progress("waiting for the gateway" + (" and Prometheus" if prom is not None else ""))

@@ -70,7 +70,13 @@ def head_plan(
         banned=registry.revoked_addresses(),
         gateway_port=config.listen.port,
         owners=owners,
+        public=public_ports(config),
     )
+
+
+def public_ports(config: ClusterConfig) -> list[int]:
+    """The gateway's listeners: other hosts reach them whatever port the operator picked."""
+    return [config.listen.port] + ([config.serve_listen.port] if config.serve_listen is not None else [])
 
 
 def install_head_firewall(state: StateDir, config: ClusterConfig, ports: RayPorts, owners: tuple[int, ...]) -> None:

@@ -48,8 +48,8 @@ def _ray(ctx: DoctorContext) -> Check:
             _restart_fix(ctx),
             exposed=shown,
         )
-    covered, peers = _covered_ports(rules)
-    uncovered = sorted(p for p in exposed if p not in covered)
+    _, peers = _covered_ports(rules)
+    uncovered = _uncovered(rules, exposed)
     if uncovered:
         return failed(
             "listeners.ray",
@@ -77,23 +77,40 @@ def _firewall_table(table: str) -> tuple[str | None, str | None]:
 
 
 _SET = re.compile(r"set (\w+) \{[^}]*?elements = \{([^}]*)\}", re.DOTALL)
+_WILDCARD = ("0.0.0.0", "::")  # noqa: S104 - addresses read back from /proc, not bound
 
 
 def _covered_ports(rules: str) -> tuple[set[int], int]:
     """Ports in the table's protected sets (cluster/firewall.py: ray_ports, metrics_ports), and how many
     peer addresses are let through."""
-    covered: set[int] = set()
-    peers = 0
+    sets = _sets(rules)
+    return sets.get("ray_ports", set()) | sets.get("metrics_ports", set()), len(sets.get("peers", ()))
+
+
+def _uncovered(rules: str, exposed: dict[int, str]) -> list[int]:
+    """Exposed ports no rule of the table covers. A listener on every address in the ephemeral range (a Serve
+    replica's gRPC server) is covered by the ``socket wildcard`` rule unless it is one of the gateway's."""
+    sets = _sets(rules)
+    covered = sets.get("ray_ports", set()) | sets.get("metrics_ports", set())
+    wildcard = sets.get("ephemeral_ports", set()) - sets.get("public_ports", set())
+    return sorted(
+        port for port, addr in exposed.items() if port not in covered and not (port in wildcard and addr in _WILDCARD)
+    )
+
+
+def _sets(rules: str) -> dict[str, set[int]]:
+    """Each named set's elements: ports (ranges expanded), or, for address sets, one entry per address."""
+    found: dict[str, set[int]] = {}
     for name, body in _SET.findall(rules):
         items = [item.strip() for item in body.replace("\n", " ").split(",") if item.strip()]
-        if name == "peers":
-            peers = len(items)
-        elif name in ("ray_ports", "metrics_ports"):
-            for item in items:
-                low, _, high = item.partition("-")
-                if low.isdigit() and (not high or high.isdigit()):
-                    covered.update(range(int(low), int(high or low) + 1))
-    return covered, peers
+        values = found.setdefault(name, set())
+        for index, item in enumerate(items):
+            low, _, high = item.partition("-")
+            if low.isdigit() and (not high or high.isdigit()):
+                values.update(range(int(low), int(high or low) + 1))
+            else:
+                values.add(index)
+    return found
 
 
 def _gateway(ctx: DoctorContext) -> Check:

@@ -119,5 +119,7 @@ def test_websocket_log_tail_is_decided_and_relayed(gateway: Gateway) -> None:
     gateway.ray.add_job("a1", gateway.principal("alice", "developers"))
     with gateway.client.websocket_connect(f"{WS_URL}/api/jobs/a1/logs/tail", headers=gateway.bearer("alice")) as ws:
         assert ws.receive_text() == "tail of a1\n"
+        # Ray ends this tail: leaving before the gateway relayed the close would cancel the handler mid-way.
+        assert ws.receive()["type"] == "websocket.close"
     records = [r for r in gateway.records() if r.get("path") == "/api/jobs/a1/logs/tail"]
     assert records and records[0]["decision"] == "allow" and records[0]["action"] == "jobs.logs_tail"
