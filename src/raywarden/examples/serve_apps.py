@@ -4,8 +4,11 @@
 - ``stream``: a generator behind ``StreamingResponse``: ``?n=5&delay=0.2`` chunks, ``&sse=1`` for
   server-sent events, as an LLM streams tokens.
 - ``ws``: a FastAPI app with ``GET /hello`` and a WebSocket at ``/ws`` that echoes text.
+- ``gate``: calls that stay open until released: ``?hold=NAME`` answers a first line at once, then waits until
+  a call with ``?open=NAME`` (at most ``MAX_HOLD_S``), as a slow model call keeps its connection; for seeing
+  concurrency limits without guessing how long a call takes.
 
-Deploy them with ``import_path: raywarden.examples.serve_apps:echo`` (or ``:stream``, ``:ws``).
+Deploy them with ``import_path: raywarden.examples.serve_apps:echo`` (or ``:stream``, ``:ws``, ``:gate``).
 """
 
 import asyncio
@@ -16,9 +19,10 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 MAX_CHUNKS = 10_000
+MAX_HOLD_S = 300.0
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -56,6 +60,31 @@ class Stream:
         return StreamingResponse(chunks(), media_type="text/event-stream" if sse else "text/plain")
 
 
+@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=64)
+class Gate:
+    def __init__(self) -> None:
+        # One replica holds every gate, so a call that opens one reaches the calls that wait on it.
+        self._gates: dict[str, asyncio.Event] = {}
+
+    async def __call__(self, request: Request) -> Response:
+        opened = request.query_params.get("open")
+        if opened is not None:
+            self._gates.setdefault(opened, asyncio.Event()).set()
+            return JSONResponse({"opened": opened})
+        gate = self._gates.setdefault(request.query_params.get("hold", ""), asyncio.Event())
+
+        async def held() -> AsyncIterator[str]:
+            yield "held\n"
+            try:
+                await asyncio.wait_for(gate.wait(), MAX_HOLD_S)
+            except asyncio.TimeoutError:
+                yield "timed out\n"
+                return
+            yield "released\n"
+
+        return StreamingResponse(held(), media_type="text/plain")
+
+
 api = FastAPI()
 
 
@@ -80,3 +109,4 @@ class Sockets:
 echo = Echo.bind()  # type: ignore[attr-defined]
 stream = Stream.bind()  # type: ignore[attr-defined]
 ws = Sockets.bind()  # type: ignore[attr-defined]
+gate = Gate.bind()  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 Serve can only be pinned when it first starts (`up --serve-listen`), so these tests cannot use the session
 `cluster` (started without Serve); one cluster serves every test here. Its applications are the weight-free
 ones in raywarden/examples/serve_apps.py, deployed through the gateway by the admin, and two service
-accounts: `chatbot` (group app-users, which may call `echo`, `stream` and `sockets`) and `outsider`.
+accounts: `chatbot` (group app-users, which may call every one of them) and `outsider`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ APPS = {
     "stream": ("/stream", "stream"),
     "sockets": ("/sockets", "ws"),
     "limited": ("/limited", "echo"),
+    "gate": ("/gate", "gate"),
 }
 # "limited" keeps each caller to a burst of LIMITED_BURST calls, refilled slowly: enough to see where the
 # limit falls whichever worker takes each call.
 LIMITED_BURST = 12
+# "gate" lets each caller hold GATE_CONCURRENCY calls at once (no rate limit).
+GATE_CONCURRENCY = 3
 READY_TIMEOUT_S = 300.0
 
 
@@ -100,7 +103,12 @@ def _wait_running(cluster: Cluster) -> None:
 def serve_cluster() -> Iterator[ServeCluster]:
     root = Path(tempfile.mkdtemp(prefix="rwt-serve-"))
     serve_port = free_port()
-    limits = {"apps": {"limited": {"principal": {"rate": 0.01, "burst": LIMITED_BURST, "concurrency": 64}}}}
+    limits = {
+        "apps": {
+            "limited": {"principal": {"rate": 0.01, "burst": LIMITED_BURST, "concurrency": 64}},
+            "gate": {"principal": {"rate": 0, "burst": 0, "concurrency": GATE_CONCURRENCY}},
+        }
+    }
     try:
         cluster = start_cluster(root, port=free_port(), serve_port=serve_port, serve_limits=limits)
         _deploy(cluster)
