@@ -53,3 +53,22 @@ def test_slots_of_a_dead_process_are_cleared(tmp_path: Path) -> None:
     assert isinstance(alive.acquire([("k", limit)], now=start + 1), Over)
     alive.heartbeat(now=start + DEAD_AFTER_S + 10)  # the other one has not beaten since
     assert isinstance(alive.acquire([("k", limit)], now=start + DEAD_AFTER_S + 11), Ticket)
+
+
+def test_an_idle_hour_gives_a_slow_bucket_back_no_more_than_its_rate(tmp_path: Path) -> None:
+    """A per-application limit slower than its burst per hour (an expensive model: 10 calls at once, then one
+    every 20 minutes) must not be refilled whole after an idle hour: the heartbeat removes buckets not
+    taken from for BUCKET_IDLE_S (a refusal takes nothing), and a removed bucket starts again at its full burst."""
+    slow = ServeLimit(rate=1 / 1200, burst=10, concurrency=0)
+    store = LimitStore(tmp_path / "l.db")
+    start = time.time()  # the store beat its heartbeat at its creation, on the real clock
+    for _ in range(10):
+        assert isinstance(store.acquire([("k", slow)], now=start), Ticket)
+    assert isinstance(store.acquire([("k", slow)], now=start + 600), Over)  # half a call back after 10 minutes
+    for minute in range(1, 61):  # the gateway's heartbeat, every minute of that hour
+        store.heartbeat(now=start + 60 * minute)
+    # Nothing was taken for an hour, so the bucket went; three calls' worth came back at the rate, not ten.
+    later = start + 3600 + 10
+    store.heartbeat(now=later)
+    taken = [store.acquire([("k", slow)], now=later) for _ in range(10)]
+    assert sum(isinstance(t, Ticket) for t in taken) <= 3, taken
