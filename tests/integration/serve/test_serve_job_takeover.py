@@ -1,11 +1,10 @@
 """A developer who may not touch another owner's Serve application through the gateway must not take it over
 from a job either.
 
-A job runs in Ray and may call `serve.run` itself (docs/serve.md: "An application started by a job has no
-owner: only admins may call or change it"). The gateway knows an application's owner and invoke groups by its
-name alone (gateway/serve/table.py), so a job that runs its own code under the name of an owned application
-keeps that owner and those groups: the owner's callers are still let in, and their requests, bodies included,
-reach the job author's code.
+A job runs in Ray and may call `serve.run` itself, under the name and prefix of an application someone owns.
+The owner and invoker groups the gateway recorded hold only while Serve runs the config deployed through the
+gateway (gateway/serve/table.py): the replacement is nobody's, only admins may call it, and an
+`app_replaced` event is audited.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from tests.integration.serve.conftest import EXAMPLES, ServeCluster
+from tests.support import Cluster
 
 pytestmark = pytest.mark.integration
 OWN = "/raywarden/v1/serve/applications"
@@ -37,6 +37,27 @@ class TakenOver:
 
 serve.run(TakenOver.bind(), name="ownedapp", route_prefix="/ownedapp", blocking=False)
 """
+REMOVE = """
+import ray
+from ray import serve
+
+ray.init()
+serve.delete("ownedapp")
+"""
+
+
+def _job(cluster: Cluster, cert: tuple[str, str], script: str) -> str:
+    entrypoint = f"python -c \"import base64; exec(base64.b64decode('{base64.b64encode(script.encode()).decode()}'))\""
+    job = requests.post(
+        cluster.url + "/api/jobs/", json={"entrypoint": entrypoint}, cert=cert, verify=cluster.ca, timeout=120
+    )
+    assert job.status_code == 200, job.text
+    return str(job.json()["job_id"])
+
+
+def _finished(cluster: Cluster, cert: tuple[str, str], job_id: str) -> bool:
+    status = requests.get(f"{cluster.url}/api/jobs/{job_id}", cert=cert, verify=cluster.ca, timeout=60)
+    return status.json().get("status") in ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def _wait(what: str, check: Callable[[], bool], timeout_s: float = 240.0) -> None:
@@ -59,26 +80,32 @@ def test_a_job_cannot_take_over_another_owners_application(serve_cluster: ServeC
     assert made.status_code == 200, made.text
     _wait("ownedapp answering", lambda: serve_cluster.call("POST", "/ownedapp/x", caller).status_code == 200)
 
-    entrypoint = (
-        f"python -c \"import base64; exec(base64.b64decode('{base64.b64encode(TAKEOVER.encode()).decode()}'))\""
-    )
-    job = requests.post(
-        cluster.url + "/api/jobs/", json={"entrypoint": entrypoint}, cert=other, verify=cluster.ca, timeout=120
-    )
-    assert job.status_code == 200, job.text
-    job_id = job.json()["job_id"]
+    try:
+        job_id = _job(cluster, other, TAKEOVER)
+        _wait("the job", lambda: _finished(cluster, other, job_id))
 
-    def finished() -> bool:
-        status = requests.get(f"{cluster.url}/api/jobs/{job_id}", cert=other, verify=cluster.ca, timeout=60)
-        return status.json().get("status") in ("SUCCEEDED", "FAILED", "STOPPED")
+        def replaced_or_refused() -> bool:
+            answer = serve_cluster.call("POST", "/ownedapp/x", caller, data=b"the caller's prompt")
+            return answer.status_code != 200 or "answered_by" in answer.text
 
-    _wait("the job", finished)
-
-    def replaced_or_refused() -> bool:
+        _wait("Serve applying the job's app", replaced_or_refused, timeout_s=120)
         answer = serve_cluster.call("POST", "/ownedapp/x", caller, data=b"the caller's prompt")
-        return answer.status_code != 200 or "answered_by" in answer.text
-
-    _wait("Serve applying the job's app", replaced_or_refused, timeout_s=120)
-    answer = serve_cluster.call("POST", "/ownedapp/x", caller, data=b"the caller's prompt")
-    # The app under that name is no longer the owner's: it has no owner, and only admins may call it.
-    assert answer.status_code == 403, f"the owner's callers reach the job's code: {answer.status_code} {answer.text}"
+        # The app under that name is no longer the owner's: it has no owner, and only admins may call it.
+        assert answer.status_code == 403, (
+            f"the owner's callers reach the job's code: {answer.status_code} {answer.text}"
+        )
+        # The gateway says so in the audit log, once the replacement outlasts a deploy in flight (two fetches).
+        _wait(
+            "an app_replaced record",
+            lambda: any(
+                r.get("event") == "app_replaced" and "ownedapp" in r.get("apps", []) for r in cluster.audit_records(0)
+            ),
+            timeout_s=60,
+        )
+        # A job's application is not the REST API's to replace: the owner is told why, and who may remove it.
+        again = requests.put(cluster.url + OWN, json=body, cert=owner, verify=cluster.ca, timeout=120)
+        assert again.status_code == 409 and "made by a job" in again.json()["error"], again.text
+    finally:
+        removal = _job(cluster, other, REMOVE)
+        _wait("the job's removal", lambda: _finished(cluster, other, removal))
+        _wait("ownedapp gone", lambda: serve_cluster.call("POST", "/ownedapp/x", caller).status_code == 404)

@@ -1,14 +1,13 @@
-"""A long answer (an LLM's token stream) outlives the decision it was let in by.
-
-While a call streams, the Serve listener checks the caller's credential again every REVALIDATE_EVERY_S
-(gateway/serve/listener.py, ``_revalidator``), but never the decision: a caller removed from the group that
-let it call the application keeps receiving until the stream ends, for up to serve_max_duration_s (an hour by
-default), although every new call of theirs is refused at once.
+"""A long answer (an LLM's token stream) does not outlive the decision it was let in by: while it streams, the
+Serve listener checks the caller's credential and Cedar's decision again every second
+(gateway/serve/listener.py, ``_revalidator``), so a caller removed from the group that let it call the
+application is cut off, as a new call of theirs is refused.
 """
 
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.integration.serve.conftest import ServeCluster
 from tests.support import run_cli
@@ -28,5 +27,11 @@ def test_a_stream_ends_once_the_caller_may_no_longer_call_the_app(serve_cluster:
     assert first.startswith(b"chunk 0")
     run_cli(cluster, "sa", "groups", "streamer", "--remove", "app-users", check=True)
     assert serve_cluster.call("GET", "/stream?n=1", key).status_code == 403  # a new call is refused at once
-    received = 1 + sum(1 for line in lines if line.startswith(b"chunk"))
+    received = 1
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):  # cut, not ended as if complete
+        for line in lines:
+            received += line.startswith(b"chunk")
     assert received < CHUNKS, "the whole stream went to a caller that may no longer call the application"
+    request_id = resp.headers["x-request-id"]
+    outcome = [r for r in cluster.audit_records() if r.get("request_id") == request_id and r["kind"] == "outcome"]
+    assert outcome and "no longer allowed" in outcome[0]["reason"], outcome

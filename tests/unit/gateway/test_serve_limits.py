@@ -41,7 +41,7 @@ def test_nothing_is_taken_when_one_of_the_limits_is_reached(tmp_path: Path) -> N
     refused = store.acquire([("caller", caller), ("app", app)], now=10.0)
     assert isinstance(refused, Over) and refused.key == "app"
     assert store.running("app") == 1
-    row = store._db.execute("SELECT tokens FROM buckets WHERE key = 'caller'").fetchone()
+    row = store._db.execute("SELECT tokens FROM token_buckets WHERE key = 'caller'").fetchone()
     assert row[0] == 99.0  # the refused call took no token
 
 
@@ -57,8 +57,8 @@ def test_slots_of_a_dead_process_are_cleared(tmp_path: Path) -> None:
 
 def test_an_idle_hour_gives_a_slow_bucket_back_no_more_than_its_rate(tmp_path: Path) -> None:
     """A per-application limit slower than its burst per hour (an expensive model: 10 calls at once, then one
-    every 20 minutes) must not be refilled whole after an idle hour: the heartbeat removes buckets not
-    taken from for BUCKET_IDLE_S (a refusal takes nothing), and a removed bucket starts again at its full burst."""
+    every 20 minutes) must not be refilled whole after an idle hour: a bucket the heartbeat removes must be one
+    that its rate has filled again."""
     slow = ServeLimit(rate=1 / 1200, burst=10, concurrency=0)
     store = LimitStore(tmp_path / "l.db")
     start = time.time()  # the store beat its heartbeat at its creation, on the real clock

@@ -22,9 +22,10 @@ from raywarden.files import PRIVATE_FILE_MODE
 
 HEARTBEAT_EVERY_S = 5.0
 DEAD_AFTER_S = 30.0
-BUCKET_IDLE_S = 3600.0
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL)",
+    # full_at: when the bucket is full again at its rate; from then on it is the same as no bucket at all.
+    "CREATE TABLE IF NOT EXISTS token_buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, updated REAL NOT NULL, "
+    "full_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS slots (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, "
     "instance TEXT NOT NULL, started REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS slots_by_key ON slots(key)",
@@ -78,24 +79,24 @@ class LimitStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            updates: list[tuple[float, float, str]] = []
+            updates: list[tuple[float, float, str, float]] = []
             for key, limit in limits:
                 if limit.rate > 0:
                     cap = capacity(limit)
-                    row = db.execute("SELECT tokens, updated FROM buckets WHERE key = ?", (key,)).fetchone()
+                    row = db.execute("SELECT tokens, updated FROM token_buckets WHERE key = ?", (key,)).fetchone()
                     tokens = cap if row is None else min(cap, row[0] + max(0.0, moment - row[1]) * limit.rate)
                     if tokens < 1.0:
                         db.execute("ROLLBACK")
                         return Over(key, "rate", max(1, math.ceil((1.0 - tokens) / limit.rate)))
-                    updates.append((tokens - 1.0, moment, key))
+                    updates.append((tokens - 1.0, moment, key, moment + (cap - tokens + 1.0) / limit.rate))
                 if limit.concurrency > 0:
                     (running,) = db.execute("SELECT COUNT(*) FROM slots WHERE key = ?", (key,)).fetchone()
                     if running >= limit.concurrency:
                         db.execute("ROLLBACK")
                         return Over(key, "concurrency", 1)
             db.executemany(
-                "INSERT INTO buckets (key, tokens, updated) VALUES (?3, ?1, ?2) "
-                "ON CONFLICT(key) DO UPDATE SET tokens = ?1, updated = ?2",
+                "INSERT INTO token_buckets (key, tokens, updated, full_at) VALUES (?3, ?1, ?2, ?4) "
+                "ON CONFLICT(key) DO UPDATE SET tokens = ?1, updated = ?2, full_at = ?4",
                 updates,
             )
             slots = []
@@ -133,7 +134,7 @@ class LimitStore:
             dead = [i for (i,) in db.execute("SELECT instance FROM instances WHERE seen < ?", (moment - DEAD_AFTER_S,))]
             db.executemany("DELETE FROM slots WHERE instance = ?", [(i,) for i in dead])
             db.executemany("DELETE FROM instances WHERE instance = ?", [(i,) for i in dead])
-            db.execute("DELETE FROM buckets WHERE updated < ?", (moment - BUCKET_IDLE_S,))
+            db.execute("DELETE FROM token_buckets WHERE full_at <= ?", (moment,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

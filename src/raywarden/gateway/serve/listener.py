@@ -240,12 +240,26 @@ class ServeListener:
             raise OverLimit(taken)
         return taken
 
-    def _revalidator(self, scope: Scope, ex: Exchange) -> Callable[[], Awaitable[None]]:
+    def _revalidator(
+        self, scope: Scope, ex: Exchange, app: ServeApp, method: str, path: str
+    ) -> Callable[[], Awaitable[None]]:
+        """While a call streams: the caller's credential, and Cedar's decision on the application as it is now
+        (its owner, groups and the caller's groups change; a job may have replaced it)."""
+        model = _model_id(scope)
+
         async def still_valid() -> None:
             try:
-                await self.s.authenticator.authenticate(scope, ex.source)
+                caller = await self.s.authenticator.authenticate(scope, ex.source)
             except Refusal as exc:
                 raise CredentialLapsed(exc.reason) from None
+            current = self.s.table.snapshot.apps.get(app.name)
+            if current is None or current.route_prefix != app.route_prefix:
+                raise CredentialLapsed(f"application {app.name!r} is no longer routed at {app.route_prefix}")
+            identity = caller.identity
+            context = serve_context(context_for(identity, ex.source), method, path, caller.key_apps, model)
+            decision = Viewer(ex.engine, principal_for(identity), context).decide(INVOKE, current.entity)
+            if not decision.allowed:
+                raise CredentialLapsed(f"no longer allowed to call {app.name!r}: {decision.reason}")
 
         return still_valid
 
@@ -273,11 +287,10 @@ class ServeListener:
             headers = request_headers(scope.get("headers", []), ex.source, ex.request_id)
             url = self.s.proxy.url(target.encoded_path, target.query)
             try:
-                status = await self.s.proxy.forward(
-                    method, url, headers, body, send, receive, counted, self._revalidator(scope, ex)
-                )
+                still_valid = self._revalidator(scope, ex, app, method, app.below(target.path))
+                status = await self.s.proxy.forward(method, url, headers, body, send, receive, counted, still_valid)
             except CredentialLapsed as exc:
-                await ex.finish(200, reason=f"credential lapsed while streaming: {exc.message}", **_counts(counted))
+                await ex.finish(200, reason=f"cut while streaming: {exc.message}", **_counts(counted))
                 return
             await ex.finish(status, **_counts(counted))
         finally:
@@ -326,7 +339,8 @@ class ServeListener:
             ws = WebSocket(scope, receive, send)
             await ws.accept(subprotocol=upstream.protocol)
             counted = Counted()
-            await self.s.proxy.relay_websocket(ws, upstream, counted, self._revalidator(scope, ex))
+            still_valid = self._revalidator(scope, ex, app, "WEBSOCKET", app.below(target.path))
+            await self.s.proxy.relay_websocket(ws, upstream, counted, still_valid)
             await ex.finish(101, **_counts(counted), **counted.extra)
         finally:
             self.s.limits.release(ticket)

@@ -48,7 +48,8 @@ DROPPED_REQUEST_PREFIXES = ("x-forwarded-", "x-serve-router-")
 DROPPED_RESPONSE = HOP_BY_HOP | frozenset({"server", "date", "proxy-authenticate", "x-request-id"})
 # The gateway's browser cookies (gateway/cookies.py, web/oidc_flow.py): an application never sees or sets them.
 GATEWAY_COOKIE_PREFIXES = ("__host-raywarden", "__secure-raywarden", "raywarden")
-REVALIDATE_EVERY_S = 10.0
+# A revoked key, a disabled account or a withdrawn permission ends a stream or WebSocket within about this long.
+REVALIDATE_EVERY_S = 1.0
 
 
 class ServeUnavailable(RaywardenError):
@@ -56,7 +57,7 @@ class ServeUnavailable(RaywardenError):
 
 
 class CredentialLapsed(RaywardenError):
-    """The caller's credential stopped being valid while its answer was streaming."""
+    """The caller's credential, or its permission to call the application, ended while its answer streamed."""
 
 
 @dataclass
@@ -232,14 +233,10 @@ class ServeProxy:
         """Messages both ways until either side closes (or the credential lapses, or the call lasts too long)."""
 
         async def to_serve() -> str:
-            checked = asyncio.get_running_loop().time()
             while True:
                 message = await client.receive()
                 if message["type"] == "websocket.disconnect":
                     return "client"
-                if asyncio.get_running_loop().time() - checked >= REVALIDATE_EVERY_S:
-                    await still_valid()
-                    checked = asyncio.get_running_loop().time()
                 if message.get("text") is not None:
                     counted.bytes_in += len(message["text"].encode())
                     await upstream.send_str(message["text"])
@@ -259,7 +256,14 @@ class ServeProxy:
                     break
             return "serve"
 
-        tasks = [asyncio.get_running_loop().create_task(t()) for t in (to_serve, to_client)]
+        async def revalidate() -> str:
+            # On a clock, not on the caller's messages: an application that streams after one prompt would
+            # otherwise keep a revoked caller listening until the time limit.
+            while True:
+                await asyncio.sleep(REVALIDATE_EVERY_S)
+                await still_valid()
+
+        tasks = [asyncio.get_running_loop().create_task(t()) for t in (to_serve, to_client, revalidate)]
         try:
             done, _ = await asyncio.wait(tasks, timeout=self.max_duration_s, return_when=asyncio.FIRST_COMPLETED)
             counted.closed_by = "timeout"

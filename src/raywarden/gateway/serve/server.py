@@ -51,6 +51,10 @@ def build_listener(
         event = "drift" if drift else "pinned"
         await audit.append_async({"kind": "serve", "event": event, "detail": drift, "serve_url": serve_url})
 
+    async def on_replaced(names: list[str]) -> None:
+        # Their owners' callers are refused from now on; a deploy through the gateway restores them.
+        await audit.append_async({"kind": "serve", "event": "app_replaced", "apps": names, "serve_url": serve_url})
+
     token = Secret(read_private(state.ray_token).decode().strip())
     table = AppTable(
         serve_url,
@@ -58,6 +62,7 @@ def build_listener(
         ServeAppOwners(authenticator.store),
         pinned,
         on_drift,
+        on_replaced,
     )
     services = ListenerServices(
         authenticator=ServeAuthenticator(authenticator, ApiKeys(authenticator.store)),

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from raywarden.gateway.serve.plan import config_sha256
 from raywarden.gateway.upstream import Upstream, UpstreamUnavailable
 from raywarden.identity.serveapps import ServeAppOwners, ServeAppRecord
 from raywarden.policy.request import Entity
@@ -27,7 +28,8 @@ from raywarden.policy.serveattrs import serve_app_entity
 
 log = logging.getLogger("raywarden.gateway.serve")
 ROUTES_EVERY_S = 1.0
-DETAILS_EVERY_S = 5.0
+# How long a job's replacement of an application can keep the owner's callers: see ``_owned``.
+DETAILS_EVERY_S = 2.0
 MISS_REFRESH_S = 0.25
 # Serve's proxy says this until its first application exists.
 _NOT_POPULATED = "Route table is not populated yet"
@@ -98,16 +100,23 @@ class AppTable:
         owners: ServeAppOwners,
         pinned: Pinned,
         on_drift: Callable[[str | None], Awaitable[None]] | None = None,
+        on_replaced: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.proxy_url = proxy_url.rstrip("/")
         self.upstream = upstream
         self.owners = owners
         self.pinned = pinned
         self.on_drift = on_drift
+        self.on_replaced = on_replaced
+        # Applications whose running config is not the one deployed through the gateway: seen at the last
+        # details fetch, and already reported (a deploy in flight differs for one fetch; a replacement stays).
+        self._differing: set[str] = set()
+        self._reported: set[str] = set()
         self.snapshot = Snapshot()
         self._session: aiohttp.ClientSession | None = None
         self._details: dict[str, Any] = {}
         self._last_routes = 0.0
+        self._details_wall = 0.0  # when details were last asked for, on the clock deploys are recorded with
         self._refreshing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -168,10 +177,15 @@ class AppTable:
         routes, up = await self._routes()
         snapshot = self.snapshot
         drift = snapshot.drift
-        if details:
-            drift = await self._fetch_details()
         records = self.owners.all()
+        # A deploy through another worker since the last fetch: its config is compared with Ray's at once.
+        details = details or any(r.deployed_at >= self._details_wall for r in records.values())
+        if details:
+            self._details_wall = time.time()
+            drift = await self._fetch_details()
         apps = {name: self._app(name, prefix, records.get(name)) for prefix, name in routes}
+        if details:
+            await self._note_replaced(records)
         ordered = tuple(sorted(((p, n) for p, n in routes), key=lambda r: len(r[0]), reverse=True))
         self.snapshot = Snapshot(ordered, apps, up, drift, time.monotonic() if details else snapshot.details_at)
         if drift != snapshot.drift and self.on_drift is not None:
@@ -210,11 +224,38 @@ class AppTable:
             return "Serve is not running"
         return drift_of(details, self.pinned)
 
-    def _app(self, name: str, prefix: str, record: ServeAppRecord | None) -> ServeApp:
+    def _info(self, name: str) -> dict[str, Any] | None:
         apps = self._details.get("applications")
         info = apps.get(name) if isinstance(apps, dict) else None
+        return info if isinstance(info, dict) else None
+
+    def _owned(self, info: dict[str, Any] | None, record: ServeAppRecord | None) -> bool:
+        """The owner and invoker groups recorded at a deploy through the gateway hold only while Serve runs that
+        very config. A job can replace an application under the same name and prefix (``serve.run``, or Ray's
+        REST API with the token Ray's workers hold): the replacement is nobody's (admins only), from the next
+        details fetch on, before its replicas are likely to take calls."""
+        if record is None or info is None or info.get("source") == "imperative":
+            return False
+        config = info.get("deployed_app_config")
+        return isinstance(config, dict) and config_sha256(config) == record.config_sha256
+
+    async def _note_replaced(self, records: dict[str, ServeAppRecord]) -> None:
+        differing = {
+            name for name, record in records.items() if (info := self._info(name)) and not self._owned(info, record)
+        }
+        confirmed = differing & self._differing
+        fresh = sorted(confirmed - self._reported)
+        self._differing, self._reported = differing, (self._reported | confirmed) & differing
+        if fresh:
+            log.warning("Serve runs applications not as deployed through the gateway: %s", fresh)
+            if self.on_replaced is not None:
+                await self.on_replaced(fresh)
+
+    def _app(self, name: str, prefix: str, record: ServeAppRecord | None) -> ServeApp:
+        info = self._info(name)
         deployments = tuple(sorted((info or {}).get("deployments") or {}))
-        owner = record.owner if record is not None else ""
-        groups = record.invoke_groups if record is not None else ()
+        owned = self._owned(info, record)
+        owner = record.owner if record is not None and owned else ""
+        groups = record.invoke_groups if record is not None and owned else ()
         entity = serve_app_entity(name, route_prefix=prefix, deployments=deployments, owner=owner, invoke_groups=groups)
         return ServeApp(name, prefix, deployments, owner, groups, entity)
