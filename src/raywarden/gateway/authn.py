@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,9 @@ class Identity:
     expires_at: float | None = None
     # A bearer token's minting certificate (its serial), whose revocation ends the token; None for the rest.
     minted_with: str | None = None
+
+
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class MissingCredential(AuthenticationError):
@@ -148,6 +152,10 @@ class Authenticator:
             raise AuthenticationError(f"unsupported authorization scheme {scheme[:20]!r}")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("Authorization value too large")
+        if not _COMPACT_JWS.fullmatch(token):
+            # One spelling per token: base64url without padding (RFC 7515), which a decoder would otherwise
+            # accept with '=' added, each spelling costing a signature check and a remembered-token slot.
+            raise AuthenticationError("malformed Authorization value (not a JWT in compact form)")
         if self.tokens is not None:
             known = self.tokens.recall(token)
             if known is not None:  # verified before, by its exact text; its expiry checked again just now

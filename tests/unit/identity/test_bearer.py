@@ -125,6 +125,8 @@ CASES: list[tuple[str, Callable[[StateDir], str], str]] = [
     ("lifetime beyond the maximum", lambda s: _forge(s, {"exp": int(time.time()) + 30 * 86400}), "maximum"),
     ("node subject", lambda s: _forge(s, {"sub": "spiffe://unit.raywarden/node/head"}), "node tokens"),
     ("not a JWT", lambda s: "abc.def", "not a JWT"),
+    ("a good token with base64 padding", lambda s: _sa_token(s)[0] + "==", "not a JWT in compact form"),
+    ("a good token with a padded header", lambda s: "==.".join(_sa_token(s)[0].split(".", 1)), "compact form"),
 ]
 
 
