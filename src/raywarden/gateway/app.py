@@ -1,9 +1,10 @@
 """The gateway as an ASGI app. A request, top to bottom (docs/architecture.md):
 
 1. ``SecurityHeadersMiddleware`` (middleware/headers.py): every answer gets the security headers.
-2. ``GatewayApp._recorded``: the request's ``Exchange`` (exchange.py) begins; whatever is raised below
-   becomes an audited answer: a ``Refusal`` its status, Ray unreachable a 503, an unfilterable answer a 502,
-   anything unexpected a 500. Every request leaves one decision record and one outcome record.
+2. ``GatewayApp._recorded``: the request's ``Exchange`` (exchange.py) begins, and a repeated Authorization
+   or Cookie field is refused (middleware/__init__.py); whatever is raised below becomes an audited answer:
+   a ``Refusal`` its status, Ray unreachable a 503, an unfilterable answer a 502, anything unexpected a 500.
+   Every request leaves one decision record and one outcome record.
 3. ``HostMiddleware``, ``OriginMiddleware`` (middleware/host.py, origin.py): browser guards.
 4. ``GatewayApp._route``: the path and query parsed once (request.py), the route matched (routes.py), and
    the handler of the route's kind called (handlers/): authenticate, decide, record, forward, record.
@@ -35,7 +36,7 @@ from raywarden.gateway.handlers.ray_api import RayApi
 from raywarden.gateway.handlers.websocket import LogTail
 from raywarden.gateway.jobaccess import FilterError
 from raywarden.gateway.jobrecords import JobDeletions, JobRecords
-from raywarden.gateway.middleware import header
+from raywarden.gateway.middleware import header, single_credentials
 from raywarden.gateway.middleware.headers import SecurityHeadersMiddleware
 from raywarden.gateway.middleware.host import HostMiddleware
 from raywarden.gateway.middleware.origin import OriginMiddleware
@@ -147,6 +148,7 @@ class GatewayApp:
             await send(message)
 
         try:
+            single_credentials(scope)
             await self._chain(scope, receive, tracked)
             if not ex.finished:  # a handler answered without its records: write what is missing now
                 await ex.settle(started[0] if started else 500, "answered without its audit records")

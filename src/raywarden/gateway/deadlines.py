@@ -35,6 +35,8 @@ class ReadLimits:
     header_seconds: float
     body_idle_seconds: float
     max_connections: int
+    # A request's line and headers together, in bytes (heads.py): past it the peer gets 431.
+    head_bytes: int = 64 * 1024
 
 
 class ConnectionMark:

@@ -20,6 +20,7 @@ from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink, LocalAudit
 from raywarden.gateway.authn import Authenticator
 from raywarden.gateway.control import ControlServices, build_handlers
+from raywarden.gateway.heads import ProtocolRefusals
 from raywarden.gateway.protocols import listener_config
 from raywarden.gateway.telemetry import upstream_error
 from raywarden.gateway.upstream import Upstream
@@ -93,7 +94,8 @@ def load_policies(state: StateDir, audit: AuditLog) -> PolicyEngine:
 
 def server_config(app: GatewayApp, config: ClusterConfig, tls: ssl.SSLContext, http: str = "auto") -> uvicorn.Config:
     """uvicorn's settings for the gateway's API listener."""
-    return listener_config(app, config.listen, config, tls, http)
+    refusals = ProtocolRefusals(app.audit, lambda: app.engine)
+    return listener_config(app, config.listen, config, tls, refusals, http)
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ One call, top to bottom (docs/serve.md):
 
 1. The call's ``Exchange`` (gateway/exchange.py) begins; whatever happens below becomes an audited answer,
    and every call leaves one decision record and one outcome record (never a body, never the query).
-2. The path is parsed once (target.py); anything with two readings is refused (400).
+2. The path is parsed once (target.py); anything with two readings is refused (400), as is a repeated
+   Authorization or Cookie field (gateway/middleware/__init__.py).
 3. ``/-/healthz`` is answered here, without a credential, from the last look at Serve's proxy.
 4. The caller authenticates (callers.py): 401 otherwise. A client certificate (which browsers send on their
    own) does not carry a request from a foreign page (403).
@@ -36,7 +37,7 @@ from raywarden.gateway import refusals, responses
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authz import Viewer, context_for, decide, principal_for
 from raywarden.gateway.exchange import Exchange
-from raywarden.gateway.middleware import header
+from raywarden.gateway.middleware import header, single_credentials
 from raywarden.gateway.responses import Refusal
 from raywarden.gateway.serve.callers import Caller, ServeAuthenticator
 from raywarden.gateway.serve.limits import HEARTBEAT_EVERY_S, LimitStore, Over, Ticket
@@ -150,6 +151,7 @@ class ServeListener:
             await send(message)
 
         try:
+            single_credentials(scope)
             if scope["type"] == "websocket":
                 await self._websocket(ex, scope, receive, tracked)
             else:

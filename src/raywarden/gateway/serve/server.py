@@ -17,6 +17,7 @@ from raywarden.files import read_private
 from raywarden.gateway.app import GatewayApp
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authn import Authenticator
+from raywarden.gateway.heads import ProtocolRefusals
 from raywarden.gateway.protocols import listener_config
 from raywarden.gateway.serve.callers import ServeAuthenticator
 from raywarden.gateway.serve.control import ServeControl
@@ -88,7 +89,8 @@ def server_for(listener: ServeListener, config: ClusterConfig, tls: ssl.SSLConte
     if config.serve_listen is None:
         raise ValueError("no serve_listen in the cluster config")
     # The same read deadlines and connection bound as the API listener: a slow client is no cheaper here.
-    uv_config = listener_config(listener, config.serve_listen, config, tls)
+    refusals = ProtocolRefusals(listener.s.audit, listener.engine, listener="serve")
+    uv_config = listener_config(listener, config.serve_listen, config, tls, refusals)
     return _SignalsElsewhere(uv_config)
 
 
