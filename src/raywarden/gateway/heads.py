@@ -5,7 +5,8 @@ Both listeners take anonymous TLS peers, and the header deadline (deadlines.py) 
 take, not how large it is: httptools hands uvicorn whatever it is fed, so a head of many MiB would be buffered
 whole before the app could answer. Here the bytes of each request head are counted as they arrive, and a head
 over ``ReadLimits.head_bytes`` is answered 431 without being read further. h11 (the fallback) keeps its own
-bound, the same number (``h11_max_incomplete_event_size``, protocols.py). What either parser rejects
+bound, the same number, on a head that has not ended (``h11_max_incomplete_event_size``, protocols.py); a
+whole head that arrives in one read may be larger, up to the size of a read. What either parser rejects
 (a malformed request line, a bad header byte, Content-Length with Transfer-Encoding) reaches
 ``send_400_response``, which uvicorn answers without the app: both answers get a decision record and an outcome
 record here, the decision durable before the answer, as every refusal in the app (gateway/exchange.py).

@@ -179,6 +179,7 @@ def test_connections_beyond_the_bound_close_the_longest_idle(server: tuple[int, 
 def test_the_serve_listener_has_the_api_listeners_deadlines() -> None:
     """Both listeners are built by one function: a slow client is no cheaper on Serve's listener."""
     import ssl
+    from types import SimpleNamespace
 
     from raywarden.config import ClusterConfig, Listen
     from raywarden.gateway.deadlines import ReadDeadlines
@@ -188,10 +189,15 @@ def test_the_serve_listener_has_the_api_listeners_deadlines() -> None:
     config = ClusterConfig(serve_listen=Listen(host="127.0.0.1", port=8000), gateway_header_timeout_seconds=7)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        return None
+    class Listener:  # what server_for reads of the Serve listener's app
+        s = SimpleNamespace(audit=None)
+        engine = None
 
-    served = server_for(app, config, tls)  # type: ignore[arg-type]
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            return None
+
+    served = server_for(Listener(), config, tls)  # type: ignore[arg-type]
     protocol: Any = served.config.http
     assert issubclass(protocol, ReadDeadlines) and protocol.limits == read_limits(config)
     assert protocol.limits.header_seconds == 7 and served.config.ssl is tls
+    assert protocol.refusals.listener == "serve"  # its protocol's refusals are audited as the Serve listener's

@@ -1,0 +1,127 @@
+"""What the gateway's HTTP protocol refuses before the app sees a request (gateway/heads.py): a head over the
+bound (431 from httptools; h11 holds a head that has not ended to the same bound and answers 400), and what
+either parser rejects (400). Each gets a decision record and an outcome record, like any refusal, and a head
+within the bound followed by a large body is not mistaken for one. A real uvicorn server on loopback with the
+gateway's protocol class, the offline gateway's real audit log, and a small ASGI app behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from raywarden.gateway.deadlines import ReadLimits
+from raywarden.gateway.heads import ProtocolRefusals
+from raywarden.gateway.protocols import http_protocol
+from tests.unit.gateway.conftest import Gateway
+
+pytestmark = pytest.mark.unit
+
+HEAD_BYTES = 8 * 1024
+LIMITS = ReadLimits(header_seconds=30.0, body_idle_seconds=30.0, max_connections=16, head_bytes=HEAD_BYTES)
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def served(request: pytest.FixtureRequest, gateway: Gateway) -> Iterator[tuple[str, int, Gateway]]:
+    refusals = ProtocolRefusals(gateway.app.audit, lambda: gateway.app.engine)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app,
+        http=http_protocol(request.param, LIMITS, refusals),
+        h11_max_incomplete_event_size=HEAD_BYTES,
+        lifespan="off",
+        log_level="error",
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.01)
+    yield request.param, sock.getsockname()[1], gateway
+    srv.should_exit = True
+    thread.join(10)
+
+
+def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        try:
+            s.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and b"connection: close" not in answer.lower():
+                    break  # keep-alive: the answer is whole once its body (a few bytes) is in
+        except (ConnectionResetError, TimeoutError):
+            pass
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def test_a_head_over_the_bound_is_refused_and_audited(served: tuple[str, int, Gateway]) -> None:
+    parser, port, gateway = served
+    unterminated = b"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (HEAD_BYTES * 4)
+    status, headers, body = exchange(port, unterminated)
+    expected = 431 if parser == "httptools" else 400  # h11 names no cause for what it refuses
+    assert status == expected, body
+    assert json.loads(body)["request_id"] == headers["x-request-id"]
+    decision = gateway.audited(headers["x-request-id"], "deny", expected)
+    assert decision["refused_by"] == "http_protocol" and decision["principal"] is None
+    if parser == "httptools":
+        assert decision["method"] == "GET" and decision["path"] == "/api/version", decision
+        assert f"over {HEAD_BYTES} bytes" in decision["reason"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["header-line", "request-line", "length-and-chunked"],
+)
+def test_what_the_parser_rejects_is_audited(served: tuple[str, int, Gateway], request_bytes: bytes) -> None:
+    parser, port, gateway = served
+    if parser == "h11" and b"Transfer-Encoding" in request_bytes:
+        pytest.skip("h11 reads such a body as chunked (RFC 9112 lets a server do so); httptools refuses it")
+    status, headers, body = exchange(port, request_bytes)
+    assert status == 400, body
+    decision = gateway.audited(headers["x-request-id"], "deny", 400)
+    assert decision["reason"].startswith("HTTP parser: "), decision
+
+
+def test_a_head_within_the_bound_takes_a_larger_body(served: tuple[str, int, Gateway]) -> None:
+    _, port, gateway = served
+    body = b"b" * (HEAD_BYTES * 8)
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * (HEAD_BYTES - 200) + b"\r\n"
+    request = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    status, _, answer = exchange(port, request)
+    assert (status, answer) == (200, str(len(body)).encode())
+    assert not [r for r in gateway.records() if r.get("refused_by")]
