@@ -1,5 +1,5 @@
 """Request heads the app never sees: a byte bound on them, and audited answers for what the protocol refuses
-(docs/architecture.md, "Request limits").
+(docs/architecture.md, "Slow clients").
 
 Both listeners take anonymous TLS peers, and the header deadline (deadlines.py) bounds how long a head may
 take, not how large it is: httptools hands uvicorn whatever it is fed, so a head of many MiB would be buffered
@@ -30,7 +30,12 @@ from raywarden.gateway.responses import GATEWAY_HEADER, Refusal
 from raywarden.policy.engine import PolicyEngine
 
 log = logging.getLogger(__name__)
-_REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+AUDIT_DOWN = Refusal(
+    503,
+    "audit log unavailable; requests are refused until it is writable",
+    hint="check disk space and permissions of the audit dir",
+)
 HINT_MALFORMED = "send a well-formed HTTP/1.1 request (RFC 9112)"
 
 
@@ -144,15 +149,19 @@ class HeadLimit(ReadDeadlines):
         task.add_done_callback(tasks.discard)
 
     async def _answer(self, refusal: Refusal, method: str, raw_path: bytes) -> None:
+        """The answer waits for the decision record; whatever happens, the connection closes (its read
+        deadline no longer does)."""
         request_id = None
-        if self.refusals is not None:
-            try:
+        try:
+            if self.refusals is not None:
                 request_id = await self.refusals.record(refusal, self._peer(), method, raw_path)
-            except (AuditUnavailable, AuditRecordError) as exc:
-                log.error("audit log unavailable: a refused request was not recorded: %s", exc.message)
-        if not self.transport.is_closing():
-            self.transport.write(self._answer_bytes(refusal, request_id))
-            self.transport.close()
+        except (AuditUnavailable, AuditRecordError) as exc:
+            log.error("audit log unavailable: a refused request was not recorded: %s", exc.message)
+            refusal = AUDIT_DOWN  # what every request gets while the log cannot be written (gateway/app.py)
+        finally:
+            if not self.transport.is_closing():
+                self.transport.write(self._answer_bytes(refusal, request_id))
+                self.transport.close()
 
     def _method(self) -> str:
         try:

@@ -72,16 +72,21 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
             pass
         answer = b""
         try:
-            while chunk := s.recv(65536):
+            while not _whole(answer) and (chunk := s.recv(65536)):
                 answer += chunk
-                if b"\r\n\r\n" in answer and b"connection: close" not in answer.lower():
-                    break  # keep-alive: the answer is whole once its body (a few bytes) is in
         except (ConnectionResetError, TimeoutError):
             pass
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *fields = head.decode("latin-1").split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
     return int(status_line.split(" ")[1]), headers, body
+
+
+def _whole(answer: bytes) -> bool:
+    """The answer's head and its Content-Length of body are in (the connection may stay open)."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(found) and bool(lengths) and len(body) >= int(lengths[0])
 
 
 def test_a_head_over_the_bound_is_refused_and_audited(served: tuple[str, int, Gateway]) -> None:
@@ -125,3 +130,11 @@ def test_a_head_within_the_bound_takes_a_larger_body(served: tuple[str, int, Gat
     status, _, answer = exchange(port, request)
     assert (status, answer) == (200, str(len(body)).encode())
     assert not [r for r in gateway.records() if r.get("refused_by")]
+
+
+def test_a_refusal_that_cannot_be_recorded_is_answered_503(served: tuple[str, int, Gateway]) -> None:
+    _, port, gateway = served
+    audit: Any = gateway.app.audit
+    audit.fail("disk full")  # as when another worker's write failed: every worker refuses
+    status, _, body = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    assert status == 503 and b"audit log unavailable" in body, body
