@@ -121,7 +121,7 @@ class HeadLimit(ReadDeadlines):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what the parser rejects, audited like any refusal. uvicorn calls it from its
         ``except`` clause, so the parser's own error (what exactly it rejected) is the one being handled."""
-        error = sys.exception()
+        error = sys.exc_info()[1]  # sys.exception() is 3.11+
         detail = str(error) if error is not None else ""
         self._refuse(malformed(detail or msg))
 
