@@ -4,8 +4,8 @@
 ("they stop working", docs/credentials.md). The TLS layer checks a client certificate's chain at a full
 handshake only: a connection kept alive from before, or a TLS session resumed from a ticket issued before
 (ticket keys belong to the context a worker started with, which the swap to the new CA does not replace), carries
-the old certificate on. The gateway's per-request check reads the certificate's serial, validity and revocation,
-not whether its CA is still trusted. Its own cluster, because the rotation changes the CAs.
+the old certificate on. So the gateway checks on every request that the certificate's issuer is an access CA it
+trusts now (gateway/access_trust.py), and audits the refusal. Its own cluster, because the rotation changes the CAs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,16 @@ def _attack(cluster: Cluster, client: ssl.SSLContext, host: str, port: str, kept
     assert (after, [s for s in resumed if s != 401]) == ([401] * CONNECTIONS, []), (
         f"old-CA certificate accepted: kept-alive connections answered {after}, resumed sessions {resumed}"
     )
+    # Each refusal is audited with its reason (the worker's audit writer may lag its answer a little).
+    deadline = time.monotonic() + 60
+    while len(refused := _refused_for_issuer(cluster)) < CONNECTIONS + len(resumed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(refused) == CONNECTIONS + len(resumed) and all(r["status"] == 401 for r in refused), refused[:2]
+
+
+def _refused_for_issuer(cluster: Cluster) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in cluster.audit_records()
+        if r.get("kind") == "request" and "not issued by an access CA trusted now" in str(r.get("reason"))
+    ]
