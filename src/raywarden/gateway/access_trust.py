@@ -55,6 +55,7 @@ class AccessTrust:
         # At start-up unreadable trust files are fatal (fail closed); later they keep the last good set.
         self.current = TrustGeneration(0, _load(trusted_ca_file(state, "access")))
         self._next_check = time.monotonic() + CHECK_INTERVAL_S
+        self._failed: FilesStamp | None = None
         self._issuer_cached = functools.lru_cache(maxsize=1024)(self._issuer)
 
     def trusted_issuer(self, der: bytes) -> str | None:
@@ -69,23 +70,32 @@ class AccessTrust:
             if not force and now < self._next_check:
                 return False
             self._next_check = now + CHECK_INTERVAL_S
-            stamp = self._files_stamp()
-            if stamp == self._stamp:
+            if self._files_stamp() == self._stamp:
                 return False
             try:
-                with pkilock.holding(self.state.pki_dir / CA_LOCK_NAME, shared=True, blocking=False) as held:
-                    if not held:  # a CA change is being written: look again at the next request
-                        self._next_check = now
-                        return False
-                    stamp = self._files_stamp()
-                    cas = _load(trusted_ca_file(self.state, "access"))
-            except (OSError, PKIError) as exc:
-                reason = exc.message if isinstance(exc, PKIError) else str(exc)
-                log.error("trusted access CAs unreadable, keeping the previous ones: %s", reason)
+                read = self._read_under_lock()
+            except PKIError as exc:
+                if self._files_stamp() != self._failed:  # once per set of files, not once per second
+                    self._failed = self._files_stamp()
+                    log.error("trusted access CAs unreadable, keeping the previous ones: %s", exc.message)
                 return False
-            self.current, self._stamp = TrustGeneration(self.current.number + 1, cas), stamp
+            if read is None:  # a CA change is being written: look again at the next request
+                self._next_check = now
+                return False
+            self._stamp, cas = read
+            self.current, self._failed = TrustGeneration(self.current.number + 1, cas), None
         log.info("trusted access CAs reloaded: %s", ", ".join(fingerprint(ca)[:16] for ca in cas))
         return True
+
+    def _read_under_lock(self) -> tuple[FilesStamp, tuple[x509.Certificate, ...]] | None:
+        """The files' stamp and CAs, read while no CA change is being written; None if one is."""
+        try:
+            with pkilock.holding(self.state.pki_dir / CA_LOCK_NAME, shared=True, blocking=False) as held:
+                return (self._files_stamp(), _load(trusted_ca_file(self.state, "access"))) if held else None
+        except OSError:
+            pass
+        # No lock to take (a read-only pki folder, as pki/ca_keys.py's ca_lock allows): read as they are.
+        return self._files_stamp(), _load(trusted_ca_file(self.state, "access"))
 
     def _files_stamp(self) -> FilesStamp:
         found: list[tuple[int, int, int] | None] = []
@@ -111,6 +121,6 @@ class AccessTrust:
 def _load(path: Path) -> tuple[x509.Certificate, ...]:
     try:
         cas = tuple(x509.load_pem_x509_certificates(path.read_bytes()))
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         raise PKIError(f"{path} holds no usable CA certificate: {exc}") from None
     return cas
