@@ -10,8 +10,9 @@ revoked token id is refused on its next request, and so is a session or a bearer
 answers are kept only while identity.db is unchanged, which SQLite tells on every request
 (identity/lookups.py). A certificate's validity window is checked on every request too: TLS checks it only at
 the handshake, and a kept-alive connection or a resumed TLS session (the server issues session tickets)
-carries no new handshake. What never changes is parsed once: a certificate's DER bytes (cached by their exact
-value).
+carries no new handshake. For the same reason its issuer is checked against the access CAs trusted now
+(gateway/access_trust.py): a certificate from a CA that a finished rotation dropped is refused on its next
+request. What never changes is parsed once: a certificate's DER bytes (cached by their exact value).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cryptography import x509
 
 from raywarden.config import ClusterConfig
 from raywarden.errors import AuthenticationError, ConfigError, PKIError
+from raywarden.gateway.access_trust import AccessTrust
 from raywarden.gateway.oidc import OidcFederation, OidcIssuer, oidc_config_path
 from raywarden.gateway.oidc_people import admit
 from raywarden.gateway.tokens import MAX_TOKEN_BYTES, TokenAuthority, TokenClaims
@@ -73,6 +75,7 @@ class Authenticator:
         oidc: OidcFederation | None = None,
         sessions: SessionStore | None = None,
         single_principal: StateDir | None = None,
+        access_trust: AccessTrust | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.store = store
@@ -82,6 +85,8 @@ class Authenticator:
         self.sessions = sessions
         # The state dir of a cluster whose Ray shares the control plane's OS user: it admits one principal.
         self.single_principal = single_principal
+        # The access CAs trusted now; None (offline tests of other checks only): the TLS layer's word is taken.
+        self.access_trust = access_trust
 
     @classmethod
     def from_state(cls, state: StateDir, config: ClusterConfig, store: IdentityStore) -> Authenticator:
@@ -92,6 +97,7 @@ class Authenticator:
             oidc=OidcFederation(oidc_config_path(state)),
             sessions=SessionStore(state.identity_db, store),
             single_principal=None if config.admits_principals else state,
+            access_trust=AccessTrust(state),
         )
 
     async def authenticate(
@@ -120,10 +126,17 @@ class Authenticator:
         )
 
     def from_certificate(self, der: bytes, now: float | None = None) -> Identity:
-        """The TLS layer checked the chain to the access CA, and the validity window at the handshake; the
-        window is checked again here, for requests on a kept-alive connection or a resumed session."""
+        """The TLS layer checked the chain to the access CA, and the validity window at the handshake; both
+        are checked again here, for requests on a kept-alive connection or a resumed session."""
         spiffe, serial, issued, expires = _certificate_facts(der)
         self._check_kind(spiffe, "certificate")
+        if self.access_trust is not None and self.access_trust.trusted_issuer(der) is None:
+            raise AuthenticationError(
+                f"certificate {serial} is not issued by an access CA trusted now (issuer {_certificate_issuer(der)}; "
+                "presented on a connection or TLS session set up before its CA was dropped)",
+                public="your client certificate is from an access CA this cluster no longer trusts; "
+                "get a new one (`raywarden login` again) and reconnect",
+            )
         moment = time.time() if now is None else now
         if moment > expires:
             at = _iso(expires)
@@ -254,6 +267,12 @@ def _certificate_facts(der: bytes) -> tuple[SpiffeId, str, float, float]:
     except (ValueError, PKIError) as exc:
         raise AuthenticationError(f"unusable client certificate: {exc}") from None
     return spiffe, serial_hex(cert), cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
+@functools.lru_cache(maxsize=64)
+def _certificate_issuer(der: bytes) -> str:
+    """The issuer's name, for the audit record of a refused certificate."""
+    return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
 
 
 def _check_minting_certificate(jti: str, serial: str, cert: CertificateRecord | None, spiffe_id: str) -> None:

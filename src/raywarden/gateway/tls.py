@@ -4,7 +4,10 @@ The certificate is swapped in place: ``server_context`` returns a context whose 
 every ClientHello, with or without SNI) notices new files (a renewed certificate, a new access-CA bundle),
 builds a complete new context from them, checks it, and hands it to the connection being set up. Connections
 already open keep the context they started with; a context is never changed after it is built, so a file
-that fails to load leaves the gateway serving the last good one.
+that fails to load leaves the gateway serving the last good one. Session tickets stay those of the first
+context (OpenSSL keeps them with the context a connection started on), so a session resumed after a change of
+CAs carries a client certificate verified before it: every request checks its issuer against the access CAs
+trusted now (gateway/access_trust.py).
 """
 
 from __future__ import annotations
