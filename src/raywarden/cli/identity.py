@@ -314,8 +314,27 @@ def revoke_cert(
     json_output: JsonOption = False,
 ) -> None:
     """Revoke a certificate: refused by the gateway on its next request, with the bearer tokens minted with it."""
-    owner = IdentityAdmin(state_dir(state)).revoke_cert(serial, reason)
-    _revoked("certificate", serial, owner, json_output)
+    revoked = IdentityAdmin(state_dir(state)).revoke_cert(serial, reason)
+    renewals = [s for s in revoked.serials if s != revoked.serial]
+    if json_output:
+        print_json(
+            {
+                "revoked": "certificate",
+                "id": revoked.serial,
+                "principal": revoked.principal,
+                "revoked_serials": list(revoked.serials),
+                "revoked_count": len(revoked.serials),
+            }
+        )
+        return
+    if revoked.serial in revoked.serials:
+        _revoked("certificate", revoked.serial, revoked.principal, json_output)
+    else:
+        console.print(f"Certificate {revoked.serial} of {revoked.principal} was revoked already.", markup=False)
+    if renewals:
+        console.print(
+            f"Also revoked {len(renewals)} certificate(s) renewed from it: {', '.join(renewals)}.", markup=False
+        )
 
 
 @revoke_app.command("token")

@@ -76,6 +76,8 @@ def _renew_remote(profile: Profile) -> bool:
                 f"{_human(left)} more): {exc.message}",
                 file=sys.stderr,
             )
+            if exc.hint:  # e.g. a certificate renewed already, whose answer was lost: how to go on
+                print(f"hint: {exc.hint}", file=sys.stderr)
             return False
         return True
     spiffe = SpiffeId.parse(profile.identity)

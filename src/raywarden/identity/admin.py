@@ -56,6 +56,15 @@ class NewCode:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class RevokedCertificates:
+    """What `revoke cert` ended: ``serials`` are the certificate and those renewed from it, revoked now."""
+
+    principal: str
+    serial: str
+    serials: tuple[str, ...]
+
+
 class IdentityAdmin:
     def __init__(self, state: StateDir, actor: str | None = None) -> None:
         self.state = state.require()
@@ -224,7 +233,9 @@ class IdentityAdmin:
         self._audit("revoke.api_key", info.spiffe_id, key_id=key_id, reason=reason)
         return info.spiffe_id
 
-    def revoke_cert(self, serial: str, reason: str) -> str:
+    def revoke_cert(self, serial: str, reason: str) -> RevokedCertificates:
+        """Revoke the certificate and every certificate renewed from it (docs/identities.md "Revocation"): a
+        copied key may have been renewed into a certificate whose serial nobody else knows."""
         serial = serial.strip().lower().removeprefix("0x").replace(":", "")
         owner = self.store.certificate_owner(serial)
         if owner is None:
@@ -232,10 +243,13 @@ class IdentityAdmin:
                 f"no certificate with serial {serial} was issued by this cluster",
                 hint="serials are hex, as shown by `raywarden user show NAME`",
             )
-        if not self.store.revoke_certificate(serial, reason):
-            raise IdentityError(f"certificate {serial} is already revoked")
-        self._audit("revoke.cert", owner[0], serial=serial, reason=reason)
-        return owner[0]
+        serials = RenewalStore(self.store).revoke_lineage(serial, reason)
+        if not serials:
+            raise IdentityError(f"certificate {serial} and every certificate renewed from it are already revoked")
+        self._audit(
+            "revoke.cert", owner[0], serial=serial, reason=reason, revoked_serials=serials, revoked_count=len(serials)
+        )
+        return RevokedCertificates(owner[0], serial, tuple(serials))
 
     def revoke_token(self, jti: str, reason: str) -> str:
         owner = self.store.token_owner(jti.strip())

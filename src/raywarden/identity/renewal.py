@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,30 @@ class IssuedCertificate:
     revoked: bool
     superseded_by: str | None
     issuer_sha256: str | None
+
+
+@dataclass(frozen=True)
+class RenewedCertificate:
+    """A certificate signed for a renewal, not yet recorded (so not yet accepted anywhere)."""
+
+    serial: str
+    spiffe_id: str
+    not_after: dt.datetime
+    issuer_sha256: str | None
+
+
+def _why_not_renewable(db: sqlite3.Connection, previous: str, spiffe_id: str) -> str | None:
+    principal = db.execute("SELECT disabled FROM principals WHERE spiffe_id = ?", (spiffe_id,)).fetchone()
+    if principal is None or principal[0]:
+        return "disabled"
+    row = db.execute(
+        "SELECT revoked_at, superseded_by FROM certificates WHERE serial = ? AND spiffe_id = ?", (previous, spiffe_id)
+    ).fetchone()
+    if row is None or row[0] is not None:
+        return "revoked"
+    if row[1] is not None:
+        return "renewed"
+    return None
 
 
 def _now_iso() -> str:
@@ -97,6 +122,53 @@ class RenewalStore:
                 (new_serial, _now_iso(), old_serial),
             )
         return cur.rowcount == 1
+
+    def record_renewal(self, previous: str, renewed: RenewedCertificate) -> str | None:
+        """Record ``renewed`` as the one renewal of ``previous``, in one transaction with the checks that allow
+        it: the principal is enabled, ``previous`` is neither revoked nor renewed already. None when recorded;
+        otherwise why not ("disabled", "revoked" or "renewed"), and nothing is recorded, so the new
+        certificate is refused everywhere (a serial the store does not know is treated as revoked). Checking
+        here rather than before signing closes the race with `user disable` and `revoke cert`."""
+        with self.store._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            why = _why_not_renewable(db, previous, renewed.spiffe_id)
+            if why is not None:
+                db.execute("ROLLBACK")
+                return why
+            now = _now_iso()
+            db.execute(
+                "INSERT INTO certificates (serial, spiffe_id, not_after, issued_at, issuer_sha256) VALUES (?,?,?,?,?)",
+                (renewed.serial, renewed.spiffe_id, renewed.not_after.isoformat(), now, renewed.issuer_sha256),
+            )
+            db.execute(
+                "UPDATE certificates SET superseded_by = ?, superseded_at = ? WHERE serial = ?",
+                (renewed.serial, now, previous),
+            )
+            db.execute("COMMIT")
+        return None
+
+    def revoke_lineage(self, serial: str, reason: str) -> list[str]:
+        """Revoke ``serial`` and every certificate renewed from it, following ``superseded_by`` forward, in one
+        transaction: whoever renewed a copied key holds a certificate the owner never saw, so revoking the
+        copy must end it too. Returns the serials revoked now (those revoked before are passed over)."""
+        now = _now_iso()
+        revoked: list[str] = []
+        seen: set[str] = set()
+        with self.store._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            current: str | None = serial
+            while current is not None and current not in seen:
+                seen.add(current)
+                cur = db.execute(
+                    "UPDATE certificates SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL",
+                    (now, reason, current),
+                )
+                if cur.rowcount == 1:
+                    revoked.append(current)
+                row = db.execute("SELECT superseded_by FROM certificates WHERE serial = ?", (current,)).fetchone()
+                current = None if row is None else row[0]
+            db.execute("COMMIT")
+        return revoked
 
     def revoke_all_credentials(self, spiffe_id: str, reason: str) -> dict[str, int]:
         """Revoke every certificate and token the principal holds, without disabling it: after a reuse, neither

@@ -10,13 +10,18 @@ certificate renewed from it in force. Offline gateway, real identity store and C
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from typer.testing import CliRunner
 
+from raywarden.cli.identity import register
 from raywarden.identity.admin import IdentityAdmin
+from raywarden.identity.store import IdentityError
 from raywarden.pki.csr import build_csr
 from raywarden.pki.keys import generate_private_key
 from raywarden.pki.spiffe import SpiffeId
@@ -60,3 +65,30 @@ def test_revoking_a_copied_certificate_ends_what_was_renewed_from_it(gateway: Ga
     IdentityAdmin(gateway.state).revoke_cert(format(serial, "x"), "key copied")
     assert _whoami(gateway, copied) == 401
     assert _whoami(gateway, _der(thiefs)) == 401, "the certificate renewed from the revoked one is still accepted"
+
+
+def test_the_revoke_command_says_which_renewals_it_revoked(gateway: Gateway) -> None:
+    original = gateway.certificate("jane")
+    status, first = _renew(gateway, original, "jane")
+    assert status == 200
+    status, second = _renew(gateway, _der(first), "jane")
+    assert status == 200
+    serial = format(x509.load_der_x509_certificate(original).serial_number, "x")
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """raywarden (test root)."""
+
+    register(app)
+    args = ["revoke", "cert", serial, "--state-dir", str(gateway.state.root), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["revoked_serials"] == [serial, first["serial"], second["serial"]]
+    assert answer["revoked_count"] == 3
+    assert _whoami(gateway, _der(second)) == 401
+    [record] = [r for r in gateway.records() if r.get("event") == "revoke.cert"]
+    assert record["revoked_serials"] == answer["revoked_serials"]
+    again = CliRunner().invoke(app, args)
+    assert isinstance(again.exception, IdentityError) and "already revoked" in again.exception.message

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from raywarden.identity.renewal import RenewalStore
+from raywarden.identity.renewal import RenewalStore, RenewedCertificate
 from raywarden.pki import ca_keys
 from raywarden.pki.ca_keys import CertificateAuthority
 from raywarden.pki.certs import cert_pem, fingerprint, serial_hex
@@ -145,13 +145,35 @@ def test_a_renewable_accounts_certificate_renews_once(gateway: Gateway) -> None:
     gateway.audited(second.json()["request_id"], "allow", 403)
 
 
-def test_people_may_renew_the_same_certificate_again(gateway: Gateway) -> None:
+def test_a_persons_certificate_renews_once_and_a_second_renewal_says_how_to_go_on(gateway: Gateway) -> None:
     old = held(gateway, "alice", kind="user")
     csr = lambda: build_csr(generate_private_key(), SpiffeId.parse(spiffe("alice"))).decode()  # noqa: E731
     with gateway.with_certificate(old.der):
-        assert gateway.client.post("/raywarden/v1/renew", json={"csr": csr()}).status_code == 200
-        assert gateway.client.post("/raywarden/v1/renew", json={"csr": csr()}).status_code == 200
+        first = gateway.client.post("/raywarden/v1/renew", json={"csr": csr()})
+        second = gateway.client.post("/raywarden/v1/renew", json={"csr": csr()})
+    assert first.status_code == 200
+    assert second.status_code == 409 and "renewed already" in second.json()["error"]
+    # A lost answer has a way out (log in again); a copied key has another (revoke the old serial).
+    assert "raywarden login" in second.json()["hint"] and f"revoke cert {serial_hex(old.cert)}" in second.json()["hint"]
+    gateway.audited(second.json()["request_id"], "allow", 409)
+    outcome = gateway.records_of(second.json()["request_id"])[1]
+    assert outcome["alert"] is True and outcome["superseded_by"] == first.json()["serial"]
+    # A person's renewals are not an alarm that revokes everything: the first renewal still works.
     assert events(gateway, "cert.reuse") == []
+    assert not RenewalStore(gateway.store).certificate(first.json()["serial"]).revoked  # type: ignore[union-attr]
+
+
+def test_a_renewal_is_not_recorded_once_the_person_is_disabled(gateway: Gateway) -> None:
+    old = held(gateway, "alice", kind="user")
+    renewals = RenewalStore(gateway.store)
+    gateway.store.set_disabled(spiffe("alice"), True)  # between authenticating and recording
+    renewed = RenewedCertificate("abc123", spiffe("alice"), old.cert.not_valid_after_utc, None)
+    assert renewals.record_renewal(serial_hex(old.cert), renewed) == "disabled"
+    assert renewals.certificate("abc123") is None  # unknown to the store, so refused everywhere
+    gateway.store.set_disabled(spiffe("alice"), False)
+    gateway.store.revoke_certificate(serial_hex(old.cert), "test")
+    assert renewals.record_renewal(serial_hex(old.cert), renewed) == "revoked"
+    assert renewals.certificate("abc123") is None
 
 
 # -- an expired certificate, renewed by proof of possession ---------------------------------------------------

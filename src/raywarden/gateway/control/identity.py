@@ -19,7 +19,7 @@ from raywarden.gateway.control import ControlHandler, ControlRequest, ControlRes
 from raywarden.gateway.control.renewal import ExpiredRenewal, Issuer
 from raywarden.gateway.tokens import MintingCertificate, TokenAuthority, expires_iso
 from raywarden.identity.enrollment import EnrollmentRefused, consume, parse_code, verify_code
-from raywarden.identity.renewal import RenewalStore
+from raywarden.identity.renewal import RenewalStore, RenewedCertificate
 from raywarden.pki.certs import cert_pem, serial_hex
 from raywarden.pki.csr import read_csr
 from raywarden.pki.spiffe import SpiffeId
@@ -42,6 +42,12 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         cert = ca.issue(public_key, spiffe, lifetime=lifetime)
         store.record_certificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc, issuer=ca.fingerprint)
         return cert
+
+    def sign(public_key: Any, spiffe: SpiffeId) -> tuple[x509.Certificate, RenewedCertificate]:
+        """Sign without recording: a renewal records the certificate only if its transaction still allows it."""
+        ca = access.get()
+        cert = ca.issue(public_key, spiffe, lifetime=lifetime)
+        return cert, RenewedCertificate(serial_hex(cert), str(spiffe), cert.not_valid_after_utc, ca.fingerprint)
 
     def cert_answer(cert: x509.Certificate, spiffe_id: str) -> dict[str, Any]:
         # Renewals also carry the CA answer, so a client learns of a CA rotation on its next renewal.
@@ -102,7 +108,7 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
             {"enrolled": str(spiffe), "enrollment_id": code.code_id, "serial": serial_hex(cert)},
         )
 
-    expired = ExpiredRenewal(services, renewals, Issuer(issue, cert_answer))
+    expired = ExpiredRenewal(services, renewals, Issuer(sign, cert_answer))
 
     async def renew(req: ControlRequest) -> ControlResponse:
         identity = req.identity
@@ -126,15 +132,26 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
                 f"renewal CSR asks for {spiffe}, caller is {identity.spiffe_id}",
             )
         previous = identity.credential_id
-        if identity.kind == "sa" and renewals.renew_grace(identity.spiffe_id) is not None:
-            # A renewable account's certificate is renewed once: a second renewal means two holders of its key.
-            found = renewals.certificate(previous)
-            if found is not None and found.superseded_by is not None:
+        # A renewable account's certificate renewed twice means two holders of its key: end both.
+        alarm = identity.kind == "sa" and renewals.renew_grace(identity.spiffe_id) is not None
+        found = renewals.certificate(previous)
+        if found is not None and found.superseded_by is not None:
+            if alarm:
                 return await expired.reuse(identity.spiffe_id, previous, found.superseded_by, req.source)
-        cert = issue(public_key, spiffe)
-        if not renewals.supersede(previous, serial_hex(cert)) and identity.kind == "sa":
-            if renewals.renew_grace(identity.spiffe_id) is not None:
-                return await expired.reuse(identity.spiffe_id, previous, serial_hex(cert), req.source)
+            return renewed_already(previous, found.superseded_by)
+        cert, renewed = sign(public_key, spiffe)
+        why_not = renewals.record_renewal(previous, renewed)
+        if why_not == "renewed":  # a concurrent renewal of the same certificate got there first
+            if alarm:
+                return await expired.reuse(identity.spiffe_id, previous, "a concurrent renewal", req.source)
+            return renewed_already(previous, "a concurrent renewal")
+        if why_not is not None:  # revoked or disabled after this request authenticated
+            return refuse(
+                403,
+                "renewal refused",
+                f"renewal of {previous}: {identity.spiffe_id} or the certificate was {why_not} during the renewal",
+                previous_serial=previous,
+            )
         await event(
             "cert.renew",
             str(spiffe),
@@ -198,6 +215,22 @@ def handlers(services: ControlServices) -> dict[str, ControlHandler]:
         "identity.renew_expired": expired.handle,
         "identity.token": token,
     }
+
+
+def renewed_already(serial: str, superseded_by: str) -> ControlResponse:
+    """A certificate is renewed once. Whoever presents it again holds either a copy of its key or a renewal
+    whose answer was lost; the lineage renewed from it stays the only one (docs/credentials.md "Renewal")."""
+    return refuse(
+        409,
+        "this certificate was renewed already and cannot be renewed again",
+        f"second renewal of certificate {serial} (renewed into {superseded_by})",
+        "keep using it until it expires, then ask your administrator for a new code and `raywarden login` again. "
+        f"If you did not renew it, its key may have been copied: ask your administrator to run `raywarden revoke "
+        f"cert {serial}`, which also revokes every certificate renewed from it",
+        alert=True,
+        previous_serial=serial,
+        superseded_by=superseded_by,
+    )
 
 
 def refuse(status: int, message: str, reason: str, hint: str | None = None, **audit: Any) -> ControlResponse:

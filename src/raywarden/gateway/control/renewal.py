@@ -22,7 +22,7 @@ from cryptography import x509
 from raywarden.errors import PKIError, RaywardenError
 from raywarden.gateway.control import ControlRequest, ControlResponse, ControlServices
 from raywarden.gateway.tokens import expires_iso
-from raywarden.identity.renewal import IssuedCertificate, RenewalStore
+from raywarden.identity.renewal import IssuedCertificate, RenewalStore, RenewedCertificate
 from raywarden.pki.certs import serial_hex, spiffe_id_of
 from raywarden.pki.csr import read_csr
 from raywarden.pki.possession import cert_sha256, load_presented_certificate, possession_message, verify_possession
@@ -41,7 +41,7 @@ WINDOW_S = 600.0
 class Issuer:
     """How identity.py issues and answers, shared so that both renewal paths sign and record alike."""
 
-    issue: Callable[[Any, SpiffeId], x509.Certificate]
+    sign: Callable[[Any, SpiffeId], tuple[x509.Certificate, RenewedCertificate]]
     answer: Callable[[x509.Certificate, str], dict[str, Any]]
 
 
@@ -218,10 +218,18 @@ class ExpiredRenewal:
             raise Refused(403, "a certificate can only be renewed for its own identity", f"CSR asks for {asked}")
         if public_key.public_numbers() == cert.public_key().public_numbers():  # type: ignore[union-attr]
             raise Refused(400, "the renewal must use a new key", "renew-expired: CSR reuses the expired key")
-        new = self.issuer.issue(public_key, spiffe)
-        if not self.renewals.supersede(serial, serial_hex(new)):
-            self.services.store.revoke_certificate(serial_hex(new), "concurrent renewal of one certificate")
+        new, renewed = self.issuer.sign(public_key, spiffe)
+        # Not recorded unless still allowed: a certificate the store does not know is refused everywhere.
+        why_not = self.renewals.record_renewal(serial, renewed)
+        if why_not == "renewed":
             return await self.reuse(str(spiffe), serial, "a concurrent renewal", req.source)
+        if why_not is not None:
+            raise Refused(
+                403,
+                "renewal refused",
+                f"renew-expired: {spiffe} or its certificate {serial} was {why_not} during the renewal",
+                _new_code_hint(spiffe.name),
+            )
         await self.services.audit.append_async(
             {
                 "kind": "identity",
