@@ -172,6 +172,24 @@ def test_a_copied_key_is_caught_and_both_copies_stop(cluster: Cluster, tmp_path:
     assert alert["alert"] is True
 
 
+def test_a_persons_renewal_whose_answer_was_lost_keeps_working_and_says_how_to_go_on(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    owner = login(cluster, tmp_path / "laptop", "user", "lost-answer")
+    old = age(owner, issued_ago=dt.timedelta(hours=7), lifetime=dt.timedelta(hours=12))
+    before = Runner(cluster, tmp_path / "before")  # the profile as it was when the answer was lost
+    shutil.copytree(owner.home, before.home)
+    assert owner.run("token").returncode == 0 and owner.serial() != old
+    stale = before.run("token")
+    assert stale.returncode == 0, "the old certificate is still valid: the command goes on with it"
+    assert "renewed already" in stale.stderr and "raywarden login" in stale.stderr
+    assert f"revoke cert {old}" in stale.stderr and "Traceback" not in stale.stderr
+    # The administrator ends the old certificate and what it was renewed into with one command.
+    revoked = json.loads(run_cli(cluster, "revoke", "cert", old, "--json", check=True).stdout)
+    assert revoked["revoked_serials"] == [old, owner.serial()]
+    assert owner.run("token").returncode != 0
+
+
 @pytest.mark.parametrize(
     ("kind", "name", "grace", "expired_ago", "says", "hint"),
     [
