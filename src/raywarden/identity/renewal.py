@@ -112,17 +112,6 @@ class RenewalStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def supersede(self, old_serial: str, new_serial: str) -> bool:
-        """Mark ``old_serial`` as renewed into ``new_serial``. Exactly one of concurrent renewals of the same
-        certificate gets True; the others are presenting a certificate that was already renewed."""
-        with self.store._connect() as db:
-            cur = db.execute(
-                "UPDATE certificates SET superseded_by = ?, superseded_at = ? "
-                "WHERE serial = ? AND superseded_by IS NULL",
-                (new_serial, _now_iso(), old_serial),
-            )
-        return cur.rowcount == 1
-
     def record_renewal(self, previous: str, renewed: RenewedCertificate) -> str | None:
         """Record ``renewed`` as the one renewal of ``previous``, in one transaction with the checks that allow
         it: the principal is enabled, ``previous`` is neither revoked nor renewed already. None when recorded;
