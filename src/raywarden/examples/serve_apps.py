@@ -1,6 +1,7 @@
 """Weight-free Ray Serve applications for trying the Serve listener (docs/serve.md) and for its tests.
 
-- ``echo``: answers JSON describing the call it received (method, paths, headers, body size).
+- ``echo``: answers JSON describing the call it received (method, paths, headers, body size); with
+  ``?think=S``, after S seconds, in one piece.
 - ``stream``: a generator behind ``StreamingResponse``: ``?n=5&delay=0.2`` chunks, ``&sse=1`` for
   server-sent events, as an LLM streams tokens.
 - ``ws``: a FastAPI app with ``GET /hello`` and a WebSocket at ``/ws`` that echoes text.
@@ -23,12 +24,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 MAX_CHUNKS = 10_000
 MAX_HOLD_S = 300.0
+MAX_THINK_S = 30.0
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Echo:
     async def __call__(self, request: Request) -> JSONResponse:
         body = await request.body()
+        # ``?think=S``: answer after S seconds (at most MAX_THINK_S), in one piece, as a completion that is not
+        # streamed.
+        await asyncio.sleep(min(float(request.query_params.get("think", "0") or 0), MAX_THINK_S))
         return JSONResponse(
             {
                 "method": request.method,

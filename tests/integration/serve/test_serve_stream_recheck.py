@@ -6,6 +6,9 @@ application is cut off, as a new call of theirs is refused.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import requests
 
@@ -35,3 +38,21 @@ def test_a_stream_ends_once_the_caller_may_no_longer_call_the_app(serve_cluster:
     request_id = resp.headers["x-request-id"]
     outcome = [r for r in cluster.audit_records() if r.get("request_id") == request_id and r["kind"] == "outcome"]
     assert outcome and "no longer allowed" in outcome[0]["reason"], outcome
+
+
+def test_an_answer_that_comes_after_the_caller_lost_access_is_not_delivered(serve_cluster: ServeCluster) -> None:
+    """A completion that is not streamed arrives in one piece, long after the decision: it is checked again
+    before any of it is sent."""
+    cluster = serve_cluster.cluster
+    run_cli(cluster, "sa", "add", "thinker", "--group", "app-users", check=True)
+    key = serve_cluster.new_key("thinker")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(serve_cluster.call, "POST", "/echo/complete?think=8", key, data=b"a prompt")
+        time.sleep(2)  # the call is under way: the replica is thinking
+        run_cli(cluster, "sa", "groups", "thinker", "--remove", "app-users", check=True)
+        resp = pending.result(timeout=120)
+    assert resp.status_code == 403 and "body_len" not in resp.text, resp.text
+    records = [r for r in cluster.audit_records() if r.get("request_id") == resp.headers["x-request-id"]]
+    assert [r["kind"] for r in records] == ["request", "outcome"], records
+    assert records[0]["decision"] == "allow" and records[1]["status"] == 403, records
+    assert "before the answer" in records[1]["reason"], records

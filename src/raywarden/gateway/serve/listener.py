@@ -55,6 +55,7 @@ from raywarden.policy.serveattrs import serve_context
 
 log = logging.getLogger("raywarden.gateway.serve")
 INVOKE = "serve.invoke"
+HINT_LAPSED = "your credential or your permission to call this application ended while it worked"
 HINT_ROUTES = "GET /-/routes on this listener lists the applications you may call"
 AUDIT_DOWN = Refusal(
     503,
@@ -292,7 +293,12 @@ class ServeListener:
                 still_valid = self._revalidator(scope, ex, app, method, app.below(target.path))
                 status = await self.s.proxy.forward(method, url, headers, body, send, receive, counted, still_valid)
             except CredentialLapsed as exc:
-                await ex.finish(200, reason=f"cut while streaming: {exc.message}", **_counts(counted))
+                if counted.answered:
+                    await ex.finish(200, reason=f"cut while streaming: {exc.message}", **_counts(counted))
+                    return
+                lapsed = Refusal(403, "no longer allowed", reason=f"before the answer: {exc.message}", hint=HINT_LAPSED)
+                await ex.finish(403, reason=lapsed.reason, **_counts(counted))
+                await _answer(ex, lapsed, scope, receive, send)
                 return
             await ex.finish(status, **_counts(counted))
         finally:

@@ -65,6 +65,7 @@ class Counted:
     bytes_in: int = 0
     bytes_out: int = 0
     first_byte_ms: float | None = None
+    answered: bool = False  # the answer's status line went out
     closed_by: str = "serve"
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -194,8 +195,14 @@ class ServeProxy:
                 timeout=timeout,
                 skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
             ) as resp:
+                # The clock runs from the decision (just before this call), not from Serve's answer: an answer
+                # that took longer than the interval is checked before any of it is sent.
+                checked = begun
+                if loop.time() - checked >= REVALIDATE_EVERY_S:
+                    await still_valid()
+                    checked = loop.time()
+                counted.answered = True
                 await send({"type": "http.response.start", "status": resp.status, "headers": response_headers(resp)})
-                checked = loop.time()
                 async for chunk in resp.content.iter_any():
                     if loop.time() - checked >= REVALIDATE_EVERY_S:
                         await still_valid()
