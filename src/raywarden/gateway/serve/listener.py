@@ -46,6 +46,7 @@ from raywarden.gateway.serve.proxy import (
     CredentialLapsed,
     ServeProxy,
     ServeUnavailable,
+    read_body,
     request_headers,
 )
 from raywarden.gateway.serve.table import AppTable, ServeApp
@@ -284,7 +285,7 @@ class ServeListener:
         self._authorize(ex, caller, app, method, app.below(target.path), _model_id(scope))
         ticket = self._take_limits(caller, app)
         try:
-            body = await _read_body(receive, header(scope, b"content-length"), self.s.max_body_bytes)
+            body = await read_body(receive, header(scope, b"content-length"), self.s.max_body_bytes)
             await ex.allow()
             counted = Counted(bytes_in=len(body))
             headers = request_headers(scope.get("headers", []), ex.source, ex.request_id)
@@ -367,22 +368,6 @@ def _model_id(scope: Scope) -> str | None:
     # Serve reads the multiplexed model id from either spelling (ray/serve/_private/proxy.py).
     value = header(scope, b"serve_multiplexed_model_id") or header(scope, b"serve-multiplexed-model-id")
     return value[:256] if value else None
-
-
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    hint = f"Serve calls take bodies of at most {limit} bytes (serve_max_body_bytes in the cluster config)"
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
-    data = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Refusal(400, "the client left before its body arrived", reason="client disconnected")
-        data += message.get("body", b"")
-        if len(data) > limit:
-            raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
-        if not message.get("more_body"):
-            return bytes(data)
 
 
 def _as_refusal(ex: Exchange, exc: Exception) -> Refusal:

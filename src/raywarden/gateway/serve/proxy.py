@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from yarl import URL
 
 from raywarden.errors import RaywardenError
+from raywarden.gateway.responses import Refusal
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "trailers", "upgrade", "proxy-connection"}
@@ -308,3 +309,20 @@ async def _disconnected(receive: Receive) -> None:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """A call's whole body, refused (413) past ``limit``: Serve's proxy reads it whole too."""
+    hint = f"Serve calls take bodies of at most {limit} bytes (serve_max_body_bytes in the cluster config)"
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
+    data = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "the client left before its body arrived", reason="client disconnected")
+        data += message.get("body", b"")
+        if len(data) > limit:
+            raise Refusal(413, f"request body larger than {limit} bytes", hint=hint)
+        if not message.get("more_body"):
+            return bytes(data)
