@@ -41,7 +41,7 @@ from raywarden.gateway.middleware.headers import SecurityHeadersMiddleware
 from raywarden.gateway.middleware.host import HostMiddleware
 from raywarden.gateway.middleware.origin import OriginMiddleware
 from raywarden.gateway.request import Target, canonical_path, check_pairs, parse_pairs
-from raywarden.gateway.responses import Refusal
+from raywarden.gateway.responses import AUDIT_DOWN, Refusal
 from raywarden.gateway.route_model import Routed, RouteKind
 from raywarden.gateway.routes import ROUTES, match
 from raywarden.gateway.serve.control import ServeControl
@@ -52,11 +52,6 @@ from raywarden.policy.engine import PolicyEngine
 
 log = logging.getLogger("raywarden.gateway")
 EXCHANGE_KEY = "raywarden.exchange"
-AUDIT_DOWN = Refusal(
-    503,
-    "audit log unavailable; requests are refused until it is writable",
-    hint="check disk space and permissions of the audit dir",
-)
 HINT_UNKNOWN_ROUTE = (
     "the gateway serves Ray's Jobs API, the dashboard under /dashboard/ and its console under /ui/; see docs/browser.md"
 )

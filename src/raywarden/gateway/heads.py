@@ -26,16 +26,11 @@ from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.deadlines import ReadDeadlines
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware.headers import security_headers
-from raywarden.gateway.responses import GATEWAY_HEADER, Refusal
+from raywarden.gateway.responses import AUDIT_DOWN, GATEWAY_HEADER, Refusal
 from raywarden.policy.engine import PolicyEngine
 
 log = logging.getLogger(__name__)
 _REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
-AUDIT_DOWN = Refusal(
-    503,
-    "audit log unavailable; requests are refused until it is writable",
-    hint="check disk space and permissions of the audit dir",
-)
 HINT_MALFORMED = "send a well-formed HTTP/1.1 request (RFC 9112)"
 
 

@@ -81,3 +81,11 @@ def unchecked_answer(detail: str) -> Refusal:
         reason=detail,
         hint="retry; if it persists, the gateway log and `raywarden doctor` say what Ray answered",
     )
+
+
+# What every request gets while the audit log cannot be written (principle 5: no record, no request).
+AUDIT_DOWN = Refusal(
+    503,
+    "audit log unavailable; requests are refused until it is writable",
+    hint="check disk space and permissions of the audit dir",
+)

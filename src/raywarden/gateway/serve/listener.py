@@ -38,7 +38,7 @@ from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.authz import Viewer, context_for, decide, principal_for
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware import header, single_credentials
-from raywarden.gateway.responses import Refusal
+from raywarden.gateway.responses import AUDIT_DOWN, Refusal
 from raywarden.gateway.serve.callers import Caller, ServeAuthenticator
 from raywarden.gateway.serve.limits import HEARTBEAT_EVERY_S, LimitStore, Over, Ticket
 from raywarden.gateway.serve.proxy import (
@@ -58,11 +58,6 @@ log = logging.getLogger("raywarden.gateway.serve")
 INVOKE = "serve.invoke"
 HINT_LAPSED = "your credential or your permission to call this application ended while it worked"
 HINT_ROUTES = "GET /-/routes on this listener lists the applications you may call"
-AUDIT_DOWN = Refusal(
-    503,
-    "audit log unavailable; requests are refused until it is writable",
-    hint="check disk space and permissions of the audit dir",
-)
 
 
 class OverLimit(Refusal):
