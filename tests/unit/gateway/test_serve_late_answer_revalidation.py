@@ -9,7 +9,6 @@ was revoked or whose group was removed in the meantime. The upstream is a real a
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from raywarden.gateway.serve.proxy import Counted, CredentialLapsed, ServeProxy
+from tests.unit.gateway.loopback_app import serve_on_loopback
 
 pytestmark = pytest.mark.unit
 
@@ -30,13 +30,7 @@ async def _slow_upstream() -> tuple[web.AppRunner, int]:
 
     app = web.Application()
     app.router.add_post("/v1/chat", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    return runner, sock.getsockname()[1]
+    return await serve_on_loopback(app)
 
 
 async def _call_revoked_while_waiting() -> list[MutableMapping[str, Any]]:

@@ -11,7 +11,6 @@ listener, which never delivers another message from the caller.
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from raywarden.gateway.serve import proxy as proxy_module
 from raywarden.gateway.serve.proxy import Counted, CredentialLapsed, ServeProxy
+from tests.unit.gateway.loopback_app import serve_on_loopback
 
 pytestmark = pytest.mark.unit
 
@@ -46,14 +46,7 @@ async def _pushing_upstream() -> tuple[web.AppRunner, int]:
 
     app = web.Application()
     app.router.add_get("/ws", pushes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    site = web.SockSite(runner, sock)
-    await site.start()
-    return runner, port
+    return await serve_on_loopback(app)
 
 
 async def _relay_after_revocation() -> tuple[Counted, list[dict[str, Any]]]:
