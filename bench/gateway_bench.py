@@ -70,6 +70,8 @@ class Target:
     lat: dict[str, list[float]] = field(default_factory=dict)
     rps: dict[str, list[float]] = field(default_factory=dict)
     cpu: dict[str, list[float]] = field(default_factory=dict)
+    client_cpu: dict[str, list[float]] = field(default_factory=dict)
+    busy: dict[str, list[float]] = field(default_factory=dict)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -82,6 +84,14 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """Seconds every core spent busy and in all, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 def children(pid: int) -> list[int]:
@@ -148,11 +158,16 @@ async def measure(targets: list[Target], job: str, rounds: int, n: int, seconds:
                 for t in order:
                     pids = t.pids()
                     before = cpu_seconds(pids)
+                    own = time.process_time()
+                    busy, total = machine_busy()
                     started = time.perf_counter()
                     count = await throughput(sessions[t.name], t, path, clients, seconds)
                     elapsed = time.perf_counter() - started
+                    busy_after, total_after = machine_busy()
                     t.rps.setdefault(path_name, []).append(count / elapsed)
                     t.cpu.setdefault(path_name, []).append((cpu_seconds(pids) - before) / count * 1e6)
+                    t.client_cpu.setdefault(path_name, []).append((time.process_time() - own) / count * 1e6)
+                    t.busy.setdefault(path_name, []).append((busy_after - busy) / max(total_after - total, 1e-9))
             print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     finally:
         for s in sessions.values():
@@ -184,6 +199,36 @@ def report(targets: list[Target], clients: int) -> None:
     for key in ("version", "jobs", "job"):
         cells = [f"{statistics.median(t.cpu[key]):.0f}" for t in targets]
         print(f"| cpu us/req, {key} | {' | '.join(cells)} |")
+    for key in ("version", "jobs", "job"):
+        cells = [f"{statistics.median(t.client_cpu[key]):.0f}" for t in targets]
+        print(f"| bench client cpu us/req, {key} | {' | '.join(cells)} |")
+    for key in ("version", "jobs", "job"):
+        cells = [f"{statistics.median(t.busy[key]) * 100:.0f}%" for t in targets]
+        print(f"| machine busy, {key} | {' | '.join(cells)} |")
+
+
+def stage_means(metrics_url: str) -> None:
+    """The new gateway's own account of the whole run (all requests, all rounds): mean time per stage, per
+    audit write, and records per group commit, from its metrics."""
+    values: dict[str, float] = {}
+    for line in requests.get(metrics_url, timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+
+    def mean(name: str) -> float:
+        return values.get(f"{name}_sum", 0.0) / max(values.get(f"{name}_count", 0.0), 1.0)
+
+    parts = []
+    for stage in ("authentication", "decision", "audit", "upstream"):
+        total = values.get(f'raywarden_gateway_stage_seconds_sum{{stage="{stage}"}}', 0.0)
+        count = values.get(f'raywarden_gateway_stage_seconds_count{{stage="{stage}"}}', 0.0)
+        parts.append(f"{stage} {total / max(count, 1.0) * 1e6:.0f} us")
+    print(f"\nnew gateway, mean per stage over the run: {', '.join(parts)}")
+    print(
+        f"audit: {mean('raywarden_gateway_audit_fsync_seconds') * 1e6:.0f} us per write and fsync, "
+        f"{mean('raywarden_gateway_audit_batch_records'):.1f} records per group commit"
+    )
 
 
 # -- the cluster and the old gateway -------------------------------------------------------------------------
@@ -340,6 +385,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per throughput window")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=0, help="also time a developer's list of this many jobs")
+    parser.add_argument("--gateway-workers", type=int, default=0, help="the new gateway's workers (0: one per core)")
     parser.add_argument("--skip-table", action="store_true", help="only the job list (with --jobs)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
@@ -351,7 +397,9 @@ def main() -> None:
     try:
         init_state(
             state,
-            ClusterConfig(trust_domain=TD, listen=Listen(host="127.0.0.1", port=port)),
+            ClusterConfig(
+                trust_domain=TD, listen=Listen(host="127.0.0.1", port=port), gateway_workers=args.gateway_workers
+            ),
             admin_name="admin",
             profile_name="bench",
         )
@@ -391,6 +439,8 @@ def main() -> None:
         if not args.skip_table:
             asyncio.run(measure(targets, job, args.rounds, args.requests, args.seconds, args.clients))
             report(targets, args.clients)
+            if run.gateway_metrics_port is not None:
+                stage_means(f"http://127.0.0.1:{run.gateway_metrics_port}/metrics")
         if args.jobs:
             job_list_scale(state, targets[0], targets[1], args.jobs, url, root)
         print(f"\nload average after: {os.getloadavg()}")

@@ -118,6 +118,7 @@ class GatewayApp:
                 await self.upstream.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self.metrics.flush()
                 await self.upstream.close()
                 if self.console is not None:
                     await self.console.close()
@@ -158,8 +159,7 @@ class GatewayApp:
         finally:
             if ex.status is None and started:
                 ex.status = started[0]
-            self.metrics.observe(ex, time.monotonic() - ex.started)
-            self.metrics.job_records(self.jobs.hits, self.jobs.misses)
+            self.metrics.observe(ex, time.monotonic() - ex.started, (self.jobs.hits, self.jobs.misses))
 
     async def _failed(
         self, ex: Exchange, exc: Exception, scope: Scope, receive: Receive, send: Send, status: int | None

@@ -23,6 +23,7 @@ from typing import Any
 
 from raywarden.audit import AuditRecordError, AuditUnavailable
 from raywarden.gateway.auditsink import AuditSink
+from raywarden.gateway.coalesce import CoalescingTransport
 from raywarden.gateway.deadlines import ReadDeadlines
 from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.middleware.headers import security_headers
@@ -81,7 +82,7 @@ class HeadLimit(ReadDeadlines):
         # Bytes of the request head under way, or None while a request's body or answer is (not a head).
         self._head_bytes: int | None = 0 if self.count_heads else None
         self._refused = False
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # one TLS record per answer
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
