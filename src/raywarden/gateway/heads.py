@@ -6,7 +6,10 @@ take, not how large it is: httptools hands uvicorn whatever it is fed, so a head
 whole before the app could answer. Here the bytes of each request head are counted as they arrive, and a head
 over ``ReadLimits.head_bytes`` is answered 431 without being read further. h11 (the fallback) keeps its own
 bound, the same number, on a head that has not ended (``h11_max_incomplete_event_size``, protocols.py); a
-whole head that arrives in one read may be larger, up to the size of a read. What either parser rejects
+whole head that arrives in one read may be larger, up to the size of a read. A head that begins in the same
+read as the end of the request before it is not in the byte count (the parser alone knows where that request
+ended), so httptools' callbacks also count what they hand uvicorn of each head (its URL and header fields) and
+stop the parser past the bound. What either parser rejects
 (a malformed request line, a bad header byte, Content-Length with Transfer-Encoding) reaches
 ``send_400_response``, which uvicorn answers without the app: both answers get a decision record and an outcome
 record here, the decision durable before the answer, as every refusal in the app (gateway/exchange.py).
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raywarden.audit import AuditRecordError, AuditUnavailable
+from raywarden.errors import RaywardenError
 from raywarden.gateway.auditsink import AuditSink
 from raywarden.gateway.coalesce import CoalescingTransport
 from raywarden.gateway.deadlines import ReadDeadlines
@@ -67,6 +71,10 @@ def malformed(detail: str) -> Refusal:
     return Refusal(400, "malformed HTTP request", reason=f"HTTP parser: {detail}"[:300], hint=HINT_MALFORMED)
 
 
+class HeadTooLarge(RaywardenError):
+    """Raised in an httptools callback to stop the parser in the middle of a read."""
+
+
 class HeadLimit(ReadDeadlines):
     """Mixed into uvicorn's protocol classes before ``ReadDeadlines``. ``count_heads``: the parser reports
     where heads end (httptools' ``on_headers_complete`` and ``on_message_complete``); h11 does not, and
@@ -105,6 +113,25 @@ class HeadLimit(ReadDeadlines):
         if data:
             super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        self._parsed_head_bytes = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def _parsed(self, size: int) -> None:
+        """Counts what httptools hands uvicorn of the head under way; past the bound, stops the parser
+        (uvicorn then calls ``send_400_response``, which answers 431)."""
+        self._parsed_head_bytes += size
+        if self._parsed_head_bytes > self.limits.head_bytes:
+            raise HeadTooLarge(f"request head over {self.limits.head_bytes} bytes")
+
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         super().on_headers_complete()  # type: ignore[misc]
@@ -118,6 +145,9 @@ class HeadLimit(ReadDeadlines):
         """uvicorn's answer to what the parser rejects, audited like any refusal. uvicorn calls it from its
         ``except`` clause, so the parser's own error (what exactly it rejected) is the one being handled."""
         error = sys.exc_info()[1]  # sys.exception() is 3.11+
+        if error is not None and isinstance(error.__context__, HeadTooLarge):  # httptools chains our callback's
+            self._refuse(too_large(self.limits.head_bytes))
+            return
         detail = str(error) if error is not None else ""
         self._refuse(malformed(detail or msg))
 

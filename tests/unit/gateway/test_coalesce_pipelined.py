@@ -35,3 +35,18 @@ def test_pipelined_requests_are_answered_once_each_in_order(port: int, tls_files
     assert answer.count(b"HTTP/1.1 200 OK") == 6
     assert answer.count(b"helloworld") == 5 and answer.endswith(b"chunkchunkchunk")
     assert answer.index(b"chunkchunkchunk") > answer.rindex(b"helloworld")
+
+
+def test_an_over_size_head_after_a_pipelined_request_is_refused_not_answered(
+    port: int,  # noqa: F811
+    tls_files: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """The head bound (heads.py) holds for the second request of a read too: httptools' count restarts at the
+    end of the first request, and the bytes of the second head already in that read must count."""
+    good = b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    huge = b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-filler: " + b"a" * (70 * 1024) + b"\r\n\r\n"
+    answer = exchange(port, tls_files[0], good + huge)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert answer.count(b"helloworld") == 1, "a 70 KiB head was answered past the 64 KiB bound"
+    refusal = answer.index(b"HTTP/1.1 4")  # 431 from heads.py, or 400 from h11's own bound
+    assert refusal > answer.index(b"helloworld")
