@@ -8,7 +8,10 @@ gets one timer that, when it fires, checks what the connection is waiting for:
   the previous answer's end, or the peer gets 408 and the connection is closed (no request exists yet, so
   nothing is audited; the gateway's log says so);
 * a request's body: some bytes must arrive every ``body_idle_seconds``, or the connection is closed; the app
-  then sees a disconnect and its outcome record says ``client_timeout`` (``timed_out`` below).
+  then sees a disconnect and its outcome record says ``client_timeout`` (``timed_out`` below);
+* an answer: once the peer has stopped reading and the transport has paused writing, it must resume within
+  ``body_idle_seconds``, or the connection is aborted (its unsent bytes dropped: closing would wait for the
+  peer to read them). Without this, a peer asking for answers it never reads holds each connection for ever.
 
 A worker holds at most ``max_connections``; a new one beyond that closes the connection idle the longest
 (between requests), or is refused when every connection is busy.
@@ -64,6 +67,7 @@ class ReadDeadlines:
         now = self.loop.time()
         self._waiting_since = now  # start of the wait for the next request's headers
         self._last_data = now
+        self._write_paused_since: float | None = None  # the transport paused writing: the peer is not reading
         self._mark = ConnectionMark()
         self.app_state = {**self.app_state, CONNECTION_STATE_KEY: self._mark}
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(self.limits.header_seconds, self._check)
@@ -72,6 +76,14 @@ class ReadDeadlines:
     def data_received(self, data: bytes) -> None:
         self._last_data = self.loop.time()
         super().data_received(data)  # type: ignore[misc]
+
+    def pause_writing(self) -> None:
+        self._write_paused_since = self.loop.time()
+        super().pause_writing()  # type: ignore[misc]
+
+    def resume_writing(self) -> None:
+        self._write_paused_since = None
+        super().resume_writing()  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         self._waiting_since = self.loop.time()
@@ -92,7 +104,14 @@ class ReadDeadlines:
         if self.transport.is_closing() or protocol is not self:
             return  # closed, or handed to the WebSocket protocol
         now = self.loop.time()
-        if self._between_requests():
+        if self._write_paused_since is not None:
+            due = self._write_paused_since + self.limits.body_idle_seconds
+            if now >= due:
+                log.warning("aborting a connection from %s: its answer was not read in time", self._peer())
+                self._mark.timed_out = True
+                self.transport.abort()
+                return
+        elif self._between_requests():
             due = self._waiting_since + self.limits.header_seconds
             if now >= due:
                 log.warning("closing a connection from %s: request headers not received in time", self._peer())
