@@ -183,10 +183,7 @@ class NodeAgent:
         write_private(self.node.node_key, private_key_pem(key))
         write_public(self.node.node_cert, answer["node_cert_pem"].encode())
         write_public(self.node.internal_ca_cert, answer["internal_ca_pem"].encode())
-        config = self.node.load()
-        config.ray_pid = None
-        config.drain_timeout_s = float(answer.get("drain_timeout_s", config.drain_timeout_s))
-        self.node.save(config)
+        self.node.update(ray_pid=None, drain_timeout_s=float(answer.get("drain_timeout_s", config.drain_timeout_s)))
         if "peers" in answer:
             apply_peers(self.node, answer["peers"], answer.get("revoked", []))
         learn_access_cas(self.node, answer)

@@ -6,8 +6,11 @@ of Ray's user; Ray gets copies of what it needs in its own folder (raydir.py).
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -118,3 +121,19 @@ class NodeState:
 
     def save(self, config: NodeConfig) -> None:
         write_private(self.config_path, config.model_dump_json(indent=2).encode())
+
+    def update(self, config: NodeConfig | None = None, **fields: Any) -> NodeConfig:
+        """Change these fields of node.json and nothing else (and in ``config``, the caller's copy). `join`, the
+        node agent and Ray's start each change their own fields from their own processes: saving a whole copy
+        read earlier would undo what another wrote meanwhile (the agent's pid, lost that way once)."""
+        fd = os.open(self.root / "node.json.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released with the descriptor
+            updated = NodeConfig.model_validate({**self.load().model_dump(), **fields})
+            self.save(updated)
+        finally:
+            os.close(fd)
+        if config is not None:
+            for name, value in fields.items():
+                setattr(config, name, value)
+        return updated

@@ -195,9 +195,7 @@ def join(
         owners = firewall.owner_uids(user.uid)
         firewall.install(firewall.FirewallPlan.for_ports(node.table, ports, peers=config.peers, owners=owners))
         worker_ray.start(node, config, timeout_s=timeout_s)
-        config = node.load()
-        config.agent_pid = start_agent(node)
-        node.save(config)
+        config = node.update(agent_pid=start_agent(node))
     except BaseException:
         down(root, reason="join failed")
         raise
@@ -267,8 +265,7 @@ def apply_peers(node: NodeState, peers: list[str], revoked: list[str]) -> dict[s
         firewall.add_peer(node.table, new)
     for address in revoked:
         firewall.remove_peer(node.table, address)
-    config.peers = sorted(wanted)
-    node.save(config)
+    config = node.update(peers=sorted(wanted))
     return {"name": config.name, "peers": config.peers}
 
 

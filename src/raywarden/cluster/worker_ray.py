@@ -88,13 +88,11 @@ def start(node: NodeState, config: NodeConfig, *, timeout_s: float = START_TIMEO
         uid=None if same else files.user.uid,
         gid=None if same else files.user.gid,
     )
-    config.ray_pid, config.ray_drain_s = pid, drain_s
-    node.save(config)
+    node.update(config, ray_pid=pid, ray_drain_s=drain_s)
     _wait_for_registration(files, config, pid, timeout_s, offset)
     raydir.tighten(files)
     exposed = {p: a for p, a in listening_ports(set(cluster_pids(node, pid))).items() if not is_loopback(a)}
-    config.firewall = multinode.cover_unplanned(node.table, config.ports, exposed)
-    node.save(config)
+    node.update(config, firewall=multinode.cover_unplanned(node.table, config.ports, exposed))
     return pid
 
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from raywarden.cli import main as cli_main
 from raywarden.cluster import admission, runstate
 from raywarden.cluster.certlife import Lifetime
-from raywarden.cluster.nodestate import NodeConfig, NodeState
-from raywarden.cluster.ports import RayPorts, WorkerPorts
+from raywarden.cluster.nodestate import NodeState
+from raywarden.cluster.ports import RayPorts
 from raywarden.cluster.setup import init_state
 from raywarden.config import ClusterConfig, Listen
 from raywarden.doctor import run_doctor
@@ -29,6 +29,7 @@ from raywarden.pki.keys import generate_private_key, private_key_pem
 from raywarden.pki.spiffe import SpiffeId
 from raywarden.secret import Secret
 from raywarden.state import StateDir
+from tests.unit.cluster.conftest import joined_worker
 
 pytestmark = pytest.mark.unit
 TD = "status.test"
@@ -181,21 +182,7 @@ def test_status_on_a_worker_lists_its_own_certificate_and_its_agent(
     write_public(node.node_cert, cert_pem(cert))
     write_public(node.internal_ca_cert, state.internal_ca_cert.read_bytes())
     write_public(node.access_ca_cert, state.access_ca_cert.read_bytes())
-    node.save(
-        NodeConfig(
-            head_url="https://10.9.0.2:18443",
-            name="w1",
-            spiffe_id=f"spiffe://{TD}/node/w1",
-            address="10.9.0.3",
-            trust_domain=TD,
-            gcs_address="10.9.0.2:6379",
-            head_ip="10.9.0.2",
-            peers=[],
-            ports=WorkerPorts.allocate("127.0.0.1"),
-            access_ca_fingerprint="0" * 64,
-            joined_at="now",
-        )
-    )
+    node.save(joined_worker("w1", TD))
     code, out, err = run_main(monkeypatch, capsys, "cert", "status", "--state-dir", str(node.root), "--json")
     found = json.loads(out)
     assert code == 0 and found["role"] == "worker" and found["agent"] is None
