@@ -6,6 +6,8 @@ package upload, streams through in chunks (``open``), so that a 100 MB package n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -208,3 +210,16 @@ def _body_error(exc: BaseException) -> RaywardenError | None:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+# How long the gateway waits for a peer's answer to its WebSocket close before it drops the connection.
+WEBSOCKET_CLOSE_S = 2.0
+
+
+async def close_websocket(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close an upstream WebSocket, waiting at most WEBSOCKET_CLOSE_S for the peer's close frame. aiohttp's
+    close() reads until that frame comes, and a peer that writes without reading (Ray's log tail of a running
+    job, a streaming Serve application) never sends it: close() would read its messages for as long as it
+    writes, and the outcome record would wait with it. Cancelled, close() drops the connection instead."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(ws.close(), WEBSOCKET_CLOSE_S)

@@ -19,6 +19,7 @@ from raywarden.gateway.exchange import Exchange
 from raywarden.gateway.handlers import Services, authenticate, credential_of
 from raywarden.gateway.request import encode_path
 from raywarden.gateway.route_model import Routed
+from raywarden.gateway.upstream import close_websocket
 
 
 class LogTail:
@@ -51,7 +52,7 @@ class LogTail:
             for task in (relay, watch):
                 task.cancel()
             await asyncio.gather(relay, watch, return_exceptions=True)
-            await upstream.close()
+            await close_websocket(upstream)
             await ex.finish(101, closed_by=closed_by, reason=lapsed)
         try:
             if lapsed is not None:

@@ -21,6 +21,7 @@ from yarl import URL
 
 from raywarden.errors import RaywardenError
 from raywarden.gateway.responses import Refusal
+from raywarden.gateway.upstream import close_websocket
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "trailers", "upgrade", "proxy-connection"}
@@ -287,7 +288,7 @@ class ServeProxy:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await upstream.close()
+            await close_websocket(upstream)
         code = upstream.close_code or 1000
         counted.extra["close_code"] = code
         if counted.closed_by == "client" or client.client_state == WebSocketState.DISCONNECTED:
