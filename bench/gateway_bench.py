@@ -46,9 +46,11 @@ import requests
 from raywarden.cluster import lifecycle, runstate
 from raywarden.cluster.setup import init_state
 from raywarden.config import ClusterConfig, Listen
+from raywarden.gateway.owner_seal import SEAL_KEY, OwnerSeal
 from raywarden.gateway.runinfo import workers_file
 from raywarden.identity.store import IdentityStore
 from raywarden.pki.spiffe import SpiffeId
+from raywarden.policy.jobattrs import OWNER_KEY
 from raywarden.state import StateDir
 
 TD = "bench.raywarden"
@@ -303,25 +305,35 @@ FILL = r"""
 import asyncio, json, sys, time
 from ray._raylet import GcsClient
 from ray.dashboard.modules.job.common import JobInfo, JobInfoStorageClient, JobStatus
-address, count, owners = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+address, jobs = sys.argv[1], json.loads(open(sys.argv[2]).read())
 client = JobInfoStorageClient(GcsClient(address=address))
 now = int(time.time() * 1000)
 async def fill():
-    for start in range(0, count, 200):
+    for start in range(0, len(jobs), 200):
         await asyncio.gather(*(
-            client.put_info(f"bench-{i:05d}", JobInfo(
-                status=JobStatus.SUCCEEDED, entrypoint=f"python train.py --run {i}", message="done",
-                start_time=now - 60000, end_time=now, metadata={"raywarden.owner": owners[i % len(owners)]},
-                runtime_env={"env_vars": {"RUN": str(i)}}))
-            for i in range(start, min(count, start + 200))))
+            client.put_info(job["id"], JobInfo(
+                status=JobStatus.SUCCEEDED, entrypoint=job["entrypoint"], message="done",
+                start_time=now - 60000, end_time=now, metadata=job["metadata"], runtime_env=job["runtime_env"]))
+            for job in jobs[start:start + 200]))
 asyncio.run(fill())
 """
 
 
-def fill_jobs(state: StateDir, count: int, owners: list[str]) -> None:
+def fill_jobs(state: StateDir, count: int, owners: list[str], root: Path) -> None:
+    """Ray's job table gets ``count`` finished jobs, each owned by one of ``owners`` in turn and sealed as the
+    gateway seals what it forwards (gateway/owner_seal.py): an unsealed owner is believed by no one."""
     run = runstate.read_run_state(state)
     if run is None:
         raise SystemExit("the cluster is not up")
+    seal = OwnerSeal.for_state(state)
+    jobs = []
+    for i in range(count):
+        job_id, owner, entrypoint = f"bench-{i:05d}", owners[i % len(owners)], f"python train.py --run {i}"
+        runtime_env = {"env_vars": {"RUN": str(i)}}
+        metadata = {OWNER_KEY: owner, SEAL_KEY: seal.seal(job_id, owner, entrypoint, runtime_env)}
+        jobs.append({"id": job_id, "entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata})
+    jobs_file = root / "jobs.json"
+    jobs_file.write_text(json.dumps(jobs))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
         "RAY_USE_TLS": "1",
@@ -331,9 +343,7 @@ def fill_jobs(state: StateDir, count: int, owners: list[str]) -> None:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(state.ray_token),
     }
-    subprocess.run(
-        [sys.executable, "-c", FILL, f"127.0.0.1:{run.ports.gcs}", str(count), json.dumps(owners)], env=env, check=True
-    )
+    subprocess.run([sys.executable, "-c", FILL, f"127.0.0.1:{run.ports.gcs}", str(jobs_file)], env=env, check=True)
 
 
 async def time_list(url: str, headers: dict[str, str], ctx: ssl.SSLContext | None) -> tuple[float, int]:
@@ -349,7 +359,7 @@ async def time_list(url: str, headers: dict[str, str], ctx: ssl.SSLContext | Non
 def job_list_scale(state: StateDir, direct: Target, gateway: Target, count: int, cluster_url: str, root: Path) -> None:
     owners = [f"spiffe://{TD}/user/dev{i}" for i in range(20)]
     print(f"filling Ray's job table with {count} jobs...", file=sys.stderr, flush=True)
-    fill_jobs(state, count, owners)
+    fill_jobs(state, count, owners, root)
     store = IdentityStore.open(state.identity_db)
     store.add_principal(SpiffeId.parse(owners[0]), ["developers"], created_by="bench")
     from raywarden.gateway.tokens import TokenAuthority
